@@ -1,0 +1,43 @@
+# userlayer: set-up, checks, tests, demo. Every target installs what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.userlayer-installed
+# torch is pinned to the CPU wheel available on the build machines; install it
+# first so that no other requirement pulls a CUDA build.
+TORCH_PIN := torch==2.13.0
+
+.PHONY: setup lint typecheck test test-fast demo clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e ".[all,dev]" $(TORCH_PIN)
+	touch $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# mypy cannot follow setuptools' editable import hook, so it checks a tree of
+# symlinks named like the installed packages.
+typecheck: setup
+	mkdir -p build/typecheck/userlayer
+	for p in sdk edge cloud tools; do ln -sfn ../../../$$p build/typecheck/userlayer/$$p; done
+	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml -p userlayer
+
+test: setup lint typecheck
+	$(PY) -m pytest tests
+
+test-fast: setup
+	$(PY) -m pytest tests -m "not slow" -x -q
+
+demo: setup
+	$(VENV)/bin/userlayer demo
+
+clean:
+	rm -rf build dist artifacts .mypy_cache .pytest_cache .ruff_cache

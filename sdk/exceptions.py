@@ -1,0 +1,31 @@
+"""Errors raised by userlayer.
+
+Every error the project raises derives from :class:`UserLayerError`, so a
+service backend can catch the whole family with one ``except``. Each package
+adds its own base (``EdgeError``, ``CloudError``, ``ToolsError``) under it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CatalogError",
+    "SchemaError",
+    "SemanticIdError",
+    "UserLayerError",
+]
+
+
+class UserLayerError(Exception):
+    """Base of every error raised by userlayer."""
+
+
+class SchemaError(UserLayerError, ValueError):
+    """A record does not match its schema (the message names the field)."""
+
+
+class CatalogError(UserLayerError, ValueError):
+    """A catalog or item table is inconsistent."""
+
+
+class SemanticIdError(UserLayerError, ValueError):
+    """A Semantic ID table or prefix is invalid."""

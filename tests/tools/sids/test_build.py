@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from userlayer.sdk import SemanticIdTable
+from userlayer.tools.data.format import Dataset
+from userlayer.tools.data.loaders import load
+from userlayer.tools.data.synth import SynthResult
+from userlayer.tools.exceptions import DataFormatError, ToolsError
+from userlayer.tools.sids import (
+    SidConfig,
+    add_collision_level,
+    build_semantic_ids,
+    load_precomputed,
+)
+from userlayer.tools.sids.rqkmeans import ResidualKMeans, kmeans
+
+
+def test_kmeans_finds_separated_clusters() -> None:
+    rng = np.random.default_rng(0)
+    centers = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    x = np.concatenate([c + rng.normal(0, 0.1, (50, 2)) for c in centers])
+    _, assign = kmeans(x, 3, np.random.default_rng(1))
+    groups = [set(assign[i * 50 : (i + 1) * 50]) for i in range(3)]
+    assert all(len(g) == 1 for g in groups)
+    assert len(set.union(*groups)) == 3
+
+
+def test_residual_levels_refine() -> None:
+    x = np.random.default_rng(0).normal(size=(400, 8))
+    codes = ResidualKMeans(levels=2, codebook_size=16, seed=0).fit_predict(x)
+    assert codes.shape == (400, 2) and codes.max() < 16
+    one = len({tuple(r) for r in codes[:, :1].tolist()})
+    two = len({tuple(r) for r in codes.tolist()})
+    assert two > one
+
+
+def test_collision_level_makes_unique() -> None:
+    codes = np.array([[1, 2], [1, 2], [0, 0], [1, 2]])
+    out = add_collision_level(codes, ["c", "a", "z", "b"])
+    assert out[:, 2].tolist() == [2, 0, 0, 1]  # numbered in key order
+    assert len({tuple(r) for r in out.tolist()}) == 4
+
+
+def _assert_valid(table: SemanticIdTable, ds: Dataset) -> None:
+    assert set(table.codes) == set(ds.items.column("item_id").to_pylist())
+    assert len(set(table.codes.values())) == len(table)  # unique
+    trie = table.trie()
+    for item, codes in list(table.codes.items())[:200]:
+        for depth in range(len(codes)):
+            assert codes[depth] in trie.allowed(codes[:depth], table.services[item])
+
+
+def test_build_text_sids_on_synthetic(small_synth: SynthResult, tmp_path: Path) -> None:
+    ds = small_synth.dataset
+    table, report = build_semantic_ids(ds, SidConfig(levels=3, codebook_size=64))
+    _assert_valid(table, ds)
+    assert report.source.startswith("text:")
+    assert table.level_sizes[:3] == (64, 64, 64)
+    assert report.usage[0] > 0.9
+    prefixes = [c[:3] for c in table.codes.values()]
+    alone = sum(1 for p in prefixes if prefixes.count(p) == 1)
+    assert report.unique_before_collision == pytest.approx(alone / len(table))
+    assert report.max_collision_group == table.level_sizes[-1]
+    table.save(tmp_path / "sids.json")
+    assert SemanticIdTable.load(tmp_path / "sids.json").codes == table.codes
+
+
+def test_build_is_deterministic(small_synth: SynthResult) -> None:
+    cfg = SidConfig(codebook_size=32, embedding="collaborative", seed=5)
+    a, _ = build_semantic_ids(small_synth.dataset, cfg)
+    b, _ = build_semantic_ids(small_synth.dataset, cfg)
+    assert a.codes == b.codes
+
+
+def test_text_refused_without_text(tmp_path: Path) -> None:
+    p = tmp_path / "s.txt"
+    p.write_text(
+        "".join(
+            f"{u} " + " ".join(str((u * 7 + k) % 50) for k in range(6)) + "\n" for u in range(40)
+        )
+    )
+    ds, _ = load("sasrec", p)
+    with pytest.raises(ToolsError, match="have text; use collaborative"):
+        build_semantic_ids(ds, SidConfig(embedding="text"))
+    table, report = build_semantic_ids(ds, SidConfig(codebook_size=8))
+    assert report.source.startswith("collaborative")
+    _assert_valid(table, ds)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"levels": 0}, "`levels`"),
+        ({"codebook_size": 1}, "`codebook_size`"),
+        ({"embedding": "image"}, "`embedding`"),
+        ({"pca_dim": 0}, "`pca_dim`"),
+        ({"iters": 0}, "`iters`"),
+    ],
+)
+def test_config_validation(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ToolsError, match=match):
+        SidConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_precomputed_errors(tmp_path: Path, small_synth: SynthResult) -> None:
+    ds = small_synth.dataset
+    ids = ds.items.column("item_id").to_pylist()
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps({i: [0, n] for n, i in enumerate(ids[1:])}))
+    with pytest.raises(DataFormatError, match="1 catalog item"):
+        load_precomputed(p, ds)
+    p.write_text(json.dumps({i: [0, -n] for n, i in enumerate(ids)}))
+    with pytest.raises(DataFormatError, match="non-negative integers"):
+        load_precomputed(p, ds)
+    p.write_text(json.dumps({i: [0] * (1 + n % 2) for n, i in enumerate(ids)}))
+    with pytest.raises(DataFormatError, match="different numbers of levels"):
+        load_precomputed(p, ds)
+    p.write_text("[]")
+    with pytest.raises(DataFormatError, match="non-empty object"):
+        load_precomputed(p, ds)
+    # duplicates get a collision level; extra rows are counted, not used
+    p.write_text(json.dumps({**{i: [n % 3] for n, i in enumerate(ids)}, "ghost": [1]}))
+    table, report = load_precomputed(p, ds)
+    assert table.n_levels == 2 and report.ignored_items == 1
+    _assert_valid(table, ds)
+
+
+@pytest.mark.slow
+def test_beauty_both_ways(beauty_dir: Path) -> None:
+    ds, _ = load("json", beauty_dir / "inter.json")
+    built, report = build_semantic_ids(ds)
+    _assert_valid(built, ds)
+    assert report.source.startswith("collaborative") and report.unique_before_collision > 0.8
+    pre, pre_report = load_precomputed(beauty_dir / "semantic_ids_rqvae.json", ds)
+    _assert_valid(pre, ds)
+    assert pre.level_sizes == (256, 256, 256, 256)
+    assert pre_report.unique_before_collision == 1.0

@@ -1,0 +1,93 @@
+"""The installed `userlayer` console script, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from userlayer.sdk import SemanticIdTable
+from userlayer.tools.data.format import Dataset
+
+EXE = shutil.which("userlayer", path=str(Path(sys.executable).parent))
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    assert EXE, "the userlayer console script is not installed next to this python"
+    return subprocess.run(
+        [EXE, *args], cwd=cwd, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def test_synth_then_sids(tmp_path: Path) -> None:
+    r = _cli(
+        "data", "synth", "--users", "30", "--seed", "1", "--days", "60", "--out", "d", cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr
+    assert "simulating users" in r.stdout
+    ds = Dataset.load(tmp_path / "d")
+    assert ds.n_users == 30
+    r = _cli(
+        "sids",
+        "build",
+        "--data",
+        "d",
+        "--embedding",
+        "collaborative",
+        "--codebook",
+        "16",
+        "--report",
+        "rep.json",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "separated before the collision level" in r.stdout
+    table = SemanticIdTable.load(tmp_path / "d" / "sids.json")
+    assert len(table) == ds.items.num_rows
+    assert json.loads((tmp_path / "rep.json").read_text())["n_items"] == len(table)
+    r = _cli("data", "info", "d", cwd=tmp_path)
+    assert r.returncode == 0
+    assert "synthetic" in r.stdout
+
+
+def test_load_and_errors(tmp_path: Path) -> None:
+    (tmp_path / "s.txt").write_text("1 10 11\n2 11 12\n")
+    r = _cli("data", "load", "s.txt", "--format", "sasrec", "--out", "d", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert Dataset.load(tmp_path / "d").events.num_rows == 4
+    r = _cli("data", "load", "s.txt", "--format", "xml", "--out", "d2", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "unknown format 'xml'" in r.stderr
+    r = _cli("data", "info", "nowhere", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "not a dataset directory" in r.stderr
+
+
+@pytest.mark.slow
+def test_beauty_precomputed(tmp_path: Path, beauty_dir: Path) -> None:
+    r = _cli(
+        "data",
+        "load",
+        str(beauty_dir / "inter.json"),
+        "--format",
+        "json",
+        "--out",
+        "b",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    r = _cli(
+        "sids",
+        "build",
+        "--data",
+        "b",
+        "--precomputed",
+        str(beauty_dir / "semantic_ids_rqvae.json"),
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    assert len(SemanticIdTable.load(tmp_path / "b" / "sids.json")) == 12101

@@ -1,0 +1,233 @@
+"""The ``userlayer`` command line.
+
+Subcommands: ``data synth``, ``data load``, ``data info``, ``sids build``,
+``demo``. Domain errors print one red line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from userlayer.sdk.exceptions import UserLayerError
+from userlayer.sdk.schemas import Action, Service
+
+__all__ = ["app", "main"]
+
+console = Console()
+app = typer.Typer(
+    help="userlayer: private per-user adapters for a generative recommender.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Event data: simulate, import, inspect.", no_args_is_help=True)
+sids_app = typer.Typer(help="Semantic IDs of the catalog.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(sids_app, name="sids")
+
+
+@app.callback()
+def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+        force=True,
+    )
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _kv_table(title: str, rows: dict[str, Any]) -> Table:
+    t = Table(title=title, show_header=False, title_justify="left")
+    for k, v in rows.items():
+        t.add_row(k, json.dumps(v) if isinstance(v, dict | list) else str(v))
+    return t
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option(help="Output dataset directory.")],
+    users: Annotated[int, typer.Option(help="Number of users.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Random seed (fixes the output).")] = 0,
+    events_per_user: Annotated[float, typer.Option(help="Mean events per user.")] = 100.0,
+    days: Annotated[int, typer.Option(help="Length of the simulated period.")] = 365,
+) -> None:
+    """Simulate the three services (Samokat, Megamarket, Kuper) for N users."""
+    from userlayer.tools.data.synth import SynthConfig, synthesize
+
+    cfg = SynthConfig(users=users, seed=seed, events_per_user=events_per_user, days=days)
+    t0 = time.perf_counter()
+    with _progress() as progress:
+        task = progress.add_task("simulating users", total=users)
+        result = synthesize(cfg, on_user=lambda n: progress.update(task, completed=n))
+    result.save(out)
+    summary = result.dataset.summary()
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    console.print(_kv_table(f"synthetic dataset -> {out}", summary))
+
+
+@data_app.command("load")
+def data_load(
+    path: Annotated[Path, typer.Argument(help="Input file (or folder for recbole).")],
+    out: Annotated[Path, typer.Option(help="Output dataset directory.")],
+    fmt: Annotated[str, typer.Option("--format", help="sasrec | json | recbole | csv")],
+    service: Annotated[Service, typer.Option(help="Service of events without one.")] = (
+        Service.MEGAMARKET
+    ),
+    action: Annotated[Action, typer.Option(help="Action of events without one.")] = (
+        Action.PURCHASE
+    ),
+    mapping: Annotated[
+        str | None,
+        typer.Option(
+            "--map", help="csv column mapping: user=COL,item=COL,timestamp=COL[,service=COL...]"
+        ),
+    ] = None,
+) -> None:
+    """Convert a public format into the dataset format."""
+    from userlayer.tools.data.loaders import CsvMapping, load
+
+    csv_map = CsvMapping.parse(mapping) if mapping else None
+    with console.status(f"loading {path}"):
+        ds, summary = load(fmt, path, service=service, action=action, mapping=csv_map)
+        ds.save(out)
+    console.print(_kv_table(f"{fmt} -> {out}", summary.as_dict()))
+
+
+@data_app.command("info")
+def data_info(data: Annotated[Path, typer.Argument(help="Dataset directory.")]) -> None:
+    """Print a dataset's counts."""
+    from userlayer.tools.data.format import Dataset
+
+    ds = Dataset.load(data)
+    console.print(
+        _kv_table(
+            str(data),
+            {
+                **ds.summary(),
+                "source": ds.meta.get("source"),
+                "timestamps": ds.meta.get("timestamps"),
+            },
+        )
+    )
+
+
+@sids_app.command("build")
+def sids_build(
+    data: Annotated[Path, typer.Option(help="Dataset directory.")],
+    levels: Annotated[int, typer.Option(help="Residual k-means levels.")] = 3,
+    codebook: Annotated[int, typer.Option(help="Codes per level.")] = 256,
+    embedding: Annotated[str, typer.Option(help="auto | text | collaborative")] = "auto",
+    precomputed: Annotated[
+        Path | None, typer.Option(help="Use a ready table ({item: [codes]}) instead of building.")
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    out: Annotated[Path | None, typer.Option(help="Output file (default DATA/sids.json).")] = None,
+    report: Annotated[Path | None, typer.Option(help="Also write the report as JSON.")] = None,
+) -> None:
+    """Give every catalog item a unique Semantic ID and report code usage."""
+    from userlayer.tools.data.format import Dataset
+    from userlayer.tools.sids import SidConfig, build_semantic_ids, load_precomputed
+
+    ds = Dataset.load(data)
+    with console.status(
+        "building Semantic IDs" if precomputed is None else f"reading {precomputed}"
+    ):
+        if precomputed is not None:
+            table, rep = load_precomputed(precomputed, ds)
+        else:
+            cfg = SidConfig(
+                levels=levels,
+                codebook_size=codebook,
+                embedding=embedding,  # type: ignore[arg-type]
+                seed=seed,
+            )
+            table, rep = build_semantic_ids(ds, cfg)
+    target = out or data / "sids.json"
+    table.save(target)
+    if report:
+        report.write_text(json.dumps(rep.as_dict(), indent=2), "utf-8")
+    _print_sid_report(rep, target)
+
+
+def _print_sid_report(rep: Any, target: Path) -> None:
+    t = Table(title=f"Semantic IDs -> {target}", title_justify="left")
+    for col in ("level", "size", "codes used", "usage"):
+        t.add_column(col, justify="right")
+    for i, (size, used, usage) in enumerate(
+        zip(rep.level_sizes, rep.codes_used, rep.usage, strict=True)
+    ):
+        t.add_row(str(i + 1), str(size), str(used), f"{usage:.1%}")
+    console.print(t)
+    console.print(f"{rep.n_items} items, {rep.method}; source {rep.source}")
+    console.print(
+        f"separated before the collision level: {rep.unique_before_collision:.1%} "
+        f"(largest shared prefix: {rep.max_collision_group} items); {rep.seconds} s"
+    )
+
+
+@app.command("demo")
+def demo(
+    out: Annotated[Path, typer.Option(help="Working directory for artifacts.")] = Path(
+        "artifacts/demo"
+    ),
+    users: Annotated[int, typer.Option(help="Synthetic users.")] = 2000,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Run what exists end to end: simulate, build Semantic IDs, summarize."""
+    from userlayer.tools.data.synth import SynthConfig, synthesize
+    from userlayer.tools.sids import build_semantic_ids
+
+    t0 = time.perf_counter()
+    data_dir = out / "data"
+    with _progress() as progress:
+        task = progress.add_task("1/2 simulating users", total=users)
+        result = synthesize(
+            SynthConfig(users=users, seed=seed),
+            on_user=lambda n: progress.update(task, completed=n),
+        )
+    result.save(data_dir)
+    with console.status("2/2 building Semantic IDs (MiniLM text embeddings, residual k-means)"):
+        table, rep = build_semantic_ids(result.dataset)
+    table.save(data_dir / "sids.json")
+    console.print(_kv_table("dataset", result.dataset.summary()))
+    _print_sid_report(rep, data_dir / "sids.json")
+    trie = table.trie()
+    console.print(
+        f"trie: {sum(1 for _ in trie.prefixes())} prefixes; first-level codes per "
+        "service: " + ", ".join(f"{s.value} {len(trie.allowed([], s))}" for s in Service)
+    )
+    console.print(f"[green]done in {time.perf_counter() - t0:.1f} s[/green]; artifacts in {out}")
+
+
+def main() -> None:
+    """Entry point of the ``userlayer`` console script."""
+    try:
+        app()
+    except UserLayerError as e:
+        Console(stderr=True).print(f"[red]error:[/red] {e}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""Build or import the Semantic ID table of a dataset's catalog.
+
+``build_semantic_ids`` embeds the items (text when they have it, co-occurrence
+otherwise), reduces the embedding with PCA, quantizes it by residual k-means
+into ``levels`` levels of ``codebook_size`` codes, and appends a final
+collision level (0, 1, 2, ... among items that share all earlier codes) so
+that every ID is unique. ``load_precomputed`` takes a ready table instead.
+Both return the table and a :class:`SidReport` (code usage per level, share of
+items already separated before the collision level).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from userlayer.sdk.schemas import Service
+from userlayer.sdk.semantic_ids import SIDS_FORMAT, SemanticIdTable
+from userlayer.tools.data.format import Dataset
+from userlayer.tools.exceptions import DataFormatError, ToolsError
+from userlayer.tools.sids.embed import (
+    check_embeddings,
+    collaborative_embeddings,
+    item_texts,
+    text_embeddings,
+)
+from userlayer.tools.sids.rqkmeans import ResidualKMeans
+
+__all__ = [
+    "SidConfig",
+    "SidReport",
+    "add_collision_level",
+    "build_semantic_ids",
+    "load_precomputed",
+]
+
+Embedding = Literal["auto", "text", "collaborative"]
+
+
+@dataclass(frozen=True)
+class SidConfig:
+    """How to build Semantic IDs; validated on creation."""
+
+    levels: int = 3
+    codebook_size: int = 256
+    embedding: Embedding = "auto"
+    pca_dim: int = 64
+    iters: int = 25
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.levels <= 8:
+            raise ToolsError(f"`levels` should be in [1, 8], got {self.levels}")
+        if not 2 <= self.codebook_size <= 65536:
+            raise ToolsError(f"`codebook_size` should be in [2, 65536], got {self.codebook_size}")
+        if self.embedding not in ("auto", "text", "collaborative"):
+            raise ToolsError(
+                f"`embedding` should be auto, text or collaborative, got {self.embedding!r}"
+            )
+        if self.pca_dim < 1:
+            raise ToolsError(f"`pca_dim` should be positive, got {self.pca_dim}")
+        if self.iters < 1:
+            raise ToolsError(f"`iters` should be positive, got {self.iters}")
+
+
+@dataclass
+class SidReport:
+    """Quality of a Semantic ID table."""
+
+    method: str
+    source: str
+    n_items: int
+    level_sizes: list[int]
+    codes_used: list[int]
+    usage: list[float]  # used / size per level
+    unique_before_collision: float  # share of items whose first L levels are unique
+    max_collision_group: int
+    seconds: float = 0.0
+    ignored_items: int = 0  # rows of a precomputed table that are not in the catalog
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain-dict view for JSON."""
+        return asdict(self)
+
+
+def add_collision_level(codes: np.ndarray, order_keys: list[str]) -> np.ndarray:
+    """Append a level numbering items that share all codes (in ``order_keys`` order)."""
+    groups: dict[tuple[int, ...], int] = {}
+    col = np.zeros(len(codes), dtype=np.int64)
+    for i in sorted(range(len(codes)), key=lambda j: order_keys[j]):
+        key = tuple(int(c) for c in codes[i])
+        col[i] = groups.get(key, 0)
+        groups[key] = col[i] + 1
+    return np.concatenate([codes, col[:, None]], axis=1)
+
+
+def _report(
+    table: SemanticIdTable,
+    method: str,
+    source: str,
+    n_base_levels: int,
+    seconds: float,
+    ignored: int = 0,
+) -> SidReport:
+    codes = np.array([table.codes[i] for i in table.codes], dtype=np.int64)
+    used = [len(np.unique(codes[:, level])) for level in range(table.n_levels)]
+    prefix = Counter(tuple(row[:n_base_levels]) for row in codes.tolist())
+    unique = sum(1 for row in codes.tolist() if prefix[tuple(row[:n_base_levels])] == 1)
+    return SidReport(
+        method=method,
+        source=source,
+        n_items=len(table),
+        level_sizes=list(table.level_sizes),
+        codes_used=used,
+        usage=[u / s for u, s in zip(used, table.level_sizes, strict=True)],
+        unique_before_collision=unique / max(len(table), 1),
+        max_collision_group=max(prefix.values(), default=0),
+        seconds=round(seconds, 3),
+        ignored_items=ignored,
+    )
+
+
+def _table(
+    ids: list[str],
+    services: list[str],
+    codes: np.ndarray,
+    sizes: list[int],
+    method: str,
+    source: str,
+) -> SemanticIdTable:
+    return SemanticIdTable(
+        codes={i: tuple(int(c) for c in row) for i, row in zip(ids, codes.tolist(), strict=True)},
+        services={i: Service(s) for i, s in zip(ids, services, strict=True)},
+        level_sizes=tuple(sizes),
+        method=method,
+        source=source,
+    )
+
+
+def build_semantic_ids(
+    ds: Dataset, cfg: SidConfig | None = None
+) -> tuple[SemanticIdTable, SidReport]:
+    """Embed, reduce and quantize the catalog of ``ds`` into unique Semantic IDs.
+
+    Raises:
+        ToolsError: if ``embedding="text"`` is asked for items without text.
+    """
+    cfg = cfg or SidConfig()
+    t0 = time.perf_counter()
+    ids = ds.items.column("item_id").to_pylist()
+    services = ds.items.column("service").to_pylist()
+    texts = item_texts(ds.items)
+    with_text = sum(1 for t in texts if t) / max(len(texts), 1)
+    kind = cfg.embedding
+    if kind == "auto":
+        kind = "text" if with_text >= 0.9 else "collaborative"
+    if kind == "text":
+        if with_text < 0.5:
+            raise ToolsError(f"only {with_text:.0%} of items have text; use collaborative")
+        emb = text_embeddings(texts)
+        source = "text:all-MiniLM-L6-v2(title,brand,category)"
+    else:
+        index = {item: n for n, item in enumerate(ids)}
+        seqs = [[index[i] for i in seq] for seq in ds.sequences().values()]
+        emb = collaborative_embeddings(seqs, len(ids), seed=cfg.seed)
+        source = "collaborative:co-occurrence PPMI+SVD"
+    check_embeddings(emb, len(ids))
+    x = emb.astype(np.float64) - emb.mean(0)
+    dim = min(cfg.pca_dim, x.shape[1], max(len(x) - 1, 1))
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    x = x @ vt[:dim].T
+    codes = ResidualKMeans(cfg.levels, cfg.codebook_size, cfg.iters, cfg.seed).fit_predict(x)
+    codes = add_collision_level(codes, ids)
+    sizes = [cfg.codebook_size] * cfg.levels + [int(codes[:, -1].max()) + 1]
+    method = f"rq-kmeans {cfg.levels}x{cfg.codebook_size} + collision level (pca {dim})"
+    table = _table(ids, services, codes, sizes, method, source)
+    return table, _report(table, method, source, cfg.levels, time.perf_counter() - t0)
+
+
+def load_precomputed(path: str | Path, ds: Dataset) -> tuple[SemanticIdTable, SidReport]:
+    """Take Semantic IDs from a ready table for the catalog of ``ds``.
+
+    Accepts ``{"item_id": [c1, c2, ...]}`` (such as the Amazon Beauty RQ-VAE
+    table) or a ``userlayer.sids/1`` document. Level sizes are the largest code
+    per level plus one. If the given IDs are not unique, a collision level is
+    appended.
+
+    Raises:
+        DataFormatError: unreadable file, bad codes, or catalog items without an ID.
+    """
+    t0 = time.perf_counter()
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text("utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataFormatError(f"cannot read Semantic IDs from {p}: {e}") from e
+    if isinstance(doc, dict) and doc.get("format") == SIDS_FORMAT:
+        doc = {k: v["codes"] for k, v in doc["items"].items()}
+    if not isinstance(doc, dict) or not doc:
+        raise DataFormatError(f"{p}: expected a non-empty object of item -> list of codes")
+    ids = ds.items.column("item_id").to_pylist()
+    services = ds.items.column("service").to_pylist()
+    missing = [i for i in ids if i not in doc]
+    if missing:
+        raise DataFormatError(
+            f"{p}: {len(missing)} catalog item(s) have no Semantic ID, e.g. {missing[:3]}"
+        )
+    lengths = set()
+    rows = []
+    for i in ids:
+        c = doc[i]
+        if (
+            not isinstance(c, list)
+            or not c
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in c)
+        ):
+            raise DataFormatError(
+                f"{p}: item {i!r}: codes must be a list of non-negative integers, got {c!r}"
+            )
+        lengths.add(len(c))
+        rows.append(c)
+    if len(lengths) != 1:
+        raise DataFormatError(f"{p}: items have different numbers of levels: {sorted(lengths)}")
+    codes = np.array(rows, dtype=np.int64)
+    n_levels = codes.shape[1]
+    method = f"precomputed {n_levels} levels"
+    if len({tuple(r) for r in rows}) < len(rows):
+        codes = add_collision_level(codes, ids)
+        method += " + collision level"
+    sizes = [int(v) + 1 for v in codes.max(0)]
+    table = _table(ids, services, codes, sizes, method, f"file:{p.name}")
+    ignored = len(set(doc) - set(ids))
+    return table, _report(
+        table, method, f"file:{p.name}", n_levels, time.perf_counter() - t0, ignored
+    )

