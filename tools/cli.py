@@ -186,6 +186,104 @@ def _print_sid_report(rep: Any, target: Path) -> None:
     )
 
 
+@app.command("pretrain")
+def pretrain_cmd(
+    data: Annotated[Path, typer.Option(help="Dataset directory with sids.json.")],
+    out: Annotated[Path, typer.Option(help="Model directory (resumes if it has a checkpoint).")],
+    epochs: Annotated[int, typer.Option()] = 5,
+    batch_size: Annotated[int, typer.Option()] = 128,
+    lr: Annotated[float, typer.Option()] = 3e-3,
+    d_model: Annotated[int, typer.Option()] = 128,
+    layers: Annotated[int, typer.Option()] = 2,
+    heads: Annotated[int, typer.Option()] = 4,
+    kv_heads: Annotated[int, typer.Option()] = 2,
+    d_ff: Annotated[int, typer.Option()] = 352,
+    dropout: Annotated[float, typer.Option()] = 0.1,
+    seed: Annotated[int, typer.Option()] = 0,
+    max_steps: Annotated[int | None, typer.Option(help="Stop early, leaving a checkpoint.")] = None,
+) -> None:
+    """Pretrain the base model (next Semantic ID) on all users' training sequences."""
+    from userlayer.tools.train.pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        max_steps=max_steps,
+        model={
+            "d_model": d_model,
+            "n_layers": layers,
+            "n_heads": heads,
+            "n_kv_heads": kv_heads,
+            "d_ff": d_ff,
+            "dropout": dropout,
+        },
+    )
+    with _progress() as progress:
+        progress.columns = (*progress.columns, TextColumn("{task.fields[info]}"))
+        task = progress.add_task("pretraining", total=None, info="")
+
+        def on_step(step: int, total: int, loss: float, eps: float) -> None:
+            progress.update(
+                task, completed=step, total=total, info=f"loss {loss:.3f}  {eps:.0f} seq/s"
+            )
+
+        result = pretrain(data, out, cfg, on_step)
+    if result.finished:
+        console.print(
+            f"[green]model {result.fingerprint}[/green] -> {out} "
+            f"({result.steps} steps, {result.seconds:.0f} s, "
+            f"final loss {result.losses[-1]:.3f})"
+        )
+    else:
+        console.print(f"stopped at step {result.steps}; rerun the same command to resume")
+
+
+@app.command("eval")
+def eval_cmd(
+    data: Annotated[Path, typer.Option(help="Dataset directory.")],
+    model: Annotated[
+        Path | None, typer.Option(help="Model directory (omit: baselines only).")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+    split: Annotated[str, typer.Option(help="test | valid")] = "test",
+    beam: Annotated[int, typer.Option()] = 20,
+    baselines: Annotated[
+        str, typer.Option(help="comma list: popularity,sasrec or none")
+    ] = "popularity,sasrec",
+    sasrec_epochs: Annotated[int, typer.Option()] = 30,
+    max_users: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Leave-one-out evaluation: full-history and private regimes, beside the baselines."""
+    from userlayer.tools.eval.evaluate import EvalConfig, evaluate
+    from userlayer.tools.eval.sasrec import SASRecConfig
+
+    names = tuple(b for b in baselines.split(",") if b and b != "none")
+    cfg = EvalConfig(
+        split=split,
+        beam=beam,
+        baselines=names,
+        max_users=max_users,
+        sasrec=SASRecConfig(epochs=sasrec_epochs),
+    )
+    with _progress() as progress:
+        task = progress.add_task("evaluating", total=None)
+        res = evaluate(data, model, cfg, lambda n: progress.advance(task, n))
+    if json_out:
+        json_out.write_text(json.dumps(res, indent=2), "utf-8")
+    t = Table(
+        title=f"leave-one-out ({split}), {res['protocol']['users']} users", title_justify="left"
+    )
+    for col in ("model", "regime", "R@5", "N@5", "R@10", "N@10"):
+        t.add_column(col, justify="right" if col[0] in "RN" else "left")
+    for name, by_regime in res["results"].items():
+        for regime, groups in by_regime.items():
+            m = groups["all"]
+            t.add_row(name, regime, *(f"{m[k]:.4f}" for k in ("R@5", "N@5", "R@10", "N@10")))
+    console.print(t)
+
+
 @app.command("demo")
 def demo(
     out: Annotated[Path, typer.Option(help="Working directory for artifacts.")] = Path(

@@ -1,0 +1,182 @@
+"""Typed configs of the base model and of the user layer (the adapter)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from userlayer.sdk.exceptions import UserLayerError
+
+__all__ = ["LORA_TARGETS", "AdapterConfig", "ModelConfig", "ModelError"]
+
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+class ModelError(UserLayerError, ValueError):
+    """A model or adapter config, tensor or checkpoint is invalid."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the decoder-only base model.
+
+    ``level_sizes`` is the Semantic ID vocabulary (codes per level); the
+    context vocabularies are fixed by :mod:`userlayer.sdk.model.tokens`.
+    """
+
+    level_sizes: tuple[int, ...]
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    d_ff: int = 352
+    max_items: int = 21  # history items + the one being generated
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-6
+    dropout: float = 0.1
+    attn_bias: bool = False  # Qwen2 has q/k/v biases
+    geo_buckets: int = 64
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "level_sizes", tuple(int(s) for s in self.level_sizes))
+        if not self.level_sizes or any(s < 1 for s in self.level_sizes):
+            raise ModelError(f"`level_sizes` should be positive, got {list(self.level_sizes)}")
+        for name in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_items"):
+            if getattr(self, name) < 1:
+                raise ModelError(f"`{name}` should be positive, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ModelError(
+                f"`d_model` ({self.d_model}) should be divisible by `n_heads` ({self.n_heads})"
+            )
+        if self.n_heads % self.n_kv_heads:
+            raise ModelError(
+                f"`n_heads` ({self.n_heads}) should be a multiple of `n_kv_heads` "
+                f"({self.n_kv_heads})"
+            )
+        if (self.d_model // self.n_heads) % 2:
+            raise ModelError(f"head size {self.d_model // self.n_heads} should be even for RoPE")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ModelError(f"`dropout` should be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        """Size of one attention head."""
+        return self.d_model // self.n_heads
+
+    @property
+    def n_levels(self) -> int:
+        """Tokens per item."""
+        return len(self.level_sizes)
+
+    @property
+    def n_codes(self) -> int:
+        """Size of the item-code output vocabulary (all levels)."""
+        return sum(self.level_sizes)
+
+    @property
+    def max_len(self) -> int:
+        """Longest token sequence: one context position plus the item's codes, per item."""
+        return self.max_items * (1 + self.n_levels)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        d = asdict(self)
+        d["level_sizes"] = list(self.level_sizes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Build from :meth:`to_dict` output.
+
+        Raises:
+            ModelError: on unknown or invalid fields.
+        """
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ModelError(f"unknown model config field(s) {sorted(unknown)}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ModelError(f"invalid model config: {e}") from e
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Shape of the user layer that every row of a batch may carry.
+
+    Attributes:
+        rank: LoRA rank ``r``.
+        alpha: LoRA scaling numerator (the delta is scaled by ``alpha / rank``).
+        targets: which projections get LoRA deltas (of :data:`LORA_TARGETS`).
+        n_prefix: user prefix vectors prepended to the sequence (profile embedding).
+        film: FiLM scale and shift on every norm (conditional normalization).
+        n_modes: mode components (hungry, shopping, health).
+        n_mode_prefix: prefix vectors per mode component.
+    """
+
+    rank: int = 4
+    alpha: float = 8.0
+    targets: tuple[str, ...] = ("q", "v", "up", "down")
+    n_prefix: int = 2
+    film: bool = True
+    n_modes: int = 3
+    n_mode_prefix: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "targets", tuple(self.targets))
+        if self.rank < 1:
+            raise ModelError(f"`rank` should be positive, got {self.rank}")
+        if self.alpha <= 0:
+            raise ModelError(f"`alpha` should be positive, got {self.alpha}")
+        bad = [t for t in self.targets if t not in LORA_TARGETS]
+        if bad or len(set(self.targets)) != len(self.targets):
+            raise ModelError(
+                f"`targets` should be distinct names of {LORA_TARGETS}, got {list(self.targets)}"
+            )
+        if self.n_prefix < 0 or self.n_modes < 0 or self.n_mode_prefix < 0:
+            raise ModelError("`n_prefix`, `n_modes` and `n_mode_prefix` should be >= 0")
+
+    @property
+    def scale(self) -> float:
+        """LoRA scaling ``alpha / rank``."""
+        return self.alpha / self.rank
+
+    @property
+    def n_prefix_total(self) -> int:
+        """Prefix positions per row: user prefix plus the mode component's."""
+        return self.n_prefix + (self.n_mode_prefix if self.n_modes else 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "targets": list(self.targets),
+            "n_prefix": self.n_prefix,
+            "film": self.film,
+            "n_modes": self.n_modes,
+            "n_mode_prefix": self.n_mode_prefix,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AdapterConfig:
+        """Build from :meth:`to_dict` output.
+
+        Raises:
+            ModelError: on unknown or invalid fields.
+        """
+        unknown = set(d) - {
+            "rank",
+            "alpha",
+            "targets",
+            "n_prefix",
+            "film",
+            "n_modes",
+            "n_mode_prefix",
+        }
+        if unknown:
+            raise ModelError(f"unknown adapter config field(s) {sorted(unknown)}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ModelError(f"invalid adapter config: {e}") from e

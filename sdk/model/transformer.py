@@ -1,0 +1,524 @@
+"""The generative recommender: a decoder-only transformer whose rows carry user layers.
+
+Built bottom-up: RMSNorm with optional FiLM, rotary positions, attention with
+grouped-query heads and per-row LoRA, SwiGLU MLP with per-row LoRA, block,
+model. Per-row adapters are explicit inputs (:class:`RowAdapters`), gathered
+from a slab by row index; a row whose index is -1 has no adapter and its
+output equals the base model's bit for bit (every adapter effect is applied
+through ``torch.where`` on the row's ``active`` flag, and the base path never
+changes shape).
+
+Prefix vectors (the user's profile embedding and the request mode's
+component) form a small second stream that goes through every layer with the
+same weights; sequence tokens attend to the prefix positions and to earlier
+sequence positions. There is no Python control flow on tensor values, so the
+module exports to ONNX with the adapter tensors as graph inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor, nn
+
+from userlayer.sdk.model.config import AdapterConfig, ModelConfig, ModelError
+from userlayer.sdk.model.tokens import CTX, FIRST_CODE, PAD, ContextVocab, level_offsets
+
+__all__ = ["KVCache", "Recommender", "RowAdapters", "adapter_shapes", "new_adapter"]
+
+
+def _lora_dims(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
+    kv = cfg.n_kv_heads * cfg.head_dim
+    d, ff = cfg.d_model, cfg.d_ff
+    return {
+        "q": (d, d),
+        "k": (d, kv),
+        "v": (d, kv),
+        "o": (d, d),
+        "gate": (d, ff),
+        "up": (d, ff),
+        "down": (ff, d),
+    }
+
+
+def adapter_shapes(cfg: ModelConfig, acfg: AdapterConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of one user's adapter tensors (no batch dimension)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    dims = _lora_dims(cfg)
+    for t in acfg.targets:
+        d_in, d_out = dims[t]
+        shapes[f"lora_a.{t}"] = (cfg.n_layers, acfg.rank, d_in)
+        shapes[f"lora_b.{t}"] = (cfg.n_layers, d_out, acfg.rank)
+    if acfg.n_prefix:
+        shapes["prefix"] = (acfg.n_prefix, cfg.d_model)
+    if acfg.film:
+        shapes["film_scale"] = (2 * cfg.n_layers + 1, cfg.d_model)
+        shapes["film_shift"] = (2 * cfg.n_layers + 1, cfg.d_model)
+    if acfg.n_modes and acfg.n_mode_prefix:
+        shapes["mode_prefix"] = (acfg.n_modes, acfg.n_mode_prefix, cfg.d_model)
+    return shapes
+
+
+@dataclass
+class RowAdapters:
+    """Per-row adapter tensors of a batch (leading dimension B).
+
+    ``active`` (B,) marks rows that have an adapter; ``tensors`` maps the
+    names of :func:`adapter_shapes` to (B, *shape) tensors; ``mode_weights``
+    (B, n_modes) gates the mode components (one-hot for a stated mode, a
+    distribution from mode detection, or zeros for none).
+    """
+
+    config: AdapterConfig
+    active: Tensor
+    tensors: dict[str, Tensor]
+    mode_weights: Tensor | None = None
+
+    @classmethod
+    def gather(
+        cls,
+        config: AdapterConfig,
+        slab: dict[str, Tensor],
+        index: Tensor,
+        mode_weights: Tensor | None = None,
+    ) -> RowAdapters:
+        """Take each row's adapter from a slab (S, *shape) by ``index`` (-1 = none)."""
+        safe = index.clamp(min=0)
+        return cls(
+            config, index >= 0, {k: v.index_select(0, safe) for k, v in slab.items()}, mode_weights
+        )
+
+    def check(self, cfg: ModelConfig, batch: int) -> None:
+        """Refuse tensors whose shape does not fit the model (names the tensor).
+
+        Raises:
+            ModelError: naming the tensor, its shape and the expected one.
+        """
+        if tuple(self.active.shape) != (batch,):
+            raise ModelError(
+                f"adapter `active` has shape {tuple(self.active.shape)}, expected ({batch},)"
+            )
+        expected = adapter_shapes(cfg, self.config)
+        missing = sorted(set(expected) - set(self.tensors))
+        extra = sorted(set(self.tensors) - set(expected))
+        if missing or extra:
+            raise ModelError(f"adapter tensors missing {missing}, unexpected {extra}")
+        for name, shape in expected.items():
+            got = tuple(self.tensors[name].shape)
+            if got != (batch, *shape):
+                raise ModelError(
+                    f"adapter tensor {name!r} has shape {got}, expected {(batch, *shape)}"
+                )
+        if self.mode_weights is not None and tuple(self.mode_weights.shape) != (
+            batch,
+            self.config.n_modes,
+        ):
+            raise ModelError(
+                f"`mode_weights` has shape {tuple(self.mode_weights.shape)}, "
+                f"expected ({batch}, {self.config.n_modes})"
+            )
+
+
+@dataclass
+class _LayerCache:
+    k: Tensor  # (B, KV, T, hd)
+    v: Tensor
+    pk: Tensor | None  # prefix keys (B, H, P, hd)
+    pv: Tensor | None
+
+
+@dataclass
+class KVCache:
+    """Keys and values of past positions, for incremental decoding."""
+
+    layers: list[_LayerCache]
+    key_valid: Tensor  # (B, T) bool
+    next_pos: Tensor  # (B,) rotary position of the next token
+    prefix_valid: Tensor | None  # (B, P) bool
+
+    def select(self, rows: Tensor) -> KVCache:
+        """Reorder/duplicate rows (beam search)."""
+
+        def pick(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.index_select(0, rows)
+
+        return KVCache(
+            [
+                _LayerCache(
+                    lc.k.index_select(0, rows), lc.v.index_select(0, rows), pick(lc.pk), pick(lc.pv)
+                )
+                for lc in self.layers
+            ],
+            self.key_valid.index_select(0, rows),
+            self.next_pos.index_select(0, rows),
+            pick(self.prefix_valid),
+        )
+
+
+class _Ctx:
+    """What every layer needs about the batch's adapters."""
+
+    def __init__(self, ad: RowAdapters | None) -> None:
+        self.ad = ad
+        self.active = None if ad is None else ad.active[:, None, None]
+
+    def lora(self, name: str, layer: int, x: Tensor, y: Tensor) -> Tensor:
+        ad = self.ad
+        if ad is None or f"lora_a.{name}" not in ad.tensors:
+            return y
+        a = ad.tensors[f"lora_a.{name}"][:, layer]  # (B, r, d_in)
+        b = ad.tensors[f"lora_b.{name}"][:, layer]  # (B, d_out, r)
+        delta = torch.bmm(torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2)) * ad.config.scale
+        return torch.where(self.active, y + delta, y)  # type: ignore[arg-type]
+
+    def film(self, idx: int, y: Tensor) -> Tensor:
+        ad = self.ad
+        if ad is None or "film_scale" not in ad.tensors:
+            return y
+        scale = ad.tensors["film_scale"][:, idx][:, None, :]
+        shift = ad.tensors["film_shift"][:, idx][:, None, :]
+        return torch.where(self.active, y * (1.0 + scale) + shift, y)  # type: ignore[arg-type]
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm with a learned gain."""
+
+    def __init__(self, d: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Normalize over the last dimension."""
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Attention(nn.Module):
+    """Causal self-attention with grouped-query heads, rotary positions and a prefix stream."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        hd, kv = cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+        self.q = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.attn_bias)
+        self.k = nn.Linear(cfg.d_model, kv, bias=cfg.attn_bias)
+        self.v = nn.Linear(cfg.d_model, kv, bias=cfg.attn_bias)
+        self.o = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.scale = 1.0 / math.sqrt(hd)
+
+    def _proj(self, c: _Ctx, layer: int, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return (
+            c.lora("q", layer, x, self.q(x)),
+            c.lora("k", layer, x, self.k(x)),
+            c.lora("v", layer, x, self.v(x)),
+        )
+
+    def _heads(self, x: Tensor, n: int) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, n, self.cfg.head_dim).transpose(1, 2)  # (B, n, T, hd)
+
+    def _expand(self, x: Tensor) -> Tensor:
+        rep = self.cfg.n_heads // self.cfg.n_kv_heads
+        return x.repeat_interleave(rep, dim=1) if rep > 1 else x
+
+    def forward(
+        self,
+        c: _Ctx,
+        layer: int,
+        x: Tensor,
+        p: Tensor | None,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor,
+        prefix_valid: Tensor | None,
+        cache: _LayerCache | None,
+    ) -> tuple[Tensor, Tensor | None, _LayerCache]:
+        """Attend; returns the sequence output, the prefix output and this layer's cache."""
+        cfg = self.cfg
+        q, k, v = self._proj(c, layer, x)
+        q = self._heads(q, cfg.n_heads)  # (B, H, T, hd)
+        k = self._heads(k, cfg.n_kv_heads)  # (B, KV, T, hd)
+        v = self._heads(v, cfg.n_kv_heads)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        if cache is not None:
+            k = torch.cat([cache.k, k], dim=2)
+            v = torch.cat([cache.v, v], dim=2)
+        kk, vv = self._expand(k), self._expand(v)
+        neg = torch.finfo(q.dtype).min
+        scores = (q @ kk.transpose(-1, -2)) * self.scale  # (B, H, T, Tk)
+        scores = scores.masked_fill(~mask[:, None], neg)
+        out = scores.softmax(-1) @ vv  # base path
+        p_out: Tensor | None = None
+        pk: Tensor | None = None
+        pv: Tensor | None = None
+        if prefix_valid is not None:
+            if cache is not None and cache.pk is not None and cache.pv is not None:
+                pk, pv = cache.pk, cache.pv
+            elif p is not None:
+                pq_, pk_, pv_ = self._proj(c, layer, p)
+                pq = self._heads(pq_, cfg.n_heads)  # (B, H, P, hd)
+                pk = self._expand(self._heads(pk_, cfg.n_kv_heads))
+                pv = self._expand(self._heads(pv_, cfg.n_kv_heads))
+                ps = (pq @ pk.transpose(-1, -2)) * self.scale  # (B, H, P, P)
+                ps = ps.masked_fill(~prefix_valid[:, None, None, :], neg)
+                pa = (ps.softmax(-1) @ pv).transpose(1, 2).reshape(p.shape)
+                p_out = c.lora("o", layer, pa, self.o(pa))
+            if pk is not None and pv is not None:
+                sp = (q @ pk.transpose(-1, -2)) * self.scale  # (B, H, T, P)
+                sp = sp.masked_fill(~prefix_valid[:, None, None, :], neg)
+                full = torch.cat([sp, scores], dim=-1).softmax(-1) @ torch.cat([pv, vv], dim=2)
+                has = prefix_valid.any(-1)[:, None, None, None]
+                out = torch.where(has, full, out)
+        b, _, t, _ = out.shape
+        out = out.transpose(1, 2).reshape(b, t, cfg.d_model)
+        y = c.lora("o", layer, out, self.o(out))
+        return y, p_out, _LayerCache(k, v, pk, pv)
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward with per-row LoRA on gate, up and down."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, c: _Ctx, layer: int, x: Tensor) -> Tensor:
+        """Apply the MLP."""
+        g = c.lora("gate", layer, x, self.gate(x))
+        u = c.lora("up", layer, x, self.up(x))
+        h = F.silu(g) * u
+        return c.lora("down", layer, h, self.down(h))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, idx: int) -> None:
+        super().__init__()
+        self.idx = idx
+        self.norm1 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        c: _Ctx,
+        x: Tensor,
+        p: Tensor | None,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor,
+        prefix_valid: Tensor | None,
+        cache: _LayerCache | None,
+    ) -> tuple[Tensor, Tensor | None, _LayerCache]:
+        """Run one block on the sequence and the prefix stream."""
+        i = self.idx
+        n1 = c.film(2 * i, self.norm1(x))
+        pn1 = None if p is None else c.film(2 * i, self.norm1(p))
+        a, pa, new_cache = self.attn(c, i, n1, pn1, cos, sin, mask, prefix_valid, cache)
+        x = x + self.drop(a)
+        x = x + self.drop(self.mlp(c, i, c.film(2 * i + 1, self.norm2(x))))
+        if p is not None and pa is not None:
+            p = p + pa
+            p = p + self.mlp(c, i, c.film(2 * i + 1, self.norm2(p)))
+        return x, p, new_cache
+
+
+class Recommender(nn.Module):
+    """The base model. ``forward`` returns item-code logits (B, T, n_codes).
+
+    Inputs: ``tokens`` (B, T) int64 (see :mod:`userlayer.sdk.model.tokens`;
+    left padding with 0), ``ctx`` (B, T, 7) int64 context field ids (used at
+    context positions), optional per-row ``adapters``, optional ``cache`` of
+    earlier positions for incremental decoding.
+    """
+
+    rope_cos: Tensor
+    rope_sin: Tensor
+    level_mask: Tensor
+    next_level: Tensor
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.ctx_vocab = ContextVocab(cfg.geo_buckets)
+        self.tok = nn.Embedding(FIRST_CODE + cfg.n_codes, cfg.d_model, padding_idx=PAD)
+        self.ctx = nn.ModuleList(
+            nn.Embedding(n, cfg.d_model, padding_idx=0) for n in self.ctx_vocab.sizes
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        hd = cfg.head_dim
+        inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+        ang = torch.outer(torch.arange(cfg.max_len + 64, dtype=torch.float32), inv)
+        ang = torch.cat([ang, ang], dim=-1)
+        self.register_buffer("rope_cos", ang.cos(), persistent=False)
+        self.register_buffer("rope_sin", ang.sin(), persistent=False)
+        # level mask (n_levels, n_codes) and the level each token predicts next (-1: none)
+        offs = level_offsets(cfg.level_sizes)
+        mask = torch.zeros(cfg.n_levels, cfg.n_codes, dtype=torch.bool)
+        nxt = torch.full((FIRST_CODE + cfg.n_codes,), -1, dtype=torch.long)
+        nxt[CTX] = 0
+        for lvl, (o, s) in enumerate(zip(offs, cfg.level_sizes, strict=True)):
+            mask[lvl, o : o + s] = True
+            nxt[FIRST_CODE + o : FIRST_CODE + o + s] = lvl + 1 if lvl + 1 < cfg.n_levels else -1
+        self.register_buffer("level_mask", mask, persistent=False)
+        self.register_buffer("next_level", nxt, persistent=False)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+
+    def _check(self, tokens: Tensor, ctx: Tensor, adapters: RowAdapters | None) -> None:
+        if tokens.dim() != 2:
+            raise ModelError(f"`tokens` should be (B, T), got shape {tuple(tokens.shape)}")
+        b, t = tokens.shape
+        if tuple(ctx.shape) != (b, t, len(self.ctx_vocab.sizes)):
+            raise ModelError(
+                f"`ctx` has shape {tuple(ctx.shape)}, expected {(b, t, len(self.ctx_vocab.sizes))}"
+            )
+        if adapters is not None:
+            adapters.check(self.cfg, b)
+
+    def embed(self, tokens: Tensor, ctx: Tensor) -> Tensor:
+        """Token embeddings plus context-field embeddings: (B, T, d)."""
+        x: Tensor = self.tok(tokens)
+        for f, emb in enumerate(self.ctx):
+            x = x + emb(ctx[..., f])
+        return x
+
+    def _prefix(
+        self, ad: RowAdapters | None, b: int, dtype: torch.dtype
+    ) -> tuple[Tensor | None, Tensor | None]:
+        if ad is None or ad.config.n_prefix_total == 0:
+            return None, None
+        parts, valid = [], []
+        act = ad.active
+        if "prefix" in ad.tensors:
+            parts.append(ad.tensors["prefix"].to(dtype))
+            valid.append(act[:, None].expand(b, ad.config.n_prefix))
+        if "mode_prefix" in ad.tensors:
+            w = ad.mode_weights
+            if w is None:
+                w = torch.zeros(b, ad.config.n_modes, dtype=dtype, device=act.device)
+            parts.append(torch.einsum("bm,bmpd->bpd", w.to(dtype), ad.tensors["mode_prefix"]))
+            on = act & (w.abs().sum(-1) > 0)
+            valid.append(on[:, None].expand(b, ad.config.n_mode_prefix))
+        if not parts:
+            return None, None
+        return torch.cat(parts, dim=1), torch.cat(valid, dim=1)
+
+    def forward(
+        self,
+        tokens: Tensor,
+        ctx: Tensor,
+        adapters: RowAdapters | None = None,
+        cache: KVCache | None = None,
+        return_cache: bool = False,
+    ) -> tuple[Tensor, KVCache | None]:
+        """Compute item-code logits (B, T, n_codes) and, if asked, the updated cache.
+
+        Raises:
+            ModelError: if an input or adapter tensor has the wrong shape.
+        """
+        self._check(tokens, ctx, adapters)
+        b, t = tokens.shape
+        c = _Ctx(adapters)
+        x = self.drop(self.embed(tokens, ctx))
+        valid = tokens != PAD
+        start = (
+            torch.zeros(b, dtype=torch.long, device=tokens.device)
+            if cache is None
+            else cache.next_pos
+        )
+        pos = start[:, None] + valid.long().cumsum(1) - 1
+        pos = pos.clamp(min=0)
+        cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]  # (B, 1, T, hd)
+        key_valid = valid if cache is None else torch.cat([cache.key_valid, valid], dim=1)
+        tk = key_valid.shape[1]
+        causal = torch.ones(t, tk, dtype=torch.bool, device=tokens.device).tril(tk - t)
+        mask = causal[None] & key_valid[:, None, :]  # (B, T, Tk)
+        if cache is None:
+            p, prefix_valid = self._prefix(adapters, b, x.dtype)
+        else:
+            p, prefix_valid = None, cache.prefix_valid
+        new_layers = []
+        for i, blk in enumerate(self.blocks):
+            lc = None if cache is None else cache.layers[i]
+            x, p, nlc = blk(c, x, p, cos, sin, mask, prefix_valid, lc)
+            new_layers.append(nlc)
+        h = c.film(2 * self.cfg.n_layers, self.norm(x))
+        logits = h @ self.tok.weight[FIRST_CODE:].T  # tied output embedding
+        if not return_cache:
+            return logits, None
+        nxt = pos[:, -1] + valid[:, -1].long() if t else start
+        return logits, KVCache(new_layers, key_valid, nxt, prefix_valid)
+
+    def level_logits(self, logits: Tensor, level: Tensor) -> Tensor:
+        """Mask logits (…, n_codes) to the codes of ``level`` (…,) (-1 masks everything)."""
+        allowed = self.level_mask[level.clamp(min=0)] & (level >= 0)[..., None]
+        return logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
+
+    def loss(
+        self,
+        tokens: Tensor,
+        ctx: Tensor,
+        adapters: RowAdapters | None = None,
+        reduction: str = "mean",
+    ) -> Tensor:
+        """Next-code cross-entropy on every code position (each level masked to its codes)."""
+        logits, _ = self(tokens, ctx, adapters)
+        level = self.next_level[tokens[:, :-1]]  # level predicted at each position
+        target = tokens[:, 1:] - FIRST_CODE
+        use = (level >= 0) & (target >= 0)
+        use = use & self.level_mask[level.clamp(min=0), target.clamp(min=0)]
+        lg = self.level_logits(logits[:, :-1], level)
+        ce = F.cross_entropy(
+            lg.reshape(-1, lg.shape[-1]), target.clamp(min=0).reshape(-1), reduction="none"
+        ).view(target.shape)
+        ce = ce * use
+        if reduction == "none":  # per row: mean over its code positions
+            return ce.sum(1) / use.sum(1).clamp(min=1)
+        return ce.sum() / use.sum().clamp(min=1)
+
+
+def new_adapter(
+    cfg: ModelConfig, acfg: AdapterConfig, generator: torch.Generator | None = None
+) -> dict[str, Tensor]:
+    """A fresh adapter: no effect yet, ready to train.
+
+    LoRA ``A`` is random and ``B`` zero (the delta starts at zero), FiLM starts
+    at identity, prefix vectors start small and random.
+    """
+    out: dict[str, Tensor] = {}
+    for name, shape in adapter_shapes(cfg, acfg).items():
+        if name.startswith("lora_a."):
+            out[name] = torch.randn(shape, generator=generator) / math.sqrt(shape[-1])
+        elif name in ("prefix", "mode_prefix"):
+            out[name] = torch.randn(shape, generator=generator) * 0.02
+        else:
+            out[name] = torch.zeros(shape)
+    return out

@@ -1,0 +1,197 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from userlayer.sdk.model import (
+    AdapterConfig,
+    ModelConfig,
+    ModelError,
+    Recommender,
+    RowAdapters,
+    adapter_shapes,
+    new_adapter,
+)
+from userlayer.sdk.model.tokens import CTX, FIRST_CODE
+
+CFG = ModelConfig(
+    level_sizes=(8, 8, 3),
+    d_model=32,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=2,
+    d_ff=64,
+    dropout=0.0,
+    max_items=6,
+)
+ACFG = AdapterConfig(rank=2, targets=("q", "k", "v", "o", "gate", "up", "down"))
+
+
+def _batch(b: int = 4, steps: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(steps):
+        rows.append(torch.full((b, 1), CTX))
+        for off, size in ((0, 8), (8, 8), (16, 3)):
+            rows.append(FIRST_CODE + off + torch.randint(0, size, (b, 1), generator=g))
+    rows.append(torch.full((b, 1), CTX))
+    tok = torch.cat(rows, 1)
+    tok[0, :4] = 0  # left padding on one row
+    ctx = torch.randint(0, 3, (*tok.shape, 7), generator=g) * (tok == CTX)[..., None]
+    return tok, ctx
+
+
+def _slab(n: int, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        k: torch.stack([v + 0.2 * torch.randn(v.shape, generator=g) for _ in range(n)])
+        for k, v in new_adapter(CFG, ACFG, g).items()
+    }
+
+
+@pytest.fixture(scope="module")
+def model() -> Recommender:
+    torch.manual_seed(0)
+    return Recommender(CFG).eval()
+
+
+def test_row_without_adapter_equals_base_bit_for_bit(model: Recommender) -> None:
+    tok, ctx = _batch()
+    ad = RowAdapters.gather(
+        ACFG,
+        _slab(3),
+        torch.tensor([0, -1, 2, -1]),
+        torch.tensor([[1.0, 0, 0], [0, 0, 0], [0, 1, 0], [0, 0, 1]]),
+    )
+    with torch.no_grad():
+        base, _ = model(tok, ctx)
+        mixed, _ = model(tok, ctx, ad)
+    assert torch.equal(mixed[1], base[1])
+    assert torch.equal(mixed[3], base[3])
+    assert (mixed[0] - base[0]).abs().max() > 1e-3  # the adapters do something
+    assert (mixed[2] - base[2]).abs().max() > 1e-3
+
+
+def test_mixed_batch_equals_rows_one_by_one(model: Recommender) -> None:
+    tok, ctx = _batch(6)
+    idx = torch.tensor([2, 0, -1, 1, 2, -1])
+    w = torch.eye(3)[torch.tensor([0, 1, 2, 0, 2, 1])]
+    slab = _slab(3)
+    with torch.no_grad():
+        mixed, _ = model(tok, ctx, RowAdapters.gather(ACFG, slab, idx, w))
+        for r in range(6):
+            one, _ = model(
+                tok[r : r + 1],
+                ctx[r : r + 1],
+                RowAdapters.gather(ACFG, slab, idx[r : r + 1], w[r : r + 1]),
+            )
+            assert torch.allclose(one[0], mixed[r], atol=1e-5), r
+
+
+def test_mode_component_is_selected_by_mode(model: Recommender) -> None:
+    tok, ctx = _batch(2)
+    slab = _slab(1)
+    idx = torch.tensor([0, 0])
+    with torch.no_grad():
+        a, _ = model(tok, ctx, RowAdapters.gather(ACFG, slab, idx, torch.eye(3)[[0, 0]]))
+        b, _ = model(tok, ctx, RowAdapters.gather(ACFG, slab, idx, torch.eye(3)[[0, 1]]))
+    assert torch.equal(a[0], b[0])
+    assert not torch.allclose(a[1], b[1])
+
+
+def test_incremental_decoding_matches_full_forward(model: Recommender) -> None:
+    tok, ctx = _batch()
+    ad = RowAdapters.gather(ACFG, _slab(2), torch.tensor([0, -1, 1, 0]), torch.eye(3)[[0, 1, 2, 0]])
+    with torch.no_grad():
+        full, _ = model(tok, ctx, ad)
+        a, cache = model(tok[:, :7], ctx[:, :7], ad, return_cache=True)
+        b, cache = model(tok[:, 7:9], ctx[:, 7:9], ad, cache=cache, return_cache=True)
+        c, _ = model(tok[:, 9:], ctx[:, 9:], ad, cache=cache)
+    assert torch.allclose(torch.cat([a, b, c], 1), full, atol=1e-5)
+
+
+def test_only_adapter_tensors_get_gradients(model: Recommender) -> None:
+    tok, ctx = _batch()
+    slab = {k: v.clone().requires_grad_(True) for k, v in _slab(2).items()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    loss = model.loss(
+        tok,
+        ctx,
+        RowAdapters.gather(ACFG, slab, torch.tensor([0, 1, 0, -1]), torch.eye(3)[[0, 1, 2, 0]]),
+    )
+    loss.backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in slab.values())
+    assert slab["lora_b.q"].grad.abs().sum() > 0
+    for p in model.parameters():
+        p.requires_grad_(True)
+
+
+def test_shape_errors_name_the_tensor(model: Recommender) -> None:
+    tok, ctx = _batch()
+    with pytest.raises(ModelError, match=r"`tokens` should be \(B, T\)"):
+        model(tok[0], ctx)
+    with pytest.raises(ModelError, match=r"`ctx` has shape \(4, 13, 3\)"):
+        model(tok, ctx[..., :3])
+    slab = _slab(2)
+    slab["lora_a.q"] = slab["lora_a.q"][:, :, :1]
+    ad = RowAdapters.gather(ACFG, slab, torch.tensor([0, 1, 0, -1]))
+    with pytest.raises(
+        ModelError,
+        match=r"adapter tensor 'lora_a.q' has shape \(4, 2, 1, 32\), "
+        r"expected \(4, 2, 2, 32\)",
+    ):
+        model(tok, ctx, ad)
+    ad = RowAdapters.gather(ACFG, _slab(2), torch.tensor([0, 1, 0]))
+    with pytest.raises(ModelError, match=r"adapter `active` has shape \(3,\), expected \(4,\)"):
+        model(tok, ctx, ad)
+    s = _slab(2)
+    del s["prefix"]
+    with pytest.raises(ModelError, match=r"missing \['prefix'\]"):
+        model(tok, ctx, RowAdapters.gather(ACFG, s, torch.tensor([0, 1, 0, 1])))
+    ad = RowAdapters.gather(ACFG, _slab(2), torch.tensor([0, 1, 0, 1]), torch.zeros(4, 2))
+    with pytest.raises(ModelError, match=r"`mode_weights` has shape \(4, 2\)"):
+        model(tok, ctx, ad)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"level_sizes": ()}, "`level_sizes`"),
+        ({"d_model": 30, "n_heads": 4}, "divisible by `n_heads`"),
+        ({"n_heads": 4, "n_kv_heads": 3}, "multiple of `n_kv_heads`"),
+        ({"d_model": 12, "n_heads": 4}, "should be even for RoPE"),
+        ({"dropout": 1.0}, "`dropout`"),
+        ({"n_layers": 0}, "`n_layers` should be positive"),
+    ],
+)
+def test_model_config_validation(kwargs: dict[str, object], match: str) -> None:
+    args: dict[str, object] = {"level_sizes": (4, 4), **kwargs}
+    with pytest.raises(ModelError, match=match):
+        ModelConfig(**args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"rank": 0}, "`rank`"),
+        ({"alpha": 0}, "`alpha`"),
+        ({"targets": ("x",)}, "`targets`"),
+        ({"targets": ("q", "q")}, "`targets`"),
+        ({"n_prefix": -1}, "should be >= 0"),
+    ],
+)
+def test_adapter_config_validation(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ModelError, match=match):
+        AdapterConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_adapter_shapes() -> None:
+    shapes = adapter_shapes(CFG, ACFG)
+    assert shapes["lora_a.k"] == (2, 2, 32)
+    assert shapes["lora_b.k"] == (2, 16, 2)  # 2 kv heads x 8
+    assert shapes["lora_a.down"] == (2, 2, 64)
+    assert shapes["film_scale"] == (5, 32)
+    assert shapes["mode_prefix"] == (3, 1, 32)
+    assert AdapterConfig.from_dict(ACFG.to_dict()) == ACFG
+    assert ModelConfig.from_dict(CFG.to_dict()) == CFG

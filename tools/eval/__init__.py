@@ -1,0 +1,1 @@
+"""Leave-one-out evaluation of the generative model and its baselines."""

@@ -1,0 +1,1 @@
+"""Turning datasets into model examples, and pretraining the base model."""

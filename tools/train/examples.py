@@ -1,0 +1,204 @@
+"""From a dataset and its Semantic IDs to model token tensors.
+
+Each user's sequence is their events in time order (``view``,
+``add_to_cart``, ``purchase`` by default; ``rate`` repeats an earlier
+purchase and is left out). Leave-one-out split: the last event is the test
+target, the one before it the validation target, everything before that is
+training data; training never sees the last item.
+
+A step is ``[CTX c1 .. cL]`` (see :mod:`userlayer.sdk.model.tokens`); a
+prompt is up to ``max_history`` history steps followed by the target's
+context position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from userlayer.sdk.model.tokens import CTX, FIRST_CODE, ContextVocab, level_offsets
+from userlayer.sdk.semantic_ids import SemanticIdTable
+from userlayer.tools.data.format import Dataset
+
+__all__ = ["Prompt", "UserSequences", "build_prompts", "pack_prompts", "training_windows"]
+
+Regime = Literal["full", "private"]
+DEFAULT_ACTIONS = ("view", "add_to_cart", "purchase")
+
+
+@dataclass
+class UserSequences:
+    """Per-user arrays: item ids, code token rows, context id rows, times, services."""
+
+    users: list[str]
+    items: list[list[str]]
+    tokens: list[np.ndarray]  # (n, L) code token ids (FIRST_CODE + offset + code)
+    ctx: list[np.ndarray]  # (n, 7)
+    times: list[np.ndarray]  # (n,) epoch ms
+    services: list[list[str]]
+    timestamps_real: bool = True
+    n_levels: int = field(default=0)
+
+    @classmethod
+    def from_dataset(
+        cls,
+        ds: Dataset,
+        table: SemanticIdTable,
+        geo_buckets: int = 64,
+        actions: Sequence[str] = DEFAULT_ACTIONS,
+    ) -> UserSequences:
+        """Group the events by user (already sorted by time) and encode them."""
+        ev = ds.events
+        keep = np.isin(np.asarray(ev.column("action").cast(pa.string()).to_pylist()), list(actions))
+        ev = ev.filter(pa.array(keep))
+        vocab = ContextVocab(geo_buckets)
+        offs = np.array(level_offsets(table.level_sizes))
+        col = {
+            n: ev.column(n).cast(pa.string()).to_pylist()
+            for n in ("user_id", "item_id", "service", "mode", "daypart", "season", "weather")
+        }
+        weekday = ev.column("weekday").to_pylist()
+        geo = ev.column("geo_cell").to_pylist()
+        times = ev.column("timestamp").cast(pa.int64()).to_numpy()
+        code_of = {i: FIRST_CODE + offs + np.array(c) for i, c in table.codes.items()}
+        out = cls(
+            [], [], [], [], [], [], ds.meta.get("timestamps", "real") == "real", table.n_levels
+        )
+        start = 0
+        users = col["user_id"]
+        n = len(users)
+        for end in range(1, n + 1):
+            if end < n and users[end] == users[start]:
+                continue
+            sl = range(start, end)
+            out.users.append(users[start])
+            out.items.append([col["item_id"][i] for i in sl])
+            out.tokens.append(np.stack([code_of[col["item_id"][i]] for i in sl]))
+            out.ctx.append(
+                np.array(
+                    [
+                        vocab.encode(
+                            col["service"][i],
+                            col["mode"][i],
+                            col["daypart"][i],
+                            weekday[i],
+                            col["season"][i],
+                            col["weather"][i],
+                            geo[i],
+                        )
+                        for i in sl
+                    ],
+                    dtype=np.int64,
+                )
+            )
+            out.times.append(times[start:end])
+            out.services.append([col["service"][i] for i in sl])
+            start = end
+        return out
+
+
+def _steps(tokens: np.ndarray, ctx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Interleave steps: tokens (n*(1+L),) and ctx (n*(1+L), 7)."""
+    n, levels = tokens.shape
+    tok = np.empty((n, 1 + levels), dtype=np.int64)
+    tok[:, 0] = CTX
+    tok[:, 1:] = tokens
+    c = np.zeros((n, 1 + levels, ctx.shape[1]), dtype=np.int64)
+    c[:, 0] = ctx
+    return tok.reshape(-1), c.reshape(-1, ctx.shape[1])
+
+
+def training_windows(
+    seqs: UserSequences, max_items: int, holdout: int = 2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training sequences: windows of ``max_items`` steps over each user's training part.
+
+    The last ``holdout`` events of every user are never included (leave-one-out:
+    2 keeps both validation and test out). Windows end at the last training
+    event and every ``max_items - 1`` steps before it, so each training event
+    is a target once. Returns left-padded tokens (N, T) and ctx (N, T, 7).
+    """
+    levels = seqs.n_levels
+    t_len = max_items * (1 + levels)
+    rows_t, rows_c = [], []
+    for tok, ctx in zip(seqs.tokens, seqs.ctx, strict=True):
+        n = len(tok) - holdout
+        end = n
+        while end >= 2:
+            begin = max(0, end - max_items)
+            t, c = _steps(tok[begin:end], ctx[begin:end])
+            pad = t_len - len(t)
+            rows_t.append(np.pad(t, (pad, 0)))
+            rows_c.append(np.pad(c, ((pad, 0), (0, 0))))
+            end -= max_items - 1
+    if not rows_t:
+        return torch.zeros(0, t_len, dtype=torch.long), torch.zeros(0, t_len, 7, dtype=torch.long)
+    return torch.from_numpy(np.stack(rows_t)), torch.from_numpy(np.stack(rows_c))
+
+
+@dataclass
+class Prompt:
+    """One request: history steps plus the target's context, and the truth."""
+
+    user: str
+    tokens: np.ndarray  # (T,)
+    ctx: np.ndarray  # (T, 7)
+    service: str
+    target: str
+    n_history: int
+
+
+def build_prompts(
+    seqs: UserSequences,
+    split: Literal["valid", "test"],
+    regime: Regime,
+    max_history: int = 20,
+    session_hours: float = 3.0,
+    session_items: int = 5,
+    order_session_items: int = 3,
+) -> list[Prompt]:
+    """Leave-one-out prompts for every user with enough events.
+
+    ``full``: the last ``max_history`` events before the target. ``private``:
+    only the current session, the events of the last ``session_hours`` before
+    the target (at most ``session_items``); with order-only timestamps the
+    session is the last ``order_session_items`` events.
+    """
+    target_back = 1 if split == "test" else 2
+    out = []
+    for u, items, tok, ctx, times, svc in zip(
+        seqs.users, seqs.items, seqs.tokens, seqs.ctx, seqs.times, seqs.services, strict=True
+    ):
+        ti = len(items) - target_back
+        if ti < 1:
+            continue
+        if regime == "full":
+            begin = max(0, ti - max_history)
+        elif seqs.timestamps_real:
+            horizon = times[ti] - int(session_hours * 3_600_000)
+            begin = ti
+            while begin > 0 and times[begin - 1] >= horizon and ti - begin < session_items:
+                begin -= 1
+        else:
+            begin = max(0, ti - order_session_items)
+        t, c = _steps(tok[begin:ti], ctx[begin:ti])
+        t = np.concatenate([t, [CTX]])
+        c = np.concatenate([c, ctx[ti][None]])
+        out.append(Prompt(u, t, c, svc[ti], items[ti], ti - begin))
+    return out
+
+
+def pack_prompts(prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad prompts into (B, T) tokens and (B, T, 7) ctx."""
+    t_len = max(len(p.tokens) for p in prompts)
+    tok = np.zeros((len(prompts), t_len), dtype=np.int64)
+    ctx = np.zeros((len(prompts), t_len, 7), dtype=np.int64)
+    for i, p in enumerate(prompts):
+        tok[i, t_len - len(p.tokens) :] = p.tokens
+        ctx[i, t_len - len(p.tokens) :] = p.ctx
+    return torch.from_numpy(tok), torch.from_numpy(ctx)

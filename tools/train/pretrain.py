@@ -1,0 +1,216 @@
+"""Pretraining of the base model: next-item (Semantic ID) training on all users.
+
+AdamW with a linear warm-up and cosine decay, gradient clipping, fixed seeds,
+and a checkpoint every ``checkpoint_every`` steps and at every epoch end.
+Checkpoints are safetensors plus JSON (weights, AdamW moments, the RNG state
+used for dropout, the step), never pickles. A run restarted on the same
+output directory resumes from the last checkpoint; the batch order is a pure
+function of ``(seed, epoch)``, so an interrupted and resumed run ends with the
+same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from userlayer.sdk.model.config import ModelConfig
+from userlayer.sdk.model.io import save_model
+from userlayer.sdk.model.transformer import Recommender
+from userlayer.sdk.semantic_ids import SemanticIdTable
+from userlayer.tools.data.format import Dataset
+from userlayer.tools.exceptions import ToolsError
+from userlayer.tools.train.examples import UserSequences, training_windows
+
+__all__ = ["PretrainConfig", "PretrainResult", "pretrain"]
+
+logger = logging.getLogger(__name__)
+_CKPT = "checkpoint"
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Training settings and model size; validated on creation."""
+
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 200
+    max_steps: int | None = None  # stop early (leaving a checkpoint), e.g. to test resume
+    threads: int | None = None  # runtime only; not stored in the model
+    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ToolsError(f"`{name}` should be positive, got {getattr(self, name)}")
+        if not 0 < self.lr < 1:
+            raise ToolsError(f"`lr` should be in (0, 1), got {self.lr}")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip <= 0:
+            raise ToolsError("`warmup_steps`, `weight_decay` should be >= 0 and `grad_clip` > 0")
+
+
+@dataclass
+class PretrainResult:
+    """What a run produced."""
+
+    out: Path
+    fingerprint: str
+    steps: int
+    losses: list[float]
+    seconds: float
+    finished: bool
+
+
+def _lr(cfg: PretrainConfig, step: int, total: int) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def _save_checkpoint(
+    d: Path, model: Recommender, opt: torch.optim.AdamW, step: int, losses: list[float]
+) -> None:
+    tmp = d.with_name(d.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            st = opt.state.get(p)
+            if st:
+                n = names[id(p)]
+                tensors[f"opt.{n}.exp_avg"] = st["exp_avg"].contiguous()
+                tensors[f"opt.{n}.exp_avg_sq"] = st["exp_avg_sq"].contiguous()
+                tensors[f"opt.{n}.step"] = st["step"].reshape(1).float()
+    tensors["rng.torch"] = torch.get_rng_state()
+    save_file(tensors, str(tmp / "state.safetensors"))
+    (tmp / "trainer.json").write_text(json.dumps({"step": step, "losses": losses}), "utf-8")
+    if d.exists():
+        shutil.rmtree(d)
+    tmp.rename(d)  # atomic switch: a crash leaves the old or the new checkpoint
+
+
+def _load_checkpoint(
+    d: Path, model: Recommender, opt: torch.optim.AdamW
+) -> tuple[int, list[float]]:
+    tensors = load_file(str(d / "state.safetensors"))
+    meta = json.loads((d / "trainer.json").read_text("utf-8"))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    for n, p in model.named_parameters():
+        if f"opt.{n}.exp_avg" in tensors:
+            opt.state[p] = {
+                "exp_avg": tensors[f"opt.{n}.exp_avg"].clone(),
+                "exp_avg_sq": tensors[f"opt.{n}.exp_avg_sq"].clone(),
+                "step": tensors[f"opt.{n}.step"].reshape(()).clone(),
+            }
+    torch.set_rng_state(tensors["rng.torch"])
+    return int(meta["step"]), list(meta["losses"])
+
+
+def pretrain(
+    data_dir: str | Path,
+    out: str | Path,
+    cfg: PretrainConfig | None = None,
+    on_step: Callable[[int, int, float, float], None] | None = None,
+) -> PretrainResult:
+    """Train the base model on a dataset with Semantic IDs; resume if ``out`` has a checkpoint.
+
+    Args:
+        data_dir: dataset directory with ``sids.json``.
+        out: model directory to write.
+        cfg: settings.
+        on_step: progress callback ``(step, total, loss, examples_per_s)``.
+
+    Raises:
+        ToolsError: if the dataset has no Semantic IDs or no training data.
+    """
+    cfg = cfg or PretrainConfig()
+    torch.set_flush_denormal(True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    data_dir, out = Path(data_dir), Path(out)
+    sids_path = data_dir / "sids.json"
+    if not sids_path.exists():
+        raise ToolsError(f"{data_dir} has no sids.json: run `userlayer sids build` first")
+    table = SemanticIdTable.load(sids_path)
+    ds = Dataset.load(data_dir)
+    mcfg = ModelConfig(level_sizes=table.level_sizes, **cfg.model)
+    seqs = UserSequences.from_dataset(ds, table, mcfg.geo_buckets)
+    tokens, ctx = training_windows(seqs, mcfg.max_items)
+    if len(tokens) == 0:
+        raise ToolsError("no training sequences: users need at least 4 events")
+    torch.manual_seed(cfg.seed)
+    model = Recommender(mcfg)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+    )
+    per_epoch = math.ceil(len(tokens) / cfg.batch_size)
+    total = per_epoch * cfg.epochs
+    step, losses = 0, list[float]()
+    ckpt = out / _CKPT
+    if (ckpt / "trainer.json").exists():
+        step, losses = _load_checkpoint(ckpt, model, opt)
+        logger.info("resuming from step %d", step)
+    model.train()
+    t0 = time.perf_counter()
+    done = 0
+    while step < total:
+        epoch, offset = divmod(step, per_epoch)
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(tokens))
+        idx = torch.from_numpy(order[offset * cfg.batch_size : (offset + 1) * cfg.batch_size])
+        for g in opt.param_groups:
+            g["lr"] = _lr(cfg, step, total)
+        loss = model.loss(tokens[idx], ctx[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        step += 1
+        done += len(idx)
+        value = loss.item()
+        losses.append(round(value, 5))
+        if on_step is not None:
+            on_step(step, total, value, done / max(time.perf_counter() - t0, 1e-9))
+        stop = cfg.max_steps is not None and step >= cfg.max_steps and step < total
+        if step % cfg.checkpoint_every == 0 or step % per_epoch == 0 or stop:
+            _save_checkpoint(ckpt, model, opt, step, losses)
+        if stop:
+            return PretrainResult(out, "", step, losses, time.perf_counter() - t0, False)
+    model.eval()
+    meta = {
+        "pretrain": {
+            **asdict(cfg),
+            "threads": None,
+            "steps": step,
+            "examples": len(tokens),
+            "final_loss": losses[-1] if losses else None,
+        },
+        "data": str(data_dir),
+    }
+    fp = save_model(model, out, meta)
+    table.save(out / "sids.json")
+    return PretrainResult(out, fp, step, losses, time.perf_counter() - t0, True)
