@@ -34,9 +34,8 @@ class Recommendation:
 class _Masks:
     """Allowed-code masks per (prefix, service, excluded set), cached."""
 
-    def __init__(self, trie: SidTrie, device: torch.device) -> None:
+    def __init__(self, trie: SidTrie) -> None:
         self.trie = trie
-        self.device = device
         self.sizes = trie.table.level_sizes
         self.cache: dict[tuple[tuple[int, ...], Service | None], Tensor] = {}
 
@@ -88,7 +87,7 @@ def beam_search(
     beam = max(beam or max(k, 10), k)
     svc = [None if s is None else Service(s) for s in (services or [None] * b)]
     excl = [frozenset(e) for e in (exclude or [()] * b)]
-    masks = _Masks(trie, tokens.device)
+    masks = _Masks(trie)
     offs = level_offsets(trie.table.level_sizes)
     n_levels = len(offs)
     logits, cache = model(tokens, ctx, adapters, return_cache=True)
@@ -153,17 +152,7 @@ def beam_search(
         cache = cache.select(sel)
         scores = torch.tensor(flat_scores).view(b, w)
         step = torch.tensor(flat_codes).view(-1, 1) + FIRST_CODE + offs[level]
-        ad = None
-        if adapters is not None:
-            rep = torch.arange(b).repeat_interleave(w)
-            ad = RowAdapters(
-                adapters.config,
-                adapters.active.index_select(0, rep),
-                {n: t.index_select(0, rep) for n, t in adapters.tensors.items()},
-                None
-                if adapters.mode_weights is None
-                else adapters.mode_weights.index_select(0, rep),
-            )
+        ad = None if adapters is None else adapters.select(torch.arange(b).repeat_interleave(w))
         logits, cache = model(
             step,
             torch.zeros(b * w, 1, ctx.shape[-1], dtype=torch.long),

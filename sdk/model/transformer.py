@@ -91,6 +91,15 @@ class RowAdapters:
             config, index >= 0, {k: v.index_select(0, safe) for k, v in slab.items()}, mode_weights
         )
 
+    def select(self, rows: Tensor) -> RowAdapters:
+        """Reorder/duplicate rows (beam search)."""
+        return RowAdapters(
+            self.config,
+            self.active.index_select(0, rows),
+            {n: t.index_select(0, rows) for n, t in self.tensors.items()},
+            None if self.mode_weights is None else self.mode_weights.index_select(0, rows),
+        )
+
     def check(self, cfg: ModelConfig, batch: int) -> None:
         """Refuse tensors whose shape does not fit the model (names the tensor).
 

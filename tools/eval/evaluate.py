@@ -25,11 +25,18 @@ import torch
 
 from userlayer.sdk.model.decoding import beam_search
 from userlayer.sdk.model.io import load_model
-from userlayer.sdk.semantic_ids import SemanticIdTable
+from userlayer.sdk.model.transformer import Recommender
+from userlayer.sdk.semantic_ids import SemanticIdTable, SidTrie
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.eval.metrics import Accumulator
 from userlayer.tools.eval.sasrec import SASRecConfig, rank_sasrec, train_sasrec
-from userlayer.tools.train.examples import Prompt, UserSequences, build_prompts, pack_prompts
+from userlayer.tools.train.examples import (
+    Prompt,
+    UserSequences,
+    build_prompts,
+    pack_prompts,
+    target_offset,
+)
 
 __all__ = ["EvalConfig", "evaluate"]
 
@@ -50,14 +57,12 @@ class EvalConfig:
 
 
 def _generative(
-    model_dir: Path,
-    table: SemanticIdTable,
+    model: Recommender,
+    trie: SidTrie,
     prompts: list[Prompt],
     cfg: EvalConfig,
     tick: Callable[[int], None],
 ) -> dict[str, dict[str, float]]:
-    model = load_model(model_dir)
-    trie = table.trie()
     acc = Accumulator()
     for s in range(0, len(prompts), cfg.batch_size):
         chunk = prompts[s : s + cfg.batch_size]
@@ -89,7 +94,12 @@ def evaluate(
         Path(model_dir) / "sids.json" if model_dir else data_dir / "sids.json"
     )
     ds = Dataset.load(data_dir)
-    seqs = UserSequences.from_dataset(ds, table)
+    model = None if model_dir is None else load_model(model_dir)
+    # context ids must use the model's geo buckets (the default when there is no model)
+    if model is None:
+        seqs = UserSequences.from_dataset(ds, table)
+    else:
+        seqs = UserSequences.from_dataset(ds, table, model.cfg.geo_buckets)
     prompts = {r: build_prompts(seqs, cfg.split, r) for r in REGIMES}  # type: ignore[arg-type]
     if cfg.max_users:
         prompts = {r: p[: cfg.max_users] for r, p in prompts.items()}
@@ -97,12 +107,14 @@ def evaluate(
     timings: dict[str, float] = {}
     if model_dir is not None:
         t0 = time.perf_counter()
+        assert model is not None
+        trie = table.trie()
         results["generative"] = {
-            r: _generative(Path(model_dir), table, prompts[r], cfg, tick) for r in REGIMES
+            r: _generative(model, trie, prompts[r], cfg, tick) for r in REGIMES
         }
         timings["generative"] = time.perf_counter() - t0
     # baselines see the same training part: all but the last two events (one for test)
-    back = 1 if cfg.split == "test" else 2
+    back = target_offset(cfg.split)
     train = [items[: len(items) - back - 1] for items in seqs.items]
     item_ids = sorted(table.codes)
     index = {i: n + 1 for n, i in enumerate(item_ids)}
@@ -124,25 +136,16 @@ def evaluate(
         timings["popularity"] = time.perf_counter() - t0
     if "sasrec" in cfg.baselines:
         t0 = time.perf_counter()
-        model = train_sasrec([[index[i] for i in s] for s in train], len(item_ids), cfg.sasrec)
+        sasrec = train_sasrec([[index[i] for i in s] for s in train], len(item_ids), cfg.sasrec)
         svc_mask = {
             s: torch.tensor([False] + [service_of[i].value == s for i in item_ids])
             for s in {p.service for ps in prompts.values() for p in ps}
         }
-        by_user = dict(zip(seqs.users, seqs.items, strict=True))
         results["sasrec"] = {}
         for r in REGIMES:
-            hist = [
-                [
-                    index[i]
-                    for i in by_user[p.user][
-                        len(by_user[p.user]) - back - p.n_history : len(by_user[p.user]) - back
-                    ]
-                ]
-                for p in prompts[r]
-            ]
+            hist = [[index[i] for i in p.history] for p in prompts[r]]
             allowed = torch.stack([svc_mask[p.service] for p in prompts[r]])
-            ranked = rank_sasrec(model, hist, cfg.k, allowed)
+            ranked = rank_sasrec(sasrec, hist, cfg.k, allowed)
             acc = Accumulator()
             for p, rk in zip(prompts[r], ranked, strict=True):
                 acc.add([item_ids[j - 1] for j in rk], p.target, p.service)

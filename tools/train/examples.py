@@ -25,7 +25,14 @@ from userlayer.sdk.model.tokens import CTX, FIRST_CODE, ContextVocab, level_offs
 from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.data.format import Dataset
 
-__all__ = ["Prompt", "UserSequences", "build_prompts", "pack_prompts", "training_windows"]
+__all__ = [
+    "Prompt",
+    "UserSequences",
+    "build_prompts",
+    "pack_prompts",
+    "target_offset",
+    "training_windows",
+]
 
 Regime = Literal["full", "private"]
 DEFAULT_ACTIONS = ("view", "add_to_cart", "purchase")
@@ -150,7 +157,17 @@ class Prompt:
     ctx: np.ndarray  # (T, 7)
     service: str
     target: str
-    n_history: int
+    history: list[str]  # the history items, oldest first
+
+    @property
+    def n_history(self) -> int:
+        """Number of history items in the prompt."""
+        return len(self.history)
+
+
+def target_offset(split: Literal["valid", "test"] | str) -> int:
+    """Position of the held-out target from the end of a user's sequence (1 = last)."""
+    return 1 if split == "test" else 2
 
 
 def build_prompts(
@@ -169,7 +186,7 @@ def build_prompts(
     the target (at most ``session_items``); with order-only timestamps the
     session is the last ``order_session_items`` events.
     """
-    target_back = 1 if split == "test" else 2
+    target_back = target_offset(split)
     out = []
     for u, items, tok, ctx, times, svc in zip(
         seqs.users, seqs.items, seqs.tokens, seqs.ctx, seqs.times, seqs.services, strict=True
@@ -189,7 +206,7 @@ def build_prompts(
         t, c = _steps(tok[begin:ti], ctx[begin:ti])
         t = np.concatenate([t, [CTX]])
         c = np.concatenate([c, ctx[ti][None]])
-        out.append(Prompt(u, t, c, svc[ti], items[ti], ti - begin))
+        out.append(Prompt(u, t, c, svc[ti], items[ti], items[begin:ti]))
     return out
 
 
