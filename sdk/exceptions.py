@@ -8,6 +8,7 @@ adds its own base (``EdgeError``, ``CloudError``, ``ToolsError``) under it.
 from __future__ import annotations
 
 __all__ = [
+    "AdapterError",
     "CatalogError",
     "SchemaError",
     "SemanticIdError",
@@ -29,3 +30,7 @@ class CatalogError(UserLayerError, ValueError):
 
 class SemanticIdError(UserLayerError, ValueError):
     """A Semantic ID table or prefix is invalid."""
+
+
+class AdapterError(UserLayerError, ValueError):
+    """A sealed adapter package is malformed, tampered with, or fails verification."""

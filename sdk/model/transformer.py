@@ -497,13 +497,22 @@ class Recommender(nn.Module):
         ctx: Tensor,
         adapters: RowAdapters | None = None,
         reduction: str = "mean",
+        last_item_only: bool = False,
     ) -> Tensor:
-        """Next-code cross-entropy on every code position (each level masked to its codes)."""
+        """Next-code cross-entropy on every code position (each level masked to its codes).
+
+        With ``last_item_only`` only the codes of each row's final item count
+        (rows end at the last position: left padding), as when a prompt is
+        scored on its target.
+        """
         logits, _ = self(tokens, ctx, adapters)
         level = self.next_level[tokens[:, :-1]]  # level predicted at each position
         target = tokens[:, 1:] - FIRST_CODE
         use = (level >= 0) & (target >= 0)
         use = use & self.level_mask[level.clamp(min=0), target.clamp(min=0)]
+        if last_item_only:
+            t = target.shape[1]
+            use = use & (torch.arange(t, device=tokens.device) >= t - self.cfg.n_levels)[None]
         lg = self.level_logits(logits[:, :-1], level)
         ce = F.cross_entropy(
             lg.reshape(-1, lg.shape[-1]), target.clamp(min=0).reshape(-1), reduction="none"

@@ -42,6 +42,7 @@ takes well under a second of validation.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from userlayer.sdk.schemas import Action, Daypart, Mode, Season, Service, Weather
+from userlayer.sdk.schemas import Action, Context, Daypart, Event, Mode, Season, Service, Weather
 from userlayer.tools.exceptions import DataFormatError
 
 __all__ = [
@@ -292,6 +293,47 @@ class Dataset:
         for u, i in zip(users, items, strict=True):
             out.setdefault(u, []).append(i)
         return out
+
+    def user_events(self, users: Sequence[str] | None = None) -> dict[str, list[Event]]:
+        """Events as schema objects, per user in time order (what an edge store holds)."""
+        ev = self.events
+        if users is not None:
+            keep = pc.is_in(ev.column("user_id").cast(pa.string()), pa.array(list(users)))
+            ev = ev.filter(keep)
+        cols = {
+            n: ev.column(n).cast(pa.string()).to_pylist()
+            if n in _ENUM_COLUMNS or n in ("user_id", "item_id")
+            else ev.column(n).to_pylist()
+            for n in ev.column_names
+        }
+        out: dict[str, list[Event]] = {}
+        for i in range(ev.num_rows):
+            ctx = Context.model_construct(
+                mode=Mode(cols["mode"][i]),
+                daypart=Daypart(cols["daypart"][i]),
+                weekday=cols["weekday"][i],
+                season=Season(cols["season"][i]),
+                weather=Weather(cols["weather"][i]),
+                geo_cell=cols["geo_cell"][i],
+            )
+            e = Event.model_construct(
+                user_id=cols["user_id"][i],
+                service=Service(cols["service"][i]),
+                item_id=cols["item_id"][i],
+                action=Action(cols["action"][i]),
+                timestamp=cols["timestamp"][i],
+                quantity=cols["quantity"][i],
+                price=cols["price"][i],
+                context=ctx,
+            )
+            out.setdefault(e.user_id, []).append(e)
+        return out
+
+    def categories(self) -> dict[str, tuple[str, ...]]:
+        """Item id -> category path (root first)."""
+        ids = self.items.column("item_id").to_pylist()
+        cats = self.items.column("category").to_pylist()
+        return {i: tuple(c) for i, c in zip(ids, cats, strict=True)}
 
     def summary(self) -> dict[str, Any]:
         """Counts per service and action, for reports and ``meta.json``."""

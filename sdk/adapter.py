@@ -1,0 +1,520 @@
+"""Sealed adapter packages: a user's adapter as it leaves the device.
+
+A package is a JSON manifest plus the adapter tensors in safetensors, signed
+with the edge node's Ed25519 key and optionally encrypted to the cloud's
+X25519 public key. Nothing is ever unpickled. Needs ``numpy`` and
+``safetensors`` (the ``[edge]`` or ``[cloud]`` extra), never torch.
+
+Wire format (all integers big-endian)::
+
+    plain package
+      0   4  magic  b"ULAP"
+      4   1  version 0x01
+      5   1  kind    0x00 (plain)
+      6   4  m = manifest length (<= 64 KiB)
+      10  m  manifest, UTF-8 JSON (see :class:`Manifest`)
+      .   4  n = tensor blob length (<= ``max_tensor_bytes``)
+      .   n  safetensors bytes (float32 or float16, names == manifest)
+      .  64  Ed25519 signature over every byte before it
+
+    encrypted package (sign, then encrypt)
+      0   4  magic  b"ULAP"
+      4   1  version 0x01
+      5   1  kind    0x01 (sealed to a recipient)
+      6  32  ephemeral X25519 public key
+      38 12  nonce (random, made here)
+      50  .  AES-256-GCM(plain package) with the 38 header bytes as
+             associated data; key = HKDF-SHA256(X25519 shared secret,
+             salt = ephemeral pub || recipient pub, info = b"userlayer.adapter/1")
+
+:func:`open_package` checks, in this order and before anything is used: the
+framing, the signature against the trusted signer named in the manifest,
+the manifest schema, manifest-tensor agreement (names, shapes, dtypes), the
+expected base fingerprint, user, service and shapes, finite values and the
+norm bound. Every failure is an :class:`AdapterError` that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from safetensors import SafetensorError
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from userlayer.sdk.exceptions import AdapterError
+
+__all__ = [
+    "ADAPTER_FORMAT",
+    "AdapterPackage",
+    "Expectation",
+    "Manifest",
+    "PrivacyRecord",
+    "TensorSpec",
+    "key_id",
+    "load_signing_key",
+    "open_package",
+    "save_signing_key",
+    "seal_package",
+    "to_peft",
+]
+
+ADAPTER_FORMAT = "userlayer.adapter/1"
+MAGIC = b"ULAP"
+VERSION = 1
+KIND_PLAIN, KIND_SEALED = 0, 1
+SIG_LEN = 64
+MAX_MANIFEST = 64 * 1024
+_DTYPES = {"F32": np.dtype(np.float32), "F16": np.dtype(np.float16)}
+_ST_NAME = {v: k for k, v in _DTYPES.items()}
+_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:@-")
+
+
+def key_id(public: Ed25519PublicKey) -> str:
+    """A signer's key id: the first 16 hex chars of SHA-256 over its raw public key."""
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def save_signing_key(key: Ed25519PrivateKey, path: str | Path) -> None:
+    """Write a node's private signing key (raw 32 bytes, hex) to a new 0600 file."""
+    raw = key.private_bytes(
+        serialization.Encoding.Raw,
+        serialization.PrivateFormat.Raw,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(raw.hex() + "\n")
+
+
+def load_signing_key(path: str | Path) -> Ed25519PrivateKey:
+    """Read a key written by :func:`save_signing_key`.
+
+    Raises:
+        AdapterError: if the file does not hold a 32-byte hex key.
+    """
+    try:
+        raw = bytes.fromhex(Path(path).read_text("ascii").strip())
+        return Ed25519PrivateKey.from_private_bytes(raw)
+    except (OSError, ValueError) as e:
+        raise AdapterError(f"{path}: not a signing key written by save_signing_key ({e})") from e
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Shape and dtype of one adapter tensor."""
+
+    shape: tuple[int, ...]
+    dtype: str  # safetensors dtype name: F32 or F16
+
+
+@dataclass(frozen=True)
+class PrivacyRecord:
+    """How the personal adapter was trained: the DP guarantee, as accounted."""
+
+    epsilon: float
+    delta: float
+    accountant: str  # e.g. "rdp"
+    library: str  # e.g. "opacus 1.6.0"
+    steps: int = 0
+    noise_multiplier: float = 0.0
+    sample_rate: float = 0.0
+    clip: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a package says about itself (stored as JSON, signed).
+
+    ``privacy`` is ``None`` for an adapter trained without DP (the registry
+    decides whether to accept that).
+    """
+
+    base_fingerprint: str
+    adapter_config: dict[str, Any]
+    tensors: dict[str, TensorSpec]
+    user_id: str
+    service: str
+    version: int
+    signer: str
+    privacy: PrivacyRecord | None = None
+    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    format: str = ADAPTER_FORMAT
+
+    def to_json(self) -> bytes:
+        """Canonical JSON bytes (sorted keys)."""
+        doc = {
+            "format": self.format,
+            "base_fingerprint": self.base_fingerprint,
+            "adapter_config": self.adapter_config,
+            "tensors": {
+                n: {"shape": list(s.shape), "dtype": s.dtype} for n, s in self.tensors.items()
+            },
+            "user_id": self.user_id,
+            "service": self.service,
+            "version": self.version,
+            "signer": self.signer,
+            "privacy": None if self.privacy is None else self.privacy.to_dict(),
+            "created": self.created,
+        }
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Manifest:
+        """Parse and validate a manifest.
+
+        Raises:
+            AdapterError: naming the missing or invalid field.
+        """
+        try:
+            doc = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise AdapterError(f"manifest is not UTF-8 JSON: {e}") from e
+        if not isinstance(doc, dict):
+            raise AdapterError("manifest should be a JSON object")
+        need = {
+            "format": str,
+            "base_fingerprint": str,
+            "adapter_config": dict,
+            "tensors": dict,
+            "user_id": str,
+            "service": str,
+            "version": int,
+            "signer": str,
+            "created": str,
+        }
+        for name, typ in need.items():
+            if not isinstance(doc.get(name), typ) or isinstance(doc.get(name), bool):
+                raise AdapterError(f"manifest field `{name}` should be a {typ.__name__}")
+        extra = set(doc) - set(need) - {"privacy"}
+        if extra:
+            raise AdapterError(f"manifest has unknown fields {sorted(extra)}")
+        if doc["format"] != ADAPTER_FORMAT:
+            raise AdapterError(f"manifest format {doc['format']!r}, expected {ADAPTER_FORMAT!r}")
+        for name in ("user_id", "service", "signer", "base_fingerprint"):
+            v = doc[name]
+            if not 0 < len(v) <= 128 or not set(v) <= _ID_CHARS:
+                raise AdapterError(f"manifest field `{name}` has invalid characters or length")
+        if doc["version"] < 1:
+            raise AdapterError("manifest field `version` should be >= 1")
+        tensors = {}
+        for n, spec in doc["tensors"].items():
+            ok = (
+                isinstance(spec, dict)
+                and set(spec) == {"shape", "dtype"}
+                and isinstance(spec["shape"], list)
+                and all(isinstance(d, int) and not isinstance(d, bool) for d in spec["shape"])
+                and all(0 < d <= 1 << 20 for d in spec["shape"])
+                and spec["dtype"] in _DTYPES
+            )
+            if not ok:
+                raise AdapterError(f"manifest entry for tensor {n!r} is invalid: {spec!r}")
+            tensors[n] = TensorSpec(tuple(spec["shape"]), spec["dtype"])
+        return cls(
+            base_fingerprint=doc["base_fingerprint"],
+            adapter_config=doc["adapter_config"],
+            tensors=tensors,
+            user_id=doc["user_id"],
+            service=doc["service"],
+            version=doc["version"],
+            signer=doc["signer"],
+            privacy=_privacy(doc.get("privacy")),
+            created=doc["created"],
+        )
+
+
+def _privacy(d: Any) -> PrivacyRecord | None:
+    if d is None:
+        return None
+    try:
+        rec = PrivacyRecord(**d)
+        ok = all(
+            isinstance(getattr(rec, f), int | float) and math.isfinite(getattr(rec, f))
+            for f in ("epsilon", "delta", "noise_multiplier", "sample_rate", "clip")
+        )
+        if not ok or rec.epsilon < 0 or not 0 <= rec.delta < 1:
+            raise ValueError("epsilon/delta out of range")
+        return rec
+    except (TypeError, ValueError) as e:
+        raise AdapterError(f"manifest field `privacy` is invalid: {e}") from e
+
+
+@dataclass(frozen=True)
+class AdapterPackage:
+    """A verified (or about to be sealed) adapter: manifest plus float tensors."""
+
+    manifest: Manifest
+    tensors: dict[str, np.ndarray]
+
+    def norm(self) -> float:
+        """L2 norm over all tensors together."""
+        return math.sqrt(
+            sum(float(np.square(t, dtype=np.float64).sum()) for t in self.tensors.values())
+        )
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What the receiver requires of a package beyond a valid signature.
+
+    ``None`` fields are not checked. ``shapes`` maps every tensor name to its
+    shape (from ``userlayer.sdk.model.adapter_shapes``); ``max_norm`` bounds
+    the L2 norm over all tensors.
+    """
+
+    base_fingerprint: str | None = None
+    user_id: str | None = None
+    service: str | None = None
+    shapes: Mapping[str, tuple[int, ...]] | None = None
+    max_norm: float = 1e3
+    max_tensor_bytes: int = 64 << 20
+
+
+def seal_package(
+    manifest_fields: Mapping[str, Any],
+    tensors: Mapping[str, np.ndarray],
+    signing_key: Ed25519PrivateKey,
+    recipient: X25519PublicKey | None = None,
+) -> bytes:
+    """Build, sign and (if ``recipient`` is given) encrypt a package.
+
+    ``manifest_fields`` are the :class:`Manifest` fields except ``tensors``
+    and ``signer``, which are filled from the tensors and the key.
+
+    Raises:
+        AdapterError: if a tensor is not float32/float16 or not finite.
+    """
+    arrays = {}
+    for name, t in tensors.items():
+        a = np.ascontiguousarray(t)
+        if a.dtype not in _ST_NAME:
+            raise AdapterError(f"tensor {name!r} has dtype {a.dtype}; use float32 or float16")
+        if not np.isfinite(a).all():
+            raise AdapterError(f"tensor {name!r} has non-finite values")
+        arrays[name] = a
+    specs = {n: TensorSpec(tuple(a.shape), _ST_NAME[a.dtype]) for n, a in arrays.items()}
+    manifest = Manifest(
+        tensors=specs, signer=key_id(signing_key.public_key()), **dict(manifest_fields)
+    )
+    m = manifest.to_json()
+    blob = st_save(arrays) if arrays else b""
+    body = MAGIC + bytes([VERSION, KIND_PLAIN]) + struct.pack(">I", len(m)) + m
+    body += struct.pack(">I", len(blob)) + blob
+    plain = body + signing_key.sign(body)
+    if recipient is None:
+        return plain
+    eph = X25519PrivateKey.generate()
+    eph_pub = eph.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    nonce = os.urandom(12)
+    header = MAGIC + bytes([VERSION, KIND_SEALED]) + eph_pub
+    key = _kdf(eph.exchange(recipient), eph_pub, recipient)
+    return header + nonce + AESGCM(key).encrypt(nonce, plain, header)
+
+
+def _kdf(shared: bytes, eph_pub: bytes, recipient: X25519PublicKey) -> bytes:
+    rpub = recipient.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=eph_pub + rpub, info=ADAPTER_FORMAT.encode()
+    ).derive(shared)
+
+
+def _decrypt(blob: bytes, recipient_key: X25519PrivateKey | None) -> bytes:
+    if recipient_key is None:
+        raise AdapterError("package is encrypted to a recipient but no recipient key was given")
+    if len(blob) < 50 + 16:
+        raise AdapterError(f"encrypted package truncated ({len(blob)} bytes)")
+    header, nonce, ct = blob[:38], blob[38:50], blob[50:]
+    try:
+        eph = X25519PublicKey.from_public_bytes(header[6:38])
+        key = _kdf(recipient_key.exchange(eph), header[6:38], recipient_key.public_key())
+        return AESGCM(key).decrypt(nonce, ct, header)
+    except (InvalidTag, ValueError) as e:
+        raise AdapterError("package does not decrypt with this recipient key (tampered?)") from e
+
+
+def open_package(
+    blob: bytes,
+    trusted: Mapping[str, Ed25519PublicKey],
+    expect: Expectation | None = None,
+    recipient_key: X25519PrivateKey | None = None,
+) -> AdapterPackage:
+    """Decrypt (if sealed), verify and parse a package; see the module docstring.
+
+    Args:
+        blob: the package bytes.
+        trusted: signer key id -> Ed25519 public key of the nodes allowed to upload.
+        expect: what the receiver requires (fingerprint, user, shapes, norm bound).
+        recipient_key: the receiver's X25519 private key, for encrypted packages.
+
+    Raises:
+        AdapterError: on any failure, naming what failed.
+    """
+    expect = expect or Expectation()
+    if not isinstance(blob, bytes | bytearray | memoryview):
+        raise AdapterError(f"package should be bytes, got {type(blob).__name__}")
+    blob = bytes(blob)
+    if len(blob) < 6 or blob[:4] != MAGIC:
+        raise AdapterError("not an adapter package (bad magic)")
+    if blob[4] != VERSION:
+        raise AdapterError(f"unsupported package version {blob[4]}")
+    if blob[5] == KIND_SEALED:
+        blob = _decrypt(blob, recipient_key)
+        if blob[:6] != MAGIC + bytes([VERSION, KIND_PLAIN]):
+            raise AdapterError("encrypted package does not hold a plain package")
+    elif blob[5] != KIND_PLAIN:
+        raise AdapterError(f"unknown package kind {blob[5]}")
+    manifest_raw, tensor_raw, body, sig = _frame(blob, expect.max_tensor_bytes)
+    manifest = _signed_manifest(manifest_raw, body, sig, trusted)
+    tensors = _tensors(tensor_raw, manifest)
+    pkg = AdapterPackage(manifest, tensors)
+    _check_expectation(pkg, expect)
+    return pkg
+
+
+def _frame(blob: bytes, max_tensor_bytes: int) -> tuple[bytes, bytes, bytes, bytes]:
+    if len(blob) < 10 + 4 + SIG_LEN:
+        raise AdapterError(f"package truncated ({len(blob)} bytes)")
+    (m_len,) = struct.unpack(">I", blob[6:10])
+    if m_len > MAX_MANIFEST:
+        raise AdapterError(f"manifest length {m_len} exceeds {MAX_MANIFEST}")
+    pos = 10 + m_len
+    if len(blob) < pos + 4 + SIG_LEN:
+        raise AdapterError("package truncated inside the manifest")
+    (t_len,) = struct.unpack(">I", blob[pos : pos + 4])
+    if t_len > max_tensor_bytes:
+        raise AdapterError(f"tensor blob of {t_len} bytes exceeds the limit {max_tensor_bytes}")
+    end = pos + 4 + t_len
+    if len(blob) != end + SIG_LEN:
+        raise AdapterError(
+            f"package length {len(blob)} does not match its framing ({end + SIG_LEN} expected)"
+        )
+    return blob[10:pos], blob[pos + 4 : end], blob[:end], blob[end:]
+
+
+def _signed_manifest(
+    raw: bytes, body: bytes, sig: bytes, trusted: Mapping[str, Ed25519PublicKey]
+) -> Manifest:
+    # the signer is named inside the (not yet trusted) manifest; parse it only
+    # far enough to find the key, then verify before trusting anything else
+    try:
+        signer = json.loads(raw.decode("utf-8")).get("signer")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        raise AdapterError("manifest is not a JSON object") from e
+    if not isinstance(signer, str) or signer not in trusted:
+        raise AdapterError(f"package signer {signer!r} is not a trusted key")
+    try:
+        trusted[signer].verify(sig, body)
+    except InvalidSignature as e:
+        raise AdapterError("package signature is invalid (tampered or wrong key)") from e
+    return Manifest.from_json(raw)
+
+
+def _tensors(raw: bytes, manifest: Manifest) -> dict[str, np.ndarray]:
+    if not raw:
+        arrays: dict[str, np.ndarray] = {}
+    else:
+        try:
+            arrays = st_load(raw)
+        except (SafetensorError, ValueError, TypeError) as e:
+            raise AdapterError(f"tensor blob is not valid safetensors: {e}") from e
+    if set(arrays) != set(manifest.tensors):
+        raise AdapterError(
+            f"tensors {sorted(arrays)} do not match the manifest {sorted(manifest.tensors)}"
+        )
+    for name, spec in manifest.tensors.items():
+        a = arrays[name]
+        if tuple(a.shape) != spec.shape or a.dtype != _DTYPES[spec.dtype]:
+            raise AdapterError(
+                f"tensor {name!r} is {a.dtype}{tuple(a.shape)}, manifest says "
+                f"{spec.dtype}{spec.shape}"
+            )
+        if not np.isfinite(a).all():
+            raise AdapterError(f"tensor {name!r} has non-finite values")
+    return arrays
+
+
+def _check_expectation(pkg: AdapterPackage, e: Expectation) -> None:
+    m = pkg.manifest
+    if e.base_fingerprint is not None and m.base_fingerprint != e.base_fingerprint:
+        raise AdapterError(
+            f"adapter was made for base model {m.base_fingerprint}, "
+            f"this server runs {e.base_fingerprint}"
+        )
+    if e.user_id is not None and m.user_id != e.user_id:
+        raise AdapterError(f"package is for user {m.user_id!r}, not {e.user_id!r}")
+    if e.service is not None and m.service != e.service:
+        raise AdapterError(f"package is for service {m.service!r}, not {e.service!r}")
+    if e.shapes is not None:
+        got = {n: s.shape for n, s in m.tensors.items()}
+        want = {n: tuple(s) for n, s in e.shapes.items()}
+        if got != want:
+            diff = sorted(n for n in set(got) | set(want) if got.get(n) != want.get(n))
+            raise AdapterError(
+                "adapter shapes do not fit the model: "
+                + ", ".join(f"{n}: {got.get(n)} vs {want.get(n)}" for n in diff)
+            )
+    norm = pkg.norm()
+    if norm > e.max_norm:
+        raise AdapterError(f"adapter norm {norm:.3g} exceeds the bound {e.max_norm:.3g}")
+
+
+def to_peft(
+    tensors: Mapping[str, np.ndarray], adapter_config: Mapping[str, Any], out: str | Path
+) -> Path:
+    """Write the LoRA part in the PEFT format (adapter_config.json, adapter_model.safetensors).
+
+    The keys follow the module paths of ``userlayer.sdk.model.Recommender``
+    (``blocks.{i}.attn.q``, ``blocks.{i}.mlp.up``...), so ``peft.PeftModel``
+    loads them onto the torch base. Prefix, FiLM and mode parts have no PEFT
+    equivalent and are left out.
+    """
+    d = Path(out)
+    d.mkdir(parents=True, exist_ok=True)
+    targets = list(adapter_config["targets"])
+    state = {}
+    for t in targets:
+        a, b = np.asarray(tensors[f"lora_a.{t}"]), np.asarray(tensors[f"lora_b.{t}"])
+        part = "attn" if t in ("q", "k", "v", "o") else "mlp"
+        for layer in range(a.shape[0]):
+            key = f"base_model.model.blocks.{layer}.{part}.{t}"
+            state[f"{key}.lora_A.weight"] = np.ascontiguousarray(a[layer], dtype=np.float32)
+            state[f"{key}.lora_B.weight"] = np.ascontiguousarray(b[layer], dtype=np.float32)
+    cfg = {
+        "peft_type": "LORA",
+        "task_type": None,
+        "r": int(adapter_config["rank"]),
+        "lora_alpha": float(adapter_config["alpha"]),
+        "lora_dropout": 0.0,
+        "target_modules": targets,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "use_rslora": False,
+        "base_model_name_or_path": None,
+    }
+    (d / "adapter_config.json").write_text(json.dumps(cfg, indent=2), "utf-8")
+    (d / "adapter_model.safetensors").write_bytes(st_save(state))
+    return d
