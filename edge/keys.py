@@ -88,11 +88,13 @@ class KeyProvider(Protocol):
 
 
 class LocalKeyFile:
-    """KEKs in a local 0600 JSON file (created with one key if missing)."""
+    """KEKs in a local 0600 JSON file (created with one key if missing and ``create``)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, create: bool = True) -> None:
         self.path = Path(path)
         if not self.path.exists():
+            if not create:
+                raise KeyProviderError(f"{self.path}: KEK file missing")
             self._keys = {"k1": secrets.token_bytes(32)}
             self._current = "k1"
             self._save(create=True)

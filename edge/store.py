@@ -140,7 +140,7 @@ class ProfileStore:
             raise StoreError(f"`synchronous` should be NORMAL or FULL, got {synchronous!r}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.keys: KeyProvider = keys or LocalKeyFile(self.path.with_name(self.path.name + ".keks"))
+        existed = self.path.exists()
         self._lock = threading.RLock()
         self._db = sqlite3.connect(
             self.path, timeout=60.0, isolation_level=None, check_same_thread=False
@@ -159,6 +159,13 @@ class ProfileStore:
         if fmt is None or bytes(fmt[0]) != FORMAT:
             self._db.close()
             raise StoreError(f"{self.path}: format {fmt and bytes(fmt[0])!r}, expected {FORMAT!r}")
+        # an existing store without its key file must not silently get a new key
+        kek_file = self.path.with_name(self.path.name + ".keks")
+        try:
+            self.keys: KeyProvider = keys or LocalKeyFile(kek_file, create=not existed)
+        except BaseException:
+            self._db.close()
+            raise
         self._index_key = self._load_index_key()
         self._deks: dict[bytes, bytes] = {}
 

@@ -34,6 +34,10 @@ data_app = typer.Typer(help="Event data: simulate, import, inspect.", no_args_is
 sids_app = typer.Typer(help="Semantic IDs of the catalog.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(sids_app, name="sids")
+bench_app = typer.Typer(
+    help="Benchmarks (results to JSON and docs/benchmarks.md).", no_args_is_help=True
+)
+app.add_typer(bench_app, name="bench")
 
 
 @app.callback()
@@ -282,6 +286,76 @@ def eval_cmd(
             m = groups["all"]
             t.add_row(name, regime, *(f"{m[k]:.4f}" for k in ("R@5", "N@5", "R@10", "N@10")))
     console.print(t)
+
+
+@app.command("eval-adapters")
+def eval_adapters_cmd(
+    data: Annotated[Path, typer.Option(help="Dataset directory (synthetic: several services).")],
+    model: Annotated[Path, typer.Option(help="Model directory.")],
+    users: Annotated[int, typer.Option(help="Users to sample.")] = 200,
+    epsilon: Annotated[float, typer.Option(help="Target epsilon of the DP variant.")] = 8.0,
+    epochs: Annotated[float, typer.Option(help="Expected passes over each user's examples.")] = 8.0,
+    lr: Annotated[float, typer.Option()] = 5e-3,
+    seed: Annotated[int, typer.Option()] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+) -> None:
+    """Held-out next item of each user: base alone vs their adapter, without and with DP."""
+    from userlayer.edge.training import TrainConfig
+    from userlayer.tools.eval.adapters import AdapterEvalConfig, evaluate_adapters
+
+    cfg = AdapterEvalConfig(
+        users=users, epsilon=epsilon, seed=seed, train=TrainConfig(epochs=epochs, lr=lr)
+    )
+    with _progress() as progress:
+        task = progress.add_task("training adapters", total=users)
+        res = evaluate_adapters(
+            data, model, cfg, on_user=lambda n, total: progress.update(task, completed=n)
+        )
+    if json_out:
+        json_out.write_text(json.dumps(res, indent=2), "utf-8")
+    t = Table(title=f"held-out next item, private prompts, {res['users']} users")
+    for col in ("variant", "HR@10", "NDCG@10", "own adapter beats another's"):
+        t.add_column(col)
+    for name, m in res["metrics"].items():
+        spec = res["specificity"].get(name)
+        t.add_row(
+            name, f"{m['R@10']:.4f}", f"{m['N@10']:.4f}", "" if spec is None else f"{spec:.1%}"
+        )
+    console.print(t)
+    eps = res["epsilon"]
+    console.print(
+        f"epsilon per user: median {eps['median']:.3f}, max {eps['max']:.3f}, "
+        f"delta {eps['delta']}, {eps['accountant']}; {res['seconds']} s"
+    )
+
+
+@bench_app.command("store")
+def bench_store_cmd(
+    events: Annotated[int, typer.Option(help="Events to write and read back.")] = 100_000,
+    users: Annotated[int, typer.Option()] = 1_000,
+    batch: Annotated[int, typer.Option(help="Events per append.")] = 1_000,
+    repeats: Annotated[int, typer.Option()] = 3,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+    markdown: Annotated[
+        Path | None, typer.Option(help="Append the table to this markdown file.")
+    ] = Path("docs/benchmarks.md"),
+) -> None:
+    """Edge store: append and read-back events/s and bytes per event, beside plain SQLite."""
+    from userlayer.tools.bench import StoreBenchConfig, bench_store
+
+    cmd = f"userlayer bench store --events {events} --users {users} --batch {batch}"
+    rep = bench_store(StoreBenchConfig(events, users, batch, repeats), cmd)
+    _emit(rep, json_out, markdown)
+
+
+def _emit(rep: Any, json_out: Path | None, markdown: Path | None) -> None:
+    from userlayer.tools.bench import append_markdown
+
+    if json_out:
+        json_out.write_text(rep.to_json(), "utf-8")
+    if markdown:
+        append_markdown(rep, markdown)
+    console.print(rep.markdown())
 
 
 @app.command("demo")

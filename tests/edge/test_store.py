@@ -177,6 +177,16 @@ def test_key_file_permissions(tmp_path: Path) -> None:
         LocalKeyFile(p)
 
 
+def test_missing_key_file_is_an_error_not_a_new_key(tmp_path: Path) -> None:
+    db = tmp_path / "p.db"
+    with ProfileStore(db) as s:
+        s.append(make_events("alice", 1))
+    (tmp_path / "p.db.keks").unlink()
+    with pytest.raises(KeyProviderError, match="KEK file missing"):
+        ProfileStore(db)
+    assert not (tmp_path / "p.db.keks").exists()
+
+
 def test_not_a_store(tmp_path: Path) -> None:
     p = tmp_path / "x.db"
     p.write_bytes(b"garbage" * 100)

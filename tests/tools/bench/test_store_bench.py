@@ -1,0 +1,46 @@
+"""``userlayer bench store`` in smoke size: it measures both stores and writes its report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from userlayer.tools.cli import app
+
+
+def test_bench_store_smoke(tmp_path: Path) -> None:
+    md, js = tmp_path / "bench.md", tmp_path / "store.json"
+    r = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "store",
+            "--events",
+            "600",
+            "--users",
+            "7",
+            "--batch",
+            "100",
+            "--repeats",
+            "1",
+            "--json",
+            str(js),
+            "--markdown",
+            str(md),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    res = json.loads(js.read_text())
+    for name in ("encrypted", "plain"):
+        assert res["results"][name]["append_events_per_s"] > 0
+        assert res["results"][name]["read_events_per_s"] > 0
+        assert res["results"][name]["bytes_per_event"] > 0
+    # the encrypted rows carry nonce, tag, record id and a pseudonym: they are bigger
+    assert (
+        res["results"]["encrypted"]["bytes_per_event"] > res["results"]["plain"]["bytes_per_event"]
+    )
+    text = md.read_text()
+    assert text.startswith("# Benchmarks") and "userlayer bench store --events 600" in text
+    assert "| encrypted |" in text and "commit" in text

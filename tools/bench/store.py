@@ -1,0 +1,135 @@
+"""``userlayer bench store``: edge store append and read-back throughput, bytes per event.
+
+Beside it, in the same run, the same events in a plain (unencrypted) SQLite
+table in WAL mode with the same payload encoding and parsing: the alternative
+a backend would start from, so the cost of encryption is a ratio measured
+side by side.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from userlayer.edge.store import ProfileStore, _event, _payload
+from userlayer.sdk.schemas import Action, Context, Event, Service
+from userlayer.tools.bench.report import BenchReport
+
+__all__ = ["StoreBenchConfig", "bench_store"]
+
+
+@dataclass(frozen=True)
+class StoreBenchConfig:
+    """Size of the run."""
+
+    events: int = 100_000
+    users: int = 1_000
+    batch: int = 1_000
+    repeats: int = 3
+
+
+def _events(cfg: StoreBenchConfig) -> list[Event]:
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    services = list(Service)
+    out = []
+    for i in range(cfg.events):
+        ts = t0 + timedelta(minutes=i)
+        out.append(
+            Event.model_construct(
+                user_id=f"user{i % cfg.users}",
+                service=services[i % 3],
+                item_id=f"item{(i * 7919) % 50_000}",
+                action=Action.PURCHASE,
+                timestamp=ts,
+                quantity=1,
+                price=99.0,
+                context=Context.from_timestamp(ts, geo_cell="u4pruyd"),
+            )
+        )
+    return out
+
+
+def _plain(path: Path, events: list[Event], batch: int) -> tuple[float, float, float]:
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=NORMAL")
+    con.execute("CREATE TABLE ev(seq INTEGER PRIMARY KEY, user TEXT, service TEXT, payload BLOB)")
+    con.execute("CREATE INDEX ev_user ON ev(user, seq)")
+    t = time.perf_counter()
+    for s in range(0, len(events), batch):
+        con.execute("BEGIN")
+        con.executemany(
+            "INSERT INTO ev(user, service, payload) VALUES (?, ?, ?)",
+            [(e.user_id, e.service.value, _payload(e)) for e in events[s : s + batch]],
+        )
+        con.execute("COMMIT")
+    append = time.perf_counter() - t
+    users = sorted({e.user_id for e in events})
+    t = time.perf_counter()
+    n = 0
+    for u in users:
+        rows = con.execute("SELECT service, payload FROM ev WHERE user=? ORDER BY seq", (u,))
+        n += len([_event(u, svc, p) for svc, p in rows.fetchall()])
+    read = time.perf_counter() - t
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    return append, read, path.stat().st_size / len(events)
+
+
+def _encrypted(path: Path, events: list[Event], batch: int) -> tuple[float, float, float]:
+    with ProfileStore(path) as store:
+        t = time.perf_counter()
+        for s in range(0, len(events), batch):
+            store.append(events[s : s + batch])
+        append = time.perf_counter() - t
+        users = store.users()
+        t = time.perf_counter()
+        n = sum(len(store.events(u)) for u in users)
+        read = time.perf_counter() - t
+        assert n == len(events)
+        store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return append, read, path.stat().st_size / len(events)
+
+
+def bench_store(cfg: StoreBenchConfig | None = None, command: str = "") -> BenchReport:
+    """Run the store benchmark; medians over ``repeats`` fresh files."""
+    cfg = cfg or StoreBenchConfig()
+    events = _events(cfg)
+    res: dict[str, list[tuple[float, float, float]]] = {"encrypted": [], "plain": []}
+    for r in range(cfg.repeats):
+        with tempfile.TemporaryDirectory() as d:
+            res["encrypted"].append(_encrypted(Path(d) / f"enc{r}.db", events, cfg.batch))
+            res["plain"].append(_plain(Path(d) / f"plain{r}.db", events, cfg.batch))
+    out = {}
+    rows = []
+    for name, runs in res.items():
+        append = statistics.median(x[0] for x in runs)
+        read = statistics.median(x[1] for x in runs)
+        size = statistics.median(x[2] for x in runs)
+        out[name] = {
+            "append_events_per_s": len(events) / append,
+            "read_events_per_s": len(events) / read,
+            "bytes_per_event": size,
+        }
+        rows.append([name, len(events) / append, len(events) / read, size])
+    enc, plain = out["encrypted"], out["plain"]
+    notes = [
+        f"{cfg.events:,} events of {cfg.users:,} users, batches of {cfg.batch}, median of "
+        f"{cfg.repeats} fresh files; read = every user's events decrypted, in time order",
+        "encrypted/plain: append "
+        f"{enc['append_events_per_s'] / plain['append_events_per_s']:.2f}x, "
+        f"read {enc['read_events_per_s'] / plain['read_events_per_s']:.2f}x",
+    ]
+    return BenchReport(
+        "store",
+        command or "userlayer bench store",
+        ["store", "append events/s", "read events/s", "bytes/event on disk"],
+        rows,
+        {"config": cfg.__dict__, **out},
+        notes,
+    )
