@@ -34,6 +34,8 @@ data_app = typer.Typer(help="Event data: simulate, import, inspect.", no_args_is
 sids_app = typer.Typer(help="Semantic IDs of the catalog.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(sids_app, name="sids")
+fl_app = typer.Typer(help="Federated rounds with Flower under DP.", no_args_is_help=True)
+app.add_typer(fl_app, name="fl")
 bench_app = typer.Typer(
     help="Benchmarks (results to JSON and docs/benchmarks.md).", no_args_is_help=True
 )
@@ -356,6 +358,75 @@ def _emit(rep: Any, json_out: Path | None, markdown: Path | None) -> None:
     if markdown:
         append_markdown(rep, markdown)
     console.print(rep.markdown())
+
+
+@fl_app.command("simulate")
+def fl_simulate_cmd(
+    data: Annotated[Path, typer.Option(help="Dataset directory.")],
+    model: Annotated[Path, typer.Option(help="Base model directory.")],
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 5,
+    users_per_round: Annotated[int, typer.Option(help="Users (virtual nodes) per round.")] = 50,
+    population: Annotated[int | None, typer.Option(help="Users taking part (default all).")] = None,
+    workdir: Annotated[Path, typer.Option(help="Server/node directory (resumes).")] = Path(
+        "runs/fl"
+    ),
+    epsilon_per_round: Annotated[
+        float, typer.Option(help="Per-user DP-SGD epsilon per round.")
+    ] = 1.5,
+    aggregation: Annotated[str, typer.Option(help="mean | trimmed_mean | median")] = "mean",
+    noise_multiplier: Annotated[
+        float, typer.Option(help="User-level noise of the shared part.")
+    ] = 1.0,
+    dropout: Annotated[float, typer.Option(help="Simulated drop-out rate of nodes.")] = 0.0,
+    min_replies: Annotated[int, typer.Option()] = 2,
+    seed: Annotated[int, typer.Option()] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+) -> None:
+    """Federated rounds on Flower's simulation engine (one virtual node per user, 1 CPU each)."""
+    from userlayer.cloud.fl.aggregation import AggregationConfig
+    from userlayer.tools.fl import SimulationConfig, evaluate_registry, plot_rounds, simulate
+
+    cfg = SimulationConfig(
+        rounds=rounds,
+        users_per_round=users_per_round,
+        population=population,
+        min_replies=min_replies,
+        seed=seed,
+        dropout=dropout,
+        epsilon_per_round=epsilon_per_round,
+        aggregation=AggregationConfig(method=aggregation, noise_multiplier=noise_multiplier),
+    )
+    with _progress() as progress:
+        task = progress.add_task("federated rounds", total=rounds)
+
+        def on_round(r: dict[str, Any]) -> None:
+            eps = r.get("epsilon")
+            progress.update(task, completed=r["round"])
+            progress.console.print(
+                f"round {r['round']}: {r['valid']}/{r['sampled']} valid "
+                f"({r['dropped']} dropped, {r['rejected']} rejected), "
+                f"loss {r.get('loss_median', float('nan')):.3f}, "
+                f"shared eps {'-' if eps is None else f'{eps:.2f}'}, "
+                f"user eps median {r.get('epsilon_user_median', float('nan')):.2f}, "
+                f"{r.get('wall_seconds', 0):.1f} s"
+            )
+
+        res = simulate(data, model, workdir, cfg, on_round)
+    png = plot_rounds(res["rounds"], workdir / "rounds.png")
+    res["quality"] = evaluate_registry(data, workdir)
+    res["plot"] = str(png)
+    if json_out:
+        json_out.write_text(json.dumps(res, indent=2), "utf-8")
+    q = res["quality"]
+    t = Table(title=f"held-out next item, private prompts, {q['users']} users with an adapter")
+    for col in ("variant", "HR@10", "NDCG@10"):
+        t.add_column(col)
+    for name in ("base only", "with adapter"):
+        t.add_row(name, f"{q[name]['R@10']:.4f}", f"{q[name]['N@10']:.4f}")
+    console.print(t)
+    console.print(
+        f"{res['users']} users, {res['seconds']} s; plot: {png}; registry: {workdir}/registry"
+    )
 
 
 @app.command("demo")

@@ -40,7 +40,14 @@ from userlayer.sdk.semantic_ids import SemanticIdTable, SidTrie
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.eval.metrics import Accumulator
 
-__all__ = ["AdapterEvalConfig", "evaluate_adapters"]
+__all__ = [
+    "AdapterEvalConfig",
+    "HeldOut",
+    "evaluate_adapters",
+    "pack_token_prompts",
+    "private_prompt",
+    "rank_with_adapters",
+]
 
 
 @dataclass(frozen=True)
@@ -110,10 +117,7 @@ def evaluate_adapters(
             ex = user_examples(prof, table, vocab, ex_cfg, detector, cats)
         except TrainingError:
             continue
-        target = evs[-1]
-        p_tok, p_ctx = encode_prompt(
-            session_before(evs, len(evs) - 1, ex_cfg), target, table, vocab
-        )
+        held = private_prompt(evs, table, vocab, detector, cats)
         g = torch.Generator().manual_seed(cfg.seed + n)
         init = new_adapter(model.cfg, cfg.adapter, g)
         for name, tcfg in variants.items():
@@ -123,24 +127,24 @@ def evaluate_adapters(
             if res.privacy is not None:
                 epsilons.append(res.privacy.epsilon)
         kept.append(u)
-        prompts.append((p_tok, p_ctx))
-        services.append(target.service.value)
-        targets.append(target.item_id)
-        contexts.append(mode_weights(target, evs[:-1], detector, cats))
+        prompts.append((held.tokens, held.ctx))
+        services.append(held.service)
+        targets.append(held.target)
+        contexts.append(held.mode_weights)
         if on_user:
             on_user(n + 1, len(users))
     ledger.close()
-    tok, ctx = _pack(prompts, len(vocab.sizes))
+    tok, ctx = pack_token_prompts(prompts, len(vocab.sizes))
     modes = torch.tensor(contexts, dtype=torch.float32)
     results: dict[str, Any] = {
-        "base only": _rank(model, trie, tok, ctx, services, targets, None, cfg)
+        "base only": rank_with_adapters(model, trie, tok, ctx, services, targets, None, cfg.beam)
     }
     spec: dict[str, float] = {}
     for name in variants:
         slab = {k: torch.stack([a[k] for a in adapters[name]]) for k in adapters[name][0]}
         index = torch.arange(len(kept))
         rows = RowAdapters.gather(cfg.adapter, slab, index, modes)
-        results[name] = _rank(model, trie, tok, ctx, services, targets, rows, cfg)
+        results[name] = rank_with_adapters(model, trie, tok, ctx, services, targets, rows, cfg.beam)
         spec[name] = _specificity(
             model, cfg.adapter, slab, tok, ctx, targets, table, modes, cfg.seed
         )
@@ -164,9 +168,43 @@ def evaluate_adapters(
     }
 
 
-def _pack(
+@dataclass
+class HeldOut:
+    """A user's held-out last event as a private prompt."""
+
+    tokens: list[int]
+    ctx: list[list[int]]
+    service: str
+    target: str
+    mode_weights: list[float]
+
+
+def private_prompt(
+    evs: list[Any],
+    table: SemanticIdTable,
+    vocab: Any,
+    detector: ModeDetector | None,
+    cats: Any,
+    session: ExampleConfig | None = None,
+) -> HeldOut:
+    """The private prompt of the last event of ``evs`` (its session and context only)."""
+    target = evs[-1]
+    tok, ctx = encode_prompt(
+        session_before(evs, len(evs) - 1, session or ExampleConfig()), target, table, vocab
+    )
+    return HeldOut(
+        tok,
+        ctx,
+        target.service.value,
+        target.item_id,
+        mode_weights(target, evs[:-1], detector, cats),
+    )
+
+
+def pack_token_prompts(
     prompts: list[tuple[list[int], list[list[int]]]], n_ctx: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token/context prompts into (B, T) and (B, T, n_ctx) tensors."""
     t_len = max(len(t) for t, _ in prompts)
     tok = torch.zeros(len(prompts), t_len, dtype=torch.long)
     ctx = torch.zeros(len(prompts), t_len, n_ctx, dtype=torch.long)
@@ -176,7 +214,7 @@ def _pack(
     return tok, ctx
 
 
-def _rank(
+def rank_with_adapters(
     model: Any,
     trie: SidTrie,
     tok: torch.Tensor,
@@ -184,8 +222,9 @@ def _rank(
     services: list[str],
     targets: list[str],
     rows: RowAdapters | None,
-    cfg: AdapterEvalConfig,
+    beam: int,
 ) -> dict[str, float]:
+    """HR/NDCG of the targets by beam search within each row's service (rows may carry adapters)."""
     acc = Accumulator()
     bs = 128
     with torch.no_grad():
@@ -198,7 +237,7 @@ def _rank(
                 tok[sl],
                 ctx[sl],
                 k=10,
-                beam=cfg.beam,
+                beam=beam,
                 services=services[sl],
                 adapters=ad,
             )

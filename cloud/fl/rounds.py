@@ -1,0 +1,227 @@
+"""One federated round's server logic, independent of the transport.
+
+:class:`RoundServer` holds the state between rounds and turns the replies of
+a round into: validated personal packages written to the registry, rejected
+replies logged with their reason, the aggregated shared part (when at least
+``min_replies`` users replied validly), the round's user-level epsilon, and
+a checkpoint. The Flower ServerApp (:mod:`userlayer.cloud.fl.server`) only
+moves messages; everything that can be wrong with a reply is decided here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from torch import Tensor
+
+from userlayer.cloud.exceptions import CloudError
+from userlayer.cloud.fl.aggregation import AggregationConfig, aggregate_updates, clip_update
+from userlayer.cloud.fl.registry_fs import FileRegistry
+from userlayer.cloud.fl.state import ServerState
+from userlayer.edge.privacy import epsilon_of
+from userlayer.sdk.adapter import Expectation, open_package
+from userlayer.sdk.exceptions import AdapterError
+
+__all__ = ["Reply", "RoundConfig", "RoundServer", "load_trusted"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """Settings of the federated run; validated on creation."""
+
+    rounds: int = 5
+    users_per_round: int = 50
+    min_replies: int = 2
+    timeout: float = 900.0
+    delta: float = 1e-5
+    max_update_norm: float = 100.0  # larger shared updates are rejected, not clipped
+    max_package_norm: float = 1e3
+    seed: int = 0
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    client: Mapping[str, Any] = field(default_factory=dict)  # sent to nodes each round
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.users_per_round < 1 or self.min_replies < 1:
+            raise CloudError("`rounds`, `users_per_round` and `min_replies` should be positive")
+        if self.min_replies > self.users_per_round:
+            raise CloudError("`min_replies` cannot exceed `users_per_round`")
+
+
+@dataclass
+class Reply:
+    """One user's part of a node's reply (or a drop-out when ``error`` is set)."""
+
+    node: int
+    user: str = ""
+    arrays: dict[str, Tensor] | None = None
+    packages: dict[str, bytes] = field(default_factory=dict)  # service -> sealed package
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+def load_trusted(directory: str | Path) -> dict[str, Ed25519PublicKey]:
+    """Enrolled node keys: ``<key_id>.pub`` files holding the raw public key in hex."""
+    out = {}
+    for p in sorted(Path(directory).glob("*.pub")):
+        try:
+            out[p.stem] = Ed25519PublicKey.from_public_bytes(bytes.fromhex(p.read_text().strip()))
+        except ValueError:
+            logger.warning("ignoring unreadable enrolled key %s", p)
+    return out
+
+
+class RoundServer:
+    """Server state plus the validation and aggregation of each round."""
+
+    def __init__(
+        self,
+        cfg: RoundConfig,
+        base_fingerprint: str,
+        shapes: Mapping[str, tuple[int, ...]],
+        init: dict[str, Tensor],
+        registry: FileRegistry,
+        state_dir: str | Path,
+        trust_dir: str | Path,
+    ) -> None:
+        self.cfg = cfg
+        self.fingerprint = base_fingerprint
+        self.shapes = dict(shapes)
+        self.registry = registry
+        self.state_dir = Path(state_dir)
+        self.trust_dir = Path(trust_dir)
+        loaded = ServerState.load(self.state_dir)
+        self.state = loaded or ServerState(0, {k: v.clone() for k, v in init.items()})
+        if set(self.state.shared) != set(self.shapes):
+            raise CloudError("checkpointed shared adapter does not match the adapter shapes")
+        self.resumed = loaded is not None
+
+    @property
+    def done(self) -> bool:
+        """Whether every configured round has run."""
+        return self.state.round >= self.cfg.rounds
+
+    def sample(self, node_ids: list[int], rnd: int) -> list[int]:
+        """The nodes of round ``rnd`` (seeded, without replacement)."""
+        rng = np.random.default_rng([self.cfg.seed, rnd])
+        k = min(self.cfg.users_per_round, len(node_ids))
+        ids = sorted(node_ids)  # node ids can exceed int64: pick by index, never via numpy
+        return sorted(ids[int(i)] for i in rng.permutation(len(ids))[:k])
+
+    def epsilon(self, population: int) -> float | None:
+        """User-level epsilon of the shared part so far (None if a round had no DP claim)."""
+        if any(r.get("epsilon") is None for r in self.state.rounds if r.get("aggregated")):
+            return None
+        return epsilon_of(self.state.dp_history, self.cfg.delta) if population else 0.0
+
+    def _check_arrays(self, arrays: dict[str, Tensor] | None) -> str | None:
+        if arrays is None:
+            return "no shared-part update"
+        if set(arrays) != set(self.shapes):
+            return f"shared-part tensors {sorted(arrays)} do not match {sorted(self.shapes)}"
+        for k, shape in self.shapes.items():
+            if tuple(arrays[k].shape) != tuple(shape):
+                return f"shared-part tensor {k!r} has shape {tuple(arrays[k].shape)}, not {shape}"
+            if not torch.isfinite(arrays[k]).all():
+                return f"shared-part tensor {k!r} has non-finite values"
+        upd = {k: arrays[k].float() - self.state.shared[k] for k in self.shapes}
+        _, norm = clip_update(upd, 1.0)
+        if norm > self.cfg.max_update_norm:
+            return f"shared-part update norm {norm:.3g} exceeds {self.cfg.max_update_norm}"
+        return None
+
+    def _check_packages(self, r: Reply, rnd: int) -> str | None:
+        if not r.packages:
+            return "no personal package"
+        trusted = load_trusted(self.trust_dir)
+        for service, blob in r.packages.items():
+            exp = Expectation(
+                base_fingerprint=self.fingerprint,
+                user_id=r.user,
+                service=service,
+                shapes=self.shapes,
+                max_norm=self.cfg.max_package_norm,
+            )
+            try:
+                pkg = open_package(blob, trusted, exp)
+            except AdapterError as e:
+                return f"package for {service}: {e}"
+            if pkg.manifest.version != rnd:
+                return f"package for {service} has version {pkg.manifest.version}, round is {rnd}"
+        return None
+
+    def process(
+        self, rnd: int, sampled: int, replies: list[Reply], population: int
+    ) -> dict[str, Any]:
+        """Validate, store, aggregate and checkpoint one round; returns its summary."""
+        if rnd != self.state.round + 1:
+            raise CloudError(f"round {rnd} out of order (last finished: {self.state.round})")
+        t0 = time.perf_counter()
+        valid: list[Reply] = []
+        dropped = rejected = 0
+        for r in replies:
+            if r.error is not None:
+                dropped += 1
+                continue
+            reason = self._check_arrays(r.arrays) or self._check_packages(r, rnd)
+            if reason is not None:
+                rejected += 1
+                self.registry.reject(round=rnd, node=r.node, user=r.user, reason=reason)
+                logger.warning("round %d: rejected reply of node %d: %s", rnd, r.node, reason)
+                continue
+            valid.append(r)
+        summary: dict[str, Any] = {
+            "round": rnd,
+            "sampled": sampled,
+            "replied": len(replies) - dropped,
+            "dropped": dropped + max(0, sampled - len(replies)),
+            "rejected": rejected,
+            "valid": len(valid),
+            "aggregated": False,
+            "epsilon": None,
+        }
+        for r in valid:
+            for service, blob in r.packages.items():
+                self.registry.put(service, r.user, rnd, blob)
+        if len(valid) >= self.cfg.min_replies:
+            updates = [
+                {k: r.arrays[k].float() - self.state.shared[k] for k in self.shapes}  # type: ignore[index]
+                for r in valid
+            ]
+            gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + rnd)
+            agg = aggregate_updates(updates, self.cfg.aggregation, gen)
+            self.state.shared = {k: self.state.shared[k] + agg[k] for k in self.shapes}
+            summary["aggregated"] = True
+            if self.cfg.aggregation.is_dp:
+                q = min(1.0, sampled / max(population, 1))
+                self.state.dp_history.append((self.cfg.aggregation.noise_multiplier, q, 1))
+                summary["epsilon"] = epsilon_of(self.state.dp_history, self.cfg.delta)
+        else:
+            logger.warning(
+                "round %d: %d valid replies, fewer than %d: shared part not updated",
+                rnd,
+                len(valid),
+                self.cfg.min_replies,
+            )
+        for key in ("loss", "epsilon_user", "seconds"):
+            vals = [
+                r.metrics[key] for r in valid if key in r.metrics and math.isfinite(r.metrics[key])
+            ]
+            if vals:
+                summary[f"{key}_median"] = float(np.median(vals))
+                summary[f"{key}_max"] = float(np.max(vals))
+        summary["server_seconds"] = round(time.perf_counter() - t0, 3)
+        self.state.round = rnd
+        self.state.rounds.append(summary)
+        self.state.save(self.state_dir)
+        return summary

@@ -1,0 +1,148 @@
+"""The Flower ServerApp: moves messages for :class:`~userlayer.cloud.fl.rounds.RoundServer`.
+
+The server directory (``run_config["workdir"]`` or ``$USERLAYER_FL_WORKDIR``)
+holds ``fl.json`` (the run's settings, written by ``userlayer fl``),
+``model/``, ``trust/`` (enrolled node keys), ``registry/`` (personal packages
+written per round) and ``server/`` (the checkpoint). A restarted server
+resumes after its last complete round. Each round's summary is appended to
+``progress.jsonl`` as it finishes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from userlayer.cloud.exceptions import CloudError
+from userlayer.cloud.fl.aggregation import AggregationConfig
+from userlayer.cloud.fl.registry_fs import FileRegistry
+from userlayer.cloud.fl.rounds import Reply, RoundConfig, RoundServer
+from userlayer.sdk.model.config import AdapterConfig
+from userlayer.sdk.model.io import load_model
+from userlayer.sdk.model.transformer import adapter_shapes, new_adapter
+
+__all__ = ["app", "parse_reply", "round_server"]
+
+logger = logging.getLogger(__name__)
+
+
+def round_server(workdir: str | Path) -> tuple[RoundServer, dict[str, Any]]:
+    """Build the round server of a prepared directory (resuming its checkpoint)."""
+    wd = Path(workdir)
+    setup = json.loads((wd / "fl.json").read_text("utf-8"))
+    model = load_model(wd / "model")
+    acfg = AdapterConfig.from_dict(setup["adapter"])
+    rc = setup["rounds"]
+    cfg = RoundConfig(
+        rounds=int(rc["rounds"]),
+        users_per_round=int(rc["users_per_round"]),
+        min_replies=int(rc["min_replies"]),
+        timeout=float(rc.get("timeout", 900)),
+        seed=int(rc.get("seed", 0)),
+        aggregation=AggregationConfig(**setup.get("aggregation", {})),
+        client=setup.get("client", {}),
+    )
+    init = new_adapter(model.cfg, acfg, torch.Generator().manual_seed(cfg.seed))
+    fp = json.loads((wd / "model" / "config.json").read_text("utf-8"))["fingerprint"]
+    server = RoundServer(
+        cfg,
+        fp,
+        adapter_shapes(model.cfg, acfg),
+        init,
+        FileRegistry(wd / "registry"),
+        wd / "server",
+        wd / "trust",
+    )
+    return server, setup
+
+
+def parse_reply(msg: Message, node: int) -> list[Reply]:
+    """Split a node's reply into per-user :class:`Reply` objects (errors become drop-outs)."""
+    if msg.has_error():
+        return [Reply(node, error=f"{msg.error.code}: {msg.error.reason}")]
+    configs, metric_recs = msg.content.config_records, msg.content.metric_records
+    try:
+        users: list[Any] = list(configs["users"]["users"])  # type: ignore[arg-type]
+    except (KeyError, TypeError):
+        return [Reply(node, error="reply without a user list")]
+    out = []
+    for j, user in enumerate(users):
+        if f"error.{j}" in configs:
+            out.append(Reply(node, str(user), error=str(configs[f"error.{j}"]["error"])))
+            continue
+        try:
+            arrays = msg.content.array_records[f"arrays.{j}"].to_torch_state_dict()
+            packages: dict[str, bytes] = {}
+            for k, v in configs[f"packages.{j}"].items():
+                if not isinstance(v, bytes):
+                    raise TypeError(f"package {k!r} is not bytes")
+                packages[str(k)] = v
+            metrics = {str(k): float(v) for k, v in metric_recs[f"metrics.{j}"].items()}  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            out.append(Reply(node, str(user), error=f"malformed reply: {e}"))
+            continue
+        out.append(Reply(node, str(user), arrays, packages, metrics))
+    return out
+
+
+def _workdir(context: Context) -> Path:
+    wd = context.run_config.get("workdir") or os.environ.get("USERLAYER_FL_WORKDIR")
+    if not wd:
+        raise CloudError("no server workdir: set run_config workdir or $USERLAYER_FL_WORKDIR")
+    return Path(str(wd))
+
+
+def _wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
+    t0 = time.monotonic()
+    while True:
+        ids = sorted(grid.get_node_ids())
+        if len(ids) >= n or time.monotonic() - t0 > timeout:
+            return ids
+        time.sleep(1.0)
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run the configured rounds, resuming from the checkpoint."""
+    wd = _workdir(context)
+    server, setup = round_server(wd)
+    expected = int(setup["rounds"].get("min_nodes", server.cfg.min_replies))
+    node_ids = _wait_for_nodes(grid, expected, float(setup["rounds"].get("wait_nodes_s", 120)))
+    if len(node_ids) < server.cfg.min_replies:
+        raise CloudError(f"only {len(node_ids)} nodes connected, fewer than min_replies")
+    fp = server.fingerprint
+    while not server.done:
+        rnd = server.state.round + 1
+        t0 = time.perf_counter()
+        sampled = server.sample(node_ids, rnd)
+        cfg = ConfigRecord({**server.cfg.client, "round": rnd, "fingerprint": fp})
+        arrays = ArrayRecord(torch_state_dict=server.state.copy_shared())
+        msgs = [
+            Message(
+                RecordDict({"arrays": arrays, "config": cfg}),
+                dst_node_id=n,
+                message_type=MessageType.TRAIN,
+                group_id=str(rnd),
+            )
+            for n in sampled
+        ]
+        replies: list[Reply] = []
+        for m in grid.send_and_receive(msgs, timeout=server.cfg.timeout):
+            replies.extend(parse_reply(m, int(m.metadata.src_node_id)))
+        population = int(setup["rounds"].get("population", len(node_ids)))
+        summary = server.process(rnd, len(sampled), replies, population)
+        summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
+        with (wd / "progress.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(summary) + "\n")
+        logger.info("round %d: %s", rnd, summary)

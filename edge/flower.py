@@ -1,0 +1,217 @@
+"""The Flower ClientApp: a node trains its users' adapters where their profiles live.
+
+A node is a directory (``workdir``) prepared by its operator:
+
+    model/            the base model directory (weights, config, sids.json)
+    fl.json           {"adapter": AdapterConfig, "budget": 8.0, "delta": 1e-5}
+    store.db(.keks)   the encrypted profile store (:class:`ProfileStore`)
+    ledger.db         the users' privacy ledgers
+    keys/<user>.key   each user's Ed25519 signing key (0600), made on first use
+    trust/<id>.pub    where a new key's public half is enrolled for the server
+    nodes.json        simulation only: partition id -> user id
+    mode_detector.json  optional population prior for mode detection
+
+Which users a node trains: ``node_config["users"]`` (comma separated; a
+service backend hosting many users), else ``nodes.json[partition-id]`` (one
+virtual node per user in simulation). The workdir comes from
+``node_config["workdir"]`` or ``$USERLAYER_FL_WORKDIR``.
+
+Per round and user: decrypt the user's events in memory, build the examples,
+train the personal adapter from the shared one with DP-SGD (the per-user
+budget is checked first), and reply with the updated shared-part tensors
+(``arrays.<j>``), one sealed package per service the user has events in
+(``packages.<j>``, signed by the user's key) and metrics (``metrics.<j>``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from userlayer.edge.examples import ExampleConfig, user_examples
+from userlayer.edge.exceptions import BudgetExceededError, EdgeError, TrainingError
+from userlayer.edge.privacy import PrivacyLedger
+from userlayer.edge.profile import ModeDetector, build_profile
+from userlayer.edge.store import ProfileStore
+from userlayer.edge.training import DPConfig, TrainConfig, train_adapter
+from userlayer.sdk.adapter import key_id, load_signing_key, save_signing_key, seal_package
+from userlayer.sdk.model.config import AdapterConfig
+from userlayer.sdk.model.io import load_model
+from userlayer.sdk.model.transformer import Recommender
+from userlayer.sdk.semantic_ids import SemanticIdTable
+
+__all__ = ["NodeRuntime", "UserUpdate", "app"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class UserUpdate:
+    """What one user's training produced on this node."""
+
+    user: str
+    adapter: dict[str, torch.Tensor] | None
+    packages: dict[str, bytes]
+    metrics: dict[str, float]
+    error: str | None = None
+
+
+class NodeRuntime:
+    """A node's resources, opened once per process."""
+
+    def __init__(self, workdir: str | Path) -> None:
+        self.workdir = Path(workdir)
+        try:
+            setup = json.loads((self.workdir / "fl.json").read_text("utf-8"))
+        except (OSError, ValueError) as e:
+            raise EdgeError(f"{self.workdir}: not a prepared node directory ({e})") from e
+        torch.set_flush_denormal(True)
+        torch.set_num_threads(1)
+        self.model: Recommender = load_model(self.workdir / "model")
+        self.table = SemanticIdTable.load(self.workdir / "model" / "sids.json")
+        self.acfg = AdapterConfig.from_dict(setup["adapter"])
+        self.store = ProfileStore(self.workdir / "store.db")
+        self.ledger = PrivacyLedger(
+            self.workdir / "ledger.db",
+            budget=float(setup.get("budget", 8.0)),
+            delta=float(setup.get("delta", 1e-5)),
+        )
+        det = self.workdir / "mode_detector.json"
+        self.detector = ModeDetector.from_json(det.read_text("utf-8")) if det.exists() else None
+        cats = self.workdir / "categories.json"
+        self.categories: dict[str, list[str]] | None = (
+            json.loads(cats.read_text("utf-8")) if cats.exists() else None
+        )
+
+    def users_for(self, context: Context) -> list[str]:
+        """The users this node trains (see the module docstring)."""
+        cfg = context.node_config
+        if "users" in cfg:
+            return [u for u in str(cfg["users"]).split(",") if u]
+        nodes = json.loads((self.workdir / "nodes.json").read_text("utf-8"))
+        return [nodes[str(cfg["partition-id"])]]
+
+    def signing_key(self, user: str) -> Ed25519PrivateKey:
+        """The user's signing key, made and enrolled on first use."""
+        keys = self.workdir / "keys"
+        keys.mkdir(exist_ok=True)
+        p = keys / f"{user}.key"
+        if not p.exists():
+            k = Ed25519PrivateKey.generate()
+            try:
+                save_signing_key(k, p)
+            except FileExistsError:  # another process made it first
+                return load_signing_key(p)
+            raw = k.public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            )
+            trust = self.workdir / "trust"
+            trust.mkdir(exist_ok=True)
+            (trust / f"{key_id(k.public_key())}.pub").write_text(raw.hex())
+            return k
+        return load_signing_key(p)
+
+    def train_user(
+        self, user: str, shared: dict[str, torch.Tensor], cfg: dict[str, Any], rnd: int
+    ) -> UserUpdate:
+        """Train one user's personal adapter from the shared one (DP-SGD) and seal it."""
+        t0 = time.perf_counter()
+        events = self.store.events(user)  # decrypted in memory only
+        profile = build_profile(events, categories=self.categories)
+        try:
+            ex = user_examples(
+                profile,
+                self.table,
+                self.model.ctx_vocab,
+                ExampleConfig(holdout=int(cfg.get("holdout", 1))),
+                self.detector,
+                self.categories,
+            )
+        except TrainingError as e:
+            return UserUpdate(user, None, {}, {}, f"no examples: {e}")
+        tcfg = TrainConfig(
+            epochs=float(cfg.get("epochs", 8.0)),
+            lr=float(cfg.get("lr", 5e-3)),
+            batch_size=int(cfg.get("batch-size", 16)),
+            seed=rnd,
+            dp=DPConfig(target_epsilon=float(cfg.get("epsilon-per-round", 2.0))),
+        )
+        try:
+            res = train_adapter(self.model, self.acfg, ex, shared, tcfg, self.ledger, user)
+        except BudgetExceededError as e:
+            return UserUpdate(user, None, {}, {}, f"over budget: {e}")
+        assert res.privacy is not None
+        fields = {
+            "base_fingerprint": str(cfg["fingerprint"]),
+            "adapter_config": self.acfg.to_dict(),
+            "user_id": user,
+            "version": rnd,
+            "privacy": res.privacy,
+        }
+        key = self.signing_key(user)
+        tensors = {k: v.numpy() for k, v in res.adapter.items()}
+        services = sorted({e.service.value for e in profile.events})
+        packages = {s: seal_package({**fields, "service": s}, tensors, key) for s in services}
+        metrics = {
+            "loss": float(sum(res.losses[-10:]) / max(len(res.losses[-10:]), 1)),
+            "epsilon_user": res.privacy.epsilon,
+            "examples": float(len(ex)),
+            "seconds": time.perf_counter() - t0,
+        }
+        return UserUpdate(user, res.adapter, packages, metrics)
+
+
+@lru_cache(maxsize=4)
+def _runtime(workdir: str) -> NodeRuntime:
+    return NodeRuntime(workdir)
+
+
+def _workdir(context: Context) -> str:
+    wd = context.node_config.get("workdir") or os.environ.get("USERLAYER_FL_WORKDIR")
+    if not wd:
+        raise EdgeError("no node workdir: set node_config workdir or $USERLAYER_FL_WORKDIR")
+    return str(wd)
+
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train this node's users for one round (see the module docstring)."""
+    cfg: dict[str, Any] = dict(msg.content.config_records["config"])
+    rnd = int(cfg["round"])
+    drop = float(cfg.get("dropout", 0.0))
+    if drop > 0:  # simulated drop-out (tests of the server's tolerance), seeded per node/round
+        rng = random.Random(f"{context.node_id}:{rnd}:{cfg.get('seed', 0)}")
+        if rng.random() < drop:
+            raise RuntimeError("simulated drop-out")
+    rt = _runtime(_workdir(context))
+    arrays = msg.content.array_records["arrays"]
+    shared = {k: v.float() for k, v in arrays.to_torch_state_dict().items()}
+    users = rt.users_for(context)
+    content = RecordDict()
+    content["users"] = ConfigRecord({"users": users})
+    for j, user in enumerate(users):
+        up = rt.train_user(user, shared, cfg, rnd)
+        if up.error is not None:
+            content[f"error.{j}"] = ConfigRecord({"error": up.error})
+            continue
+        assert up.adapter is not None
+        content[f"arrays.{j}"] = ArrayRecord(torch_state_dict=up.adapter)
+        content[f"packages.{j}"] = ConfigRecord(dict(up.packages))
+        content[f"metrics.{j}"] = MetricRecord(dict[str, Any](up.metrics))
+    return Message(content=content, reply_to=msg)

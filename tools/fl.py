@@ -1,0 +1,293 @@
+"""``userlayer fl simulate``: federated rounds on Flower's simulation engine.
+
+Prepares a work directory that is at once the server's and every virtual
+node's (see :mod:`userlayer.edge.flower` and :mod:`userlayer.cloud.fl.server`):
+the base model, the users' events written into one encrypted profile store
+(each virtual node reads only its own user), the categories of the public
+catalog and a mode-detector prior; then runs the ServerApp and the ClientApp
+with one virtual node per user (1 CPU each, Ray), and finally measures each
+participating user's held-out next item with their registered adapter
+against the base alone (private prompts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from userlayer.cloud.fl.aggregation import AggregationConfig
+from userlayer.edge.profile import ModeDetector, sessionize
+from userlayer.edge.store import ProfileStore
+from userlayer.sdk.model.config import AdapterConfig
+from userlayer.tools.data.format import Dataset
+from userlayer.tools.exceptions import ToolsError
+
+__all__ = [
+    "SimulationConfig",
+    "evaluate_registry",
+    "plot_rounds",
+    "prepare_workdir",
+    "simulate",
+]
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """A simulated federated run."""
+
+    rounds: int = 5
+    users_per_round: int = 50
+    population: int | None = None  # users taking part (default: all with enough events)
+    min_replies: int = 2
+    min_events: int = 10
+    seed: int = 0
+    dropout: float = 0.0
+    epsilon_per_round: float = 1.5
+    epochs: float = 8.0
+    lr: float = 5e-3
+    budget: float = 8.0
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    cpus: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.dropout < 1:
+            raise ToolsError(f"`dropout` should be in [0, 1), got {self.dropout}")
+
+
+def prepare_workdir(
+    data_dir: str | Path, model_dir: str | Path, workdir: str | Path, cfg: SimulationConfig
+) -> list[str]:
+    """Write the work directory (see the module docstring); returns the users (node order)."""
+    wd = Path(workdir)
+    wd.mkdir(parents=True, exist_ok=True)
+    ds = Dataset.load(data_dir)
+    by_user = ds.user_events()
+    users = sorted(u for u, ev in by_user.items() if len(ev) >= cfg.min_events)
+    if cfg.population is not None:
+        rng = np.random.default_rng(cfg.seed)
+        users = sorted(users[i] for i in rng.permutation(len(users))[: cfg.population])
+    if len(users) < cfg.min_replies:
+        raise ToolsError(f"only {len(users)} users with {cfg.min_events}+ events")
+    if not (wd / "model").exists():
+        shutil.copytree(model_dir, wd / "model")
+    if not (wd / "store.db").exists():
+        with ProfileStore(wd / "store.db") as store:
+            for u in users:
+                store.append(by_user[u])
+    cats = ds.categories()
+    (wd / "categories.json").write_text(json.dumps({k: list(v) for k, v in cats.items()}))
+    det = ModeDetector()  # a population prior from users who are not in the run
+    for u in sorted(set(by_user) - set(users))[:1000] or users[:200]:
+        det.update(sessionize(by_user[u]), cats)
+    (wd / "mode_detector.json").write_text(det.to_json())
+    (wd / "nodes.json").write_text(json.dumps({str(i): u for i, u in enumerate(users)}))
+    setup = {
+        "adapter": cfg.adapter.to_dict(),
+        "budget": cfg.budget,
+        "delta": 1e-5,
+        "rounds": {
+            "rounds": cfg.rounds,
+            "users_per_round": min(cfg.users_per_round, len(users)),
+            "min_replies": cfg.min_replies,
+            "min_nodes": len(users),
+            "population": len(users),
+            "seed": cfg.seed,
+        },
+        "aggregation": asdict(cfg.aggregation),
+        "client": {
+            "epochs": cfg.epochs,
+            "lr": cfg.lr,
+            "epsilon-per-round": cfg.epsilon_per_round,
+            "dropout": cfg.dropout,
+            "seed": cfg.seed,
+        },
+    }
+    (wd / "fl.json").write_text(json.dumps(setup, indent=1))
+    return users
+
+
+def _read_progress(wd: Path) -> list[dict[str, Any]]:
+    p = wd / "progress.jsonl"
+    if not p.exists():
+        return []
+    return [json.loads(x) for x in p.read_text("utf-8").splitlines() if x.strip()]
+
+
+def simulate(
+    data_dir: str | Path,
+    model_dir: str | Path,
+    workdir: str | Path,
+    cfg: SimulationConfig,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Prepare, run the rounds on the simulation engine, and summarise.
+
+    Raises:
+        ToolsError: if the ServerApp did not finish every round.
+    """
+    from flwr.simulation import run_simulation
+
+    from userlayer.cloud.fl.server import app as server_app
+    from userlayer.edge.flower import app as client_app
+
+    wd = Path(workdir).resolve()
+    users = prepare_workdir(data_dir, model_dir, wd, cfg)
+    os.environ["USERLAYER_FL_WORKDIR"] = str(wd)
+    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    seen = len(_read_progress(wd))
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal seen
+        while not done.is_set():
+            rows = _read_progress(wd)
+            for r in rows[seen:]:
+                if on_round:
+                    on_round(r)
+            seen = len(rows)
+            time.sleep(0.5)
+
+    t0 = time.perf_counter()
+    th = threading.Thread(target=watch, daemon=True)
+    th.start()
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=len(users),
+            backend_config={
+                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": {"num_cpus": cfg.cpus, "include_dashboard": False},
+            },
+        )
+    finally:
+        done.set()
+        th.join()
+    rows = _read_progress(wd)
+    for r in rows[seen:]:
+        if on_round:
+            on_round(r)
+    state = (
+        json.loads((wd / "server" / "state.json").read_text())
+        if (wd / "server" / "state.json").exists()
+        else {"round": 0}
+    )
+    if state["round"] < cfg.rounds:
+        raise ToolsError(
+            f"the ServerApp stopped after round {state['round']} of {cfg.rounds}; "
+            "see the log above (Flower reports success even when the ServerApp fails)"
+        )
+    return {
+        "users": len(users),
+        "rounds": state["rounds"],
+        "seconds": round(time.perf_counter() - t0, 1),
+        "workdir": str(wd),
+    }
+
+
+def plot_rounds(rounds: list[dict[str, Any]], out: str | Path) -> Path:
+    """PNG of loss, epsilon (user-level shared part and per-user median) and wall time per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r["round"] for r in rounds]
+    fig, ax = plt.subplots(1, 3, figsize=(12, 3.2))
+    ax[0].plot(x, [r.get("loss_median", float("nan")) for r in rounds], marker="o")
+    ax[0].set_title("median client loss")
+    ax[1].plot(
+        x,
+        [r.get("epsilon") or float("nan") for r in rounds],
+        marker="o",
+        label="shared (user-level)",
+    )
+    ax[1].plot(
+        x,
+        [r.get("epsilon_user_median", float("nan")) for r in rounds],
+        marker="s",
+        label="per user (median)",
+    )
+    ax[1].set_title("epsilon (delta 1e-5)")
+    ax[1].legend()
+    ax[2].bar(x, [r.get("wall_seconds", 0) for r in rounds])
+    ax[2].set_title("round wall time (s)")
+    for a in ax:
+        a.set_xlabel("round")
+    fig.tight_layout()
+    p = Path(out)
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    return p
+
+
+def evaluate_registry(data_dir: str | Path, workdir: str | Path, beam: int = 20) -> dict[str, Any]:
+    """Held-out next item of every user with a registered adapter: base alone vs with it.
+
+    Each user's latest package (for the service of the held-out event) is
+    verified like the server does, gathered into one slab, and the private
+    prompts are ranked with and without it.
+    """
+    from userlayer.cloud.fl.registry_fs import FileRegistry
+    from userlayer.cloud.fl.rounds import load_trusted
+    from userlayer.edge.profile import build_profile
+    from userlayer.sdk.adapter import Expectation, open_package
+    from userlayer.sdk.model.io import load_model
+    from userlayer.sdk.model.transformer import RowAdapters, adapter_shapes
+    from userlayer.sdk.semantic_ids import SemanticIdTable, SidTrie
+    from userlayer.tools.eval.adapters import (
+        pack_token_prompts,
+        private_prompt,
+        rank_with_adapters,
+    )
+
+    wd = Path(workdir)
+    model = load_model(wd / "model")
+    table = SemanticIdTable.load(wd / "model" / "sids.json")
+    setup = json.loads((wd / "fl.json").read_text("utf-8"))
+    acfg = AdapterConfig.from_dict(setup["adapter"])
+    fp = json.loads((wd / "model" / "config.json").read_text("utf-8"))["fingerprint"]
+    det = ModeDetector.from_json((wd / "mode_detector.json").read_text("utf-8"))
+    reg, trusted = FileRegistry(wd / "registry"), load_trusted(wd / "trust")
+    ds = Dataset.load(data_dir)
+    cats = ds.categories()
+    users = json.loads((wd / "nodes.json").read_text("utf-8")).values()
+    by_user = ds.user_events(list(users))
+    shapes = adapter_shapes(model.cfg, acfg)
+    held, slabs = [], []
+    for u in sorted(by_user):
+        evs = [e for e in build_profile(by_user[u]).events if e.item_id in table.codes]
+        if len(evs) < 3:
+            continue
+        h = private_prompt(evs, table, model.ctx_vocab, det, cats)
+        blob = reg.get(h.service, u)
+        if blob is None:
+            continue
+        pkg = open_package(blob, trusted, Expectation(fp, u, h.service, shapes))
+        held.append(h)
+        slabs.append({k: torch.from_numpy(v.copy()) for k, v in pkg.tensors.items()})
+    if not held:
+        raise ToolsError("no user has a registered adapter yet")
+    tok, ctx = pack_token_prompts([(h.tokens, h.ctx) for h in held], len(model.ctx_vocab.sizes))
+    services, targets = [h.service for h in held], [h.target for h in held]
+    modes = torch.tensor([h.mode_weights for h in held], dtype=torch.float32)
+    slab = {k: torch.stack([s[k] for s in slabs]) for k in slabs[0]}
+    rows = RowAdapters.gather(acfg, slab, torch.arange(len(held)), modes)
+    trie = SidTrie(table)
+    return {
+        "users": len(held),
+        "base only": rank_with_adapters(model, trie, tok, ctx, services, targets, None, beam),
+        "with adapter": rank_with_adapters(model, trie, tok, ctx, services, targets, rows, beam),
+    }
