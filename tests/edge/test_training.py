@@ -14,7 +14,13 @@ from userlayer.edge.examples import ExampleConfig, UserExamples, user_examples
 from userlayer.edge.exceptions import BudgetExceededError, TrainingError
 from userlayer.edge.privacy import PrivacyLedger, epsilon_of, noise_for
 from userlayer.edge.profile import build_profile
-from userlayer.edge.training import DPConfig, TrainConfig, per_example_grads, train_adapter
+from userlayer.edge.training import (
+    PERSONAL,
+    DPConfig,
+    TrainConfig,
+    per_example_grads,
+    train_adapter,
+)
 from userlayer.sdk.model import AdapterConfig, ModelConfig, Recommender, new_adapter
 from userlayer.sdk.model.tokens import ContextVocab
 from userlayer.sdk.schemas import Service
@@ -157,7 +163,7 @@ def test_clipping_bound_and_noise_scale(
         dp=DPConfig(noise_multiplier=100.0, target_epsilon=None),
     )
     train_adapter(model, ACFG, ex, init, cfg, ledger, "bob")
-    n_params = sum(v.numel() for v in init.values())
+    n_params = sum(init[k].numel() for k in PERSONAL if k in init)  # the default trainables
     expected = 100.0 * 1.0 * (n_params**0.5) / 8  # std * sqrt(d) / expected batch
     assert 0.8 * expected < float(calls["norm"]) < 1.2 * expected
 
@@ -227,11 +233,32 @@ def test_budget_refusal_leaves_everything_as_it_was(
 def test_non_private_training_lowers_the_loss(setup: tuple[Recommender, UserExamples]) -> None:
     model, ex = setup
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = TrainConfig(epochs=30, batch_size=8, max_steps=150, lr=1e-2, dp=DPConfig(enabled=False))
+    cfg = TrainConfig(
+        epochs=30, batch_size=8, max_steps=150, lr=1e-2, dp=DPConfig(enabled=False), trainable=None
+    )
     res = train_adapter(model, ACFG, ex, new_adapter(CFG, ACFG), cfg)
     assert sum(res.losses[-10:]) / 10 < sum(res.losses[:10]) / 10 - 0.1
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # base frozen
     assert res.privacy is None
+
+
+def test_trainable_parts(setup: tuple[Recommender, UserExamples]) -> None:
+    model, ex = setup
+    init = new_adapter(CFG, ACFG)
+    cfg = TrainConfig(epochs=2, max_steps=5, dp=DPConfig(enabled=False))
+    res = train_adapter(model, ACFG, ex, init, cfg)
+    for k in init:  # personal parts move, LoRA stays at the shared initialisation
+        if k == "mode_prefix":  # no example states a mode: no gradient reaches it
+            continue
+        assert torch.equal(res.adapter[k], init[k]) == (k not in PERSONAL), k
+    res = train_adapter(model, ACFG, ex, init, cfg, trainable=("lora_b.q",))
+    assert not torch.equal(res.adapter["lora_b.q"], init["lora_b.q"])
+    assert torch.equal(res.adapter["prefix"], init["prefix"])
+    with pytest.raises(TrainingError, match="not adapter tensor names"):
+        train_adapter(model, ACFG, ex, init, cfg, trainable=("prefx",))
+    no_prefix = AdapterConfig(rank=2, n_prefix=0, film=False, n_modes=0)
+    with pytest.raises(TrainingError, match="none of the trainable"):
+        train_adapter(model, no_prefix, ex, new_adapter(CFG, no_prefix), cfg)
 
 
 def test_bad_settings() -> None:
