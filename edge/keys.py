@@ -39,13 +39,17 @@ NONCE = 12
 _KEK_FORMAT = "userlayer.keks/1"
 
 
-def aead_encrypt(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
-    """AES-256-GCM with a fresh random 12-byte nonce: ``nonce || ciphertext || tag``."""
+def aead_encrypt(key: bytes | AESGCM, plaintext: bytes, aad: bytes) -> bytes:
+    """AES-256-GCM with a fresh random 12-byte nonce: ``nonce || ciphertext || tag``.
+
+    ``key`` may be a prepared ``AESGCM`` (cheaper when one key seals many records).
+    """
     nonce = secrets.token_bytes(NONCE)
-    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+    aes = key if isinstance(key, AESGCM) else AESGCM(key)
+    return nonce + aes.encrypt(nonce, plaintext, aad)
 
 
-def aead_decrypt(key: bytes, blob: bytes, aad: bytes, what: str) -> bytes:
+def aead_decrypt(key: bytes | AESGCM, blob: bytes, aad: bytes, what: str) -> bytes:
     """Inverse of :func:`aead_encrypt`.
 
     Raises:
@@ -54,8 +58,9 @@ def aead_decrypt(key: bytes, blob: bytes, aad: bytes, what: str) -> bytes:
     """
     if len(blob) < NONCE + 16:
         raise ProfileDecryptError(f"{what}: ciphertext truncated ({len(blob)} bytes)")
+    aes = key if isinstance(key, AESGCM) else AESGCM(key)
     try:
-        return AESGCM(key).decrypt(blob[:NONCE], blob[NONCE:], aad)
+        return aes.decrypt(blob[:NONCE], blob[NONCE:], aad)
     except InvalidTag as e:
         raise ProfileDecryptError(
             f"{what}: authentication failed (tampered, moved to another record, or wrong key)"

@@ -47,6 +47,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from userlayer.edge.exceptions import KeyProviderError, ProfileDecryptError, StoreError
 from userlayer.edge.keys import KeyProvider, LocalKeyFile, aead_decrypt, aead_encrypt
 from userlayer.sdk.schemas import Action, Context, Daypart, Event, Mode, Season, Service, Weather
@@ -248,13 +250,17 @@ class ProfileStore:
                 raise StoreError(f"events[{i}] is a {type(e).__name__}, not an Event")
         with self._tx():
             rows = []
+            per_user: dict[str, tuple[bytes, AESGCM]] = {}
             for e in batch:
-                dek = self._dek(e.user_id, create=True)
-                assert dek is not None
+                if e.user_id not in per_user:
+                    dek = self._dek(e.user_id, create=True)
+                    assert dek is not None
+                    per_user[e.user_id] = (self._ref(e.user_id), AESGCM(dek))
+                ref, aes = per_user[e.user_id]
                 rid = secrets.token_bytes(16)
                 aad = self._aad(e.service.value, e.user_id, rid)
-                blob = bytes([_BLOB_VERSION]) + aead_encrypt(dek, _payload(e), aad)
-                rows.append((rid, self._ref(e.user_id), e.service.value, blob))
+                blob = bytes([_BLOB_VERSION]) + aead_encrypt(aes, _payload(e), aad)
+                rows.append((rid, ref, e.service.value, blob))
             self._db.executemany(
                 "INSERT INTO events(rid, user_ref, service, blob) VALUES (?, ?, ?, ?)", rows
             )
@@ -286,6 +292,7 @@ class ProfileStore:
             ).fetchall()
         want = None if services is None else {Service(s).value for s in services}
         out = []
+        aes = AESGCM(dek)
         for seq, rid, service, blob in rows:
             if want is not None and service not in want:
                 continue
@@ -293,7 +300,7 @@ class ProfileStore:
             what = f"event row {seq} of user {user_id!r}"
             if not blob or blob[0] != _BLOB_VERSION:
                 raise ProfileDecryptError(f"{what}: unknown blob version")
-            raw = aead_decrypt(dek, blob[1:], self._aad(service, user_id, bytes(rid)), what)
+            raw = aead_decrypt(aes, blob[1:], self._aad(service, user_id, bytes(rid)), what)
             try:
                 e = _event(user_id, service, raw)
             except (ValueError, TypeError) as err:  # authenticated but unreadable: a bug
