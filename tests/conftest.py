@@ -1,4 +1,4 @@
-"""Shared fixtures: the shared data folder and a small synthetic dataset."""
+"""Shared fixtures: the shared data folder, a small synthetic dataset, a tiny base model."""
 
 from __future__ import annotations
 
@@ -24,3 +24,30 @@ def beauty_dir() -> Path:
 def small_synth() -> SynthResult:
     """60 users over 120 days: big enough to exercise every mechanism, fast."""
     return synthesize(SynthConfig(users=60, seed=7, days=120, events_per_user=60))
+
+
+TINY = {"d_model": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1, "d_ff": 48, "max_items": 8}
+
+
+@pytest.fixture(scope="session")
+def synth_data_dir(tmp_path_factory: pytest.TempPathFactory, small_synth: SynthResult) -> Path:
+    """``small_synth`` saved with collaborative Semantic IDs (16 codes per level)."""
+    from userlayer.tools.sids import SidConfig, build_semantic_ids
+
+    d = tmp_path_factory.mktemp("synth")
+    small_synth.save(d)
+    table, _ = build_semantic_ids(
+        small_synth.dataset, SidConfig(codebook_size=16, embedding="collaborative")
+    )
+    table.save(d / "sids.json")
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, synth_data_dir: Path) -> Path:
+    """A tiny base pretrained for one epoch on ``synth_data_dir`` (read-only for tests)."""
+    from userlayer.tools.train.pretrain import PretrainConfig, pretrain
+
+    out = tmp_path_factory.mktemp("tiny") / "m"
+    pretrain(synth_data_dir, out, PretrainConfig(epochs=1, batch_size=32, model=TINY))
+    return out

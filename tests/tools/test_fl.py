@@ -11,29 +11,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
-from userlayer.tools.data.synth import SynthResult
 from userlayer.tools.fl import SimulationConfig, evaluate_registry, plot_rounds, simulate
-from userlayer.tools.sids import SidConfig, build_semantic_ids
-from userlayer.tools.train.pretrain import PretrainConfig, pretrain
-
-TINY = {"d_model": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1, "d_ff": 48, "max_items": 8}
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory, small_synth: SynthResult) -> Path:
-    d = tmp_path_factory.mktemp("fldata")
-    small_synth.save(d)
-    table, _ = build_semantic_ids(
-        small_synth.dataset, SidConfig(codebook_size=16, embedding="collaborative")
-    )
-    table.save(d / "sids.json")
-    pretrain(d, d / "m", PretrainConfig(epochs=1, batch_size=32, model=TINY))
-    return d
-
-
-def test_simulation_with_dropouts_then_resume(tmp_path: Path, data_dir: Path) -> None:
+def test_simulation_with_dropouts_then_resume(
+    tmp_path: Path, synth_data_dir: Path, tiny_model_dir: Path
+) -> None:
+    data_dir = synth_data_dir
     wd = tmp_path / "fl"
     seen: list[dict[str, object]] = []
     base = {
@@ -44,12 +28,12 @@ def test_simulation_with_dropouts_then_resume(tmp_path: Path, data_dir: Path) ->
         "dropout": 0.3,
         "epsilon_per_round": 1.0,
     }
-    res = simulate(data_dir, data_dir / "m", wd, SimulationConfig(rounds=1, **base), seen.append)
+    res = simulate(data_dir, tiny_model_dir, wd, SimulationConfig(rounds=1, **base), seen.append)
     assert [r["round"] for r in res["rounds"]] == [1] and len(seen) == 1
     r1 = res["rounds"][0]
     assert r1["sampled"] == 3 and r1["valid"] + r1["dropped"] + r1["rejected"] == 3
     # the server "restarts": a second run on the same directory goes on from round 1
-    res = simulate(data_dir, data_dir / "m", wd, SimulationConfig(rounds=2, **base), seen.append)
+    res = simulate(data_dir, tiny_model_dir, wd, SimulationConfig(rounds=2, **base), seen.append)
     assert [r["round"] for r in res["rounds"]] == [1, 2]
     state = json.loads((wd / "server" / "state.json").read_text())
     assert state["round"] == 2

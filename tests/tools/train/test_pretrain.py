@@ -5,35 +5,22 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import TINY
 from userlayer.sdk.model import fingerprint, load_model
 from userlayer.tools.data.synth import SynthResult
 from userlayer.tools.eval.evaluate import EvalConfig, evaluate
 from userlayer.tools.eval.sasrec import SASRecConfig
 from userlayer.tools.exceptions import ToolsError
-from userlayer.tools.sids import SidConfig, build_semantic_ids
 from userlayer.tools.train.examples import UserSequences, build_prompts, training_windows
 from userlayer.tools.train.pretrain import PretrainConfig, pretrain
 
-TINY = {"d_model": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1, "d_ff": 48, "max_items": 8}
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory, small_synth: SynthResult) -> Path:
-    d = tmp_path_factory.mktemp("data")
-    small_synth.save(d)
-    table, _ = build_semantic_ids(
-        small_synth.dataset, SidConfig(codebook_size=16, embedding="collaborative")
-    )
-    table.save(d / "sids.json")
-    return d
-
 
 def test_leave_one_out_never_trains_on_the_last_items(
-    data_dir: Path, small_synth: SynthResult
+    synth_data_dir: Path, small_synth: SynthResult
 ) -> None:
     from userlayer.sdk import SemanticIdTable
 
-    table = SemanticIdTable.load(data_dir / "sids.json")
+    table = SemanticIdTable.load(synth_data_dir / "sids.json")
     seqs = UserSequences.from_dataset(small_synth.dataset, table)
     for t in seqs.tokens:  # mark the held-out events: they must never reach training
         t[-2:] = 10_000
@@ -51,13 +38,13 @@ def test_leave_one_out_never_trains_on_the_last_items(
     assert sum(p.n_history for p in private) < sum(p.n_history for p in test)
 
 
-def test_resume_gives_the_same_weights(tmp_path: Path, data_dir: Path) -> None:
+def test_resume_gives_the_same_weights(tmp_path: Path, synth_data_dir: Path) -> None:
     cfg = PretrainConfig(epochs=2, batch_size=32, checkpoint_every=3, model=TINY)
-    straight = pretrain(data_dir, tmp_path / "a", cfg)
+    straight = pretrain(synth_data_dir, tmp_path / "a", cfg)
     assert straight.finished
     n = straight.steps
     stopped = pretrain(
-        data_dir,
+        synth_data_dir,
         tmp_path / "b",
         PretrainConfig(
             epochs=2, batch_size=32, checkpoint_every=3, max_steps=n // 2 + 1, model=TINY
@@ -65,7 +52,7 @@ def test_resume_gives_the_same_weights(tmp_path: Path, data_dir: Path) -> None:
     )
     assert not stopped.finished
     assert not (tmp_path / "b" / "model.safetensors").exists()
-    resumed = pretrain(data_dir, tmp_path / "b", cfg)
+    resumed = pretrain(synth_data_dir, tmp_path / "b", cfg)
     assert resumed.finished
     assert resumed.fingerprint == straight.fingerprint
     assert resumed.losses == straight.losses
@@ -85,9 +72,10 @@ def test_pretrain_needs_sids(tmp_path: Path, small_synth: SynthResult) -> None:
         pretrain(tmp_path / "d", tmp_path / "m")
 
 
-def test_evaluate_end_to_end(tmp_path: Path, data_dir: Path) -> None:
-    pretrain(data_dir, tmp_path / "m", PretrainConfig(epochs=1, batch_size=32, model=TINY))
-    res = evaluate(data_dir, tmp_path / "m", EvalConfig(beam=10, sasrec=SASRecConfig(epochs=1)))
+def test_evaluate_end_to_end(synth_data_dir: Path, tiny_model_dir: Path) -> None:
+    res = evaluate(
+        synth_data_dir, tiny_model_dir, EvalConfig(beam=10, sasrec=SASRecConfig(epochs=1))
+    )
     assert set(res["results"]) == {"generative", "popularity", "sasrec"}
     for name, by_regime in res["results"].items():
         assert set(by_regime) == {"full", "private"}, name
