@@ -429,6 +429,19 @@ def fl_simulate_cmd(
     )
 
 
+@fl_app.command("app")
+def fl_app_cmd(
+    out: Annotated[Path, typer.Option(help="Directory to write the Flower App into.")] = Path(
+        "flower-app"
+    ),
+) -> None:
+    """Write a Flower App directory for `flwr run` on the Deployment Engine."""
+    from userlayer.tools.fl_deploy import write_app
+
+    d = write_app(out)
+    console.print(f"Flower App in {d}: flwr run {d} <superlink> --run-config \"workdir='DIR'\"")
+
+
 @app.command("demo")
 def demo(
     out: Annotated[Path, typer.Option(help="Working directory for artifacts.")] = Path(

@@ -95,10 +95,11 @@ def train_sasrec(train_seqs: Sequence[Sequence[int]], n_items: int, cfg: SASRecC
             rng.permutation(len(usable)), max(1, len(usable) // cfg.batch_size)
         ):
             idx = torch.from_numpy(b)
-            h = model(inp[idx])
-            logits = h @ model.item.weight.T  # (B, T, n+1)
             y = tgt[idx]
-            loss = nn.functional.cross_entropy(logits[y > 0], y[y > 0])
+            keep = y > 0
+            # score only the real (non-padding) positions: most of a window is padding
+            logits = model(inp[idx])[keep] @ model.item.weight.T  # (N, n+1)
+            loss = nn.functional.cross_entropy(logits, y[keep])
             opt.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()

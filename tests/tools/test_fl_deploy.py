@@ -1,0 +1,78 @@
+"""The rounds on Flower's Deployment Engine: real SuperLink and SuperNode processes.
+
+One SuperLink and two SuperNodes on 127.0.0.1 (insecure transport), each
+node a service backend holding two users' encrypted profiles. ``flwr run``
+submits two rounds; the test reads the run's final status from the
+SuperLink (``flwr run`` exits 0 even when the ServerApp fails: a run whose
+ServerApp fails must be reported as failed), then checks the registry and
+that every process it started is gone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from userlayer.cloud.fl.registry_fs import FileRegistry
+from userlayer.tools.exceptions import ToolsError
+from userlayer.tools.fl import SimulationConfig, prepare_workdir
+from userlayer.tools.fl_deploy import LocalFederation, NodeSpec, write_app
+
+
+def _gone(pgid: int) -> bool:
+    """No live process left in the group (zombies wait for their reaper, not for us)."""
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            state, _ppid, group = stat[stat.rindex(")") + 2 :].split()[:3]
+            if state != "Z" and int(group) == pgid:
+                return False
+    return True
+
+
+def test_two_rounds_on_superlink_and_two_supernodes(
+    tmp_path: Path, synth_data_dir: Path, tiny_model_dir: Path
+) -> None:
+    wd = tmp_path / "wd"
+    cfg = SimulationConfig(rounds=2, users_per_round=2, population=4, epochs=2.0, min_replies=1)
+    users = prepare_workdir(synth_data_dir, tiny_model_dir, wd, cfg)
+    setup = json.loads((wd / "fl.json").read_text())
+    setup["rounds"]["min_nodes"] = 2  # two SuperNodes, each hosting two users
+    setup["rounds"]["wait_nodes_s"] = 60
+    (wd / "fl.json").write_text(json.dumps(setup))
+    app_dir = write_app(tmp_path / "app")
+    nodes = [NodeSpec(wd, tuple(users[:2])), NodeSpec(wd, tuple(users[2:]))]
+    with LocalFederation(tmp_path / "fed", nodes) as fed:
+        pids = [p.pid for p in fed.procs]
+        assert len(pids) == 3
+        # a ServerApp that fails (no such work directory) is reported as failed
+        bad = fed.run(app_dir, {"workdir": str(tmp_path / "missing")})
+        with pytest.raises(ToolsError, match="finished:failed"):
+            fed.wait(bad, timeout=120)
+        run_id = fed.run(app_dir, {"workdir": str(wd)})
+        st = fed.wait(run_id, timeout=300)
+        assert st["status"] == "finished:completed"
+    assert all(_gone(pid) for pid in pids)
+    rounds = [json.loads(x) for x in (wd / "progress.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2]
+    for r in rounds:
+        # both nodes sampled; each replies for both of its users
+        assert r["sampled"] == 2 and r["valid"] + r["rejected"] + r["dropped"] >= 2
+        assert r["valid"] >= 2 and r["rejected"] == 0
+    assert json.loads((wd / "server" / "state.json").read_text())["round"] == 2
+    reg = FileRegistry(wd / "registry")
+    stored = {u for svc in ("samokat", "megamarket", "kuper") for u in reg.users(svc)}
+    assert stored and stored <= set(users)
+
+
+def test_node_spec_refuses_bad_users(tmp_path: Path) -> None:
+    with pytest.raises(ToolsError, match="at least one user"):
+        NodeSpec(tmp_path, ())
+    with pytest.raises(ToolsError, match="without"):
+        NodeSpec(tmp_path, ("a,b",))
+    assert "users='a,b'" in NodeSpec(tmp_path, ("a", "b")).node_config()
