@@ -73,6 +73,7 @@ __all__ = [
     "save_signing_key",
     "seal_package",
     "to_peft",
+    "unseal",
 ]
 
 ADAPTER_FORMAT = "userlayer.adapter/1"
@@ -353,6 +354,18 @@ def _decrypt(blob: bytes, recipient_key: X25519PrivateKey | None) -> bytes:
         return AESGCM(key).decrypt(nonce, ct, header)
     except (InvalidTag, ValueError) as e:
         raise AdapterError("package does not decrypt with this recipient key (tampered?)") from e
+
+
+def unseal(blob: bytes, recipient_key: X25519PrivateKey | None) -> bytes:
+    """The plain (signed, unencrypted) package inside ``blob``; a plain one is returned as is.
+
+    Raises:
+        AdapterError: if a sealed package does not decrypt with ``recipient_key``.
+    """
+    blob = bytes(blob)
+    if len(blob) >= 6 and blob[:4] == MAGIC and blob[5] == KIND_SEALED:
+        return _decrypt(blob, recipient_key)
+    return blob
 
 
 def open_package(

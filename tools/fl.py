@@ -245,10 +245,10 @@ def evaluate_registry(data_dir: str | Path, workdir: str | Path, beam: int = 20)
     from userlayer.edge.profile import build_profile
     from userlayer.sdk.adapter import Expectation, open_package
     from userlayer.sdk.model.io import load_model
+    from userlayer.sdk.model.prompt import pack_prompts
     from userlayer.sdk.model.transformer import RowAdapters, adapter_shapes
     from userlayer.sdk.semantic_ids import SemanticIdTable, SidTrie
     from userlayer.tools.eval.adapters import (
-        pack_token_prompts,
         private_prompt,
         rank_with_adapters,
     )
@@ -280,7 +280,7 @@ def evaluate_registry(data_dir: str | Path, workdir: str | Path, beam: int = 20)
         slabs.append({k: torch.from_numpy(v.copy()) for k, v in pkg.tensors.items()})
     if not held:
         raise ToolsError("no user has a registered adapter yet")
-    tok, ctx = pack_token_prompts([(h.tokens, h.ctx) for h in held], len(model.ctx_vocab.sizes))
+    tok, ctx = pack_prompts([(h.tokens, h.ctx) for h in held], len(model.ctx_vocab.sizes))
     services, targets = [h.service for h in held], [h.target for h in held]
     modes = torch.tensor([h.mode_weights for h in held], dtype=torch.float32)
     slab = {k: torch.stack([s[k] for s in slabs]) for k in slabs[0]}

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from userlayer.sdk.model.tokens import FIRST_CODE, level_offsets
-from userlayer.sdk.model.transformer import Recommender, RowAdapters
+from userlayer.sdk.model.transformer import KVCache, Recommender, RowAdapters
 from userlayer.sdk.schemas import Service
 from userlayer.sdk.semantic_ids import SidTrie
 
-__all__ = ["Recommendation", "beam_search"]
+__all__ = ["Decoder", "Recommendation", "TorchDecoder", "beam_search"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,53 @@ class Recommendation:
 
     item_id: str
     score: float
+
+
+class Decoder(Protocol):
+    """One batch's incremental decoding on some backend (torch, ONNX Runtime, TensorRT).
+
+    The adapters of the batch's A rows are bound when the decoder is made;
+    beam rows of request ``i`` are the contiguous group ``i*w .. i*w+w-1``.
+    """
+
+    def prefill(self, tokens: Tensor, ctx: Tensor) -> Tensor:
+        """Run the prompts (B, T); keep their keys and values; next-code logits (B, n_codes)."""
+
+    def step(self, origin: Tensor, codes: Tensor) -> Tensor:
+        """Continue rows ``origin`` (N,) of the kept state with ``codes`` (N, 1) token ids.
+
+        Returns next-code logits (N, n_codes); the state now has N rows.
+        """
+
+
+class TorchDecoder:
+    """:class:`Decoder` on the torch module (reference and fallback backend)."""
+
+    def __init__(self, model: Recommender, adapters: RowAdapters | None = None) -> None:
+        self.model = model
+        self.adapters = adapters
+        self.cache: KVCache | None = None
+        self.n_ctx = len(model.ctx_vocab.sizes)
+        self.device = model.tok.weight.device  # inputs go there, logits come back to the CPU
+
+    def prefill(self, tokens: Tensor, ctx: Tensor) -> Tensor:
+        """See :meth:`Decoder.prefill`."""
+        dev = self.device
+        logits, self.cache = self.model(
+            tokens.to(dev), ctx.to(dev), self.adapters, return_cache=True
+        )
+        out: Tensor = logits[:, -1].float().cpu()
+        return out
+
+    def step(self, origin: Tensor, codes: Tensor) -> Tensor:
+        """See :meth:`Decoder.step`."""
+        assert self.cache is not None, "prefill first"
+        dev = self.device
+        ctx = torch.zeros(codes.shape[0], 1, self.n_ctx, dtype=torch.long, device=dev)
+        cache = self.cache.select(origin.to(dev))
+        logits, self.cache = self.model(codes.to(dev), ctx, self.adapters, cache, return_cache=True)
+        out: Tensor = logits[:, -1].float().cpu()
+        return out
 
 
 class _Masks:
@@ -60,7 +108,7 @@ class _Masks:
 
 @torch.no_grad()
 def beam_search(
-    model: Recommender,
+    model: Recommender | Decoder,
     trie: SidTrie,
     tokens: Tensor,
     ctx: Tensor,
@@ -73,7 +121,8 @@ def beam_search(
     """Top-``k`` distinct real items per row, best first.
 
     Args:
-        model: the recommender (eval mode is the caller's business).
+        model: the recommender (eval mode is the caller's business), or a
+            :class:`Decoder` of another backend with the adapters bound.
         trie: Semantic ID trie of the catalog.
         tokens: (B, T) left-padded prompts ending with a context position.
         ctx: (B, T, 7) context ids.
@@ -81,7 +130,7 @@ def beam_search(
         beam: beam width (default ``max(k, 10)``); at least ``k``.
         services: per row, the service to restrict to (None: any).
         exclude: per row, item ids never to return.
-        adapters: per-row user layers.
+        adapters: per-row user layers (with a :class:`Recommender` only).
     """
     b = tokens.shape[0]
     beam = max(beam or max(k, 10), k)
@@ -90,9 +139,8 @@ def beam_search(
     masks = _Masks(trie)
     offs = level_offsets(trie.table.level_sizes)
     n_levels = len(offs)
-    logits, cache = model(tokens, ctx, adapters, return_cache=True)
-    assert cache is not None
-    last = logits[:, -1]  # (B, n_codes)
+    dec = TorchDecoder(model, adapters) if isinstance(model, Recommender) else model
+    last = dec.prefill(tokens, ctx)  # (B, n_codes)
     # beams: per row a list of (prefix, score); start with one empty prefix
     prefixes: list[list[tuple[int, ...]]] = [[()] for _ in range(b)]
     scores = torch.zeros(b, 1)
@@ -148,18 +196,7 @@ def beam_search(
             if n < w:
                 prefixes[r] = prefixes[r] + [prefixes[r][0] if n else (0,) * (level + 1)] * (w - n)
             pos += n
-        sel = torch.tensor(flat_origin)
-        cache = cache.select(sel)
         scores = torch.tensor(flat_scores).view(b, w)
         step = torch.tensor(flat_codes).view(-1, 1) + FIRST_CODE + offs[level]
-        ad = None if adapters is None else adapters.select(torch.arange(b).repeat_interleave(w))
-        logits, cache = model(
-            step,
-            torch.zeros(b * w, 1, ctx.shape[-1], dtype=torch.long),
-            ad,
-            cache=cache,
-            return_cache=True,
-        )
-        assert cache is not None
-        last = logits[:, -1]
+        last = dec.step(torch.tensor(flat_origin), step)
     return [[] for _ in range(b)]

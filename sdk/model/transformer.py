@@ -64,12 +64,16 @@ def adapter_shapes(cfg: ModelConfig, acfg: AdapterConfig) -> dict[str, tuple[int
 
 @dataclass
 class RowAdapters:
-    """Per-row adapter tensors of a batch (leading dimension B).
+    """Per-row adapter tensors of a batch (leading dimension A).
 
-    ``active`` (B,) marks rows that have an adapter; ``tensors`` maps the
-    names of :func:`adapter_shapes` to (B, *shape) tensors; ``mode_weights``
-    (B, n_modes) gates the mode components (one-hot for a stated mode, a
+    ``active`` (A,) marks rows that have an adapter; ``tensors`` maps the
+    names of :func:`adapter_shapes` to (A, *shape) tensors; ``mode_weights``
+    (A, n_modes) gates the mode components (one-hot for a stated mode, a
     distribution from mode detection, or zeros for none).
+
+    A batch of B = A * g rows may share them in contiguous groups: rows
+    ``i*g .. i*g+g-1`` use adapter ``i`` (the beams of one request in beam
+    search), without copying the adapter g times.
     """
 
     config: AdapterConfig
@@ -100,16 +104,23 @@ class RowAdapters:
             None if self.mode_weights is None else self.mode_weights.index_select(0, rows),
         )
 
-    def check(self, cfg: ModelConfig, batch: int) -> None:
+    @property
+    def rows(self) -> int:
+        """A: how many adapter rows (the batch may be a multiple)."""
+        return int(self.active.shape[0])
+
+    def check(self, cfg: ModelConfig, rows: int) -> None:
         """Refuse tensors whose shape does not fit the model (names the tensor).
 
         Raises:
             ModelError: naming the tensor, its shape and the expected one.
         """
-        if tuple(self.active.shape) != (batch,):
+        if self.active.dim() != 1 or self.rows == 0 or rows % self.rows:
             raise ModelError(
-                f"adapter `active` has shape {tuple(self.active.shape)}, expected ({batch},)"
+                f"adapter `active` has shape {tuple(self.active.shape)}: expected (A,) "
+                f"with A dividing the {rows} rows of the batch"
             )
+        batch = self.rows
         expected = adapter_shapes(cfg, self.config)
         missing = sorted(set(expected) - set(self.tensors))
         extra = sorted(set(self.tensors) - set(expected))
@@ -168,7 +179,11 @@ class KVCache:
 
 
 class _Ctx:
-    """What every layer needs about the batch's adapters."""
+    """What every layer needs about the batch's adapters.
+
+    Activations (A*g, T, d) are viewed as (A, g*T, d) so that each adapter row
+    meets its group of batch rows (reshapes only: no copies of the adapter).
+    """
 
     def __init__(self, ad: RowAdapters | None) -> None:
         self.ad = ad
@@ -178,10 +193,12 @@ class _Ctx:
         ad = self.ad
         if ad is None or f"lora_a.{name}" not in ad.tensors:
             return y
-        a = ad.tensors[f"lora_a.{name}"][:, layer]  # (B, r, d_in)
-        b = ad.tensors[f"lora_b.{name}"][:, layer]  # (B, d_out, r)
-        delta = torch.bmm(torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2)) * ad.config.scale
-        return torch.where(self.active, y + delta, y)  # type: ignore[arg-type]
+        a = ad.tensors[f"lora_a.{name}"][:, layer]  # (A, r, d_in)
+        b = ad.tensors[f"lora_b.{name}"][:, layer]  # (A, d_out, r)
+        xg = x.reshape(a.shape[0], -1, x.shape[-1])  # (A, g*T, d_in)
+        yg = y.reshape(a.shape[0], -1, y.shape[-1])
+        delta = torch.bmm(torch.bmm(xg, a.transpose(1, 2)), b.transpose(1, 2)) * ad.config.scale
+        return torch.where(self.active, yg + delta, yg).reshape(y.shape)  # type: ignore[arg-type]
 
     def film(self, idx: int, y: Tensor) -> Tensor:
         ad = self.ad
@@ -189,7 +206,9 @@ class _Ctx:
             return y
         scale = ad.tensors["film_scale"][:, idx][:, None, :]
         shift = ad.tensors["film_shift"][:, idx][:, None, :]
-        return torch.where(self.active, y * (1.0 + scale) + shift, y)  # type: ignore[arg-type]
+        yg = y.reshape(scale.shape[0], -1, y.shape[-1])
+        out = torch.where(self.active, yg * (1.0 + scale) + shift, yg)  # type: ignore[arg-type]
+        return out.reshape(y.shape)
 
 
 class RMSNorm(nn.Module):
@@ -426,19 +445,23 @@ class Recommender(nn.Module):
             return None, None
         parts, valid = [], []
         act = ad.active
-        if "prefix" in ad.tensors:
+        if "prefix" in ad.tensors:  # expand(-1, ..): no batch size baked into an export
             parts.append(ad.tensors["prefix"].to(dtype))
-            valid.append(act[:, None].expand(b, ad.config.n_prefix))
+            valid.append(act[:, None].expand(-1, ad.config.n_prefix))
         if "mode_prefix" in ad.tensors:
             w = ad.mode_weights
             if w is None:
-                w = torch.zeros(b, ad.config.n_modes, dtype=dtype, device=act.device)
+                w = torch.zeros(ad.rows, ad.config.n_modes, dtype=dtype, device=act.device)
             parts.append(torch.einsum("bm,bmpd->bpd", w.to(dtype), ad.tensors["mode_prefix"]))
             on = act & (w.abs().sum(-1) > 0)
-            valid.append(on[:, None].expand(b, ad.config.n_mode_prefix))
+            valid.append(on[:, None].expand(-1, ad.config.n_mode_prefix))
         if not parts:
             return None, None
-        return torch.cat(parts, dim=1), torch.cat(valid, dim=1)
+        p, v = torch.cat(parts, dim=1), torch.cat(valid, dim=1)
+        if ad.rows != b:  # rows share adapters in groups (the prefix is per row)
+            p = p.repeat_interleave(b // ad.rows, dim=0)
+            v = v.repeat_interleave(b // ad.rows, dim=0)
+        return p, v
 
     def forward(
         self,

@@ -18,6 +18,7 @@ from userlayer.edge.training import (
     PERSONAL,
     DPConfig,
     TrainConfig,
+    batch_grads,
     per_example_grads,
     train_adapter,
 )
@@ -73,6 +74,26 @@ def test_per_example_grads_are_exact(setup: tuple[Recommender, UserExamples]) ->
         )
         for k in ad:
             torch.testing.assert_close(grads[k][i], one[k][0], atol=1e-6, rtol=1e-5)
+
+
+def test_only_named_tensors_are_differentiated_and_batch_grads_is_their_mean(
+    setup: tuple[Recommender, UserExamples],
+) -> None:
+    model, ex = setup
+    ad = {k: v + 0.05 * torch.randn(v.shape) for k, v in new_adapter(CFG, ACFG).items()}
+    batch = (ex.tokens[:5], ex.ctx[:5], ex.weights[:5], ex.mode_weights[:5])
+    full, losses = per_example_grads(model, ACFG, ad, *batch)
+    some, losses2 = per_example_grads(model, ACFG, ad, *batch, names=PERSONAL)
+    assert set(some) == set(PERSONAL) and set(full) == set(ad)
+    torch.testing.assert_close(losses, losses2)
+    for k in PERSONAL:
+        torch.testing.assert_close(some[k], full[k], atol=1e-6, rtol=1e-5)
+    names = ("prefix", "lora_a.q")
+    mean, losses3 = batch_grads(model, ACFG, ad, names, *batch)
+    assert set(mean) == set(names)
+    torch.testing.assert_close(losses, losses3)
+    for k in names:
+        torch.testing.assert_close(mean[k], full[k].mean(0), atol=1e-6, rtol=1e-5)
 
 
 def test_per_example_grads_match_opacus(setup: tuple[Recommender, UserExamples]) -> None:

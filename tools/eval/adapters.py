@@ -35,6 +35,7 @@ from userlayer.edge.training import DPConfig, TrainConfig, train_adapter
 from userlayer.sdk.model.config import AdapterConfig
 from userlayer.sdk.model.decoding import beam_search
 from userlayer.sdk.model.io import load_model
+from userlayer.sdk.model.prompt import pack_prompts
 from userlayer.sdk.model.transformer import RowAdapters, new_adapter
 from userlayer.sdk.semantic_ids import SemanticIdTable, SidTrie
 from userlayer.tools.data.format import Dataset
@@ -44,7 +45,6 @@ __all__ = [
     "AdapterEvalConfig",
     "HeldOut",
     "evaluate_adapters",
-    "pack_token_prompts",
     "private_prompt",
     "rank_with_adapters",
 ]
@@ -134,7 +134,7 @@ def evaluate_adapters(
         if on_user:
             on_user(n + 1, len(users))
     ledger.close()
-    tok, ctx = pack_token_prompts(prompts, len(vocab.sizes))
+    tok, ctx = pack_prompts(prompts, len(vocab.sizes))
     modes = torch.tensor(contexts, dtype=torch.float32)
     results: dict[str, Any] = {
         "base only": rank_with_adapters(model, trie, tok, ctx, services, targets, None, cfg.beam)
@@ -199,19 +199,6 @@ def private_prompt(
         target.item_id,
         mode_weights(target, evs[:-1], detector, cats),
     )
-
-
-def pack_token_prompts(
-    prompts: list[tuple[list[int], list[list[int]]]], n_ctx: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token/context prompts into (B, T) and (B, T, n_ctx) tensors."""
-    t_len = max(len(t) for t, _ in prompts)
-    tok = torch.zeros(len(prompts), t_len, dtype=torch.long)
-    ctx = torch.zeros(len(prompts), t_len, n_ctx, dtype=torch.long)
-    for i, (t, c) in enumerate(prompts):
-        tok[i, t_len - len(t) :] = torch.tensor(t)
-        ctx[i, t_len - len(t) :] = torch.tensor(c)
-    return tok, ctx
 
 
 def rank_with_adapters(

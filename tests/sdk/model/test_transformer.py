@@ -127,6 +127,18 @@ def test_only_adapter_tensors_get_gradients(model: Recommender) -> None:
         p.requires_grad_(True)
 
 
+def test_rows_sharing_an_adapter_in_groups_equal_repeated_adapters(model: Recommender) -> None:
+    tok, ctx = _batch()  # 4 rows: two requests with two rows each
+    slab = _slab(2)
+    grouped = RowAdapters.gather(ACFG, slab, torch.tensor([1, -1]), torch.eye(3)[[2, 0]])
+    repeated = grouped.select(torch.tensor([0, 0, 1, 1]))
+    a, _ = model(tok, ctx, grouped)
+    b, _ = model(tok, ctx, repeated)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    base, _ = model(tok, ctx)
+    assert torch.equal(a[2:], base[2:])  # the group without an adapter is the base, exactly
+
+
 def test_shape_errors_name_the_tensor(model: Recommender) -> None:
     tok, ctx = _batch()
     with pytest.raises(ModelError, match=r"`tokens` should be \(B, T\)"):
@@ -143,7 +155,9 @@ def test_shape_errors_name_the_tensor(model: Recommender) -> None:
     ):
         model(tok, ctx, ad)
     ad = RowAdapters.gather(ACFG, _slab(2), torch.tensor([0, 1, 0]))
-    with pytest.raises(ModelError, match=r"adapter `active` has shape \(3,\), expected \(4,\)"):
+    with pytest.raises(
+        ModelError, match=r"`active` has shape \(3,\): expected \(A,\) with A dividing the 4"
+    ):
         model(tok, ctx, ad)
     s = _slab(2)
     del s["prefix"]

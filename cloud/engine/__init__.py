@@ -1,0 +1,1 @@
+"""The multi-adapter inference engine: ONNX export, backends, batching."""

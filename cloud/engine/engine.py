@@ -1,0 +1,224 @@
+"""The multi-adapter engine: one base model, every row of a batch with its own user's adapter.
+
+Adapters live in a fixed *slab* of engine slots (one array per adapter
+tensor, shape (slots, *shape)), like S-LoRA's unified adapter memory: loading
+an adapter copies it into a slot (the least recently used one is reused), a
+batch gathers its rows' slots, and a row with slot -1 runs the base model
+alone. :meth:`Engine.recommend` encodes the requests' prompts, gathers the
+adapters and runs constrained beam search on the configured backend.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from userlayer.cloud.engine.backends import (
+    Backend,
+    EngineError,
+    OnnxBackend,
+    TorchBackend,
+    tensorrt_available,
+)
+from userlayer.sdk.model import AdapterConfig, adapter_shapes
+from userlayer.sdk.model.config import ModelConfig
+from userlayer.sdk.model.decoding import Recommendation, beam_search
+from userlayer.sdk.model.io import fingerprint, load_model
+from userlayer.sdk.model.prompt import encode_request, mode_one_hot, pack_prompts
+from userlayer.sdk.schemas import Context, Service
+from userlayer.sdk.semantic_ids import SemanticIdTable
+
+__all__ = ["BACKENDS", "Engine", "EngineConfig", "EngineRequest", "Slab"]
+
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Which backend, how wide the beam, how many adapter slots."""
+
+    backend: str = "onnxruntime"
+    onnx_dir: str | None = None  # default: <model_dir>/onnx
+    beam: int = 20
+    slots: int = 256
+    threads: int | None = None
+    device: str = "cpu"  # the torch backend: cpu | cuda
+    max_session_items: int = 20
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise EngineError(f"`backend` should be one of {BACKENDS}, got {self.backend!r}")
+        for name in ("beam", "slots", "max_session_items"):
+            if getattr(self, name) < 1:
+                raise EngineError(f"`{name}` should be at least 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """One row of a batch: the request and the slot of its user's adapter (-1: none)."""
+
+    service: Service
+    context: Context = field(default_factory=Context)
+    session: tuple[str, ...] = ()
+    k: int = 10
+    exclude: tuple[str, ...] = ()
+    slot: int = -1
+
+
+class Slab:
+    """Fixed engine slots for adapters, reused least-recently-used first (thread-safe)."""
+
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]], slots: int) -> None:
+        self.shapes = dict(shapes)
+        self.size = slots
+        self.arrays = {n: np.zeros((slots, *s), dtype=np.float32) for n, s in shapes.items()}
+        self._keys: OrderedDict[Hashable, int] = OrderedDict()  # key -> slot, LRU first
+        self._free = list(range(slots - 1, -1, -1))
+        self._lock = threading.Lock()
+
+    def lookup(self, key: Hashable) -> int:
+        """The slot holding ``key`` (marks it recently used), or -1."""
+        with self._lock:
+            slot = self._keys.get(key, -1)
+            if slot >= 0:
+                self._keys.move_to_end(key)
+            return slot
+
+    def load(self, key: Hashable, tensors: Mapping[str, np.ndarray]) -> int:
+        """Copy an adapter into a slot (reusing the LRU one when full); returns the slot.
+
+        Raises:
+            EngineError: if a tensor is missing or has the wrong shape.
+        """
+        for n, s in self.shapes.items():
+            t = tensors.get(n)
+            if t is None or tuple(t.shape) != s:
+                got = None if t is None else tuple(t.shape)
+                raise EngineError(f"adapter tensor {n!r} has shape {got}, expected {s}")
+        with self._lock:
+            slot = self._keys.pop(key, -1)
+            if slot < 0:
+                slot = self._free.pop() if self._free else self._keys.popitem(last=False)[1]
+            for n in self.shapes:
+                self.arrays[n][slot] = tensors[n]
+            self._keys[key] = slot
+            return slot
+
+    def evict(self, match: object) -> int:
+        """Free every slot whose key equals ``match`` or is a tuple starting with it."""
+        with self._lock:
+            gone = [
+                k
+                for k in self._keys
+                if k == match or (isinstance(k, tuple) and k[: _len(match)] == match)
+            ]
+            for k in gone:
+                slot = self._keys.pop(k)
+                self._free.append(slot)
+            return len(gone)
+
+    def gather(self, slots: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``active`` (B,) and every tensor (B, ...) of these slots.
+
+        Slot -1 marks a row without adapter: ``active`` is false, and the
+        model ignores the values gathered for it.
+        """
+        active = slots >= 0
+        idx = np.where(active, slots, 0)
+        return active, {n: a[idx] for n, a in self.arrays.items()}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def _len(x: object) -> int:
+    return len(x) if isinstance(x, tuple) else 1
+
+
+class Engine:
+    """The base model on one backend, serving batches of rows with per-row adapters."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        cfg: EngineConfig | None = None,
+        adapter: AdapterConfig | None = None,
+    ) -> None:
+        self.cfg = cfg = cfg or EngineConfig()
+        d = Path(model_dir)
+        model = load_model(d)
+        self.fingerprint = fingerprint(model)
+        self.model_cfg: ModelConfig = model.cfg
+        self.table = SemanticIdTable.load(d / "sids.json")
+        self.trie = self.table.trie()
+        self.vocab = model.ctx_vocab
+        backend: Backend
+        if cfg.backend == "onnxruntime":
+            ob = OnnxBackend(cfg.onnx_dir or d / "onnx", self.fingerprint, cfg.threads)
+            if adapter is not None and adapter != ob.acfg:
+                raise EngineError(
+                    f"the export was made for adapter {ob.acfg.to_dict()}, not {adapter.to_dict()}"
+                )
+            adapter, backend = ob.acfg, ob
+        elif cfg.backend == "torch":
+            adapter = adapter or AdapterConfig()
+            if cfg.threads:
+                torch.set_num_threads(cfg.threads)
+            backend = TorchBackend(model, adapter, cfg.device)
+        else:
+            why = tensorrt_available()
+            if why:
+                raise EngineError(f"backend tensorrt: {why}")
+            raise EngineError("backend tensorrt: engine building is not implemented yet")
+        self.acfg = adapter
+        self.backend = backend
+        self.shapes = adapter_shapes(self.model_cfg, adapter)
+        self.slab = Slab(self.shapes, cfg.slots)
+        torch.set_flush_denormal(True)
+
+    def recommend(self, reqs: Sequence[EngineRequest]) -> list[list[Recommendation]]:
+        """Top-k items for each request, in one batched forward and beam search.
+
+        Raises:
+            EngineError: an empty batch, or a slot out of range.
+        """
+        if not reqs:
+            raise EngineError("an empty batch")
+        bad = [r.slot for r in reqs if not -1 <= r.slot < self.slab.size]
+        if bad:
+            raise EngineError(f"slots {bad} out of range [-1, {self.slab.size})")
+        prompts = [
+            encode_request(
+                r.service, r.context, r.session, self.table, self.vocab, self.cfg.max_session_items
+            )
+            for r in reqs
+        ]
+        tok, ctx = pack_prompts([(p.tokens, p.ctx) for p in prompts], len(self.vocab.sizes))
+        active, tensors = self.slab.gather(np.array([r.slot for r in reqs], dtype=np.int64))
+        n_modes = self.acfg.n_modes
+        mw = np.array(
+            [
+                mode_one_hot(r.context.mode, n_modes) if r.slot >= 0 else [0.0] * n_modes
+                for r in reqs
+            ],
+            dtype=np.float32,
+        ).reshape(len(reqs), n_modes)
+        k = max(r.k for r in reqs)
+        dec = self.backend.decoder(active, tensors, mw)
+        out = beam_search(
+            dec,
+            self.trie,
+            tok,
+            ctx,
+            k=k,
+            beam=max(self.cfg.beam, k),
+            services=[r.service for r in reqs],
+            exclude=[r.exclude for r in reqs],
+        )
+        return [o[: r.k] for o, r in zip(out, reqs, strict=True)]

@@ -1,0 +1,78 @@
+"""Serving prompts: a request's session items and context as model inputs.
+
+The private regime's prompt (see :mod:`userlayer.sdk.model.tokens`): one step
+per session item (its context position carries the request's context and the
+item's own service), then the context position of the item to generate. Items
+the catalog does not know are skipped and reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from userlayer.sdk.model.tokens import CTX, FIRST_CODE, MODE_INDEX, ContextVocab, level_offsets
+from userlayer.sdk.schemas import Context, Mode, Service
+from userlayer.sdk.semantic_ids import SemanticIdTable
+
+__all__ = ["Prompt", "encode_request", "mode_one_hot", "pack_prompts"]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """Tokens and context ids of one request, and the session items left out."""
+
+    tokens: list[int]
+    ctx: list[list[int]]
+    unknown_items: tuple[str, ...] = ()
+
+
+def encode_request(
+    service: Service | str,
+    context: Context,
+    session: Sequence[str],
+    table: SemanticIdTable,
+    vocab: ContextVocab,
+    max_items: int | None = None,
+) -> Prompt:
+    """The prompt of a request: the last ``max_items`` known session items, then CTX."""
+    offs = level_offsets(table.level_sizes)
+    known = [i for i in session if i in table.codes]
+    unknown = tuple(i for i in session if i not in table.codes)
+    if max_items is not None:
+        known = known[-max_items:] if max_items > 0 else []
+    zero = [0] * len(vocab.sizes)
+    toks: list[int] = []
+    ctx: list[list[int]] = []
+    for item in known:
+        codes = [FIRST_CODE + o + c for o, c in zip(offs, table.codes[item], strict=True)]
+        toks += [CTX, *codes]
+        ctx += [list(vocab.encode_context(table.services[item], context))] + [zero] * len(codes)
+    toks.append(CTX)
+    ctx.append(list(vocab.encode_context(service, context)))
+    return Prompt(toks, ctx, unknown)
+
+
+def mode_one_hot(mode: Mode | str, n_modes: int) -> list[float]:
+    """Mode-component weights of a stated mode (zeros when it has no component)."""
+    out = [0.0] * n_modes
+    idx = MODE_INDEX.get(Mode(mode))
+    if idx is not None and idx < n_modes:
+        out[idx] = 1.0
+    return out
+
+
+def pack_prompts(
+    prompts: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]], n_ctx: int
+) -> tuple[Tensor, Tensor]:
+    """Left-pad token/context prompts into (B, T) and (B, T, n_ctx) int64 tensors."""
+    t_len = max(len(t) for t, _ in prompts)
+    tok = torch.zeros(len(prompts), t_len, dtype=torch.long)
+    ctx = torch.zeros(len(prompts), t_len, n_ctx, dtype=torch.long)
+    for i, (t, c) in enumerate(prompts):
+        tok[i, t_len - len(t) :] = torch.tensor(list(t), dtype=torch.long)
+        ctx[i, t_len - len(t) :] = torch.tensor([list(r) for r in c], dtype=torch.long)
+    return tok, ctx

@@ -1,0 +1,125 @@
+"""The engine: backends agree, each row keeps its own adapter, slots are reused LRU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from userlayer.cloud.engine.backends import EngineError, tensorrt_available
+from userlayer.cloud.engine.engine import Engine, EngineConfig, EngineRequest, Slab
+from userlayer.cloud.engine.export import export_onnx
+from userlayer.sdk.model import new_adapter
+from userlayer.sdk.schemas import Context, Mode
+
+
+@pytest.fixture(scope="module")
+def engines(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Engine, Engine]:
+    onnx = tmp_path_factory.mktemp("onnx")
+    export_onnx(tiny_model_dir, onnx)
+    eo = Engine(tiny_model_dir, EngineConfig(backend="onnxruntime", onnx_dir=str(onnx), slots=16))
+    et = Engine(tiny_model_dir, EngineConfig(backend="torch", slots=16))
+    return eo, et
+
+
+def _adapter(e: Engine, seed: int) -> dict[str, np.ndarray]:
+    g = np.random.default_rng(seed)
+    base = new_adapter(e.model_cfg, e.acfg, torch.Generator().manual_seed(seed))
+    return {
+        k: v.numpy() + 0.5 * g.standard_normal(v.shape).astype(np.float32) for k, v in base.items()
+    }
+
+
+def _requests(e: Engine, slots: list[int]) -> list[EngineRequest]:
+    items = sorted(e.table.codes)
+    modes = [Mode.HUNGRY, Mode.SHOPPING, Mode.HEALTH, Mode.UNSPECIFIED]
+    return [
+        EngineRequest(
+            service=e.table.services[items[7 * i]],
+            context=Context(mode=modes[i % 4]),
+            session=tuple(items[7 * i : 7 * i + 1 + i % 3]),
+            k=5,
+            slot=s,
+        )
+        for i, s in enumerate(slots)
+    ]
+
+
+def test_backends_agree_and_rows_keep_their_own_adapters(engines: tuple[Engine, Engine]) -> None:
+    eo, et = engines
+    slots = []
+    for u in range(6):
+        ad = _adapter(eo, u)
+        assert eo.slab.load(("samokat", f"u{u}", 1), ad) == et.slab.load(
+            ("samokat", f"u{u}", 1), ad
+        )
+        slots.append(eo.slab.lookup(("samokat", f"u{u}", 1)))
+    reqs = _requests(eo, [slots[0], -1, slots[1], slots[2], -1, slots[3], slots[4], slots[5]])
+    a, b = eo.recommend(reqs), et.recommend(reqs)
+    for x, y in zip(a, b, strict=True):
+        assert len(x) == 5 and [r.item_id for r in x] == [r.item_id for r in y]
+        np.testing.assert_allclose([r.score for r in x], [r.score for r in y], atol=1e-4)
+    # a row in a batch gets what it gets alone: no adapter leaks between rows
+    for i, r in enumerate(reqs):
+        alone = eo.recommend([r])[0]
+        assert [x.item_id for x in alone] == [x.item_id for x in a[i]]
+    # the adapters matter: the same request with another user's adapter differs
+    swapped = [
+        EngineRequest(**{**r.__dict__, "slot": slots[(i + 1) % 6]}) for i, r in enumerate(reqs)
+    ]
+    assert [[x.item_id for x in o] for o in eo.recommend(swapped)] != [
+        [x.item_id for x in o] for o in a
+    ]
+
+
+def test_results_respect_service_k_and_exclude(engines: tuple[Engine, Engine]) -> None:
+    eo, _ = engines
+    req = _requests(eo, [-1])[0]
+    first = eo.recommend([req])[0]
+    again = eo.recommend(
+        [EngineRequest(**{**req.__dict__, "exclude": (first[0].item_id,), "k": 3})]
+    )[0]
+    assert len(again) == 3 and first[0].item_id not in {x.item_id for x in again}
+    assert all(eo.table.services[x.item_id] == req.service for x in first)
+
+
+def test_slab_reuses_the_least_recently_used_slot() -> None:
+    slab = Slab({"w": (2,)}, 2)
+    a = slab.load(("s", "a", 1), {"w": np.ones(2, np.float32)})
+    b = slab.load(("s", "b", 1), {"w": np.full(2, 2, np.float32)})
+    assert slab.lookup(("s", "a", 1)) == a  # a is now the most recent
+    c = slab.load(("s", "c", 1), {"w": np.full(2, 3, np.float32)})
+    assert c == b and slab.lookup(("s", "b", 1)) == -1
+    active, t = slab.gather(np.array([a, -1, c]))
+    assert active.tolist() == [True, False, True] and t["w"][[0, 2], 0].tolist() == [1, 3]
+    assert slab.evict(("s", "a")) == 1 and slab.lookup(("s", "a", 1)) == -1
+    with pytest.raises(EngineError, match="'w' has shape \\(3,\\), expected \\(2,\\)"):
+        slab.load(("s", "d", 1), {"w": np.ones(3, np.float32)})
+
+
+def test_bad_config_and_batches_are_refused(
+    engines: tuple[Engine, Engine], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(EngineError, match="backend"):
+        EngineConfig(backend="tvm")
+    with pytest.raises(EngineError, match="beam"):
+        EngineConfig(beam=0)
+    eo, _ = engines
+    with pytest.raises(EngineError, match="empty"):
+        eo.recommend([])
+    with pytest.raises(EngineError, match="out of range"):
+        eo.recommend(_requests(eo, [99]))
+    with pytest.raises(EngineError, match="not an ONNX export"):
+        Engine(tiny_model_dir, EngineConfig(onnx_dir=str(tmp_path)))
+
+
+def test_tensorrt_says_why_it_cannot_run(tiny_model_dir: Path) -> None:
+    why = tensorrt_available()
+    if why is None:
+        pytest.skip("TensorRT is available here: covered by the GPU run")
+    with pytest.raises(EngineError, match="tensorrt"):
+        Engine(tiny_model_dir, EngineConfig(backend="tensorrt"))

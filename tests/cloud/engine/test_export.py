@@ -1,0 +1,84 @@
+"""ONNX export: ONNX Runtime equals torch on mixed batches, rows without adapter equal the base."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from userlayer.cloud.engine.export import (
+    ExportError,
+    GraphSpec,
+    _Decode,
+    _Prefill,
+    example_inputs,
+    export_onnx,
+)
+from userlayer.sdk.model import AdapterConfig, ModelConfig, ModelError, Recommender
+from userlayer.sdk.model.io import load_model, save_model
+
+# two layers and grouped-query attention, so that both are in the graph
+CFG = ModelConfig(level_sizes=(16, 16, 8), d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=48)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("m")
+    save_model(Recommender(CFG).eval(), d)
+    return d
+
+
+def _sessions(d: Path) -> tuple[ort.InferenceSession, ort.InferenceSession]:
+    return (
+        ort.InferenceSession(str(d / "prefill.onnx"), providers=["CPUExecutionProvider"]),
+        ort.InferenceSession(str(d / "decode.onnx"), providers=["CPUExecutionProvider"]),
+    )
+
+
+def _run(sess: ort.InferenceSession, names: list[str], args: tuple[torch.Tensor, ...]) -> list:  # type: ignore[type-arg]
+    wanted = {i.name for i in sess.get_inputs()}
+    return sess.run(None, {n: a.numpy() for n, a in zip(names, args, strict=True) if n in wanted})
+
+
+@pytest.mark.parametrize(
+    "acfg",
+    [AdapterConfig(), AdapterConfig(rank=4, n_prefix=0, n_modes=0, film=False)],
+    ids=["full-adapter", "lora-only"],
+)
+def test_onnx_runtime_equals_torch_on_mixed_batches(
+    model_dir: Path, tmp_path: Path, acfg: AdapterConfig
+) -> None:
+    manifest = export_onnx(model_dir, tmp_path / "onnx", acfg)
+    assert manifest["adapter"] == acfg.to_dict() and manifest["fingerprint"]
+    pre, dec = _sessions(tmp_path / "onnx")
+    model = load_model(model_dir)
+    spec = GraphSpec(model, acfg)
+    # shapes other than the traced ones (3 rows, 11 tokens, 2 beams)
+    for b, t, g in [(5, 17, 3), (1, 6, 20), (8, 26, 4)]:
+        p_args, d_args = example_inputs(model, acfg, b=b, t=t, g=g)
+        with torch.no_grad():
+            ref = _Prefill(model, spec)(*p_args)
+            ref_d = _Decode(model, spec)(*d_args)
+            base, _ = model(p_args[0], p_args[1])
+        out = _run(pre, spec.prefill_inputs, p_args)
+        out_d = _run(dec, spec.decode_inputs, d_args)
+        for got, want in [*zip(out, ref, strict=True), *zip(out_d, ref_d, strict=True)]:
+            assert got.shape == tuple(want.shape)
+            np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=0)
+        inactive = ~p_args[2].numpy()  # rows without an adapter: the base model's output
+        np.testing.assert_allclose(out[0][inactive], base[:, -1].numpy()[inactive], atol=1e-4)
+
+
+def test_a_missing_model_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="nothing"):
+        export_onnx(tmp_path / "nothing", tmp_path / "onnx")
+
+
+def test_export_failure_names_the_graph(model_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "onnx").write_text("a file where the directory should be")
+    with pytest.raises((ExportError, OSError)):
+        export_onnx(model_dir, tmp_path / "onnx")
