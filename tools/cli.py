@@ -21,6 +21,7 @@ from rich.table import Table
 
 from userlayer.sdk.exceptions import UserLayerError
 from userlayer.sdk.schemas import Action, Service
+from userlayer.tools.cli_serving import register as register_serving
 
 __all__ = ["app", "main"]
 
@@ -40,6 +41,7 @@ bench_app = typer.Typer(
     help="Benchmarks (results to JSON and docs/benchmarks.md).", no_args_is_help=True
 )
 app.add_typer(bench_app, name="bench")
+register_serving(app)
 
 
 @app.callback()

@@ -1,0 +1,157 @@
+"""Serving: the registry's adapters in the engine's slots, one batch at a time.
+
+For each row of a batch the user's newest adapter comes from the registry
+(the RAM tier, else the store: decrypted and verified) and goes into an
+engine slot unless it is there already. A row is served by the base model,
+and says so, when the user has no adapter, when theirs does not verify, or
+when the store is unreachable; never with another user's adapter (a lock
+keeps deletions from freeing a slot that a running batch still reads).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from userlayer.cloud.engine.engine import Engine, EngineRequest
+from userlayer.cloud.registry import AdapterRegistry, RegistryError, StoreUnavailableError
+from userlayer.sdk.api import RecommendedItem, RecommendRequest, RecommendResponse
+
+__all__ = ["Metrics", "Serving"]
+
+NO_ADAPTER = "no adapter"
+UNVERIFIED = "adapter failed verification"
+UNAVAILABLE = "adapter store unavailable"
+
+
+@dataclass
+class Metrics:
+    """Prometheus metrics of one app (its own collector registry)."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter(
+            "userlayer_requests", "HTTP requests", ["endpoint", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "userlayer_request_seconds",
+            "Request latency",
+            ["endpoint"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.batch = Histogram(
+            "userlayer_batch_rows",
+            "Rows per engine batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "userlayer_batch_seconds", "Engine time per batch", registry=r
+        )
+        self.fallbacks = Counter(
+            "userlayer_fallbacks", "Rows served by the base model", ["reason"], registry=r
+        )
+        self.slot_loads = Counter(
+            "userlayer_slot_loads", "Adapters copied into engine slots", registry=r
+        )
+        self.cache = Gauge("userlayer_registry_cache", "Registry RAM tier", ["kind"], registry=r)
+        self.queue = Gauge("userlayer_queue_depth", "Requests waiting", registry=r)
+
+
+@dataclass(frozen=True)
+class _Row:
+    slot: int
+    version: int | None
+    reason: str | None
+
+
+class Serving:
+    """Resolves adapters and runs batches on the engine."""
+
+    def __init__(self, engine: Engine, registry: AdapterRegistry, metrics: Metrics) -> None:
+        if engine.slab.size < 1:
+            raise RegistryError("the engine needs adapter slots")
+        if registry.fingerprint != engine.fingerprint:
+            raise RegistryError(
+                f"registry expects base {registry.fingerprint}, engine runs {engine.fingerprint}"
+            )
+        self.engine = engine
+        self.registry = registry
+        self.metrics = metrics
+        self._lock = threading.Lock()
+        registry.on_delete(self._evict)
+
+    def _evict(self, service: str, user_id: str) -> None:
+        with self._lock:  # waits for a running batch that may read the user's slot
+            self.engine.slab.evict((service, user_id))
+
+    def _resolve(self, service: str, user_id: str) -> _Row:
+        try:
+            loaded = self.registry.get(service, user_id)
+        except StoreUnavailableError:
+            return _Row(-1, None, UNAVAILABLE)
+        except RegistryError:
+            return _Row(-1, None, UNVERIFIED)
+        if loaded is None:
+            return _Row(-1, None, NO_ADAPTER)
+        key = (service, user_id, loaded.info.version)
+        slot = self.engine.slab.lookup(key)
+        if slot < 0:
+            slot = self.engine.slab.load(key, loaded.tensors)
+            self.metrics.slot_loads.inc()
+        return _Row(slot, loaded.info.version, None)
+
+    def run_batch(self, reqs: Sequence[RecommendRequest]) -> list[RecommendResponse]:
+        """Recommend for a batch of requests (one engine call)."""
+        t0 = time.perf_counter()
+        with self._lock:
+            rows = {}
+            for r in reqs:  # one resolution per user per batch
+                key = (r.service.value, r.user_id)
+                if key not in rows:
+                    rows[key] = self._resolve(*key)
+            ers = [
+                EngineRequest(
+                    service=r.service,
+                    context=r.context,
+                    session=tuple(r.session),
+                    k=r.k,
+                    exclude=tuple(r.exclude),
+                    slot=rows[(r.service.value, r.user_id)].slot,
+                )
+                for r in reqs
+            ]
+            results = self.engine.recommend(ers)
+        ms = (time.perf_counter() - t0) * 1000
+        out = []
+        known = self.engine.table.codes
+        for r, items in zip(reqs, results, strict=True):
+            row = rows[(r.service.value, r.user_id)]
+            if row.reason:
+                self.metrics.fallbacks.labels(row.reason).inc()
+            out.append(
+                RecommendResponse(
+                    user_id=r.user_id,
+                    service=r.service,
+                    items=[RecommendedItem(item_id=x.item_id, score=x.score) for x in items],
+                    personalized=row.reason is None,
+                    reason=row.reason,
+                    adapter_version=row.version,
+                    model_fingerprint=self.engine.fingerprint,
+                    backend=self.engine.backend.name,
+                    latency_ms=round(ms, 2),
+                    ignored_items=[i for i in r.session if i not in known],
+                )
+            )
+        st = self.registry.stats
+        self.metrics.cache.labels("entries").set(self.registry.cached())
+        self.metrics.cache.labels("hits").set(st["hits"])
+        self.metrics.cache.labels("misses").set(st["misses"])
+        return out

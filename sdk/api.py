@@ -1,0 +1,115 @@
+"""Wire contracts of the inference API (shared by the server and the SDK client).
+
+Bodies are strict (unknown fields are refused) and bounded: ``k`` at most
+:data:`MAX_K`, a session of at most :data:`MAX_SESSION` items, at most
+:data:`MAX_EXCLUDE` excluded items.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from userlayer.sdk.schemas import Context, Service
+
+__all__ = [
+    "MAX_EXCLUDE",
+    "MAX_K",
+    "MAX_SESSION",
+    "AdapterMetadata",
+    "ForgetResponse",
+    "Health",
+    "RecommendRequest",
+    "RecommendResponse",
+    "RecommendedItem",
+    "SignerRequest",
+    "SignerResponse",
+]
+
+MAX_K = 100
+MAX_SESSION = 50
+MAX_EXCLUDE = 500
+ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
+ItemId = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RecommendRequest(_Body):
+    """Ask for the next items of one user in one context."""
+
+    user_id: str = Field(pattern=ID_PATTERN)
+    service: Service
+    context: Context = Field(default_factory=Context)
+    session: list[ItemId] = Field(
+        default_factory=list, max_length=MAX_SESSION, description="current session, oldest first"
+    )
+    k: int = Field(default=10, ge=1, le=MAX_K)
+    exclude: list[ItemId] = Field(default_factory=list, max_length=MAX_EXCLUDE)
+
+
+class RecommendedItem(_Body):
+    """One recommended item and its log-probability under the model."""
+
+    item_id: str
+    score: float
+
+
+class RecommendResponse(_Body):
+    """The items, and whether the user's own adapter produced them."""
+
+    user_id: str
+    service: Service
+    items: list[RecommendedItem]
+    personalized: bool
+    reason: str | None = Field(default=None, description="why not personalized")
+    adapter_version: int | None = None
+    model_fingerprint: str
+    backend: str
+    latency_ms: float
+    ignored_items: list[str] = Field(default_factory=list, description="unknown session items")
+
+
+class AdapterMetadata(_Body):
+    """What the registry knows of a user's newest adapter (never its tensors)."""
+
+    service: str
+    user_id: str
+    version: int
+    signer: str
+    base_fingerprint: str
+    created: str
+    stored: str
+    size: int
+    sha256: str
+    privacy: dict[str, float | int | str] | None
+
+
+class SignerRequest(_Body):
+    """Enroll a user's Ed25519 public key (32 bytes, hex) as the signer of their adapters."""
+
+    public_key: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class SignerResponse(_Body):
+    """The enrolled key's id."""
+
+    key_id: str
+
+
+class ForgetResponse(_Body):
+    """What a deletion removed."""
+
+    user_id: str
+    service: Service
+    deleted_versions: int
+
+
+class Health(_Body):
+    """Liveness/readiness."""
+
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,362 @@
+"""The inference API over real HTTP on 127.0.0.1 (uvicorn in a thread, ONNX Runtime engine).
+
+Covers: health, readiness, OpenAPI, metrics; personalized and fallback
+responses; upload freshness; concurrent users batched, each with their own
+adapter; the tenant/scope matrix; bad input answered 4xx (never 5xx); a full
+queue answered 503 with Retry-After; deletion everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import uvicorn
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from userlayer.cloud.api import create_app
+from userlayer.cloud.auth import KeyStore
+from userlayer.cloud.engine.export import export_onnx
+from userlayer.cloud.settings import Settings
+from userlayer.sdk.adapter import PrivacyRecord, seal_package
+from userlayer.sdk.model import AdapterConfig, ModelConfig, new_adapter
+from userlayer.sdk.semantic_ids import SemanticIdTable
+
+SERVICES = ("samokat", "megamarket", "kuper")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Live:
+    url: str
+    keys: dict[str, str]
+    model_dir: Path
+    registry: Path
+    items: dict[str, list[str]]  # service -> item ids
+    cfg: ModelConfig
+    fingerprint: str
+
+    def client(self, who: str | None) -> httpx.Client:
+        headers = {} if who is None else {"Authorization": f"Bearer {self.keys[who]}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+class Server:
+    """uvicorn on 127.0.0.1 in a thread; stopped in teardown."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.port = _free_port()
+        config = uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=self.port, log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        t0 = time.monotonic()
+        while not self.server.started:
+            if time.monotonic() - t0 > 60 or not self.thread.is_alive():
+                raise RuntimeError("the API did not start")
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def _settings(tmp: Path, model_dir: Path, keys_file: Path, **over: Any) -> Settings:
+    kw: dict[str, Any] = {"max_wait_ms": 20, **over}
+    return Settings(
+        model_dir=model_dir, registry=str(tmp / "registry.db"), api_keys_file=keys_file, **kw
+    )
+
+
+@pytest.fixture(scope="module")
+def live(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    tmp = tmp_path_factory.mktemp("api")
+    model_dir = tmp / "model"
+    import shutil
+
+    shutil.copytree(tiny_model_dir, model_dir)
+    export_onnx(model_dir, model_dir / "onnx")
+    store = KeyStore(path=tmp / "keys.json")
+    keys = {s: store.add(s, ("recommend", "upload", "delete")) for s in SERVICES[:2]}
+    keys["kuper"] = store.add("kuper", ("recommend",))  # may not upload or delete
+    keys["admin"] = store.add("admin", ("admin",))
+    table = SemanticIdTable.load(model_dir / "sids.json")
+    items: dict[str, list[str]] = {}
+    for item, svc in sorted(table.services.items()):
+        items.setdefault(svc.value, []).append(item)
+    doc = json.loads((model_dir / "config.json").read_text())
+    with Server(_settings(tmp, model_dir, tmp / "keys.json")) as url:
+        yield Live(
+            url,
+            keys,
+            model_dir,
+            tmp / "registry.db",
+            items,
+            ModelConfig.from_dict(doc["model"]),
+            doc["fingerprint"],
+        )
+
+
+def _package(
+    live: Live, key: Ed25519PrivateKey, user: str, service: str, version: int, seed: int
+) -> bytes:
+    g = np.random.default_rng(seed)
+    base = new_adapter(live.cfg, AdapterConfig(), torch.Generator().manual_seed(seed))
+    tensors = {
+        k: v.numpy() + 0.5 * g.standard_normal(v.shape).astype(np.float32) for k, v in base.items()
+    }
+    fields = {
+        "base_fingerprint": live.fingerprint,
+        "adapter_config": AdapterConfig().to_dict(),
+        "user_id": user,
+        "service": service,
+        "version": version,
+        "privacy": PrivacyRecord(2.0, 1e-5, "rdp", "opacus 1.6.0"),
+    }
+    return seal_package(fields, tensors, key)
+
+
+def _onboard(
+    live: Live, c: httpx.Client, user: str, service: str, version: int = 1, seed: int = 0
+) -> Ed25519PrivateKey:
+    key = Ed25519PrivateKey.generate()
+    pub = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    r = c.put(f"/v1/users/{user}/signer", json={"public_key": pub.hex()})
+    assert r.status_code == 200, r.text
+    r = c.put(
+        f"/v1/users/{user}/adapter", content=_package(live, key, user, service, version, seed)
+    )
+    assert r.status_code == 200, r.text
+    return key
+
+
+def _rec(live: Live, user: str, service: str, **over: Any) -> dict[str, Any]:
+    return {"user_id": user, "service": service, "session": live.items[service][:2], "k": 5, **over}
+
+
+def test_health_ready_openapi_metrics(live: Live) -> None:
+    c = live.client(None)
+    assert c.get("/healthz").json()["status"] == "ok"
+    ready = c.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["checks"]["model"] == live.fingerprint
+    spec = c.get("/openapi.json").json()
+    assert {"/v1/recommend", "/v1/users/{user_id}/adapter", "/v1/users/{user_id}"} <= set(
+        spec["paths"]
+    )
+    assert "userlayer_requests_total" in c.get("/metrics").text
+
+
+def test_personalized_freshness_and_fallback(live: Live) -> None:
+    c = live.client("samokat")
+    r = c.post("/v1/recommend", json=_rec(live, "fresh-user", "samokat"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (
+        body["personalized"] is False and body["reason"] == "no adapter" and len(body["items"]) == 5
+    )
+    assert all(i["item_id"] in live.items["samokat"] for i in body["items"])
+    key = _onboard(live, c, "fresh-user", "samokat", 1, seed=1)
+    body = c.post("/v1/recommend", json=_rec(live, "fresh-user", "samokat")).json()
+    assert body["personalized"] is True and body["adapter_version"] == 1
+    r = c.put(
+        "/v1/users/fresh-user/adapter",
+        content=_package(live, key, "fresh-user", "samokat", 2, seed=2),
+    )
+    assert r.status_code == 200 and r.json()["version"] == 2
+    body = c.post("/v1/recommend", json=_rec(live, "fresh-user", "samokat")).json()
+    assert body["adapter_version"] == 2  # the very next request
+    meta = c.get("/v1/users/fresh-user/adapter").json()
+    assert meta["version"] == 2 and meta["privacy"]["epsilon"] == 2.0 and "tensors" not in meta
+    # tamper with the stored ciphertext: served by the base, flagged, never another adapter
+    _onboard(live, c, "tampered", "samokat", 1, seed=3)
+    con = sqlite3.connect(live.registry)
+    blob = bytearray(
+        con.execute("SELECT blob FROM ul_adapters WHERE user_id='tampered'").fetchone()[0]
+    )
+    blob[50] ^= 1
+    con.execute("UPDATE ul_adapters SET blob=?, version=2 WHERE user_id='tampered'", (bytes(blob),))
+    con.commit()
+    con.close()
+    body = c.post("/v1/recommend", json=_rec(live, "tampered", "samokat")).json()
+    assert body["personalized"] is False and body["reason"] == "adapter failed verification"
+
+
+def test_concurrent_users_are_batched_and_each_gets_their_own_adapter(live: Live) -> None:
+    c = live.client("megamarket")
+    users = [f"batch-{i}" for i in range(12)]
+    for i, u in enumerate(users):
+        _onboard(live, c, u, "megamarket", 1, seed=100 + i)
+    alone = {u: c.post("/v1/recommend", json=_rec(live, u, "megamarket")).json() for u in users}
+    before = _batches(c)
+    with ThreadPoolExecutor(12) as pool:
+        together = list(
+            pool.map(
+                lambda u: (
+                    live.client("megamarket")
+                    .post("/v1/recommend", json=_rec(live, u, "megamarket"))
+                    .json()
+                ),
+                users * 3,
+            )
+        )
+    for u, got in zip(users * 3, together, strict=True):
+        assert got["user_id"] == u and got["personalized"] and got["adapter_version"] == 1
+        assert [i["item_id"] for i in got["items"]] == [i["item_id"] for i in alone[u]["items"]]
+    rows, batches = (a - b for a, b in zip(_batches(c), before, strict=True))
+    assert rows == 36 and batches < 36  # several requests shared a forward pass
+    distinct = {tuple(i["item_id"] for i in a["items"]) for a in alone.values()}
+    assert len(distinct) > 1  # the adapters make a difference
+
+
+def _batches(c: httpx.Client) -> tuple[float, float]:
+    text = c.get("/metrics").text
+    vals = {}
+    for line in text.splitlines():
+        for name in ("userlayer_batch_rows_sum", "userlayer_batch_rows_count"):
+            if line.startswith(name + " "):
+                vals[name] = float(line.split()[1])
+    return vals["userlayer_batch_rows_sum"], vals["userlayer_batch_rows_count"]
+
+
+def test_tenant_and_scope_matrix(live: Live) -> None:
+    owner = live.client("megamarket")
+    _onboard(live, owner, "mm-user", "megamarket", 1, seed=7)
+    pub = (
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        .hex()
+    )
+    for who in ("samokat", "kuper"):  # other services
+        c = live.client(who)
+        assert c.post("/v1/recommend", json=_rec(live, "mm-user", "megamarket")).status_code == 403
+        assert (
+            c.get("/v1/users/mm-user/adapter", params={"service": "megamarket"}).status_code == 403
+        )
+        assert c.delete("/v1/users/mm-user", params={"service": "megamarket"}).status_code == 403
+        # in their own namespace the megamarket user does not exist
+        assert c.get("/v1/users/mm-user/adapter").status_code == 404
+        own = c.post("/v1/recommend", json=_rec(live, "mm-user", who)).json()
+        assert own["personalized"] is False and own["reason"] == "no adapter"
+    kuper = live.client("kuper")  # recommend-only key
+    assert kuper.put("/v1/users/k1/signer", json={"public_key": pub}).status_code == 403
+    assert kuper.put("/v1/users/k1/adapter", content=b"x" * 100).status_code == 403
+    assert kuper.delete("/v1/users/k1").status_code == 403
+    for bad in (None, "garbage", "ul_nope_nope"):
+        c = live.client(None)
+        headers = {} if bad is None else {"Authorization": f"Bearer {bad}"}
+        assert (
+            c.post("/v1/recommend", json=_rec(live, "u", "kuper"), headers=headers).status_code
+            == 401
+        )
+    admin = live.client("admin")
+    assert admin.get("/v1/users/mm-user/adapter").status_code == 403  # must name the service
+    assert (
+        admin.get("/v1/users/mm-user/adapter", params={"service": "megamarket"}).status_code == 200
+    )
+    assert owner.get("/v1/users/mm-user/adapter").json()["version"] == 1  # nothing changed
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"k": 0},
+        {"k": 1000},
+        {"session": ["i"] * 51},
+        {"service": "ozon"},
+        {"user_id": "bad user!"},
+        {"surprise": 1},
+        {"context": {"mode": "sleepy"}},
+        {"exclude": ["ok", "not ok"]},
+    ],
+)
+def test_bad_recommend_bodies_are_422(live: Live, body: dict[str, Any]) -> None:
+    r = live.client("samokat").post("/v1/recommend", json={**_rec(live, "u1", "samokat"), **body})
+    assert r.status_code == 422 and r.json()["detail"]
+
+
+def test_bad_uploads_and_paths_are_4xx_and_change_nothing(live: Live) -> None:
+    c = live.client("samokat")
+    key = _onboard(live, c, "up-user", "samokat", 3, seed=9)
+    cases = [
+        (b"", 422),
+        (b"ULAP" + b"\x00" * 200, 422),
+        (_package(live, key, "up-user", "samokat", 3, seed=10), 409),  # not newer
+        (_package(live, key, "someone-else", "samokat", 4, seed=10), 422),  # other user
+        (_package(live, Ed25519PrivateKey.generate(), "up-user", "samokat", 4, seed=10), 422),
+    ]
+    for blob, status in cases:
+        r = c.put("/v1/users/up-user/adapter", content=blob)
+        assert r.status_code == status, (status, r.text)
+    r = c.put("/v1/users/up-user/adapter", content=b"x" * (9 << 20))
+    assert r.status_code == 413
+    assert c.get("/v1/users/bad%20id/adapter").status_code == 422
+    assert c.put("/v1/users/u/signer", json={"public_key": "zz"}).status_code == 422
+    assert c.get("/v1/users/up-user/adapter").json()["version"] == 3
+
+
+def test_forget_removes_the_user_everywhere(live: Live) -> None:
+    c = live.client("samokat")
+    _onboard(live, c, "leaver", "samokat", 1, seed=11)
+    assert c.post("/v1/recommend", json=_rec(live, "leaver", "samokat")).json()["personalized"]
+    r = c.delete("/v1/users/leaver")
+    assert r.status_code == 200 and r.json()["deleted_versions"] == 1
+    body = c.post("/v1/recommend", json=_rec(live, "leaver", "samokat")).json()
+    assert body["personalized"] is False and body["reason"] == "no adapter"
+    assert c.get("/v1/users/leaver/adapter").status_code == 404
+    con = sqlite3.connect(live.registry)
+    assert con.execute("SELECT COUNT(*) FROM ul_users WHERE user_id='leaver'").fetchone()[0] == 0
+
+
+def test_full_queue_answers_503_with_retry_after(live: Live, tmp_path: Path) -> None:
+    key = KeyStore(path=tmp_path / "keys.json").add("kuper", ("recommend",))
+    settings = _settings(
+        tmp_path, live.model_dir, tmp_path / "keys.json", max_queue=1, max_batch=1, max_wait_ms=0
+    )
+    with Server(settings) as url:
+
+        def one(i: int) -> httpx.Response:
+            with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=30) as c:
+                return c.post("/v1/recommend", json=_rec(live, f"q{i}", "kuper"))
+
+        with ThreadPoolExecutor(32) as pool:
+            rs = list(pool.map(one, range(64)))
+    codes = [r.status_code for r in rs]
+    assert set(codes) <= {200, 503} and codes.count(200) >= 1 and codes.count(503) >= 1, codes
+    assert all(int(r.headers["Retry-After"]) >= 1 for r in rs if r.status_code == 503)
+
+
+def test_settings_refuse_placeholders_outside_development(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    base = {"model_dir": tmp_path, "registry": str(tmp_path / "r.db")}
+    with pytest.raises(ValidationError, match="placeholder"):
+        Settings(**base, admin_key="ul_admin_changeme")
+    with pytest.raises(ValidationError, match="no API keys"):
+        Settings(**base)
+    with pytest.raises(ValidationError, match="slots"):
+        Settings(**base, env="development", slots=8, max_batch=64)
+    Settings(**base, env="development", admin_key="ul_admin_changeme")  # allowed there
