@@ -352,12 +352,42 @@ def bench_store_cmd(
     _emit(rep, json_out, markdown)
 
 
+@bench_app.command("serving")
+def bench_serving_cmd(
+    model: Annotated[Path, typer.Option(help="Base model directory (exported to ONNX if needed).")],
+    batches: Annotated[str, typer.Option(help="Comma list of batch sizes.")] = "1,8,32,64",
+    backends: Annotated[str, typer.Option(help="Comma list.")] = "onnxruntime,torch",
+    users: Annotated[int, typer.Option(help="Registered adapters rows are drawn from.")] = 10_000,
+    repeats: Annotated[int, typer.Option()] = 7,
+    threads: Annotated[int | None, typer.Option()] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+    markdown: Annotated[
+        Path | None, typer.Option(help="Append the table to this markdown file.")
+    ] = Path("docs/benchmarks.md"),
+) -> None:
+    """Engine rows/s: every row its own user's adapter vs the base alone, per backend."""
+    from userlayer.tools.bench.serving import ServingBenchConfig, bench_serving
+
+    cfg = ServingBenchConfig(
+        batches=tuple(int(b) for b in batches.split(",")),
+        backends=tuple(backends.split(",")),
+        users=users,
+        repeats=repeats,
+        threads=threads,
+    )
+    cmd = (
+        f"userlayer bench serving --model {model} --batches {batches} --backends {backends} "
+        f"--users {users} --repeats {repeats}"
+    )
+    _emit(bench_serving(model, cfg, cmd), json_out, markdown)
+
+
 def _emit(rep: Any, json_out: Path | None, markdown: Path | None) -> None:
     from userlayer.tools.bench import append_markdown
 
     if json_out:
         json_out.write_text(rep.to_json(), "utf-8")
-    if markdown:
+    if markdown and str(markdown) not in ("", "."):  # --markdown "" writes no table
         append_markdown(rep, markdown)
     console.print(rep.markdown())
 

@@ -1,0 +1,26 @@
+"""``userlayer bench serving`` in smoke size: both backends, with and without adapters."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from userlayer.tools.cli import app
+
+
+def test_bench_serving_smoke(tmp_path: Path, tiny_model_dir: Path) -> None:
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    md, js = tmp_path / "bench.md", tmp_path / "serving.json"
+    args = ["bench", "serving", "--model", str(model), "--batches", "1,4", "--users", "50"]
+    args += ["--repeats", "1", "--json", str(js), "--markdown", str(md)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    res = json.loads(js.read_text())["results"]
+    for key in ("onnxruntime/1", "onnxruntime/4", "torch/1", "torch/4"):
+        assert res[key]["rows_per_s_adapters"] > 0 and res[key]["rows_per_s_base"] > 0
+    assert (model / "onnx" / "prefill.onnx").exists()
+    assert "| onnxruntime | 4 |" in md.read_text()

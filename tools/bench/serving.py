@@ -1,0 +1,173 @@
+"""``userlayer bench serving``: rows/s of one engine call (forward plus beam search).
+
+For each backend and batch size, in the same run and interleaved: a batch
+whose every row is a different user with their own adapter (drawn from
+``users`` adapters, loaded into the engine's slots), and the same batch with
+no adapters (the base alone). Each figure is the median over ``repeats``
+timed calls after a warm-up. Requests are private-regime prompts (a session
+of 1-5 items and a context) over the model's own catalog.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from userlayer.cloud.engine.engine import Engine, EngineConfig, EngineRequest
+from userlayer.cloud.engine.export import export_onnx
+from userlayer.sdk.model import new_adapter
+from userlayer.sdk.schemas import Context, Daypart, Mode
+from userlayer.tools.bench.report import BenchReport
+
+__all__ = ["ServingBenchConfig", "bench_serving"]
+
+
+@dataclass(frozen=True)
+class ServingBenchConfig:
+    """Size of the run."""
+
+    batches: tuple[int, ...] = (1, 8, 32, 64)
+    backends: tuple[str, ...] = ("onnxruntime", "torch")
+    users: int = 10_000
+    repeats: int = 7
+    k: int = 10
+    beam: int = 20
+    threads: int | None = None
+    seed: int = 0
+
+
+def _requests(e: Engine, n: int, rng: np.random.Generator) -> list[EngineRequest]:
+    items = sorted(e.table.codes)
+    out = []
+    for _ in range(n):
+        first = int(rng.integers(len(items)))
+        session = tuple(
+            items[(first + j * 17) % len(items)] for j in range(int(rng.integers(1, 6)))
+        )
+        mode = [Mode.HUNGRY, Mode.SHOPPING, Mode.HEALTH, Mode.UNSPECIFIED][int(rng.integers(4))]
+        out.append(
+            EngineRequest(
+                service=e.table.services[session[-1]],
+                context=Context(mode=mode, daypart=Daypart.EVENING, weekday=int(rng.integers(7))),
+                session=session,
+            )
+        )
+    return out
+
+
+def _adapters(e: Engine, users: int, seed: int) -> list[dict[str, np.ndarray]]:
+    """``users`` distinct adapters: mixes of a small pool of random ones (cheap to make)."""
+    rng = np.random.default_rng(seed)
+    pool = [
+        {
+            k: v.numpy() + 0.02 * rng.standard_normal(v.shape).astype(np.float32)
+            for k, v in new_adapter(e.model_cfg, e.acfg, torch.Generator().manual_seed(i)).items()
+        }
+        for i in range(16)
+    ]
+    out = []
+    for u in range(users):
+        a, b = pool[u % 16], pool[(u * 7 + 3) % 16]
+        w = np.float32((u % 97) / 97)
+        out.append({k: w * a[k] + (1 - w) * b[k] for k in a})
+    return out
+
+
+def _time(e: Engine, reqs: Sequence[EngineRequest], repeats: int) -> float:
+    e.recommend(reqs)  # warm-up
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        e.recommend(reqs)
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def bench_serving(model_dir: str | Path, cfg: ServingBenchConfig, command: str) -> BenchReport:
+    """Run the serving benchmark; exports ONNX into ``model_dir/onnx`` if missing."""
+    d = Path(model_dir)
+    if "onnxruntime" in cfg.backends and not (d / "onnx" / "manifest.json").exists():
+        export_onnx(d, d / "onnx")
+    rng = np.random.default_rng(cfg.seed)
+    rows, results = [], {}
+    for backend in cfg.backends:
+        e = Engine(
+            d,
+            EngineConfig(
+                backend=backend, beam=cfg.beam, slots=max(cfg.batches), threads=cfg.threads
+            ),
+        )
+        ads = _adapters(e, cfg.users, cfg.seed)
+        for b in cfg.batches:
+            reqs = _requests(e, b, rng)
+            users = rng.choice(cfg.users, size=b, replace=False)
+            with_ad = [
+                EngineRequest(
+                    **{
+                        **r.__dict__,
+                        "k": cfg.k,
+                        "slot": e.slab.load(("bench", int(u), 1), ads[int(u)]),
+                    }
+                )
+                for r, u in zip(reqs, users, strict=True)
+            ]
+            base = [EngineRequest(**{**r.__dict__, "k": cfg.k, "slot": -1}) for r in reqs]
+            t_base, t_ad = [], []
+            for _ in range(2):  # interleave the two so drift hits both alike
+                t_base.append(_time(e, base, cfg.repeats))
+                t_ad.append(_time(e, with_ad, cfg.repeats))
+            sb, sa = min(t_base), min(t_ad)
+            res = {
+                "rows_per_s_base": b / sb,
+                "rows_per_s_adapters": b / sa,
+                "ms_base": sb * 1000,
+                "ms_adapters": sa * 1000,
+                "ratio": sb / sa,
+            }
+            results[f"{backend}/{b}"] = res
+            rows.append(
+                [
+                    backend,
+                    b,
+                    res["rows_per_s_base"],
+                    res["rows_per_s_adapters"],
+                    res["ms_adapters"],
+                    f"{res['ratio']:.2f}",
+                ]
+            )
+    for b in cfg.batches:
+        if f"onnxruntime/{b}" in results and f"torch/{b}" in results:
+            o, t = results[f"onnxruntime/{b}"], results[f"torch/{b}"]
+            results[f"ort_vs_torch/{b}"] = o["rows_per_s_adapters"] / t["rows_per_s_adapters"]
+    notes = [
+        f"every row a different user drawn from {cfg.users:,} adapters in the engine's slots; "
+        f"beam {cfg.beam}, k {cfg.k}; median of {cfg.repeats} calls, best of 2 interleaved rounds",
+        "target: 64 users' adapters keep >= 85% of base-alone rows/s on the same backend "
+        "(ratio column)",
+    ]
+    notes += [
+        f"onnxruntime / torch rows/s with adapters, batch {b}: {results[f'ort_vs_torch/{b}']:.2f}x"
+        for b in cfg.batches
+        if f"ort_vs_torch/{b}" in results
+    ]
+    return BenchReport(
+        name="serving: one engine call, per-user adapters vs the base alone",
+        command=command,
+        columns=[
+            "backend",
+            "batch",
+            "rows/s base",
+            "rows/s adapters",
+            "ms adapters",
+            "adapters/base",
+        ],
+        rows=rows,
+        results=results,
+        notes=notes,
+    )
