@@ -60,6 +60,7 @@ __all__ = [
     "RegistryError",
     "RejectedError",
     "StoreUnavailableError",
+    "import_rounds",
 ]
 
 
@@ -606,3 +607,41 @@ class AdapterRegistry:
     def close(self) -> None:
         """Close the store connection."""
         self.sql.close()
+
+
+def import_rounds(
+    registry: AdapterRegistry, rounds_root: str | Path, trust_dir: str | Path
+) -> dict[str, int]:
+    """Adopt what federated rounds wrote (``cloud/fl/registry_fs.py`` layout).
+
+    For each (service, user) the newest package is verified against the
+    rounds' enrolled keys (``trust_dir``), its signer is enrolled for that
+    user here, and it is put through :meth:`AdapterRegistry.put_many`.
+    Returns counts of ``stored``, ``refused`` and ``unknown_signer``.
+    """
+    from userlayer.cloud.fl.registry_fs import FileRegistry
+    from userlayer.cloud.fl.rounds import load_trusted
+
+    src = FileRegistry(rounds_root)
+    trusted = load_trusted(trust_dir)
+    items: list[tuple[str, str, bytes]] = []
+    signers: list[tuple[str, str, Ed25519PublicKey]] = []
+    unknown = 0
+    for service_dir in sorted((Path(rounds_root) / "adapters").iterdir()):
+        service = service_dir.name
+        for user_id in src.users(service):
+            blob = src.get(service, user_id)
+            if blob is None:
+                continue
+            try:
+                pkg = open_package(blob, trusted, None, registry.recipient_key)
+            except AdapterError:
+                unknown += 1
+                continue
+            signers.append((service, user_id, trusted[pkg.manifest.signer]))
+            items.append((service, user_id, blob))
+    if signers:
+        registry.enroll_many(list(signers))
+    out = registry.put_many(items) if items else []
+    refused = sum(isinstance(o, RejectedError) for o in out)
+    return {"stored": len(out) - refused, "refused": refused, "unknown_signer": unknown}

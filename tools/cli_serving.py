@@ -20,6 +20,28 @@ def register(app: typer.Typer) -> None:
     """Add the serving commands to ``app``."""
     keys_app = typer.Typer(help="API keys of the inference API.", no_args_is_help=True)
     app.add_typer(keys_app, name="keys")
+    registry_app = typer.Typer(help="The adapter registry.", no_args_is_help=True)
+    app.add_typer(registry_app, name="registry")
+
+    @registry_app.command("import")
+    def registry_import(
+        rounds: Annotated[Path, typer.Option(help="Federated work directory (registry/, trust/).")],
+        registry: Annotated[str, typer.Option(help="SQLite file or postgresql:// DSN.")],
+        model: Annotated[Path, typer.Option(help="The served base model directory.")],
+    ) -> None:
+        """Adopt the adapters federated rounds wrote into the serving registry (verified)."""
+        from userlayer.cloud.registry import AdapterRegistry, import_rounds
+        from userlayer.sdk.model import AdapterConfig, adapter_shapes
+        from userlayer.sdk.model.io import load_model
+
+        base = load_model(model)
+        setup = json.loads((rounds / "fl.json").read_text("utf-8"))
+        shapes = adapter_shapes(base.cfg, AdapterConfig.from_dict(setup["adapter"]))
+        from userlayer.sdk.model.io import fingerprint
+
+        reg = AdapterRegistry(registry, fingerprint(base), shapes)
+        counts = import_rounds(reg, rounds / "registry", rounds / "trust")
+        console.print(f"imported into {registry}: {counts}")
 
     @app.command("export")
     def export_cmd(
