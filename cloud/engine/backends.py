@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -63,7 +64,9 @@ class TorchBackend:
     def decoder(
         self, active: np.ndarray, tensors: dict[str, np.ndarray], mode_weights: np.ndarray
     ) -> Decoder:
-        """See :class:`Backend`."""
+        """See :class:`Backend`; a batch without any adapter runs the base alone."""
+        if not active.any():
+            return TorchDecoder(self.model, None)
         dev = self.device
         rows = RowAdapters(
             self.acfg,
@@ -74,24 +77,35 @@ class TorchBackend:
         return TorchDecoder(self.model, rows)
 
 
+@dataclass
+class _Graphs:
+    """A prefill/decode session pair and the names they take and give."""
+
+    prefill: Any
+    decode: Any
+    prefill_inputs: list[str]
+    decode_inputs: list[str]
+    cache_names: list[str]
+
+
 class _OrtDecoder:
-    def __init__(self, be: OnnxBackend, feeds: dict[str, np.ndarray]) -> None:
-        self.be = be
+    def __init__(self, g: _Graphs, feeds: dict[str, np.ndarray]) -> None:
+        self.g = g
         self.feeds = feeds
         self.cache: dict[str, np.ndarray] = {}
 
     def _run(self, sess: Any, names: list[str], feed: dict[str, np.ndarray]) -> Tensor:
         out = sess.run(None, {n: feed[n] for n in names})
-        self.cache = dict(zip(self.be.cache_names, out[1:], strict=True))
+        self.cache = dict(zip(self.g.cache_names, out[1:], strict=True))
         return torch.from_numpy(out[0])
 
     def prefill(self, tokens: Tensor, ctx: Tensor) -> Tensor:
         feed = {"tokens": tokens.numpy(), "ctx": ctx.numpy(), **self.feeds}
-        return self._run(self.be.prefill_sess, self.be.prefill_inputs, feed)
+        return self._run(self.g.prefill, self.g.prefill_inputs, feed)
 
     def step(self, origin: Tensor, codes: Tensor) -> Tensor:
         feed = {"codes": codes.numpy(), "origin": origin.numpy(), **self.cache, **self.feeds}
-        return self._run(self.be.decode_sess, self.be.decode_inputs, feed)
+        return self._run(self.g.decode, self.g.decode_inputs, feed)
 
 
 class OnnxBackend:
@@ -125,20 +139,32 @@ class OnnxBackend:
         so.intra_op_num_threads = threads or int(os.environ.get("USERLAYER_THREADS", 0)) or 0
         so.inter_op_num_threads = 1
         prov = providers or ["CPUExecutionProvider"]
-        self.prefill_sess = ort.InferenceSession(str(d / "prefill.onnx"), so, providers=prov)
-        self.decode_sess = ort.InferenceSession(str(d / "decode.onnx"), so, providers=prov)
-        # the exporter drops inputs a graph does not use (decode: the prefix vectors)
-        self.prefill_inputs = [i.name for i in self.prefill_sess.get_inputs()]
-        self.decode_inputs = [i.name for i in self.decode_sess.get_inputs()]
-        self.cache_names = [o.removeprefix("out.") for o in manifest["decode"]["outputs"][1:]]
+
+        def pair(prefix: str) -> _Graphs:
+            pre = ort.InferenceSession(str(d / f"{prefix}prefill.onnx"), so, providers=prov)
+            dec = ort.InferenceSession(str(d / f"{prefix}decode.onnx"), so, providers=prov)
+            outs = manifest[f"{prefix}decode"]["outputs"][1:]
+            # the exporter drops inputs a graph does not use (decode: the prefix vectors)
+            return _Graphs(
+                pre,
+                dec,
+                [i.name for i in pre.get_inputs()],
+                [i.name for i in dec.get_inputs()],
+                [o.removeprefix("out.") for o in outs],
+            )
+
+        self.graphs = pair("")
+        self.base_graphs = pair("base_")
 
     def decoder(
         self, active: np.ndarray, tensors: dict[str, np.ndarray], mode_weights: np.ndarray
     ) -> Decoder:
-        """See :class:`Backend`."""
+        """See :class:`Backend`; a batch without any adapter runs the base graphs."""
+        if not active.any():
+            return _OrtDecoder(self.base_graphs, {})
         feeds = {"active": active, "mode_weights": mode_weights}
         feeds |= {f"ad.{k}": v for k, v in tensors.items()}
-        return _OrtDecoder(self, feeds)
+        return _OrtDecoder(self.graphs, feeds)
 
 
 def tensorrt_available() -> str | None:

@@ -48,25 +48,40 @@ class ExportError(CloudError):
 
 
 class GraphSpec:
-    """Input and output names of the two graphs for one adapter configuration."""
+    """Input and output names of the two graphs for one adapter configuration.
 
-    def __init__(self, model: Recommender, acfg: AdapterConfig) -> None:
+    ``base=True`` describes the graphs of the base model alone (no adapter
+    inputs at all): what a batch without any personalized row runs.
+    """
+
+    def __init__(self, model: Recommender, acfg: AdapterConfig, base: bool = False) -> None:
         self.acfg = acfg
-        self.adapter = list(adapter_shapes(model.cfg, acfg))
-        self.prefix = acfg.n_prefix_total > 0
+        self.base = base
+        self.adapter = [] if base else list(adapter_shapes(model.cfg, acfg))
+        self.prefix = not base and acfg.n_prefix_total > 0
         cache = ["k", "v", *(["pk", "pv"] if self.prefix else []), "key_valid", "next_pos"]
         if self.prefix:
             cache.append("prefix_valid")
         self.cache = cache
         ads = [f"ad.{n}" for n in self.adapter]
-        self.prefill_inputs = ["tokens", "ctx", "active", "mode_weights", *ads]
-        self.decode_inputs = ["codes", "origin", *cache, "active", *ads]
+        rows = [] if base else ["active"]
+        self.prefill_inputs = ["tokens", "ctx", *rows, *([] if base else ["mode_weights"]), *ads]
+        self.decode_inputs = ["codes", "origin", *cache, *rows, *ads]
         self.outputs = ["logits", *cache]
 
+    def rows(self, args: tuple[Tensor, ...], mode_weights: bool) -> RowAdapters | None:
+        """The adapter rows from the graph's trailing inputs (None for the base graphs)."""
+        if self.base:
+            return None
+        active, rest = args[0], args[1:]
+        mw = rest[0] if mode_weights else None
+        ad = rest[1:] if mode_weights else rest
+        return RowAdapters(self.acfg, active, dict(zip(self.adapter, ad, strict=True)), mw)
 
-def graph_spec(model: Recommender, acfg: AdapterConfig) -> GraphSpec:
+
+def graph_spec(model: Recommender, acfg: AdapterConfig, base: bool = False) -> GraphSpec:
     """The graphs' input and output names."""
-    return GraphSpec(model, acfg)
+    return GraphSpec(model, acfg, base)
 
 
 def _cache_out(logits: Tensor, cache: KVCache | None, spec: GraphSpec) -> tuple[Tensor, ...]:
@@ -93,12 +108,9 @@ class _Prefill(nn.Module):
         super().__init__()
         self.model, self.spec = model, spec
 
-    def forward(
-        self, tokens: Tensor, ctx: Tensor, active: Tensor, mw: Tensor, *ad: Tensor
-    ) -> tuple[Tensor, ...]:
+    def forward(self, tokens: Tensor, ctx: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
         """Prompts in; next-code logits and the cache out."""
-        tensors = dict(zip(self.spec.adapter, ad, strict=True))
-        rows = RowAdapters(self.spec.acfg, active, tensors, mw)
+        rows = self.spec.rows(rest, mode_weights=True)
         logits, cache = self.model(tokens, ctx, rows, return_cache=True)
         return _cache_out(logits, cache, self.spec)
 
@@ -113,7 +125,6 @@ class _Decode(nn.Module):
         spec = self.spec
         n_cache = len(spec.cache)
         c = dict(zip(spec.cache, rest[:n_cache], strict=True))
-        active, ad = rest[n_cache], rest[n_cache + 1 :]
         layers = [
             _LayerCache(
                 c["k"][i],
@@ -125,13 +136,18 @@ class _Decode(nn.Module):
         ]
         cache = KVCache(layers, c["key_valid"], c["next_pos"], c.get("prefix_valid")).select(origin)
         ctx = torch.zeros(codes.shape[0], 1, len(self.model.ctx_vocab.sizes), dtype=torch.long)
-        rows = RowAdapters(spec.acfg, active, dict(zip(spec.adapter, ad, strict=True)))
+        rows = spec.rows(rest[n_cache:], mode_weights=False)
         logits, new = self.model(codes, ctx, rows, cache, return_cache=True)
         return _cache_out(logits, new, spec)
 
 
 def example_inputs(
-    model: Recommender, acfg: AdapterConfig, b: int = 3, t: int = 11, g: int = 2
+    model: Recommender,
+    acfg: AdapterConfig,
+    b: int = 3,
+    t: int = 11,
+    g: int = 2,
+    base: bool = False,
 ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
     """Small random inputs for both graphs (tracing, parity tests)."""
     cfg = model.cfg
@@ -147,13 +163,13 @@ def example_inputs(
         mw[:, 0] = 1.0
     shapes = adapter_shapes(cfg, acfg)
     ad = tuple(torch.randn((b, *s), generator=gen) * 0.05 for s in shapes.values())
-    prefill = (tokens, ctx, active, mw, *ad)
-    spec = GraphSpec(model, acfg)
+    prefill = (tokens, ctx) if base else (tokens, ctx, active, mw, *ad)
+    spec = GraphSpec(model, acfg, base)
     with torch.no_grad():
         outs = _Prefill(model, spec)(*prefill)
     origin = torch.arange(b).repeat_interleave(g)
     codes = torch.randint(2, 2 + cfg.level_sizes[0], (b * g, 1), generator=gen)
-    decode = (codes, origin, *outs[1:], active, *ad)
+    decode = (codes, origin, *outs[1:]) if base else (codes, origin, *outs[1:], active, *ad)
     return prefill, decode
 
 
@@ -170,9 +186,12 @@ def _dynamic_axes(spec: GraphSpec, decode: bool) -> dict[str, dict[int, str]]:
         ax["v"][3] = "Tc"
         a = "A"
     else:
-        ax |= {"tokens": {0: b, 1: "T"}, "ctx": {0: b, 1: "T"}, "mode_weights": {0: b}}
+        ax |= {"tokens": {0: b, 1: "T"}, "ctx": {0: b, 1: "T"}}
+        if not spec.base:
+            ax["mode_weights"] = {0: b}
         a = b
-    ax["active"] = {0: a}
+    if not spec.base:
+        ax["active"] = {0: a}
     for n in spec.adapter:
         ax[f"ad.{n}"] = {0: a}
     # outputs (decode's cache outputs share names with its inputs: ONNX names must be
@@ -205,14 +224,36 @@ def export_onnx(
         p.requires_grad_(False)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    spec = GraphSpec(model, acfg)
-    prefill, decode = example_inputs(model, acfg)
-    dec_outputs = ["logits", *(f"out.{n}" for n in spec.cache)]
-    jobs = [
-        ("prefill.onnx", _Prefill(model, spec), prefill, spec.prefill_inputs, spec.outputs, False),
-        ("decode.onnx", _Decode(model, spec), decode, spec.decode_inputs, dec_outputs, True),
-    ]
-    for fname, module, args, inputs, outputs, is_decode in jobs:
+    jobs = []
+    graphs: dict[str, Any] = {}
+    for base in (False, True):
+        spec = GraphSpec(model, acfg, base)
+        prefill, decode = example_inputs(model, acfg, base=base)
+        dec_outputs = ["logits", *(f"out.{n}" for n in spec.cache)]
+        pre = "base_" if base else ""
+        jobs += [
+            (
+                f"{pre}prefill.onnx",
+                _Prefill(model, spec),
+                prefill,
+                spec.prefill_inputs,
+                spec.outputs,
+                spec,
+                False,
+            ),
+            (
+                f"{pre}decode.onnx",
+                _Decode(model, spec),
+                decode,
+                spec.decode_inputs,
+                dec_outputs,
+                spec,
+                True,
+            ),
+        ]
+        graphs[f"{pre}prefill"] = {"inputs": spec.prefill_inputs, "outputs": spec.outputs}
+        graphs[f"{pre}decode"] = {"inputs": spec.decode_inputs, "outputs": dec_outputs}
+    for fname, module, args, inputs, outputs, spec, is_decode in jobs:
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")  # tracer warnings about shape checks
@@ -234,8 +275,7 @@ def export_onnx(
         "model": model.cfg.to_dict(),
         "adapter": acfg.to_dict(),
         "opset": OPSET,
-        "prefill": {"inputs": spec.prefill_inputs, "outputs": spec.outputs},
-        "decode": {"inputs": spec.decode_inputs, "outputs": dec_outputs},
+        **graphs,
         "torch": torch.__version__,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2), "utf-8")

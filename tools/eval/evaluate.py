@@ -14,6 +14,7 @@ rank below it, as in TIGER's evaluation.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from userlayer.tools.train.examples import (
 __all__ = ["EvalConfig", "evaluate"]
 
 REGIMES = ("full", "private")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,12 @@ def evaluate(
         timings["popularity"] = time.perf_counter() - t0
     if "sasrec" in cfg.baselines:
         t0 = time.perf_counter()
-        sasrec = train_sasrec([[index[i] for i in s] for s in train], len(item_ids), cfg.sasrec)
+        sasrec = train_sasrec(
+            [[index[i] for i in s] for s in train],
+            len(item_ids),
+            cfg.sasrec,
+            lambda ep, loss: logger.info("SASRec epoch %d: loss %.4f", ep, loss),
+        )
         svc_mask = {
             s: torch.tensor([False] + [service_of[i].value == s for i in item_ids])
             for s in {p.service for ps in prompts.values() for p in ps}

@@ -10,7 +10,7 @@ variant of the paper's sampled binary loss), ranking every item.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,8 +74,16 @@ def _pad_left(rows: Sequence[Sequence[int]], t: int) -> Tensor:
     return torch.from_numpy(out)
 
 
-def train_sasrec(train_seqs: Sequence[Sequence[int]], n_items: int, cfg: SASRecConfig) -> SASRec:
-    """Train on each user's training sequence (item indices 1..n_items)."""
+def train_sasrec(
+    train_seqs: Sequence[Sequence[int]],
+    n_items: int,
+    cfg: SASRecConfig,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> SASRec:
+    """Train on each user's training sequence (item indices 1..n_items).
+
+    ``on_epoch(epoch, mean_loss)`` is called after every epoch (progress).
+    """
     torch.manual_seed(cfg.seed)
     model = SASRec(n_items, cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98))
@@ -90,7 +98,8 @@ def train_sasrec(train_seqs: Sequence[Sequence[int]], n_items: int, cfg: SASRecC
     tgt = _pad_left([s[1:] for s in usable], cfg.max_len)
     rng = np.random.default_rng(cfg.seed)
     model.train()
-    for _ in range(cfg.epochs):
+    for epoch in range(cfg.epochs):
+        total, count = 0.0, 0
         for b in np.array_split(
             rng.permutation(len(usable)), max(1, len(usable) // cfg.batch_size)
         ):
@@ -103,6 +112,9 @@ def train_sasrec(train_seqs: Sequence[Sequence[int]], n_items: int, cfg: SASRecC
             opt.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
+            total, count = total + float(loss), count + 1
+        if on_epoch:
+            on_epoch(epoch + 1, total / max(count, 1))
     return model.eval()
 
 

@@ -73,6 +73,25 @@ def test_onnx_runtime_equals_torch_on_mixed_batches(
         np.testing.assert_allclose(out[0][inactive], base[:, -1].numpy()[inactive], atol=1e-4)
 
 
+def test_base_graphs_equal_the_model_without_adapters(model_dir: Path, tmp_path: Path) -> None:
+    export_onnx(model_dir, tmp_path / "onnx")
+    pre = ort.InferenceSession(str(tmp_path / "onnx" / "base_prefill.onnx"))
+    dec = ort.InferenceSession(str(tmp_path / "onnx" / "base_decode.onnx"))
+    model = load_model(model_dir)
+    spec = GraphSpec(model, AdapterConfig(), base=True)
+    assert spec.prefill_inputs == ["tokens", "ctx"] and "active" not in spec.decode_inputs
+    p_args, d_args = example_inputs(model, AdapterConfig(), b=4, t=13, g=5, base=True)
+    with torch.no_grad():
+        ref = _Prefill(model, spec)(*p_args)
+        ref_d = _Decode(model, spec)(*d_args)
+        plain, _ = model(p_args[0], p_args[1])
+    out = _run(pre, spec.prefill_inputs, p_args)
+    out_d = _run(dec, spec.decode_inputs, d_args)
+    np.testing.assert_allclose(out[0], plain[:, -1].numpy(), atol=1e-4)
+    for got, want in [*zip(out, ref, strict=True), *zip(out_d, ref_d, strict=True)]:
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=0)
+
+
 def test_a_missing_model_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="nothing"):
         export_onnx(tmp_path / "nothing", tmp_path / "onnx")
