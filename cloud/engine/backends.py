@@ -138,6 +138,9 @@ class OnnxBackend:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = threads or int(os.environ.get("USERLAYER_THREADS", 0)) or 0
         so.inter_op_num_threads = 1
+        # no busy-waiting between calls: beam search runs in Python between graph calls,
+        # and spinning pool threads would take its core
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         prov = providers or ["CPUExecutionProvider"]
 
         def pair(prefix: str) -> _Graphs:

@@ -94,7 +94,6 @@ def bench_serving(model_dir: str | Path, cfg: ServingBenchConfig, command: str) 
     d = Path(model_dir)
     if "onnxruntime" in cfg.backends and not (d / "onnx" / "manifest.json").exists():
         export_onnx(d, d / "onnx")
-    rng = np.random.default_rng(cfg.seed)
     rows: list[list[object]] = []
     results: dict[str, dict[str, float]] = {}
     ratios: dict[int, float] = {}
@@ -107,6 +106,7 @@ def bench_serving(model_dir: str | Path, cfg: ServingBenchConfig, command: str) 
         )
         ads = _adapters(e, cfg.users, cfg.seed)
         for b in cfg.batches:
+            rng = np.random.default_rng([cfg.seed, b])  # the same requests on every backend
             reqs = _requests(e, b, rng)
             users = rng.choice(cfg.users, size=b, replace=False)
             with_ad = [
