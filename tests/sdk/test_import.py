@@ -22,8 +22,8 @@ def _run(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_sdk_import_does_not_import_torch(tmp_path: Path) -> None:
     code = (
-        "import sys, userlayer.sdk as s\n"
-        "s.Event; s.SemanticIdTable\n"
+        "import sys, userlayer.sdk as s, userlayer.sdk.client as c, userlayer.sdk.api as a\n"
+        "s.Event; s.SemanticIdTable; c.Client; c.AsyncClient; a.RecommendRequest\n"
         "heavy = [m for m in ('torch', 'numpy', 'pyarrow', 'flwr') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
         "print('ok')"

@@ -49,6 +49,12 @@ class SASRec(nn.Module):
         )
         self.encoder = nn.TransformerEncoder(layer, cfg.blocks, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.d)
+        # as the reference implementations: Xavier-normal embeddings (the default N(0, 1)
+        # makes the tied output logits tens of units large and the first epochs wasted)
+        nn.init.xavier_normal_(self.item.weight)
+        nn.init.xavier_normal_(self.pos.weight)
+        with torch.no_grad():
+            self.item.weight[0].zero_()
 
     def forward(self, seq: Tensor) -> Tensor:
         """Hidden state at every position: (B, T, d)."""
@@ -112,7 +118,7 @@ def train_sasrec(
             opt.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
-            total, count = total + float(loss), count + 1
+            total, count = total + loss.item(), count + 1
         if on_epoch:
             on_epoch(epoch + 1, total / max(count, 1))
     return model.eval()
