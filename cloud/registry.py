@@ -134,8 +134,8 @@ _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS ul_adapters (service TEXT NOT NULL, user_id TEXT NOT NULL,"
     " version BIGINT NOT NULL, info TEXT NOT NULL, blob {blob} NOT NULL,"
     " PRIMARY KEY (service, user_id, version))",
-    "CREATE TABLE IF NOT EXISTS ul_signers (key_id TEXT PRIMARY KEY, service TEXT NOT NULL,"
-    " user_id TEXT NOT NULL, public_key {blob} NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS ul_signers (key_id TEXT NOT NULL, service TEXT NOT NULL,"
+    " user_id TEXT NOT NULL, public_key {blob} NOT NULL, PRIMARY KEY (key_id, service))",
     "CREATE INDEX IF NOT EXISTS ul_signers_user ON ul_signers (service, user_id)",
     "CREATE TABLE IF NOT EXISTS ul_rejected (ts TEXT NOT NULL, service TEXT NOT NULL,"
     " user_id TEXT NOT NULL, reason TEXT NOT NULL)",
@@ -273,7 +273,10 @@ class AdapterRegistry:
     # -- signers
 
     def enroll(self, service: str, user_id: str, public_key: Ed25519PublicKey | bytes) -> str:
-        """Trust ``public_key`` to sign this user's packages (and only theirs); its key id.
+        """Trust ``public_key`` to sign this user's packages in ``service``; its key id.
+
+        A key signs for one user per service (the same person may use it in
+        several services, each enrolling it under its own tenant).
 
         Raises:
             RegistryError: if the key is already enrolled for another user.
@@ -294,9 +297,10 @@ class AdapterRegistry:
         with self.sql.tx() as cur:
             for kid, service, user_id, raw in rows:
                 row = cur.execute(
-                    "SELECT service, user_id FROM ul_signers WHERE key_id = ?", (kid,)
+                    "SELECT user_id FROM ul_signers WHERE key_id = ? AND service = ?",
+                    (kid, service),
                 ).fetchone()
-                if row and (row[0], row[1]) != (service, user_id):
+                if row and row[0] != user_id:
                     raise RegistryError(f"signer {kid} is enrolled for another user")
                 if not row:
                     cur.execute(

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import random
-import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -41,13 +40,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from userlayer.edge.examples import ExampleConfig, user_examples
 from userlayer.edge.exceptions import BudgetExceededError, EdgeError, TrainingError
+from userlayer.edge.local import LocalTrainConfig, train_and_seal
 from userlayer.edge.privacy import PrivacyLedger
-from userlayer.edge.profile import ModeDetector, build_profile
+from userlayer.edge.profile import ModeDetector
 from userlayer.edge.store import ProfileStore
-from userlayer.edge.training import DPConfig, TrainConfig, train_adapter
-from userlayer.sdk.adapter import key_id, load_signing_key, save_signing_key, seal_package
+from userlayer.sdk.adapter import key_id, load_signing_key, save_signing_key
 from userlayer.sdk.model.config import AdapterConfig
 from userlayer.sdk.model.io import load_model
 from userlayer.sdk.model.transformer import Recommender
@@ -128,50 +126,36 @@ class NodeRuntime:
         self, user: str, shared: dict[str, torch.Tensor], cfg: dict[str, Any], rnd: int
     ) -> UserUpdate:
         """Train one user's personal adapter from the shared one (DP-SGD) and seal it."""
-        t0 = time.perf_counter()
         events = self.store.events(user)  # decrypted in memory only
-        profile = build_profile(events, categories=self.categories)
+        lcfg = LocalTrainConfig(
+            epochs=float(cfg.get("epochs", 8.0)),
+            lr=float(cfg.get("lr", 5e-3)),
+            batch_size=int(cfg.get("batch-size", 16)),
+            epsilon=float(cfg.get("epsilon-per-round", 2.0)),
+            holdout=int(cfg.get("holdout", 1)),
+            seed=rnd,
+        )
         try:
-            ex = user_examples(
-                profile,
+            res = train_and_seal(
+                self.model,
                 self.table,
-                self.model.ctx_vocab,
-                ExampleConfig(holdout=int(cfg.get("holdout", 1))),
+                self.acfg,
+                events,
+                shared,
+                lcfg,
+                self.ledger,
+                user,
+                rnd,
+                str(cfg["fingerprint"]),
+                self.signing_key(user),
                 self.detector,
                 self.categories,
             )
         except TrainingError as e:
             return UserUpdate(user, None, {}, {}, f"no examples: {e}")
-        tcfg = TrainConfig(
-            epochs=float(cfg.get("epochs", 8.0)),
-            lr=float(cfg.get("lr", 5e-3)),
-            batch_size=int(cfg.get("batch-size", 16)),
-            seed=rnd,
-            dp=DPConfig(target_epsilon=float(cfg.get("epsilon-per-round", 2.0))),
-        )
-        try:
-            res = train_adapter(self.model, self.acfg, ex, shared, tcfg, self.ledger, user)
         except BudgetExceededError as e:
             return UserUpdate(user, None, {}, {}, f"over budget: {e}")
-        assert res.privacy is not None
-        fields = {
-            "base_fingerprint": str(cfg["fingerprint"]),
-            "adapter_config": self.acfg.to_dict(),
-            "user_id": user,
-            "version": rnd,
-            "privacy": res.privacy,
-        }
-        key = self.signing_key(user)
-        tensors = {k: v.numpy() for k, v in res.adapter.items()}
-        services = sorted({e.service.value for e in profile.events})
-        packages = {s: seal_package({**fields, "service": s}, tensors, key) for s in services}
-        metrics = {
-            "loss": float(sum(res.losses[-10:]) / max(len(res.losses[-10:]), 1)),
-            "epsilon_user": res.privacy.epsilon,
-            "examples": float(len(ex)),
-            "seconds": time.perf_counter() - t0,
-        }
-        return UserUpdate(user, res.adapter, packages, metrics)
+        return UserUpdate(user, res.adapter, res.packages, res.metrics)
 
 
 @lru_cache(maxsize=4)

@@ -250,6 +250,7 @@ def test_signer_cannot_be_enrolled_for_two_users(reg: AdapterRegistry) -> None:
     key = Ed25519PrivateKey.generate()
     reg.enroll("samokat", "alice", key.public_key())
     reg.enroll("samokat", "alice", key.public_key())  # idempotent
+    reg.enroll("kuper", "alice", key.public_key())  # the same person in another service
     with pytest.raises(RegistryError, match="another user"):
         reg.enroll("samokat", "bob", key.public_key())
 

@@ -1,0 +1,213 @@
+"""``EdgeNode``: the facade a service backend or a device embeds.
+
+::
+
+    node = EdgeNode("/var/lib/userlayer", model_dir, client=Client(url, key))
+    node.record(event)                 # encrypted at rest, never uploaded
+    node.train("u42")                  # DP-SGD under the user's budget, here
+    node.upload("u42")                 # only the signed adapter leaves
+    node.privacy_report("u42")         # epsilon spent, budget left, last training
+    node.forget("u42")                 # local store, ledger, key, and the cloud
+
+A node directory holds ``store.db`` (+ its key file), ``ledger.db`` and
+``keys/<user>.key`` (each user's Ed25519 signing key, 0600). The base model
+is read from ``model_dir`` (weights, config, ``sids.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from userlayer.edge.exceptions import EdgeError
+from userlayer.edge.local import LocalResult, LocalTrainConfig, train_and_seal
+from userlayer.edge.privacy import PrivacyLedger
+from userlayer.edge.store import ProfileStore
+from userlayer.sdk.adapter import load_signing_key, save_signing_key
+from userlayer.sdk.client import Client, NotFoundError
+from userlayer.sdk.model.config import AdapterConfig
+from userlayer.sdk.model.io import fingerprint, load_model
+from userlayer.sdk.model.transformer import new_adapter
+from userlayer.sdk.schemas import Event
+from userlayer.sdk.semantic_ids import SemanticIdTable
+
+__all__ = ["EdgeNode", "PrivacyReport"]
+
+
+@dataclass(frozen=True)
+class PrivacyReport:
+    """Where a user's privacy budget stands."""
+
+    user_id: str
+    epsilon_spent: float
+    budget: float
+    remaining: float
+    delta: float
+    accountant: str
+    trainings: int
+    last_training: str | None
+
+
+@dataclass
+class _Trained:
+    result: LocalResult
+    version: int
+    uploaded: dict[str, int] = field(default_factory=dict)
+
+
+class EdgeNode:
+    """Record, train, upload and forget on the machine that holds the users' data."""
+
+    def __init__(
+        self,
+        workdir: str | Path,
+        model_dir: str | Path,
+        client: Client | None = None,
+        train: LocalTrainConfig | None = None,
+        adapter: AdapterConfig | None = None,
+        budget: float = 8.0,
+        delta: float = 1e-5,
+    ) -> None:
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        torch.set_flush_denormal(True)
+        self.model = load_model(model_dir)
+        self.fingerprint = fingerprint(self.model)
+        self.table = SemanticIdTable.load(Path(model_dir) / "sids.json")
+        self.acfg = adapter or AdapterConfig()
+        self.train_cfg = train or LocalTrainConfig()
+        self.store = ProfileStore(self.dir / "store.db")
+        self.ledger = PrivacyLedger(self.dir / "ledger.db", budget=budget, delta=delta)
+        self.client = client
+        self._trained: dict[str, _Trained] = {}
+
+    # -- data
+
+    def record(self, *events: Event) -> int:
+        """Append events to the encrypted store; returns how many."""
+        return self.store.append(list(events))
+
+    # -- keys and versions
+
+    def _key(self, user_id: str) -> Ed25519PrivateKey:
+        p = self.dir / "keys" / f"{user_id}.key"
+        p.parent.mkdir(exist_ok=True)
+        if not p.exists():
+            save_signing_key(Ed25519PrivateKey.generate(), p)
+        return load_signing_key(p)
+
+    def _versions(self) -> dict[str, int]:
+        p = self.dir / "versions.json"
+        return json.loads(p.read_text("utf-8")) if p.exists() else {}
+
+    def _bump(self, user_id: str) -> int:
+        v = self._versions()
+        v[user_id] = v.get(user_id, 0) + 1
+        (self.dir / "versions.json").write_text(json.dumps(v), "utf-8")
+        return v[user_id]
+
+    # -- training
+
+    def train(self, user_id: str, now: datetime | None = None) -> dict[str, Any]:
+        """Train the user's adapter here, under their privacy budget.
+
+        Raises:
+            TrainingError: too few events; BudgetExceededError: the budget is spent
+            (nothing changes then).
+        """
+        events = self.store.events(user_id)  # decrypted in memory only
+        init = new_adapter(self.model.cfg, self.acfg, torch.Generator().manual_seed(0))
+        version = self._versions().get(user_id, 0) + 1
+        res = train_and_seal(
+            self.model,
+            self.table,
+            self.acfg,
+            events,
+            init,
+            self.train_cfg,
+            self.ledger,
+            user_id,
+            version,
+            self.fingerprint,
+            self._key(user_id),
+            now=now,
+        )
+        self._bump(user_id)
+        self._trained[user_id] = _Trained(res, version)
+        return {"version": version, "services": sorted(res.packages), **res.metrics}
+
+    def upload(self, user_id: str) -> dict[str, int]:
+        """Enroll the user's key and upload the last trained adapter to each of their services.
+
+        Returns service -> stored version.
+
+        Raises:
+            EdgeError: no client, or nothing trained since this node started.
+        """
+        if self.client is None:
+            raise EdgeError("this EdgeNode has no API client to upload with")
+        t = self._trained.get(user_id)
+        if t is None:
+            raise EdgeError(f"nothing trained for {user_id} to upload: call train() first")
+        pub = (
+            self._key(user_id)
+            .public_key()
+            .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        )
+        for service, package in t.result.packages.items():
+            self.client.enroll_signer(user_id, pub, service)
+            t.uploaded[service] = self.client.upload_adapter(user_id, package, service).version
+        return dict(t.uploaded)
+
+    # -- privacy
+
+    def privacy_report(self, user_id: str, now: datetime | None = None) -> PrivacyReport:
+        """Epsilon spent in the accounting window, the budget left, the last training."""
+        entries = self.ledger.entries(user_id)
+        spent = self.ledger.spent(user_id, now or datetime.now(UTC))
+        last = entries[-1] if entries else None
+        return PrivacyReport(
+            user_id=user_id,
+            epsilon_spent=spent,
+            budget=self.ledger.budget,
+            remaining=max(0.0, self.ledger.budget - spent),
+            delta=self.ledger.delta,
+            accountant="rdp" if last is None else f"{last.accountant} ({last.library})",
+            trainings=len(entries),
+            last_training=None if last is None else last.time.isoformat(),
+        )
+
+    # -- forgetting
+
+    def forget(self, user_id: str, services: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Forget the user here (events, ledger, key) and in the cloud (each service).
+
+        ``services``: where to forget them in the cloud (default: those their
+        events were in, read before the local data is erased).
+        """
+        svcs = set(services) or {e.service.value for e in self.store.events(user_id)}
+        cloud: dict[str, int] = {}
+        if self.client is not None:
+            for s in sorted(svcs):
+                try:
+                    cloud[s] = self.client.forget(user_id, s).deleted_versions
+                except NotFoundError:
+                    cloud[s] = 0
+        report = self.store.forget(user_id)
+        self.ledger.forget(user_id)
+        (self.dir / "keys" / f"{user_id}.key").unlink(missing_ok=True)
+        self._trained.pop(user_id, None)
+        local = {"events_deleted": report.events_deleted, "kek_rotated": report.kek_rotated}
+        return {"local": local, "cloud": cloud}
+
+    def close(self) -> None:
+        """Close the store and the ledger."""
+        self.store.close()
+        self.ledger.close()

@@ -1,0 +1,61 @@
+"""EdgeNode end to end on a few users: record, train under DP, upload, recommend, report, forget.
+
+The cloud side is the live API of ``tests/cloud/test_api.py`` (real HTTP on
+127.0.0.1), serving the same base model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.cloud.test_api import Live, live  # noqa: F401 - the live API fixture
+from userlayer.edge.exceptions import BudgetExceededError, EdgeError
+from userlayer.edge.local import LocalTrainConfig
+from userlayer.edge.node import EdgeNode
+from userlayer.sdk.client import Client, NotFoundError
+from userlayer.tools.data.format import Dataset
+
+
+def test_edge_node_flow(live: Live, synth_data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    by_user = Dataset.load(synth_data_dir).user_events()
+    users = sorted(u for u, ev in by_user.items() if len(ev) >= 30)[:2]
+    client = Client(live.url, live.keys["admin"])
+    node = EdgeNode(
+        tmp_path / "node",
+        live.model_dir,
+        client,
+        LocalTrainConfig(epochs=2.0, epsilon=3.0),
+        budget=3.5,
+    )
+    for u in users:
+        assert node.record(*by_user[u]) == len(by_user[u])
+    u = users[0]
+    out = node.train(u)
+    assert out["version"] == 1 and out["epsilon_user"] <= 3.0 + 1e-6 and out["services"]
+    stored = node.upload(u)
+    assert set(stored) == set(out["services"]) and set(stored.values()) == {1}
+    svc = out["services"][0]
+    r = client.recommend(u, svc, session=[e.item_id for e in by_user[u][-2:]])
+    assert r.personalized and r.adapter_version == 1
+    rep = node.privacy_report(u)
+    assert rep.trainings == 1 and 0 < rep.epsilon_spent <= 3.0 + 1e-6
+    assert rep.remaining == pytest.approx(3.5 - rep.epsilon_spent) and "opacus" in rep.accountant
+    # a second training would pass the budget of 3.5: refused, nothing changes
+    with pytest.raises(BudgetExceededError):
+        node.train(u)
+    assert node.privacy_report(u).trainings == 1
+    assert node.privacy_report(users[1]).epsilon_spent == 0
+    gone = node.forget(u)
+    assert gone["local"]["events_deleted"] == len(by_user[u])
+    assert all(n == 1 for n in gone["cloud"].values())
+    for s in out["services"]:
+        with pytest.raises(NotFoundError):
+            client.adapter(u, s)
+    assert node.store.events(u) == [] and node.privacy_report(u).trainings == 0
+    assert len(node.store.events(users[1])) == len(by_user[users[1]])  # the other user stays
+    with pytest.raises(EdgeError, match="train"):
+        node.upload(users[1])
+    node.close()
+    client.close()
