@@ -588,6 +588,15 @@ class AdapterRegistry:
             ).fetchall()
         return [dict(zip(("ts", "service", "user_id", "reason"), r, strict=True)) for r in rows]
 
+    def users(self, service: str) -> list[str]:
+        """Users of ``service`` with at least one stored version (administration, demos)."""
+        with self.sql.tx() as cur:
+            rows = cur.execute(
+                "SELECT DISTINCT user_id FROM ul_adapters WHERE service = ? ORDER BY user_id",
+                (service,),
+            ).fetchall()
+        return [r[0] for r in rows]
+
     def count_users(self) -> int:
         """Users with at least one stored version."""
         with self.sql.tx() as cur:

@@ -479,33 +479,43 @@ def demo(
     out: Annotated[Path, typer.Option(help="Working directory for artifacts.")] = Path(
         "artifacts/demo"
     ),
-    users: Annotated[int, typer.Option(help="Synthetic users.")] = 2000,
+    quick: Annotated[bool, typer.Option("--quick", help="The small CI size (~3 min).")] = False,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """Run what exists end to end: simulate, build Semantic IDs, summarize."""
-    from userlayer.tools.data.synth import SynthConfig, synthesize
-    from userlayer.tools.sids import build_semantic_ids
+    """The whole product end to end: data, base, ONNX, DP rounds, API, SDK requests, report."""
+    from dataclasses import replace
 
-    t0 = time.perf_counter()
-    data_dir = out / "data"
-    with _progress() as progress:
-        task = progress.add_task("1/2 simulating users", total=users)
-        result = synthesize(
-            SynthConfig(users=users, seed=seed),
-            on_user=lambda n: progress.update(task, completed=n),
-        )
-    result.save(data_dir)
-    with console.status("2/2 building Semantic IDs (MiniLM text embeddings, residual k-means)"):
-        table, rep = build_semantic_ids(result.dataset)
-    table.save(data_dir / "sids.json")
-    console.print(_kv_table("dataset", result.dataset.summary()))
-    _print_sid_report(rep, data_dir / "sids.json")
-    trie = table.trie()
+    from userlayer.tools.demo import DemoConfig, run_demo
+
+    cfg = replace(DemoConfig.quick() if quick else DemoConfig(), seed=seed)
+    with console.status("starting") as status:
+
+        def step(s: str) -> None:
+            status.update(s)
+            console.print(f"[bold]{s}")
+
+        rep = run_demo(out, cfg, step)
+    q = rep["quality"]
+    n = q["users with an adapter"]
+    t = Table(title=f"quality: held-out next item ({n} users with an adapter)")
+    for col in ("regime", "HR@10", "NDCG@10"):
+        t.add_column(col)
+    for name in ("private, base only", "private, with adapters", "full history (reference)"):
+        t.add_row(name, f"{q[name]['R@10']:.4f}", f"{q[name]['N@10']:.4f}")
+    console.print(t)
+    p, sv = rep["privacy"], rep["serving"]
     console.print(
-        f"trie: {sum(1 for _ in trie.prefixes())} prefixes; first-level codes per "
-        "service: " + ", ".join(f"{s.value} {len(trie.allowed([], s))}" for s in Service)
+        f"privacy: user epsilon median {p['epsilon_user_median']:.2f}, max "
+        f"{p['epsilon_user_max']:.2f}; shared part {p['epsilon_shared_final']:.2f}; "
+        f"delta {p['delta']}; {p['accountant']}"
     )
-    console.print(f"[green]done in {time.perf_counter() - t0:.1f} s[/green]; artifacts in {out}")
+    console.print(
+        f"serving: {sv['requests']} requests at {sv['concurrency']} clients, "
+        f"{sv['requests_per_s']:.1f} req/s, p50 {sv['p50_ms']:.0f} ms, p99 {sv['p99_ms']:.0f} ms, "
+        f"personalized {sv['personalized_share']:.0%}"
+    )
+    console.print(f"stages (s): {rep['timings_s']}; total {rep['total_s']} s")
+    console.print(_kv_table("artifacts", rep["artifacts"]))
 
 
 def main() -> None:

@@ -1,0 +1,309 @@
+"""``userlayer demo``: the whole product on the embedded defaults, in one command.
+
+Synthetic three-service world → Semantic IDs → pretrained base → ONNX export
+→ federated rounds with DP (Flower simulation) → the rounds' adapters
+imported into the serving registry → the API started on 127.0.0.1 → requests
+through the SDK client for a sample of users in different modes → a report
+(quality, privacy, serving) and a figure. Every process it starts is
+stopped by its PID, also on errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from userlayer.tools.exceptions import ToolsError
+
+__all__ = ["DemoConfig", "run_demo"]
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes of the run (``quick`` finishes in about 3 minutes on 2 cores)."""
+
+    users: int = 2000
+    events_per_user: float = 100.0
+    items_per_service: int | None = None  # default: the simulator's catalog sizes
+    text_embeddings: bool = True  # MiniLM item texts; else co-occurrence
+    epochs: int = 5
+    rounds: int = 3
+    users_per_round: int = 30
+    population: int = 300
+    requests: int = 600
+    concurrency: int = 16
+    eval_users: int = 400
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> DemoConfig:
+        """The CI size."""
+        return cls(
+            users=400,
+            events_per_user=60.0,
+            items_per_service=250,
+            text_embeddings=False,
+            epochs=3,
+            rounds=2,
+            users_per_round=6,
+            population=24,
+            requests=200,
+            concurrency=8,
+            eval_users=200,
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Api:
+    """``userlayer serve`` as a subprocess on 127.0.0.1, stopped by its process group."""
+
+    def __init__(self, model: Path, registry: Path, log: Path) -> None:
+        self.port = _free_port()
+        self.key = f"ul_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
+        env = dict(os.environ, USERLAYER_ADMIN_KEY=self.key, USERLAYER_MAX_WAIT_MS="10")
+        exe = Path(sys.executable).parent / "userlayer"
+        cmd = [str(exe) if exe.exists() else "userlayer", "serve", "--model", str(model)]
+        cmd += ["--registry", str(registry), "--port", str(self.port)]
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(  # noqa: S603 - our own console script
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        import httpx
+
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise ToolsError(f"the API exited with {self.proc.returncode}; see {self.log}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise ToolsError(f"the API was not ready after {timeout:.0f} s; see {self.log}")
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(20)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+def _serve_and_measure(
+    api: _Api, data_dir: Path, users_with: list[str], cfg: DemoConfig
+) -> dict[str, Any]:
+    """Requests for users with and without adapters, in four modes, concurrently."""
+    import random
+
+    from userlayer.sdk.client import Client
+    from userlayer.sdk.schemas import Context, Mode
+    from userlayer.tools.data.format import Dataset
+
+    rng = random.Random(cfg.seed)
+    by_user = Dataset.load(data_dir).user_events()
+    without = sorted(set(by_user) - set(users_with))
+    pool = users_with + without[: max(1, len(users_with) // 3)]
+    modes = [Mode.HUNGRY, Mode.SHOPPING, Mode.HEALTH, Mode.UNSPECIFIED]
+    jobs = []
+    for i in range(cfg.requests):
+        u = rng.choice(pool)
+        ev = by_user[u]
+        last = ev[-1]
+        jobs.append((u, last.service, [e.item_id for e in ev[-3:-1]], Context(mode=modes[i % 4])))
+    lat: list[float] = []
+    personalized = 0
+    with Client(api.url, api.key, timeout=30) as c:
+        c.recommend(jobs[0][0], jobs[0][1], jobs[0][2], jobs[0][3])  # warm-up
+
+        def one(job: tuple[Any, ...]) -> tuple[float, bool]:
+            t0 = time.perf_counter()
+            r = c.recommend(job[0], job[1], job[2], job[3], k=10)
+            return time.perf_counter() - t0, r.personalized
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(cfg.concurrency) as ex:
+            for dt, p in ex.map(one, jobs):
+                lat.append(dt)
+                personalized += p
+        wall = time.perf_counter() - t0
+    q = statistics.quantiles(lat, n=100)
+    return {
+        "requests": len(lat),
+        "concurrency": cfg.concurrency,
+        "requests_per_s": len(lat) / wall,
+        "p50_ms": q[49] * 1000,
+        "p99_ms": q[98] * 1000,
+        "personalized_share": personalized / len(lat),
+        "latencies_ms": [x * 1000 for x in lat],
+    }
+
+
+def _figure(rounds: list[dict[str, Any]], serving: dict[str, Any], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    r = [x["round"] for x in rounds]
+    ax[0].plot(r, [x.get("loss_median", float("nan")) for x in rounds], marker="o")
+    ax[0].set(title="local training loss (median)", xlabel="round")
+    ax[1].plot(r, [x.get("epsilon") or 0 for x in rounds], marker="o", label="shared part")
+    ax[1].plot(r, [x.get("epsilon_user_max", 0) for x in rounds], marker="s", label="user max")
+    ax[1].set(title="epsilon (delta 1e-5)", xlabel="round")
+    ax[1].legend()
+    ax[2].hist(serving["latencies_ms"], bins=30)
+    ax[2].set(title=f"API latency, {serving['concurrency']} clients", xlabel="ms")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def run_demo(
+    out: str | Path, cfg: DemoConfig, step: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Run every stage; returns the report (also written to ``out/report.json``)."""
+    from userlayer.cloud.engine.export import export_onnx
+    from userlayer.cloud.registry import AdapterRegistry, import_rounds
+    from userlayer.edge.privacy import PrivacyLedger
+    from userlayer.sdk.model import AdapterConfig, adapter_shapes
+    from userlayer.sdk.model.io import load_model
+    from userlayer.tools.data.synth import SynthConfig, synthesize
+    from userlayer.tools.eval.evaluate import EvalConfig, evaluate
+    from userlayer.tools.fl import SimulationConfig, evaluate_registry, simulate
+    from userlayer.tools.sids import SidConfig, build_semantic_ids
+    from userlayer.tools.train.pretrain import PretrainConfig, pretrain
+
+    say = step or (lambda s: None)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def timed(name: str) -> Callable[[], None]:
+        t0 = time.perf_counter()
+        say(name)
+
+        def done() -> None:
+            timings[name] = round(time.perf_counter() - t0, 1)
+
+        return done
+
+    data, model_dir, wd = out / "data", out / "model", out / "fl"
+    done = timed("1/8 simulating the three services")
+    scfg = SynthConfig(users=cfg.users, seed=cfg.seed, events_per_user=cfg.events_per_user)
+    if cfg.items_per_service:
+        n = cfg.items_per_service
+        scfg = replace(scfg, items_samokat=n, items_kuper=n, items_megamarket=n)
+    synth = synthesize(scfg)
+    synth.save(data)
+    done()
+    done = timed("2/8 building Semantic IDs")
+    sid_cfg = SidConfig(embedding="auto" if cfg.text_embeddings else "collaborative")
+    table, _ = build_semantic_ids(synth.dataset, sid_cfg)
+    table.save(data / "sids.json")
+    done()
+    done = timed("3/8 pretraining the base")
+    pretrain(data, model_dir, PretrainConfig(epochs=cfg.epochs, seed=cfg.seed))
+    done()
+    done = timed("4/8 exporting to ONNX")
+    export_onnx(model_dir, model_dir / "onnx")
+    done()
+    done = timed("5/8 federated rounds with DP")
+    fl = simulate(
+        data,
+        model_dir,
+        wd,
+        SimulationConfig(
+            rounds=cfg.rounds,
+            users_per_round=cfg.users_per_round,
+            population=cfg.population,
+            seed=cfg.seed,
+        ),
+    )
+    done()
+    done = timed("6/8 quality: private with and without adapters, full-history reference")
+    quality = evaluate_registry(data, wd)
+    ref = evaluate(data, model_dir, EvalConfig(baselines=(), max_users=cfg.eval_users))
+    done()
+    done = timed("7/8 registry import and API on 127.0.0.1")
+    base = load_model(model_dir)
+    setup = json.loads((wd / "fl.json").read_text("utf-8"))
+    shapes = adapter_shapes(base.cfg, AdapterConfig.from_dict(setup["adapter"]))
+    fp = json.loads((model_dir / "config.json").read_text("utf-8"))["fingerprint"]
+    registry_path = out / "registry" / "registry.db"
+    reg = AdapterRegistry(registry_path, fp, shapes)
+    imported = import_rounds(reg, wd / "registry", wd / "trust")
+    with_adapter = sorted({u for s in ("samokat", "megamarket", "kuper") for u in reg.users(s)})
+    reg.close()
+    api = _Api(model_dir, registry_path, out / "api.log")
+    try:
+        api.wait_ready()
+        done()
+        done = timed("8/8 requests through the SDK")
+        serving = _serve_and_measure(api, data, with_adapter, cfg)
+        done()
+    finally:
+        api.stop()
+    ledger = PrivacyLedger(wd / "ledger.db")
+    eps = [ledger.spent(u) for u in with_adapter]
+    ledger.close()
+    png = _figure(fl["rounds"], serving, out / "demo.png")
+    report = {
+        "config": asdict(cfg),
+        "quality": {
+            "private, base only": quality["base only"],
+            "private, with adapters": quality["with adapter"],
+            "users with an adapter": quality["users"],
+            "full history (reference)": ref["results"]["generative"]["full"]["all"],
+            "private, all users (base)": ref["results"]["generative"]["private"]["all"],
+        },
+        "privacy": {
+            "epsilon_user_median": statistics.median(eps) if eps else None,
+            "epsilon_user_max": max(eps) if eps else None,
+            "epsilon_shared_final": fl["rounds"][-1].get("epsilon"),
+            "delta": 1e-5,
+            "accountant": "RDP (Opacus): per-user DP-SGD; user-level Gaussian for the shared part",
+        },
+        "serving": {k: v for k, v in serving.items() if k != "latencies_ms"},
+        "registry_import": imported,
+        "timings_s": timings,
+        "total_s": round(time.perf_counter() - t_start, 1),
+        "artifacts": {
+            "data": str(data),
+            "model": str(model_dir),
+            "onnx": str(model_dir / "onnx"),
+            "federated": str(wd),
+            "registry": str(registry_path),
+            "figure": str(png),
+            "api_log": str(out / "api.log"),
+        },
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2), "utf-8")
+    return report
