@@ -115,6 +115,11 @@ class TrainResult:
     privacy: PrivacyRecord | None
 
 
+def _per_row(t: Tensor, b: int) -> Tensor:
+    """``t`` repeated for ``b`` rows: (b, *t.shape), each row its own copy."""
+    return t.unsqueeze(0).repeat(b, *([1] * t.dim()))
+
+
 def per_example_grads(
     model: Recommender,
     acfg: AdapterConfig,
@@ -132,10 +137,10 @@ def per_example_grads(
     differentiated; the others are copied without a gradient.
     """
     b = tokens.shape[0]
-    rows = {}
-    for n, t in adapter.items():
-        row = t.detach().unsqueeze(0).repeat(b, *([1] * t.dim()))
-        rows[n] = row.requires_grad_(names is None or n in names)
+    rows = {
+        n: _per_row(t.detach(), b).requires_grad_(names is None or n in names)
+        for n, t in adapter.items()
+    }
     ad = RowAdapters(acfg, torch.ones(b, dtype=torch.bool), rows, mode_weights)
     losses = model.loss(tokens, ctx, ad, reduction="none", last_item_only=True)
     (losses * weights).sum().backward()  # type: ignore[no-untyped-call]
@@ -164,10 +169,7 @@ def batch_grads(
     """
     b = tokens.shape[0]
     leaves = {n: adapter[n].detach().clone().requires_grad_(True) for n in names}
-    rows = {
-        n: leaves.get(n, t.detach()).unsqueeze(0).repeat(b, *([1] * t.dim()))
-        for n, t in adapter.items()
-    }
+    rows = {n: _per_row(leaves.get(n, t.detach()), b) for n, t in adapter.items()}
     ad = RowAdapters(acfg, torch.ones(b, dtype=torch.bool), rows, mode_weights)
     losses = model.loss(tokens, ctx, ad, reduction="none", last_item_only=True)
     ((losses * weights).sum() / b).backward()  # type: ignore[no-untyped-call]

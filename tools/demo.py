@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from userlayer.tools.exceptions import ToolsError
+from userlayer.tools.procs import free_port, stop_groups
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -65,17 +64,11 @@ class DemoConfig:
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class _Api:
     """``userlayer serve`` as a subprocess on 127.0.0.1, stopped by its process group."""
 
     def __init__(self, model: Path, registry: Path, log: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.key = f"ul_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
         env = dict(os.environ, USERLAYER_ADMIN_KEY=self.key, USERLAYER_MAX_WAIT_MS="10")
         exe = Path(sys.executable).parent / "userlayer"
@@ -104,14 +97,7 @@ class _Api:
         raise ToolsError(f"the API was not ready after {timeout:.0f} s; see {self.log}")
 
     def stop(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(20)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        stop_groups([self.proc], grace=20.0)
 
 
 def _serve_and_measure(

@@ -16,11 +16,9 @@ starts is its own process group and is stopped by that PID on exit.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,8 +29,9 @@ from types import TracebackType
 from typing import Any
 
 from userlayer.tools.exceptions import ToolsError
+from userlayer.tools.procs import free_port, stop_groups
 
-__all__ = ["APP_PYPROJECT", "LocalFederation", "NodeSpec", "group_members", "write_app"]
+__all__ = ["APP_PYPROJECT", "LocalFederation", "NodeSpec", "write_app"]
 
 APP_PYPROJECT = """\
 # A Flower App that runs userlayer's federated rounds (written by `userlayer fl app`).
@@ -90,12 +89,6 @@ class NodeSpec:
         return f"workdir='{self.workdir}' users='{','.join(self.users)}'"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _bin(name: str) -> str:
     """The console script next to this interpreter (a venv), else from $PATH."""
     here = Path(sys.executable).parent / name
@@ -105,22 +98,6 @@ def _bin(name: str) -> str:
     if not found:
         raise ToolsError(f"`{name}` not found: install flwr in this environment")
     return found
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group ``pgid`` (Linux ``/proc``)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            out.append(int(d.name))
-    return out
 
 
 def _wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -172,7 +149,7 @@ class LocalFederation:
         """Start the SuperLink, wait for it, then the SuperNodes."""
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "flwr").mkdir(exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port()
         (self.home / "flwr" / "config.toml").write_text(
             f'[superlink]\ndefault = "local"\n\n[superlink.local]\n'
             f'address = "127.0.0.1:{self.port}"\ninsecure = true\n',
@@ -204,7 +181,7 @@ class LocalFederation:
                         "--host",
                         "127.0.0.1",
                         "--port",
-                        str(_free_port()),
+                        str(free_port()),
                         "--node-config",
                         n.node_config(),
                     ],
@@ -267,19 +244,7 @@ class LocalFederation:
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop every process this federation started (its process group, by PID)."""
-        for p in reversed(self.procs):
-            # the group, even when its leader is gone: children may remain
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for p in reversed(self.procs):
-            while group_members(p.pid) and time.monotonic() < deadline:
-                p.poll()
-                time.sleep(0.1)
-            if group_members(p.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-            p.wait(grace)
+        stop_groups(list(reversed(self.procs)), grace)
         self.procs.clear()
 
     def __enter__(self) -> LocalFederation:

@@ -12,7 +12,6 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from userlayer.tools.procs import free_port, stop_groups
 
 
 def _bin_dir() -> Path | None:
@@ -37,12 +38,6 @@ def _install() -> str | None:
         if r.returncode:
             return f"`{' '.join(cmd)}` failed: {r.stderr.decode()[-300:]}"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -97,14 +92,7 @@ class PgServer:
     def stop(self) -> None:
         if self.proc is None:
             return
-        try:
-            os.killpg(self.proc.pid, signal.SIGINT)  # PostgreSQL's fast shutdown
-            self.proc.wait(30)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        stop_groups([self.proc], grace=30.0, sig=signal.SIGINT)  # PostgreSQL's fast shutdown
         self.proc = None
 
 
@@ -134,7 +122,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
     )
     if r.returncode:
         pytest.skip(f"initdb failed: {r.stderr.decode()[-300:]}")
-    srv = PgServer(bin_dir, data, _free_port(), as_user)
+    srv = PgServer(bin_dir, data, free_port(), as_user)
     srv.start()
     try:
         import psycopg

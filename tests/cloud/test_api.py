@@ -9,7 +9,6 @@ queue answered 503 with Retry-After; deletion everywhere.
 from __future__ import annotations
 
 import json
-import socket
 import sqlite3
 import threading
 import time
@@ -34,14 +33,9 @@ from userlayer.cloud.settings import Settings
 from userlayer.sdk.adapter import PrivacyRecord, seal_package
 from userlayer.sdk.model import AdapterConfig, ModelConfig, new_adapter
 from userlayer.sdk.semantic_ids import SemanticIdTable
+from userlayer.tools.procs import free_port
 
 SERVICES = ("samokat", "megamarket", "kuper")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -63,7 +57,7 @@ class Server:
     """uvicorn on 127.0.0.1 in a thread; stopped in teardown."""
 
     def __init__(self, settings: Settings) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         config = uvicorn.Config(
             create_app(settings), host="127.0.0.1", port=self.port, log_level="warning"
         )

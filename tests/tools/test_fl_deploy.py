@@ -19,20 +19,7 @@ from userlayer.cloud.fl.registry_fs import FileRegistry
 from userlayer.tools.exceptions import ToolsError
 from userlayer.tools.fl import SimulationConfig, prepare_workdir
 from userlayer.tools.fl_deploy import LocalFederation, NodeSpec, write_app
-
-
-def _gone(pgid: int) -> bool:
-    """No live process left in the group (zombies wait for their reaper, not for us)."""
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            state, _ppid, group = stat[stat.rindex(")") + 2 :].split()[:3]
-            if state != "Z" and int(group) == pgid:
-                return False
-    return True
+from userlayer.tools.procs import group_members
 
 
 def test_two_rounds_on_superlink_and_two_supernodes(
@@ -57,7 +44,7 @@ def test_two_rounds_on_superlink_and_two_supernodes(
         run_id = fed.run(app_dir, {"workdir": str(wd)})
         st = fed.wait(run_id, timeout=300)
         assert st["status"] == "finished:completed"
-    assert all(_gone(pid) for pid in pids)
+    assert not any(group_members(pid) for pid in pids)  # no live process left
     rounds = [json.loads(x) for x in (wd / "progress.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2]
     for r in rounds:
