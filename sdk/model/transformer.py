@@ -253,9 +253,26 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, n, self.cfg.head_dim).transpose(1, 2)  # (B, n, T, hd)
 
-    def _expand(self, x: Tensor) -> Tensor:
-        rep = self.cfg.n_heads // self.cfg.n_kv_heads
-        return x.repeat_interleave(rep, dim=1) if rep > 1 else x
+    def _group(self, q: Tensor) -> Tensor:
+        """Queries (B, H, T, hd) as (B, KV, rep*T, hd): head ``h`` reads KV head ``h // rep``.
+
+        Grouped-query attention without copying keys and values per head.
+        """
+        return q.reshape(q.shape[0], self.cfg.n_kv_heads, -1, q.shape[-1])
+
+    def _ungroup(self, x: Tensor, t: int) -> Tensor:
+        """(B, KV, rep*T, n) back to (B, H, T, n)."""
+        return x.reshape(x.shape[0], self.cfg.n_heads, t, x.shape[-1])
+
+    def _attend(self, q: Tensor, k: Tensor) -> Tensor:
+        """Scaled scores (B, H, T, Tk) of grouped queries against KV heads."""
+        t = q.shape[2]
+        return self._ungroup((self._group(q) @ k.transpose(-1, -2)) * self.scale, t)
+
+    def _mix(self, probs: Tensor, v: Tensor) -> Tensor:
+        """Attention output (B, H, T, hd) from probabilities (B, H, T, Tk) and KV-head values."""
+        t = probs.shape[2]
+        return self._ungroup(self._group(probs) @ v, t)
 
     def forward(
         self,
@@ -280,11 +297,10 @@ class Attention(nn.Module):
         if cache is not None:
             k = torch.cat([cache.k, k], dim=2)
             v = torch.cat([cache.v, v], dim=2)
-        kk, vv = self._expand(k), self._expand(v)
         neg = torch.finfo(q.dtype).min
-        scores = (q @ kk.transpose(-1, -2)) * self.scale  # (B, H, T, Tk)
+        scores = self._attend(q, k)  # (B, H, T, Tk)
         scores = scores.masked_fill(~mask[:, None], neg)
-        out = scores.softmax(-1) @ vv  # base path
+        out = self._mix(scores.softmax(-1), v)  # base path
         p_out: Tensor | None = None
         pk: Tensor | None = None
         pv: Tensor | None = None
@@ -294,16 +310,17 @@ class Attention(nn.Module):
             elif p is not None:
                 pq_, pk_, pv_ = self._proj(c, layer, p)
                 pq = self._heads(pq_, cfg.n_heads)  # (B, H, P, hd)
-                pk = self._expand(self._heads(pk_, cfg.n_kv_heads))
-                pv = self._expand(self._heads(pv_, cfg.n_kv_heads))
-                ps = (pq @ pk.transpose(-1, -2)) * self.scale  # (B, H, P, P)
+                pk = self._heads(pk_, cfg.n_kv_heads)  # (B, KV, P, hd)
+                pv = self._heads(pv_, cfg.n_kv_heads)
+                ps = self._attend(pq, pk)  # (B, H, P, P)
                 ps = ps.masked_fill(~prefix_valid[:, None, None, :], neg)
-                pa = (ps.softmax(-1) @ pv).transpose(1, 2).reshape(p.shape)
+                pa = self._mix(ps.softmax(-1), pv).transpose(1, 2).reshape(p.shape)
                 p_out = c.lora("o", layer, pa, self.o(pa))
             if pk is not None and pv is not None:
-                sp = (q @ pk.transpose(-1, -2)) * self.scale  # (B, H, T, P)
+                sp = self._attend(q, pk)  # (B, H, T, P)
                 sp = sp.masked_fill(~prefix_valid[:, None, None, :], neg)
-                full = torch.cat([sp, scores], dim=-1).softmax(-1) @ torch.cat([pv, vv], dim=2)
+                probs = torch.cat([sp, scores], dim=-1).softmax(-1)
+                full = self._mix(probs, torch.cat([pv, v], dim=2))
                 has = prefix_valid.any(-1)[:, None, None, None]
                 out = torch.where(has, full, out)
         b, _, t, _ = out.shape

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from userlayer.tools.train.examples import epoch_batches
+
 __all__ = ["SASRec", "SASRecConfig", "train_sasrec"]
 
 
@@ -58,8 +60,10 @@ class SASRec(nn.Module):
 
     def forward(self, seq: Tensor) -> Tensor:
         """Hidden state at every position: (B, T, d)."""
-        t = seq.shape[1]
-        x = self.item(seq) * math.sqrt(self.cfg.d) + self.pos(torch.arange(t))[None]
+        t = seq.shape[1]  # left padding: positions count back from max_len, so a
+        # batch trimmed to its longest row sees exactly what the full width does
+        pos = torch.arange(self.cfg.max_len - t, self.cfg.max_len, device=seq.device)
+        x = self.item(seq) * math.sqrt(self.cfg.d) + self.pos(pos)[None]
         x = self.drop(x) * (seq > 0)[..., None]
         causal = torch.triu(torch.ones(t, t, dtype=torch.bool), 1)
         h = self.encoder(x, mask=causal)
@@ -102,18 +106,17 @@ def train_sasrec(
             end -= cfg.max_len
     inp = _pad_left([s[:-1] for s in usable], cfg.max_len)
     tgt = _pad_left([s[1:] for s in usable], cfg.max_len)
-    rng = np.random.default_rng(cfg.seed)
+    lengths = (inp > 0).sum(1).numpy()
     model.train()
     for epoch in range(cfg.epochs):
         total, count = 0.0, 0
-        for b in np.array_split(
-            rng.permutation(len(usable)), max(1, len(usable) // cfg.batch_size)
-        ):
+        for b in epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch):
             idx = torch.from_numpy(b)
-            y = tgt[idx]
+            width = max(1, int(lengths[b].max()))  # batches of similar length: trim padding
+            y = tgt[idx, -width:]
             keep = y > 0
             # score only the real (non-padding) positions: most of a window is padding
-            logits = model(inp[idx])[keep] @ model.item.weight.T  # (N, n+1)
+            logits = model(inp[idx, -width:])[keep] @ model.item.weight.T  # (N, n+1)
             loss = nn.functional.cross_entropy(logits, y[keep])
             opt.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]

@@ -219,3 +219,25 @@ def pack_prompts(prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]
         tok[i, t_len - len(p.tokens) :] = p.tokens
         ctx[i, t_len - len(p.tokens) :] = p.ctx
     return torch.from_numpy(tok), torch.from_numpy(ctx)
+
+
+def epoch_batches(
+    lengths: np.ndarray, batch_size: int, seed: int, epoch: int, pool: int = 64
+) -> list[np.ndarray]:
+    """One epoch's batches: a pure function of ``(seed, epoch)``, so a resumed run sees the same.
+
+    Windows are shuffled, then sorted by length inside pools of ``pool`` batches
+    and cut into batches whose order is shuffled again: each batch holds windows
+    of similar length, so little compute goes to padding (Beauty's windows are
+    70% padding at a fixed width), while the batch composition stays random.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    span = batch_size * pool
+    out: list[np.ndarray] = []
+    for begin in range(0, len(order), span):
+        chunk = order[begin : begin + span]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        out.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    perm = rng.permutation(len(out))
+    return [out[i] for i in perm]

@@ -27,11 +27,12 @@ from safetensors.torch import load_file, save_file
 
 from userlayer.sdk.model.config import ModelConfig
 from userlayer.sdk.model.io import save_model
+from userlayer.sdk.model.tokens import PAD
 from userlayer.sdk.model.transformer import Recommender
 from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.exceptions import ToolsError
-from userlayer.tools.train.examples import UserSequences, training_windows
+from userlayer.tools.train.examples import UserSequences, epoch_batches, training_windows
 
 __all__ = ["PretrainConfig", "PretrainResult", "pretrain"]
 
@@ -168,7 +169,8 @@ def pretrain(
         lr=cfg.lr,
         betas=(0.9, 0.98),
     )
-    per_epoch = math.ceil(len(tokens) / cfg.batch_size)
+    lengths = (tokens != PAD).sum(1).numpy()
+    per_epoch = len(epoch_batches(lengths, cfg.batch_size, cfg.seed, 0))
     total = per_epoch * cfg.epochs
     step, losses = 0, list[float]()
     ckpt = out / _CKPT
@@ -178,13 +180,16 @@ def pretrain(
     model.train()
     t0 = time.perf_counter()
     done = 0
+    batches: list[np.ndarray] = []
     while step < total:
         epoch, offset = divmod(step, per_epoch)
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(tokens))
-        idx = torch.from_numpy(order[offset * cfg.batch_size : (offset + 1) * cfg.batch_size])
+        if offset == 0 or not batches:
+            batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)
+        idx = torch.from_numpy(batches[offset])
+        width = int(lengths[batches[offset]].max())  # left padding: trim the shared pad columns
         for g in opt.param_groups:
             g["lr"] = _lr(cfg, step, total)
-        loss = model.loss(tokens[idx], ctx[idx])
+        loss = model.loss(tokens[idx, -width:], ctx[idx, -width:])
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,7 +12,12 @@ from userlayer.tools.data.synth import SynthResult
 from userlayer.tools.eval.evaluate import EvalConfig, evaluate
 from userlayer.tools.eval.sasrec import SASRecConfig
 from userlayer.tools.exceptions import ToolsError
-from userlayer.tools.train.examples import UserSequences, build_prompts, training_windows
+from userlayer.tools.train.examples import (
+    UserSequences,
+    build_prompts,
+    epoch_batches,
+    training_windows,
+)
 from userlayer.tools.train.pretrain import PretrainConfig, pretrain
 
 
@@ -85,3 +91,16 @@ def test_evaluate_end_to_end(synth_data_dir: Path, tiny_model_dir: Path) -> None
             assert 0 <= m["N@10"] <= m["R@10"] <= 1
             assert m["R@5"] <= m["R@10"]
             assert set(groups) - {"all"} <= {"samokat", "kuper", "megamarket"}
+
+
+def test_epoch_batches_cover_every_window_once_and_group_lengths() -> None:
+    lengths = np.random.default_rng(1).integers(5, 106, size=1000)
+    batches = epoch_batches(lengths, 16, seed=3, epoch=2, pool=8)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(1000))  # each window once per epoch
+    again = epoch_batches(lengths, 16, seed=3, epoch=2, pool=8)
+    assert all((a == b).all() for a, b in zip(batches, again, strict=True))  # resumable
+    other = epoch_batches(lengths, 16, seed=3, epoch=3, pool=8)
+    assert any((a != b).any() for a, b in zip(batches, other, strict=False))
+    spread = np.mean([np.ptp(lengths[b]) for b in batches])
+    assert spread < np.ptp(lengths) / 4  # batches hold windows of similar length
