@@ -21,6 +21,7 @@ from rich.table import Table
 
 from userlayer.sdk.exceptions import UserLayerError
 from userlayer.sdk.schemas import Action, Service
+from userlayer.tools.cli_bench import bench_app
 from userlayer.tools.cli_serving import register as register_serving
 
 __all__ = ["app", "main"]
@@ -37,9 +38,6 @@ app.add_typer(data_app, name="data")
 app.add_typer(sids_app, name="sids")
 fl_app = typer.Typer(help="Federated rounds with Flower under DP.", no_args_is_help=True)
 app.add_typer(fl_app, name="fl")
-bench_app = typer.Typer(
-    help="Benchmarks (results to JSON and docs/benchmarks.md).", no_args_is_help=True
-)
 app.add_typer(bench_app, name="bench")
 register_serving(app)
 
@@ -331,65 +329,6 @@ def eval_adapters_cmd(
         f"epsilon per user: median {eps['median']:.3f}, max {eps['max']:.3f}, "
         f"delta {eps['delta']}, {eps['accountant']}; {res['seconds']} s"
     )
-
-
-@bench_app.command("store")
-def bench_store_cmd(
-    events: Annotated[int, typer.Option(help="Events to write and read back.")] = 100_000,
-    users: Annotated[int, typer.Option()] = 1_000,
-    batch: Annotated[int, typer.Option(help="Events per append.")] = 1_000,
-    repeats: Annotated[int, typer.Option()] = 3,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
-    markdown: Annotated[
-        Path | None, typer.Option(help="Append the table to this markdown file.")
-    ] = Path("docs/benchmarks.md"),
-) -> None:
-    """Edge store: append and read-back events/s and bytes per event, beside plain SQLite."""
-    from userlayer.tools.bench import StoreBenchConfig, bench_store
-
-    cmd = f"userlayer bench store --events {events} --users {users} --batch {batch}"
-    rep = bench_store(StoreBenchConfig(events, users, batch, repeats), cmd)
-    _emit(rep, json_out, markdown)
-
-
-@bench_app.command("serving")
-def bench_serving_cmd(
-    model: Annotated[Path, typer.Option(help="Base model directory (exported to ONNX if needed).")],
-    batches: Annotated[str, typer.Option(help="Comma list of batch sizes.")] = "1,8,32,64",
-    backends: Annotated[str, typer.Option(help="Comma list.")] = "onnxruntime,torch",
-    users: Annotated[int, typer.Option(help="Registered adapters rows are drawn from.")] = 10_000,
-    repeats: Annotated[int, typer.Option()] = 7,
-    threads: Annotated[int | None, typer.Option()] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
-    markdown: Annotated[
-        Path | None, typer.Option(help="Append the table to this markdown file.")
-    ] = Path("docs/benchmarks.md"),
-) -> None:
-    """Engine rows/s: every row its own user's adapter vs the base alone, per backend."""
-    from userlayer.tools.bench.serving import ServingBenchConfig, bench_serving
-
-    cfg = ServingBenchConfig(
-        batches=tuple(int(b) for b in batches.split(",")),
-        backends=tuple(backends.split(",")),
-        users=users,
-        repeats=repeats,
-        threads=threads,
-    )
-    cmd = (
-        f"userlayer bench serving --model {model} --batches {batches} --backends {backends} "
-        f"--users {users} --repeats {repeats}"
-    )
-    _emit(bench_serving(model, cfg, cmd), json_out, markdown)
-
-
-def _emit(rep: Any, json_out: Path | None, markdown: Path | None) -> None:
-    from userlayer.tools.bench import append_markdown
-
-    if json_out:
-        json_out.write_text(rep.to_json(), "utf-8")
-    if markdown and str(markdown) not in ("", "."):  # --markdown "" writes no table
-        append_markdown(rep, markdown)
-    console.print(rep.markdown())
 
 
 @fl_app.command("simulate")

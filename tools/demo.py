@@ -11,11 +11,7 @@ stopped by its PID, also on errors.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,8 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from userlayer.tools.exceptions import ToolsError
-from userlayer.tools.procs import free_port, stop_groups
+from userlayer.tools.procs import ApiProcess
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -64,44 +59,8 @@ class DemoConfig:
         )
 
 
-class _Api:
-    """``userlayer serve`` as a subprocess on 127.0.0.1, stopped by its process group."""
-
-    def __init__(self, model: Path, registry: Path, log: Path) -> None:
-        self.port = free_port()
-        self.key = f"ul_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
-        env = dict(os.environ, USERLAYER_ADMIN_KEY=self.key, USERLAYER_MAX_WAIT_MS="10")
-        exe = Path(sys.executable).parent / "userlayer"
-        cmd = [str(exe) if exe.exists() else "userlayer", "serve", "--model", str(model)]
-        cmd += ["--registry", str(registry), "--port", str(self.port)]
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(  # noqa: S603 - our own console script
-                cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        import httpx
-
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise ToolsError(f"the API exited with {self.proc.returncode}; see {self.log}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise ToolsError(f"the API was not ready after {timeout:.0f} s; see {self.log}")
-
-    def stop(self) -> None:
-        stop_groups([self.proc], grace=20.0)
-
-
 def _serve_and_measure(
-    api: _Api, data_dir: Path, users_with: list[str], cfg: DemoConfig
+    api: ApiProcess, data_dir: Path, users_with: list[str], cfg: DemoConfig
 ) -> dict[str, Any]:
     """Requests for users with and without adapters, in four modes, concurrently."""
     import random
@@ -248,7 +207,7 @@ def run_demo(
     imported = import_rounds(reg, wd / "registry", wd / "trust")
     with_adapter = sorted({u for s in ("samokat", "megamarket", "kuper") for u in reg.users(s)})
     reg.close()
-    api = _Api(model_dir, registry_path, out / "api.log")
+    api = ApiProcess(model_dir, registry_path, out / "api.log", {"USERLAYER_MAX_WAIT_MS": "10"})
     try:
         api.wait_ready()
         done()

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["free_port", "group_members", "stop_groups"]
+from userlayer.tools.exceptions import ToolsError
+
+__all__ = ["ApiProcess", "free_port", "group_members", "stop_groups"]
 
 
 def free_port() -> int:
@@ -63,3 +67,58 @@ def stop_groups(
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
         p.wait(grace)
+
+
+class ApiProcess:
+    """``userlayer serve`` as a subprocess on 127.0.0.1 with a fresh admin key.
+
+    Settings come from ``env`` (``USERLAYER_*`` variables); the process runs in
+    its own session and :meth:`stop` ends its group by PID.
+    """
+
+    def __init__(
+        self, model: Path, registry: Path | str, log: Path, env: Mapping[str, str] | None = None
+    ) -> None:
+        self.port = free_port()
+        self.key = f"ul_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
+        full_env = dict(os.environ, USERLAYER_ADMIN_KEY=self.key, **(env or {}))
+        exe = Path(sys.executable).parent / "userlayer"
+        cmd = [str(exe) if exe.exists() else "userlayer", "serve", "--model", str(model)]
+        cmd += ["--registry", str(registry), "--port", str(self.port)]
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(  # noqa: S603 - our own console script
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
+            )
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Wait until ``/readyz`` answers 200.
+
+        Raises:
+            ToolsError: the process exited or was not ready in time.
+        """
+        import httpx
+
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise ToolsError(f"the API exited with {self.proc.returncode}; see {self.log}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise ToolsError(f"the API was not ready after {timeout:.0f} s; see {self.log}")
+
+    def stop(self) -> None:
+        """Stop the server's process group (SIGTERM, then SIGKILL after a grace period)."""
+        stop_groups([self.proc], grace=20.0)
+
+    def __enter__(self) -> ApiProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

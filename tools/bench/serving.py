@@ -23,6 +23,7 @@ from userlayer.cloud.engine.engine import Engine, EngineConfig, EngineRequest
 from userlayer.cloud.engine.export import export_onnx
 from userlayer.sdk.model import new_adapter
 from userlayer.sdk.schemas import Context, Daypart, Mode
+from userlayer.tools.bench.naive import NaivePeftServer
 from userlayer.tools.bench.report import BenchReport
 
 __all__ = ["ServingBenchConfig", "bench_serving"]
@@ -40,6 +41,7 @@ class ServingBenchConfig:
     beam: int = 20
     threads: int | None = None
     seed: int = 0
+    naive: bool = True  # also time peft with a per-request adapter swap (torch, batch 1)
 
 
 def _requests(e: Engine, n: int, rng: np.random.Generator) -> list[EngineRequest]:
@@ -85,6 +87,22 @@ def _time(e: Engine, reqs: Sequence[EngineRequest], repeats: int) -> float:
     for _ in range(repeats):
         t0 = time.perf_counter()
         e.recommend(reqs)
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def _time_naive(
+    naive: NaivePeftServer,
+    jobs: Sequence[tuple[EngineRequest, dict[str, np.ndarray]]],
+    repeats: int,
+) -> float:
+    """Median seconds to serve ``jobs`` one after another, swapping adapters per request."""
+    naive.recommend(*jobs[0])  # warm-up
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for req, ad in jobs:
+            naive.recommend(req, ad)
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
 
@@ -143,6 +161,21 @@ def bench_serving(model_dir: str | Path, cfg: ServingBenchConfig, command: str) 
                     f"{res['ratio']:.2f}",
                 ]
             )
+    if cfg.naive:
+        naive = NaivePeftServer(d, e, e.acfg)
+        for b in cfg.batches:
+            rng = np.random.default_rng([cfg.seed, b])
+            reqs = [EngineRequest(**{**r.__dict__, "k": cfg.k}) for r in _requests(e, b, rng)]
+            users = rng.choice(cfg.users, size=b, replace=False)
+            jobs = [(r, ads[int(u)]) for r, u in zip(reqs, users, strict=True)]
+            tn = _time_naive(naive, jobs, max(3, cfg.repeats // 2))
+            best = max(results[f"{k}/{b}"]["rows_per_s_adapters"] for k in cfg.backends)
+            results[f"naive_peft/{b}"] = {
+                "rows_per_s_adapters": b / tn,
+                "ms_adapters": tn * 1000,
+                "engine_vs_naive": best * tn / b,
+            }
+            rows.append(["peft swap per request (torch)", b, "", b / tn, tn * 1000, ""])
     for b in cfg.batches:
         if f"onnxruntime/{b}" in results and f"torch/{b}" in results:
             o, t = results[f"onnxruntime/{b}"], results[f"torch/{b}"]
@@ -156,6 +189,18 @@ def bench_serving(model_dir: str | Path, cfg: ServingBenchConfig, command: str) 
     notes += [
         f"onnxruntime / torch rows/s with adapters, batch {b}: {r:.2f}x" for b, r in ratios.items()
     ]
+    if cfg.naive:
+        notes.append(
+            "peft swap per request: the base wrapped by peft (LoRA on the same projections), the "
+            "user's LoRA written in with set_peft_model_state_dict, then that request decoded "
+            "alone; b concurrent requests are served one after another (it applies only the LoRA "
+            "part of the user layer). Target: the engine >= 10x its rows/s at 64 users"
+        )
+        notes += [
+            f"best engine backend / peft swap per request, {b} users: "
+            f"{results[f'naive_peft/{b}']['engine_vs_naive']:.1f}x"
+            for b in cfg.batches
+        ]
     return BenchReport(
         name="serving: one engine call, per-user adapters vs the base alone",
         command=command,

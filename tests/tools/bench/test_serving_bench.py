@@ -22,5 +22,7 @@ def test_bench_serving_smoke(tmp_path: Path, tiny_model_dir: Path) -> None:
     res = json.loads(js.read_text())["results"]
     for key in ("onnxruntime/1", "onnxruntime/4", "torch/1", "torch/4"):
         assert res[key]["rows_per_s_adapters"] > 0 and res[key]["rows_per_s_base"] > 0
+    assert res["naive_peft/4"]["rows_per_s_adapters"] > 0
+    assert res["naive_peft/4"]["engine_vs_naive"] > 0
     assert (model / "onnx" / "prefill.onnx").exists()
     assert "| onnxruntime | 4 |" in md.read_text()

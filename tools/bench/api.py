@@ -1,0 +1,219 @@
+"""``userlayer bench api``: the inference API over HTTP on 127.0.0.1, under concurrent clients.
+
+The API runs as its own process (``userlayer serve``, the ONNX Runtime
+backend by default) over a registry of ``users`` users holding adapters of
+the model's shape. For each concurrency level a fixed number of requests is
+sent by that many concurrent clients (asyncio + httpx, no retries, so every
+503 is counted), from many users: most with an adapter, some without (they
+are served by the base model and flagged). The load generator stops by
+itself after its requests. Then, past capacity: a server with a short queue
+gets more concurrent clients than it can hold, and every 503 must carry
+``Retry-After``. The client shares the machine's cores with the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from userlayer.cloud.engine.engine import Engine, EngineConfig
+from userlayer.cloud.engine.export import export_onnx
+from userlayer.cloud.registry import AdapterRegistry, RegistryConfig
+from userlayer.sdk.semantic_ids import SemanticIdTable
+from userlayer.tools.bench.adapters import register_users
+from userlayer.tools.bench.report import BenchReport
+from userlayer.tools.exceptions import ToolsError
+from userlayer.tools.procs import ApiProcess
+
+__all__ = ["ApiBenchConfig", "bench_api", "run_load"]
+
+_MODES = ("hungry", "shopping", "health", "unspecified")
+
+
+@dataclass(frozen=True)
+class ApiBenchConfig:
+    """Size of the run."""
+
+    concurrency: tuple[int, ...] = (1, 8, 32, 64)
+    requests: int = 2_000  # per concurrency level (at least 20 per client)
+    users: int = 2_000  # registered with adapters
+    without_share: float = 0.2  # requests from users without an adapter
+    overload_clients: int = 256
+    overload_queue: int = 32
+    overload_requests: int = 1_500
+    backend: str = "onnxruntime"
+    max_wait_ms: float = 5.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.concurrency or min(self.concurrency) < 1 or self.requests < 1:
+            raise ToolsError("`concurrency` levels and `requests` should be positive")
+        if not 0 <= self.without_share <= 1:
+            raise ToolsError("`without_share` should be in [0, 1]")
+
+
+def _bodies(
+    table: SemanticIdTable, n: int, users: int, share: float, seed: int
+) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    by_svc: dict[str, list[str]] = {}
+    for item, svc in table.services.items():
+        by_svc.setdefault(svc.value, []).append(item)
+    mm = sorted(by_svc.get("megamarket") or next(iter(by_svc.values())))
+    out = []
+    for i in range(n):
+        with_adapter = rng.random() >= share
+        user = (
+            f"u{int(rng.integers(users)):07d}"
+            if with_adapter
+            else f"anon{int(rng.integers(10**6))}"
+        )
+        m = int(rng.integers(1, 5))
+        session = [mm[int(j)] for j in rng.integers(0, len(mm), size=m)]
+        out.append(
+            {
+                "user_id": user,
+                "service": "megamarket",
+                "context": {"mode": _MODES[i % 4]},
+                "session": session,
+                "k": 10,
+            }
+        )
+    return out
+
+
+async def _load(url: str, key: str, bodies: list[dict[str, Any]], clients: int) -> dict[str, Any]:
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    for b in bodies:
+        queue.put_nowait(b)
+    lat: list[float] = []
+    status: Counter[int] = Counter()
+    personalized = 0
+    missing_retry_after = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=60) as c:
+
+        async def worker() -> None:
+            nonlocal personalized, missing_retry_after
+            while True:
+                try:
+                    body = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                t0 = time.perf_counter()
+                try:
+                    r = await c.post("/v1/recommend", json=body)
+                except httpx.TransportError:
+                    status[0] += 1
+                    continue
+                dt = time.perf_counter() - t0
+                status[r.status_code] += 1
+                if r.status_code == 200:
+                    lat.append(dt)
+                    personalized += bool(r.json()["personalized"])
+                elif r.status_code == 503 and "retry-after" not in r.headers:
+                    missing_retry_after += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    q = statistics.quantiles(lat, n=100) if len(lat) > 1 else [lat[0] if lat else 0.0] * 99
+    return {
+        "clients": clients,
+        "sent": len(bodies),
+        "ok": len(lat),
+        "status": dict(status),
+        "requests_per_s": len(lat) / wall,
+        "p50_ms": q[49] * 1000,
+        "p95_ms": q[94] * 1000,
+        "p99_ms": q[98] * 1000,
+        "personalized_share": personalized / max(1, len(lat)),
+        "rate_503": status[503] / len(bodies),
+        "missing_retry_after": missing_retry_after,
+    }
+
+
+def run_load(url: str, key: str, bodies: list[dict[str, Any]], clients: int) -> dict[str, Any]:
+    """Send ``bodies`` to ``POST /v1/recommend`` from ``clients`` concurrent clients."""
+    return asyncio.run(_load(url, key, bodies, clients))
+
+
+def bench_api(model_dir: str | Path, cfg: ApiBenchConfig, command: str) -> BenchReport:
+    """Start the API on 127.0.0.1 over a fresh registry and measure it; stops what it started."""
+    d = Path(model_dir)
+    if cfg.backend == "onnxruntime" and not (d / "onnx" / "manifest.json").exists():
+        export_onnx(d, d / "onnx")
+    e = Engine(d, EngineConfig(backend=cfg.backend, slots=1))  # what the server will serve
+    fp, shapes, acfg, table = e.fingerprint, e.shapes, e.acfg, e.table
+    del e
+    results: dict[str, Any] = {}
+    rows: list[list[object]] = []
+    with tempfile.TemporaryDirectory(prefix="userlayer-bench-api-") as tmp:
+        root = Path(tmp)
+        reg = AdapterRegistry(root / "registry.db", fp, shapes, cfg=RegistryConfig())
+        rng = np.random.default_rng(cfg.seed)
+        tensors = {k: (0.01 * rng.standard_normal(s)).astype(np.float32) for k, s in shapes.items()}
+        register_users(reg, cfg.users, tensors, fp, acfg)
+        reg.close()
+        env = {"USERLAYER_BACKEND": cfg.backend, "USERLAYER_MAX_WAIT_MS": str(cfg.max_wait_ms)}
+        with ApiProcess(d, root / "registry.db", root / "api.log", env) as api:
+            api.wait_ready()
+            warm = _bodies(table, 64, cfg.users, cfg.without_share, cfg.seed + 99)
+            run_load(api.url, api.key, warm, 8)  # warm-up: sessions, caches, slots
+            for c in cfg.concurrency:
+                n = max(cfg.requests, 20 * c)
+                bodies = _bodies(table, n, cfg.users, cfg.without_share, cfg.seed + c)
+                res = run_load(api.url, api.key, bodies, c)
+                results[f"c{c}"] = res
+                rows.append(_row(f"{c}", res))
+        env_over = {**env, "USERLAYER_MAX_QUEUE": str(cfg.overload_queue)}
+        with ApiProcess(d, root / "registry.db", root / "api-overload.log", env_over) as api:
+            api.wait_ready()
+            run_load(api.url, api.key, warm, 4)
+            bodies = _bodies(table, cfg.overload_requests, cfg.users, cfg.without_share, 7)
+            res = run_load(api.url, api.key, bodies, cfg.overload_clients)
+            results["overload"] = {**res, "max_queue": cfg.overload_queue}
+            rows.append(_row(f"{cfg.overload_clients} (queue {cfg.overload_queue})", res))
+    bad = {k: v["status"] for k, v in results.items() if set(v["status"]) - {200, 503}}
+    notes = [
+        f"{cfg.users:,} users with adapters; {cfg.without_share:.0%} of requests from users "
+        f"without one; requests per level: max({cfg.requests:,}, 20 x clients); "
+        f"backend {cfg.backend}, batcher max wait {cfg.max_wait_ms} ms; "
+        "client and server share the machine",
+        "target: p99 under 100 ms at 32 concurrent clients",
+        "every 503 carries Retry-After"
+        if all(v["missing_retry_after"] == 0 for v in results.values())
+        else "some 503 responses lacked Retry-After",
+    ]
+    if bad:
+        notes.append(f"unexpected statuses: {bad}")
+    return BenchReport(
+        name="api: HTTP on 127.0.0.1 under concurrent clients",
+        command=command,
+        columns=["clients", "req/s", "p50 ms", "p95 ms", "p99 ms", "personalized", "503 rate"],
+        rows=rows,
+        results=results,
+        notes=notes,
+    )
+
+
+def _row(label: str, r: dict[str, Any]) -> list[object]:
+    return [
+        label,
+        r["requests_per_s"],
+        r["p50_ms"],
+        r["p95_ms"],
+        r["p99_ms"],
+        f"{r['personalized_share']:.0%}",
+        f"{r['rate_503']:.1%}",
+    ]
