@@ -8,7 +8,7 @@ STAMP := $(VENV)/.userlayer-installed
 # first so that no other requirement pulls a CUDA build.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: setup lint typecheck test test-fast demo clean
+.PHONY: setup lint typecheck test test-fast demo fuzz soak bench-quick clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,18 @@ test-fast: setup
 
 demo: setup
 	$(VENV)/bin/userlayer demo
+
+# The long versions of the bounded fuzz and soak tests that `make test` runs.
+fuzz: setup
+	USERLAYER_FUZZ_EXAMPLES=10000 USERLAYER_FUZZ_API_EXAMPLES=2500 $(PY) -m pytest -q -s \
+		--hypothesis-show-statistics tests/sdk/test_adapter_fuzz.py \
+		tests/tools/data/test_loaders_fuzz.py tests/cloud/test_api_schemathesis.py
+
+soak: setup
+	USERLAYER_SOAK_REQUESTS=20000 $(PY) -m pytest -q -s tests/cloud/test_soak.py
+
+bench-quick: setup
+	$(VENV)/bin/userlayer bench all --quick --json build/bench-quick.json
 
 clean:
 	rm -rf build dist artifacts .mypy_cache .pytest_cache .ruff_cache

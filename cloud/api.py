@@ -24,7 +24,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from userlayer.cloud.auth import SCOPES, ApiKey, AuthError, KeyStore
+from userlayer.cloud.auth import SCOPES, ApiKey, AuthError, KeyStore, RateLimitedError, RateLimiter
 from userlayer.cloud.batcher import Batcher, BatcherConfig, QueueFullError
 from userlayer.cloud.engine.engine import Engine, EngineConfig
 from userlayer.cloud.exceptions import CloudError
@@ -41,6 +41,7 @@ from userlayer.edge.keys import LocalKeyFile
 from userlayer.sdk.api import (
     ID_PATTERN,
     AdapterMetadata,
+    ErrorBody,
     ForgetResponse,
     Health,
     RecommendRequest,
@@ -67,12 +68,31 @@ class TooLargeError(CloudError):
     """The request body exceeds the limit."""
 
 
-def _key(
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": what}
+    for status, what in (
+        (401, "missing or invalid API key"),
+        (403, "the key may not do this for this service"),
+        (404, "no such user or adapter"),
+        (409, "conflict (e.g. a version that is not newer)"),
+        (413, "body too large"),
+        (422, "invalid request or refused package"),
+        (429, "rate limit of the key exceeded (Retry-After)"),
+        (503, "at capacity or the adapter store is down (Retry-After)"),
+    )
+}
+
+
+async def _key(
     request: Request,
     authorization: Annotated[str | None, Header()] = None,
     x_api_key: Annotated[str | None, Header()] = None,
 ) -> ApiKey:
-    """The caller's API key (``Authorization: Bearer`` or ``X-API-Key``)."""
+    """The caller's API key (``Authorization: Bearer`` or ``X-API-Key``).
+
+    Async on purpose: a sync dependency would cost every request a hop through
+    the thread pool, which competes for the GIL with the batch thread.
+    """
     presented = x_api_key
     if authorization:
         scheme, _, token = authorization.partition(" ")
@@ -80,7 +100,10 @@ def _key(
             raise AuthError("use `Authorization: Bearer <key>`")
         presented = token.strip()
     keys: KeyStore = request.app.state.keys
-    return keys.authenticate(presented)
+    key = keys.authenticate(presented)
+    limiter: RateLimiter = request.app.state.limiter
+    limiter.take(key.key_id)
+    return key
 
 
 Key = Annotated[ApiKey, Depends(_key)]
@@ -159,11 +182,13 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="userlayer inference API",
         version="0.1.0",
+        responses=ERRORS,
         lifespan=lifespan,
         description="Per-user adapters over one shared generative recommender.",
     )
     app.state.serving = serving
     app.state.keys = keys
+    app.state.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
     app.state.batcher = batcher
 
     def _err(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -188,6 +213,10 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(RejectedError)
     async def _rejected(_: Request, e: RejectedError) -> JSONResponse:
         return _err(409 if "not newer" in str(e) else 422, f"adapter refused: {e}")
+
+    @app.exception_handler(RateLimitedError)
+    async def _rate(_: Request, e: RateLimitedError) -> JSONResponse:
+        return _err(429, str(e), {"Retry-After": str(int(e.retry_after))})
 
     @app.exception_handler(QueueFullError)
     async def _full(_: Request, e: QueueFullError) -> JSONResponse:

@@ -12,15 +12,28 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
 import secrets
 import tempfile
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from userlayer.cloud.exceptions import CloudError
 
-__all__ = ["ADMIN", "SCOPES", "ApiKey", "AuthError", "KeyStore", "new_key"]
+__all__ = [
+    "ADMIN",
+    "SCOPES",
+    "ApiKey",
+    "AuthError",
+    "KeyStore",
+    "RateLimitedError",
+    "RateLimiter",
+    "new_key",
+]
 
 SCOPES = ("recommend", "upload", "delete", "admin")
 ADMIN = "admin"
@@ -126,3 +139,45 @@ class KeyStore:
         if rec is None or not ok:
             raise AuthError("invalid API key")
         return rec
+
+
+class RateLimitedError(CloudError):
+    """The key sent more requests than its rate; retry after ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"rate limit of this API key exceeded; retry after {retry_after:.0f} s")
+        self.retry_after = retry_after
+
+
+class RateLimiter:
+    """A token bucket per API key: ``rate`` requests per second, bursts up to ``burst``.
+
+    ``rate`` 0 turns limiting off. Thread-safe; memory is one small entry per
+    key that has been used.
+    """
+
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if rate < 0 or burst < 1:
+            raise CloudError("`rate` should be >= 0 and `burst` >= 1")
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, last time)
+        self._lock = threading.Lock()
+
+    def take(self, key_id: str) -> None:
+        """Spend one token of ``key_id``'s bucket.
+
+        Raises:
+            RateLimitedError: the bucket is empty (with the wait for one token).
+        """
+        if self.rate == 0:
+            return
+        now = self.clock()
+        with self._lock:
+            tokens, last = self._buckets.get(key_id, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            if tokens < 1.0:
+                self._buckets[key_id] = (tokens, now)
+                raise RateLimitedError(max(1.0, math.ceil((1.0 - tokens) / self.rate)))
+            self._buckets[key_id] = (tokens - 1.0, now)

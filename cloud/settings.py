@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     max_queue: int = Field(default=512, ge=1)
     max_body_bytes: int = Field(default=8 << 20, ge=1024)
     require_privacy: bool = False
+    rate_limit: float = Field(default=200.0, ge=0)  # requests/s per API key (0: off)
+    rate_burst: int = Field(default=400, ge=1)  # bucket size per API key
 
     @model_validator(mode="after")
     def _secrets(self) -> Settings:

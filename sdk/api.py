@@ -7,7 +7,7 @@ Bodies are strict (unknown fields are refused) and bounded: ``k`` at most
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,6 +18,7 @@ __all__ = [
     "MAX_K",
     "MAX_SESSION",
     "AdapterMetadata",
+    "ErrorBody",
     "ForgetResponse",
     "Health",
     "RecommendRequest",
@@ -36,6 +37,12 @@ ItemId = Annotated[str, Field(pattern=ID_PATTERN)]
 
 class _Body(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ErrorBody(_Body):
+    """Every error answer: a message that says what is wrong (a list for body validation)."""
+
+    detail: str | list[dict[str, Any]]
 
 
 class RecommendRequest(_Body):

@@ -354,3 +354,40 @@ def test_settings_refuse_placeholders_outside_development(tmp_path: Path) -> Non
     with pytest.raises(ValidationError, match="slots"):
         Settings(**base, env="development", slots=8, max_batch=64)
     Settings(**base, env="development", admin_key="ul_admin_changeme")  # allowed there
+
+
+def test_rate_limit_per_key(live: Live, tmp_path: Path) -> None:
+    store = KeyStore(path=tmp_path / "keys.json")
+    a, b = store.add("samokat", ("recommend",)), store.add("samokat", ("recommend",))
+    settings = _settings(
+        tmp_path, live.model_dir, tmp_path / "keys.json", rate_limit=0.5, rate_burst=3
+    )
+    body = {"user_id": "rl", "service": "samokat", "session": live.items["samokat"][:1]}
+    with Server(settings) as url:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {a}"}) as c:
+            codes = [c.post("/v1/recommend", json=body).status_code for _ in range(3)]
+            assert codes == [200, 200, 200]  # the burst
+            r = c.post("/v1/recommend", json=body)
+            assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+            assert "rate limit" in r.json()["detail"]
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {b}"}) as c:
+            assert c.post("/v1/recommend", json=body).status_code == 200  # its own bucket
+        with httpx.Client(base_url=url) as c:
+            assert c.get("/healthz").status_code == 200  # health checks are not limited
+
+
+def test_rate_limiter_refills_at_its_rate() -> None:
+    from userlayer.cloud.auth import RateLimitedError, RateLimiter
+
+    now = [0.0]
+    lim = RateLimiter(rate=2.0, burst=2, clock=lambda: now[0])
+    lim.take("k")
+    lim.take("k")
+    with pytest.raises(RateLimitedError) as e:
+        lim.take("k")
+    assert e.value.retry_after == 1
+    now[0] = 0.5  # one token back
+    lim.take("k")
+    with pytest.raises(RateLimitedError):
+        lim.take("k")
+    RateLimiter(rate=0, burst=1).take("k")  # 0: off

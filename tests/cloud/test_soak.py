@@ -1,0 +1,58 @@
+"""A bounded soak on 127.0.0.1: many users, 64 concurrent clients, nothing fails, memory stays flat.
+
+The API runs as its own process over a registry of users with adapters; the
+load generator (``userlayer.tools.bench.api.run_load``, no retries) sends a
+fixed number of requests from 64 clients and stops by itself. Every answer
+is a 200, or a designed 503 with ``Retry-After``; the server's RSS after the
+run is within a bound of its RSS after the warm-up. ``USERLAYER_SOAK_REQUESTS``
+sets the count (2,000 in ``make test``; ``make soak`` sends 20,000).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from userlayer.cloud.engine.engine import Engine, EngineConfig
+from userlayer.cloud.registry import AdapterRegistry
+from userlayer.tools.bench.adapters import register_users
+from userlayer.tools.bench.api import _bodies, run_load
+from userlayer.tools.procs import ApiProcess
+
+REQUESTS = int(os.environ.get("USERLAYER_SOAK_REQUESTS", "2000"))
+CLIENTS = 64
+USERS = 300
+
+
+@pytest.mark.slow
+def test_soak(tmp_path: Path, tiny_model_dir: Path) -> None:
+    e = Engine(tiny_model_dir, EngineConfig(backend="torch", slots=1))
+    reg = AdapterRegistry(tmp_path / "registry.db", e.fingerprint, e.shapes)
+    rng = np.random.default_rng(0)
+    tensors = {k: (0.01 * rng.standard_normal(s)).astype(np.float32) for k, s in e.shapes.items()}
+    register_users(reg, USERS, tensors, e.fingerprint, e.acfg)
+    reg.close()
+    env = {"USERLAYER_BACKEND": "torch", "USERLAYER_SLOTS": "128", "USERLAYER_CACHE_SIZE": "64"}
+    with ApiProcess(tiny_model_dir, tmp_path / "registry.db", tmp_path / "api.log", env) as api:
+        api.wait_ready()
+        server = psutil.Process(api.proc.pid)
+        run_load(api.url, api.key, _bodies(e.table, 400, USERS, 0.2, 1), CLIENTS)  # warm-up
+        rss0 = server.memory_info().rss
+        res = run_load(api.url, api.key, _bodies(e.table, REQUESTS, USERS, 0.2, 2), CLIENTS)
+        rss1 = server.memory_info().rss
+    print(  # the summary `make soak` shows
+        f"\nsoak: {res['sent']} requests, {CLIENTS} clients, {USERS} users with adapters: "
+        f"statuses {res['status']}, {res['requests_per_s']:.0f} req/s, p50 {res['p50_ms']:.0f} ms, "
+        f"p99 {res['p99_ms']:.0f} ms, personalized {res['personalized_share']:.0%}; "
+        f"server RSS {rss0 / 2**20:.0f} -> {rss1 / 2**20:.0f} MiB"
+    )
+    assert set(res["status"]) <= {200, 503}, res["status"]  # no failures but designed 503s
+    assert res["missing_retry_after"] == 0
+    assert res["ok"] >= 0.9 * REQUESTS  # 64 clients fit in the default queue
+    assert 0.6 < res["personalized_share"] < 0.95  # users with and without adapters
+    # the RAM tier (64) and slots (128) are smaller than the 300 users: they turn over
+    assert rss1 - rss0 < 64 * 2**20, (rss0, rss1)
