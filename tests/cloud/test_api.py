@@ -391,3 +391,35 @@ def test_rate_limiter_refills_at_its_rate() -> None:
     with pytest.raises(RateLimitedError):
         lim.take("k")
     RateLimiter(rate=0, burst=1).take("k")  # 0: off
+
+
+def test_full_tenant_matrix(live: Live) -> None:
+    """Every service's key x every endpoint x a user of every other service: 403, nothing moves."""
+    owners = {s: f"matrix-{s}" for s in ("samokat", "megamarket")}
+    keys = {s: _onboard(live, live.client(s), u, s, 1, seed=11) for s, u in owners.items()}
+    pub = Ed25519PrivateKey.generate().public_key()
+    raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+    tried = 0
+    for caller in SERVICES:
+        c = live.client(caller)
+        for owner, user in owners.items():
+            if owner == caller:
+                continue
+            q = {"service": owner}
+            package = _package(live, keys[owner], user, owner, 2, seed=12)
+            answers = {
+                "recommend": c.post("/v1/recommend", json=_rec(live, user, owner)),
+                "signer": c.put(f"/v1/users/{user}/signer", params=q, json={"public_key": raw}),
+                "upload": c.put(f"/v1/users/{user}/adapter", params=q, content=package),
+                "metadata": c.get(f"/v1/users/{user}/adapter", params=q),
+                "forget": c.delete(f"/v1/users/{user}", params=q),
+            }
+            for endpoint, r in answers.items():
+                assert r.status_code == 403, (caller, owner, endpoint, r.status_code, r.text)
+                tried += 1
+    assert tried == 5 * 4  # 3 callers x the owners of the other services x 5 endpoints
+    for owner, user in owners.items():  # every owner's adapter is untouched
+        meta = live.client(owner).get(f"/v1/users/{user}/adapter").json()
+        assert meta["version"] == 1
+        r = live.client(owner).post("/v1/recommend", json=_rec(live, user, owner)).json()
+        assert r["personalized"] and r["adapter_version"] == 1
