@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     max_queue: int = Field(default=512, ge=1)
     max_body_bytes: int = Field(default=8 << 20, ge=1024)
     require_privacy: bool = False
+    keep_alive_s: int = Field(default=65, ge=1, le=3600)  # idle HTTP keep-alive (uvicorn: 5)
     rate_limit: float = Field(default=200.0, ge=0)  # requests/s per API key (0: off)
     rate_burst: int = Field(default=400, ge=1)  # bucket size per API key
 

@@ -95,7 +95,15 @@ def register(app: typer.Typer) -> None:
             settings = Settings(**over)  # type: ignore[arg-type]
         except ValidationError as e:
             raise ToolsError(describe_validation_error(e, "settings")) from e
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+        # keep-alive longer than a busy client's idle gaps: with uvicorn's 5 s a
+        # pooled connection could be closed just as a client reused it (a lost request)
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level="warning",
+            timeout_keep_alive=settings.keep_alive_s,
+        )
 
     @keys_app.command("create")
     def keys_create(

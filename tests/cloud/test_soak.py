@@ -50,7 +50,8 @@ def test_soak(tmp_path: Path, tiny_model_dir: Path) -> None:
         f"p99 {res['p99_ms']:.0f} ms, personalized {res['personalized_share']:.0%}; "
         f"server RSS {rss0 / 2**20:.0f} -> {rss1 / 2**20:.0f} MiB"
     )
-    assert set(res["status"]) <= {200, 503}, res["status"]  # no failures but designed 503s
+    # no failures but designed 503s (0 would be a transport error: a lost request)
+    assert set(res["status"]) <= {200, 503}, (res["status"], res["transport_errors"])
     assert res["missing_retry_after"] == 0
     assert res["ok"] >= 0.9 * REQUESTS  # 64 clients fit in the default queue
     assert 0.6 < res["personalized_share"] < 0.95  # users with and without adapters

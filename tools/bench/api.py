@@ -99,6 +99,7 @@ async def _load(url: str, key: str, bodies: list[dict[str, Any]], clients: int) 
     status: Counter[int] = Counter()
     personalized = 0
     missing_retry_after = 0
+    errors: Counter[str] = Counter()
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=60) as c:
@@ -113,8 +114,9 @@ async def _load(url: str, key: str, bodies: list[dict[str, Any]], clients: int) 
                 t0 = time.perf_counter()
                 try:
                     r = await c.post("/v1/recommend", json=body)
-                except httpx.TransportError:
+                except httpx.TransportError as e:
                     status[0] += 1
+                    errors[type(e).__name__] += 1
                     continue
                 dt = time.perf_counter() - t0
                 status[r.status_code] += 1
@@ -140,6 +142,7 @@ async def _load(url: str, key: str, bodies: list[dict[str, Any]], clients: int) 
         "personalized_share": personalized / max(1, len(lat)),
         "rate_503": status[503] / len(bodies),
         "missing_retry_after": missing_retry_after,
+        "transport_errors": dict(errors),
     }
 
 
