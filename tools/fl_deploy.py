@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from types import TracebackType
 from typing import Any
 
 from userlayer.tools.exceptions import ToolsError
-from userlayer.tools.procs import free_port, stop_groups
+from userlayer.tools.procs import console_script, free_port, stop_groups
 
 __all__ = ["APP_PYPROJECT", "LocalFederation", "NodeSpec", "write_app"]
 
@@ -87,17 +86,6 @@ class NodeSpec:
     def node_config(self) -> str:
         """The ``--node-config`` string."""
         return f"workdir='{self.workdir}' users='{','.join(self.users)}'"
-
-
-def _bin(name: str) -> str:
-    """The console script next to this interpreter (a venv), else from $PATH."""
-    here = Path(sys.executable).parent / name
-    if here.exists():
-        return str(here)
-    found = shutil.which(name)
-    if not found:
-        raise ToolsError(f"`{name}` not found: install flwr in this environment")
-    return found
 
 
 def _wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -158,7 +146,7 @@ class LocalFederation:
         link = self._spawn(
             "superlink",
             [
-                _bin("flower-superlink"),
+                console_script("flower-superlink"),
                 "--insecure",
                 "--host",
                 "127.0.0.1",
@@ -174,7 +162,7 @@ class LocalFederation:
                 self._spawn(
                     f"supernode-{i}",
                     [
-                        _bin("flower-supernode"),
+                        console_script("flower-supernode"),
                         "--insecure",
                         "--superlink",
                         f"127.0.0.1:{self.port}",
@@ -193,7 +181,7 @@ class LocalFederation:
 
     def _flwr(self, *args: str, timeout: float = 120.0) -> dict[str, Any]:
         r = subprocess.run(  # noqa: S603 - the flwr console script, no shell
-            [_bin("flwr"), *args, "--format", "json"],
+            [console_script("flwr"), *args, "--format", "json"],
             capture_output=True,
             env=self._env(),
             cwd=self.home,

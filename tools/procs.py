@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +21,22 @@ from pathlib import Path
 
 from userlayer.tools.exceptions import ToolsError
 
-__all__ = ["ApiProcess", "free_port", "group_members", "stop_groups"]
+__all__ = ["ApiProcess", "console_script", "free_port", "group_members", "stop_groups"]
+
+
+def console_script(name: str) -> str:
+    """The console script next to this interpreter (a venv), else from $PATH.
+
+    Raises:
+        ToolsError: ``name`` is neither.
+    """
+    here = Path(sys.executable).parent / name
+    if here.exists():
+        return str(here)
+    found = shutil.which(name)
+    if not found:
+        raise ToolsError(f"`{name}` not found next to {sys.executable} or on PATH")
+    return found
 
 
 def free_port() -> int:
@@ -82,8 +98,7 @@ class ApiProcess:
         self.port = free_port()
         self.key = f"ul_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
         full_env = dict(os.environ, USERLAYER_ADMIN_KEY=self.key, **(env or {}))
-        exe = Path(sys.executable).parent / "userlayer"
-        cmd = [str(exe) if exe.exists() else "userlayer", "serve", "--model", str(model)]
+        cmd = [console_script("userlayer"), "serve", "--model", str(model)]
         cmd += ["--registry", str(registry), "--port", str(self.port)]
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:

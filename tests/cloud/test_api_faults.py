@@ -23,15 +23,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from userlayer.cloud.registry import AdapterRegistry
 from userlayer.sdk.adapter import seal_package
 from userlayer.sdk.model import AdapterConfig, adapter_shapes, fingerprint, load_model
+from userlayer.tools.bench.adapters import random_adapter
 from userlayer.tools.procs import ApiProcess
 
 USERS = 12
 SVC = "kuper"
-
-
-def _tensors(shapes: dict[str, tuple[int, ...]], user: int, version: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng([user, version])
-    return {k: (0.05 * rng.standard_normal(s)).astype(np.float32) for k, s in shapes.items()}
 
 
 @pytest.mark.slow
@@ -47,7 +43,9 @@ def test_sigkill_during_uploads_leaves_old_or_new_never_half(
 
     def package(u: int, v: int) -> bytes:
         return seal_package(
-            {**fields, "user_id": f"u{u}", "version": v}, _tensors(shapes, u, v), keys[u]
+            {**fields, "user_id": f"u{u}", "version": v},
+            random_adapter(shapes, [u, v], 0.05),
+            keys[u],
         )
 
     reg = AdapterRegistry(url, fp, shapes)
@@ -103,7 +101,7 @@ def test_sigkill_during_uploads_leaves_old_or_new_never_half(
         assert (
             v >= acked[u]
         )  # nothing acknowledged is lost (v may be one newer: stored, unanswered)
-        want = _tensors(shapes, u, v)
+        want = random_adapter(shapes, [u, v], 0.05)
         for name, t in got.tensors.items():
             np.testing.assert_array_equal(t, want[name])
     reg.close()

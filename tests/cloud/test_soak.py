@@ -13,14 +13,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import psutil
 import pytest
 
 from userlayer.cloud.engine.engine import Engine, EngineConfig
 from userlayer.cloud.registry import AdapterRegistry
-from userlayer.tools.bench.adapters import register_users
-from userlayer.tools.bench.api import _bodies, run_load
+from userlayer.tools.bench.adapters import random_adapter, register_users
+from userlayer.tools.bench.api import request_bodies, run_load
 from userlayer.tools.procs import ApiProcess
 
 REQUESTS = int(os.environ.get("USERLAYER_SOAK_REQUESTS", "2000"))
@@ -32,17 +31,15 @@ USERS = 300
 def test_soak(tmp_path: Path, tiny_model_dir: Path) -> None:
     e = Engine(tiny_model_dir, EngineConfig(backend="torch", slots=1))
     reg = AdapterRegistry(tmp_path / "registry.db", e.fingerprint, e.shapes)
-    rng = np.random.default_rng(0)
-    tensors = {k: (0.01 * rng.standard_normal(s)).astype(np.float32) for k, s in e.shapes.items()}
-    register_users(reg, USERS, tensors, e.fingerprint, e.acfg)
+    register_users(reg, USERS, random_adapter(e.shapes, 0), e.fingerprint, e.acfg)
     reg.close()
     env = {"USERLAYER_BACKEND": "torch", "USERLAYER_SLOTS": "128", "USERLAYER_CACHE_SIZE": "64"}
     with ApiProcess(tiny_model_dir, tmp_path / "registry.db", tmp_path / "api.log", env) as api:
         api.wait_ready()
         server = psutil.Process(api.proc.pid)
-        run_load(api.url, api.key, _bodies(e.table, 400, USERS, 0.2, 1), CLIENTS)  # warm-up
+        run_load(api.url, api.key, request_bodies(e.table, 400, USERS, 0.2, 1), CLIENTS)  # warm-up
         rss0 = server.memory_info().rss
-        res = run_load(api.url, api.key, _bodies(e.table, REQUESTS, USERS, 0.2, 2), CLIENTS)
+        res = run_load(api.url, api.key, request_bodies(e.table, REQUESTS, USERS, 0.2, 2), CLIENTS)
         rss1 = server.memory_info().rss
     print(  # the summary `make soak` shows
         f"\nsoak: {res['sent']} requests, {CLIENTS} clients, {USERS} users with adapters: "

@@ -24,7 +24,7 @@ import statistics
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -43,7 +43,7 @@ from userlayer.sdk.schemas import Service
 from userlayer.tools.bench.report import BenchReport
 from userlayer.tools.exceptions import ToolsError
 
-__all__ = ["AdaptersBenchConfig", "bench_adapters", "register_users"]
+__all__ = ["AdaptersBenchConfig", "bench_adapters", "random_adapter", "register_users"]
 
 _SVC = "megamarket"
 
@@ -108,14 +108,17 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def _user_tensors(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, np.ndarray]:
+def random_adapter(
+    shapes: Mapping[str, tuple[int, ...]], seed: int | Sequence[int], scale: float = 0.01
+) -> dict[str, np.ndarray]:
+    """A user layer of small random float32 tensors of ``shapes`` (a pure function of ``seed``)."""
     rng = np.random.default_rng(seed)
-    return {k: (0.01 * rng.standard_normal(s)).astype(np.float32) for k, s in shapes.items()}
+    return {k: (scale * rng.standard_normal(s)).astype(np.float32) for k, s in shapes.items()}
 
 
 def _serving_path(e: Engine, reg: AdapterRegistry, cfg: AdaptersBenchConfig) -> dict[str, Any]:
     rng = np.random.default_rng(cfg.seed)
-    tensors = _user_tensors(e.shapes, cfg.seed)
+    tensors = random_adapter(e.shapes, cfg.seed)
     t0 = time.perf_counter()
     keys = register_users(reg, cfg.users, tensors, e.fingerprint, e.acfg)
     reg_s = time.perf_counter() - t0
@@ -139,7 +142,7 @@ def _serving_path(e: Engine, reg: AdapterRegistry, cfg: AdaptersBenchConfig) -> 
     for i, u in enumerate(sample[: min(len(sample), 200)]):
         blob = seal_package(
             {**fields, "service": _SVC, "user_id": u, "version": 2},
-            _user_tensors(e.shapes, i + 1),
+            random_adapter(e.shapes, i + 1),
             keys[u],
         )
         req = RecommendRequest(user_id=u, service=Service(_SVC), session=[items[i % len(items)]])

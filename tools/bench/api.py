@@ -29,12 +29,12 @@ from userlayer.cloud.engine.engine import Engine, EngineConfig
 from userlayer.cloud.engine.export import export_onnx
 from userlayer.cloud.registry import AdapterRegistry, RegistryConfig
 from userlayer.sdk.semantic_ids import SemanticIdTable
-from userlayer.tools.bench.adapters import register_users
+from userlayer.tools.bench.adapters import random_adapter, register_users
 from userlayer.tools.bench.report import BenchReport
 from userlayer.tools.exceptions import ToolsError
 from userlayer.tools.procs import ApiProcess
 
-__all__ = ["ApiBenchConfig", "bench_api", "run_load"]
+__all__ = ["ApiBenchConfig", "bench_api", "request_bodies", "run_load"]
 
 _MODES = ("hungry", "shopping", "health", "unspecified")
 
@@ -61,9 +61,14 @@ class ApiBenchConfig:
             raise ToolsError("`without_share` should be in [0, 1]")
 
 
-def _bodies(
+def request_bodies(
     table: SemanticIdTable, n: int, users: int, share: float, seed: int
 ) -> list[dict[str, Any]]:
+    """``n`` recommend bodies for megamarket; a ``share`` of them from users without adapters.
+
+    Registered users are named as :func:`register_users` names them (``users`` of
+    them); sessions are 1-4 random megamarket items; the modes cycle.
+    """
     rng = np.random.default_rng(seed)
     by_svc: dict[str, list[str]] = {}
     for item, svc in table.services.items():
@@ -164,18 +169,16 @@ def bench_api(model_dir: str | Path, cfg: ApiBenchConfig, command: str) -> Bench
     with tempfile.TemporaryDirectory(prefix="userlayer-bench-api-") as tmp:
         root = Path(tmp)
         reg = AdapterRegistry(root / "registry.db", fp, shapes, cfg=RegistryConfig())
-        rng = np.random.default_rng(cfg.seed)
-        tensors = {k: (0.01 * rng.standard_normal(s)).astype(np.float32) for k, s in shapes.items()}
-        register_users(reg, cfg.users, tensors, fp, acfg)
+        register_users(reg, cfg.users, random_adapter(shapes, cfg.seed), fp, acfg)
         reg.close()
         env = {"USERLAYER_BACKEND": cfg.backend, "USERLAYER_MAX_WAIT_MS": str(cfg.max_wait_ms)}
         with ApiProcess(d, root / "registry.db", root / "api.log", env) as api:
             api.wait_ready()
-            warm = _bodies(table, 64, cfg.users, cfg.without_share, cfg.seed + 99)
+            warm = request_bodies(table, 64, cfg.users, cfg.without_share, cfg.seed + 99)
             run_load(api.url, api.key, warm, 8)  # warm-up: sessions, caches, slots
             for c in cfg.concurrency:
                 n = max(cfg.requests, 20 * c)
-                bodies = _bodies(table, n, cfg.users, cfg.without_share, cfg.seed + c)
+                bodies = request_bodies(table, n, cfg.users, cfg.without_share, cfg.seed + c)
                 res = run_load(api.url, api.key, bodies, c)
                 results[f"c{c}"] = res
                 rows.append(_row(f"{c}", res))
@@ -183,7 +186,7 @@ def bench_api(model_dir: str | Path, cfg: ApiBenchConfig, command: str) -> Bench
         with ApiProcess(d, root / "registry.db", root / "api-overload.log", env_over) as api:
             api.wait_ready()
             run_load(api.url, api.key, warm, 4)
-            bodies = _bodies(table, cfg.overload_requests, cfg.users, cfg.without_share, 7)
+            bodies = request_bodies(table, cfg.overload_requests, cfg.users, cfg.without_share, 7)
             res = run_load(api.url, api.key, bodies, cfg.overload_clients)
             results["overload"] = {**res, "max_queue": cfg.overload_queue}
             rows.append(_row(f"{cfg.overload_clients} (queue {cfg.overload_queue})", res))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -34,7 +33,7 @@ from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.bench.report import BenchReport
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.exceptions import ToolsError
-from userlayer.tools.procs import stop_groups
+from userlayer.tools.procs import console_script, stop_groups
 
 __all__ = ["FlBenchConfig", "bench_fl"]
 
@@ -100,8 +99,7 @@ def _local(data: Path, model_dir: Path, cfg: FlBenchConfig, tmp: Path) -> dict[s
 
 def _round(data: Path, model_dir: Path, n: int, cfg: FlBenchConfig, tmp: Path) -> dict[str, Any]:
     wd = tmp / f"round-{n}"
-    exe = Path(sys.executable).parent / "userlayer"
-    cmd = [str(exe) if exe.exists() else "userlayer", "fl", "simulate", "--data", str(data)]
+    cmd = [console_script("userlayer"), "fl", "simulate", "--data", str(data)]
     cmd += ["--model", str(model_dir), "--rounds", "1", "--users-per-round", str(n)]
     cmd += ["--population", str(n), "--workdir", str(wd), "--seed", str(cfg.seed)]
     cmd += ["--epsilon-per-round", str(cfg.epsilon)]
@@ -114,7 +112,6 @@ def _round(data: Path, model_dir: Path, n: int, cfg: FlBenchConfig, tmp: Path) -
         try:
             proc.wait(timeout=cfg.timeout_s)
         except subprocess.TimeoutExpired:
-            stop_groups([proc], grace=10.0)
             raise ToolsError(
                 f"the {n}-user round ran past {cfg.timeout_s:.0f} s; see {log}"
             ) from None

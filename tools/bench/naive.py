@@ -26,8 +26,8 @@ from userlayer.tools.exceptions import ToolsError
 
 __all__ = ["NaivePeftServer"]
 
-_MODULES = {"q": "attn", "k": "attn", "v": "attn", "o": "attn", "gate": "mlp", "up": "mlp"}
-_MODULES["down"] = "mlp"
+_ATTN, _MLP = ("q", "k", "v", "o"), ("gate", "up", "down")
+_MODULES = {**dict.fromkeys(_ATTN, "attn"), **dict.fromkeys(_MLP, "mlp")}
 
 
 class NaivePeftServer:
