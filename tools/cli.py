@@ -349,6 +349,7 @@ def fl_simulate_cmd(
         float, typer.Option(help="User-level noise of the shared part.")
     ] = 1.0,
     dropout: Annotated[float, typer.Option(help="Simulated drop-out rate of nodes.")] = 0.0,
+    epochs: Annotated[float, typer.Option(help="Local passes over each user's examples.")] = 8.0,
     min_replies: Annotated[int, typer.Option()] = 2,
     seed: Annotated[int, typer.Option()] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
@@ -364,6 +365,7 @@ def fl_simulate_cmd(
         min_replies=min_replies,
         seed=seed,
         dropout=dropout,
+        epochs=epochs,
         epsilon_per_round=epsilon_per_round,
         aggregation=AggregationConfig(method=aggregation, noise_multiplier=noise_multiplier),
     )

@@ -80,6 +80,20 @@ class FileRegistry:
         p = self._dir(service, user_id) / f"{v:010d}.ulap"
         return p.read_bytes() if p.exists() else None
 
+    def discard_after(self, version: int) -> list[Path]:
+        """Remove every package newer than ``version``; returns what was removed.
+
+        A server that died during a round may have stored some of that round's
+        packages before its checkpoint; the round runs again after the restart,
+        so what the unfinished attempt wrote is discarded first.
+        """
+        removed = []
+        for p in sorted((self.root / "adapters").glob("*/*/*.ulap")):
+            if p.stem.isdigit() and int(p.stem) > version:
+                p.unlink()
+                removed.append(p)
+        return removed
+
     def users(self, service: str) -> list[str]:
         """Users with at least one version under a service."""
         d = self.root / "adapters" / _component(service, "service")

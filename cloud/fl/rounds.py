@@ -105,6 +105,14 @@ class RoundServer:
         if set(self.state.shared) != set(self.shapes):
             raise CloudError("checkpointed shared adapter does not match the adapter shapes")
         self.resumed = loaded is not None
+        stale = registry.discard_after(self.state.round)
+        if stale:
+            logger.warning(
+                "discarded %d packages of the unfinished round %d (the server stopped before "
+                "its checkpoint; the round runs again)",
+                len(stale),
+                self.state.round + 1,
+            )
 
     @property
     def done(self) -> bool:

@@ -10,6 +10,7 @@ resumes after its last complete round. Each round's summary is appended to
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from userlayer.sdk.model.config import AdapterConfig
 from userlayer.sdk.model.io import load_model
 from userlayer.sdk.model.transformer import adapter_shapes, new_adapter
 
-__all__ = ["app", "parse_reply", "round_server"]
+__all__ = ["app", "parse_reply", "round_server", "sync_progress"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,26 @@ def _wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
         time.sleep(1.0)
 
 
+def sync_progress(wd: Path, rounds: list[dict[str, Any]]) -> None:
+    """Make ``progress.jsonl`` list exactly the checkpointed rounds, once each.
+
+    The log is appended after each checkpoint, so a server killed between the
+    two lacks a line: it is restored from the checkpoint (which holds every
+    round's summary) when the server starts again.
+    """
+    p = wd / "progress.jsonl"
+    lines = p.read_text("utf-8").splitlines() if p.exists() else []
+    logged: dict[int, str] = {}
+    for x in lines:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            logged.setdefault(int(json.loads(x)["round"]), x)
+    want = [logged.get(int(r["round"])) or json.dumps(r) for r in rounds]
+    if want != lines:
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text("".join(x + "\n" for x in want), "utf-8")
+        os.replace(tmp, p)
+
+
 app = ServerApp()
 
 
@@ -117,6 +138,7 @@ def main(grid: Grid, context: Context) -> None:
     """Run the configured rounds, resuming from the checkpoint."""
     wd = _workdir(context)
     server, setup = round_server(wd)
+    sync_progress(wd, server.state.rounds)
     expected = int(setup["rounds"].get("min_nodes", server.cfg.min_replies))
     node_ids = _wait_for_nodes(grid, expected, float(setup["rounds"].get("wait_nodes_s", 120)))
     if len(node_ids) < server.cfg.min_replies:

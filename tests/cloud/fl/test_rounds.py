@@ -14,6 +14,7 @@ from userlayer.cloud.exceptions import CloudError
 from userlayer.cloud.fl.aggregation import AggregationConfig, aggregate_updates, clip_update
 from userlayer.cloud.fl.registry_fs import FileRegistry
 from userlayer.cloud.fl.rounds import Reply, RoundConfig, RoundServer
+from userlayer.cloud.fl.state import ServerState
 from userlayer.sdk.adapter import PrivacyRecord, key_id, seal_package
 from userlayer.sdk.model import AdapterConfig, ModelConfig, adapter_shapes, new_adapter
 
@@ -167,6 +168,35 @@ def test_restarted_server_resumes(tmp_path: Path) -> None:
     state = json.loads((tmp_path / "state" / "state.json").read_text())
     assert state["round"] == 3 and len(state["rounds"]) == 3
     assert len(list((tmp_path / "state").glob("shared-*.safetensors"))) == 1
+
+
+def test_server_dying_before_its_checkpoint_reruns_the_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = Ed25519PrivateKey.generate()
+    _enroll(tmp_path, key)
+    s = _server(tmp_path)
+    s.process(1, 4, [_reply(s, f"u{i}", 1, key) for i in range(3)], population=10)
+    shared1 = s.state.copy_shared()
+
+    def die(*_: object) -> None:
+        raise KeyboardInterrupt("the server died")
+
+    monkeypatch.setattr(ServerState, "save", die)
+    with pytest.raises(KeyboardInterrupt):  # round 2's packages are stored, no checkpoint
+        s.process(2, 4, [_reply(s, f"u{i}", 2, key) for i in range(3)], population=10)
+    assert s.registry.versions("kuper", "u0") == [1, 2]
+    monkeypatch.undo()
+    s2 = _server(tmp_path)  # restarted: back at the checkpoint of round 1
+    assert s2.state.round == 1 and all(torch.equal(shared1[k], s2.state.shared[k]) for k in shared1)
+    assert s2.registry.versions("kuper", "u0") == [1]  # the unfinished attempt is discarded
+    # round 2 runs again (u0 drops out this time) and stores exactly its valid replies
+    replies = [Reply(node=0, user="u0", error="drop"), _reply(s2, "u1", 2, key)]
+    summary = s2.process(2, 4, [*replies, _reply(s2, "u2", 2, key, step=0.02)], population=10)
+    assert summary["valid"] == 2 and summary["dropped"] == 2  # u0 and the unanswered node
+    assert [s2.registry.versions("kuper", f"u{i}") for i in range(3)] == [[1], [1, 2], [1, 2]]
+    state = json.loads((tmp_path / "state" / "state.json").read_text())
+    assert [r["round"] for r in state["rounds"]] == [1, 2] and len(state["dp_history"]) == 2
 
 
 def test_sampling_is_seeded_and_handles_big_node_ids(tmp_path: Path) -> None:
