@@ -331,6 +331,51 @@ def eval_adapters_cmd(
     )
 
 
+@app.command("audit")
+def audit_cmd(
+    data: Annotated[Path, typer.Option(help="Dataset directory.")],
+    model: Annotated[Path, typer.Option(help="Model directory.")],
+    users: Annotated[int, typer.Option(help="Audited users (each gets a canary).")] = 64,
+    epsilons: Annotated[
+        str, typer.Option(help="Comma-separated DP-SGD epsilons; `none` trains without DP.")
+    ] = "none,8,2,1",
+    epochs: Annotated[float, typer.Option(help="Expected passes over each user's examples.")] = 8.0,
+    seed: Annotated[int, typer.Option()] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+) -> None:
+    """Membership-inference audit of personal adapters: attack AUC and empirical epsilon."""
+    from userlayer.tools.audit import AuditConfig, audit_membership
+
+    try:
+        eps = tuple(None if x.strip().lower() == "none" else float(x) for x in epsilons.split(","))
+    except ValueError as e:
+        raise typer.BadParameter(f"--epsilons: {e}") from e
+    cfg = AuditConfig(users=users, epsilons=eps, epochs=epochs, seed=seed)
+    with _progress() as progress:
+        task = progress.add_task("training audited adapters", total=users * len(eps))
+        res = audit_membership(
+            data, model, cfg, on_user=lambda _u, n, total: progress.update(task, completed=n)
+        )
+    if json_out:
+        json_out.write_text(json.dumps(res, indent=2), "utf-8")
+    t = Table(title=f"membership inference on canaries, {res['users']} users")
+    for col in ("DP-SGD epsilon", "reported (max)", "attack AUC", "AUC allowed", "empirical eps"):
+        t.add_column(col)
+    for r in res["settings"]:
+        t.add_row(
+            "no DP" if r["epsilon"] is None else f"{r['epsilon']:g}",
+            "-" if r["reported_epsilon_max"] is None else f"{r['reported_epsilon_max']:.3f}",
+            f"{r['auc']:.3f}",
+            "-" if r["auc_max_allowed"] is None else f"{r['auc_max_allowed']:.3f}",
+            f"{r['empirical_epsilon_lb']:.3f}",
+        )
+    console.print(t)
+    console.print(
+        f"empirical eps: a {res['confidence']:.0%} lower bound at delta {res['delta']} "
+        "(threshold chosen on half of the users, rates measured on the other half)"
+    )
+
+
 @fl_app.command("simulate")
 def fl_simulate_cmd(
     data: Annotated[Path, typer.Option(help="Dataset directory.")],

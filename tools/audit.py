@@ -1,0 +1,298 @@
+"""Privacy audit: a membership-inference attack on trained personal adapters.
+
+The game (canary auditing after Jagielski et al. 2020 and Nasr et al. 2021):
+for each audited user two canary items are drawn that the user never
+touched. One of them is appended to the user's history as their latest
+purchase (one event: it is the target of exactly one training example and in
+no other example's prompt, so the per-example DP guarantee of the adapter
+covers it); the other is never inserted. The user's adapter is trained on
+the history, with DP-SGD at each audited epsilon and without DP.
+
+The attack sees the uploaded adapter and the public base model. Its score
+for a candidate item is LiRA-style, with the base model as reference: how
+much the adapter lowers the item's loss at the canary's slot compared with
+the base, minus the median of the same drop over reference items (so a user
+whose adapter lowers every loss is not mistaken for a member). Members are
+the inserted canaries, non-members the others.
+
+Reported per setting: the attack's AUC and an empirical lower bound on
+epsilon. The bound comes from a threshold attack: the threshold is chosen on
+one half of the users and the true and false positive rates are measured on
+the other half, with Clopper-Pearson intervals (95%), so
+``log((TPR_low - delta) / FPR_high)`` (and its mirror on the negatives) is a
+valid lower bound with 95% confidence. A correct DP implementation keeps it
+below the reported epsilon; without DP it shows how much the adapter leaks.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from userlayer.edge.examples import (
+    ExampleConfig,
+    encode_prompt,
+    mode_weights,
+    session_before,
+    user_examples,
+)
+from userlayer.edge.privacy import PrivacyLedger
+from userlayer.edge.profile import build_profile
+from userlayer.edge.training import PERSONAL, DPConfig, TrainConfig, train_adapter
+from userlayer.sdk.model.config import AdapterConfig
+from userlayer.sdk.model.io import load_model
+from userlayer.sdk.model.transformer import Recommender, RowAdapters, new_adapter
+from userlayer.sdk.schemas import Event
+from userlayer.sdk.semantic_ids import SemanticIdTable
+from userlayer.tools.data.format import Dataset
+from userlayer.tools.exceptions import ToolsError
+
+__all__ = ["AuditConfig", "auc", "audit_membership", "epsilon_lower_bound", "max_auc"]
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """One audit run; validated on creation. ``None`` in ``epsilons`` is training without DP."""
+
+    users: int = 64
+    epsilons: tuple[float | None, ...] = (None, 8.0, 2.0, 1.0)
+    epochs: float = 8.0
+    lr: float = 5e-3
+    batch_size: int = 16
+    trainable: tuple[str, ...] | None = PERSONAL
+    references: int = 32
+    min_events: int = 5
+    history: int | None = None  # audit on each user's last `history` events (None: all)
+    delta: float = 1e-5
+    confidence: float = 0.95
+    seed: int = 0
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+
+    def __post_init__(self) -> None:
+        if self.users < 4:
+            raise ToolsError(f"`users` should be at least 4, got {self.users}")
+        if not self.epsilons:
+            raise ToolsError("`epsilons` should name at least one setting")
+        if any(e is not None and e <= 0 for e in self.epsilons):
+            raise ToolsError(f"every epsilon should be positive, got {self.epsilons}")
+        if self.references < 1 or self.min_events < 3:
+            raise ToolsError("`references` should be >= 1 and `min_events` >= 3")
+        if self.history is not None and self.history < self.min_events:
+            raise ToolsError("`history` should be at least `min_events`")
+        if not 0 < self.confidence < 1:
+            raise ToolsError(f"`confidence` should be in (0, 1), got {self.confidence}")
+
+
+def auc(members: Sequence[float], others: Sequence[float]) -> float:
+    """Area under the ROC curve: P(member score > non-member score), ties count half."""
+    a, b = np.asarray(members, float), np.asarray(others, float)
+    if not len(a) or not len(b):
+        raise ToolsError("AUC needs scores of members and of non-members")
+    greater = (a[:, None] > b[None, :]).sum()
+    ties = (a[:, None] == b[None, :]).sum()
+    return float((greater + 0.5 * ties) / (len(a) * len(b)))
+
+
+def max_auc(epsilon: float, delta: float) -> float:
+    """The highest AUC any attack can reach on an (epsilon, delta)-DP mechanism.
+
+    The area under the largest true-positive rate DP allows at each false-positive
+    rate x: ``min(1, e^eps x + delta, 1 - e^-eps (1 - delta - x))``.
+    """
+    x = np.linspace(0.0, 1.0, 20_001)
+    e = math.exp(epsilon)
+    tpr = np.minimum.reduce([np.ones_like(x), e * x + delta, 1 - (1 - delta - x) / e])
+    return float(np.trapezoid(np.clip(tpr, 0, 1), x))
+
+
+def _cp(k: int, n: int, alpha: float) -> tuple[float, float]:
+    """Clopper-Pearson interval of a binomial proportion (two-sided, level 1 - alpha)."""
+    from scipy.stats import beta
+
+    lo = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return lo, hi
+
+
+def _eps_at(tp: int, fp: int, n_in: int, n_out: int, delta: float, alpha: float) -> float:
+    """Epsilon lower bound of one threshold's confusion counts (both directions)."""
+    tpr_lo, _tpr_hi = _cp(tp, n_in, alpha)
+    _fpr_lo, fpr_hi = _cp(fp, n_out, alpha)
+    best = 0.0
+    if tpr_lo - delta > 0 and fpr_hi > 0:
+        best = max(best, math.log((tpr_lo - delta) / fpr_hi))
+    if (1 - fpr_hi) - delta > 0 and (1 - tpr_lo) > 0:
+        best = max(best, math.log((1 - fpr_hi - delta) / (1 - tpr_lo)))
+    return best
+
+
+def epsilon_lower_bound(
+    members: Sequence[float],
+    others: Sequence[float],
+    delta: float,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> float:
+    """Empirical epsilon lower bound of a threshold attack (threshold chosen on a held-out half)."""
+    a, b = np.asarray(members, float), np.asarray(others, float)
+    if len(a) < 2 or len(b) < 2:
+        raise ToolsError("the bound needs at least two members and two non-members")
+    rng = np.random.default_rng(seed)
+    a, b = a[rng.permutation(len(a))], b[rng.permutation(len(b))]
+    a_fit, a_test = a[: len(a) // 2], a[len(a) // 2 :]
+    b_fit, b_test = b[: len(b) // 2], b[len(b) // 2 :]
+    alpha = 1 - confidence
+
+    def eps(t: float, xa: np.ndarray, xb: np.ndarray) -> float:
+        return _eps_at(int((xa > t).sum()), int((xb > t).sum()), len(xa), len(xb), delta, alpha)
+
+    cands = np.unique(np.concatenate([a_fit, b_fit]))
+    thresholds = [float(cands[0]) - 1.0, *(float(x) for x in cands)]
+    best = max(thresholds, key=lambda t: eps(t, a_fit, b_fit))
+    return eps(best, a_test, b_test)
+
+
+@dataclass(frozen=True)
+class _Trial:
+    user: str
+    events: list[Event]  # the history with the member canary as the latest event
+    member: str
+    other: str
+    references: list[str]
+
+
+def _trials(ds: Dataset, table: SemanticIdTable, cfg: AuditConfig) -> list[_Trial]:
+    rng = np.random.default_rng(cfg.seed)
+    by_user = ds.user_events()
+    eligible = sorted(
+        u
+        for u, ev in by_user.items()
+        if sum(e.item_id in table.codes for e in ev) >= cfg.min_events
+    )
+    if len(eligible) < cfg.users:
+        raise ToolsError(f"only {len(eligible)} users with {cfg.min_events}+ known events")
+    users = sorted(eligible[int(i)] for i in rng.permutation(len(eligible))[: cfg.users])
+    by_service: dict[str, list[str]] = {}
+    for item, svc in sorted(table.services.items()):
+        by_service.setdefault(svc.value, []).append(item)
+    out = []
+    for u in users:
+        evs = sorted(by_user[u], key=lambda e: e.timestamp)[-(cfg.history or 0) :]
+        last = evs[-1]
+        seen = {e.item_id for e in evs}
+        pool = [i for i in by_service[last.service.value] if i not in seen]
+        if len(pool) < 2 + cfg.references:
+            raise ToolsError(f"service {last.service.value} has too few items for canaries")
+        pick = [pool[int(i)] for i in rng.permutation(len(pool))[: 2 + cfg.references]]
+        canary = last.model_copy(
+            update={"item_id": pick[0], "timestamp": last.timestamp + timedelta(days=1)}
+        )
+        out.append(_Trial(u, [*evs, canary], pick[0], pick[1], pick[2:]))
+    return out
+
+
+def _slot_losses(
+    model: Recommender,
+    table: SemanticIdTable,
+    acfg: AdapterConfig,
+    trial: _Trial,
+    adapter: dict[str, torch.Tensor] | None,
+) -> np.ndarray:
+    """Loss of each candidate (member, other, references) at the canary's slot."""
+    evs = trial.events
+    i = len(evs) - 1
+    slot = evs[i]
+    prompt = session_before(evs, i, ExampleConfig())
+    cands = [trial.member, trial.other, *trial.references]
+    rows = [encode_prompt(prompt, slot, table, model.ctx_vocab, c) for c in cands]
+    width = max(len(t) for t, _ in rows)
+    tok = torch.zeros(len(rows), width, dtype=torch.long)
+    ctx = torch.zeros(len(rows), width, len(model.ctx_vocab.sizes), dtype=torch.long)
+    for r, (t, c) in enumerate(rows):
+        tok[r, width - len(t) :] = torch.tensor(t)
+        ctx[r, width - len(t) :] = torch.tensor(c)
+    ad = None
+    if adapter is not None:
+        b = len(rows)
+        mw = torch.tensor([mode_weights(slot, evs[:i], None, None)] * b, dtype=torch.float32)
+        per_row = {k: v.unsqueeze(0).expand(b, *v.shape) for k, v in adapter.items()}
+        ad = RowAdapters(acfg, torch.ones(b, dtype=torch.bool), per_row, mw)
+    with torch.no_grad():
+        losses = model.loss(tok, ctx, ad, reduction="none", last_item_only=True)
+    return losses.numpy().astype(np.float64)
+
+
+def audit_membership(
+    data_dir: str | Path,
+    model_dir: str | Path,
+    cfg: AuditConfig,
+    on_user: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run the audit; returns per-setting AUC, empirical and reported epsilon."""
+    torch.set_flush_denormal(True)
+    model = load_model(model_dir)
+    model.eval()
+    table = SemanticIdTable.load(Path(model_dir) / "sids.json")
+    trials = _trials(Dataset.load(data_dir), table, cfg)
+    init = new_adapter(model.cfg, cfg.adapter, torch.Generator().manual_seed(cfg.seed))
+    base = [_slot_losses(model, table, cfg.adapter, t, None) for t in trials]
+    results = []
+    total = len(trials) * len(cfg.epsilons)
+    done = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for s, eps in enumerate(cfg.epsilons):
+            ledger = PrivacyLedger(Path(tmp) / f"ledger-{s}.db", budget=1e9, delta=cfg.delta)
+            members, others, reported = [], [], []
+            for t, b in zip(trials, base, strict=True):
+                now = t.events[-1].timestamp
+                profile = build_profile(t.events, now=now)
+                ex = user_examples(profile, table, model.ctx_vocab, ExampleConfig())
+                dp = DPConfig(enabled=eps is not None, target_epsilon=eps, delta=cfg.delta)
+                tcfg = TrainConfig(
+                    epochs=cfg.epochs,
+                    lr=cfg.lr,
+                    batch_size=cfg.batch_size,
+                    seed=cfg.seed,
+                    dp=dp,
+                    trainable=cfg.trainable,
+                )
+                res = train_adapter(model, cfg.adapter, ex, init, tcfg, ledger, t.user, now)
+                if res.privacy is not None:
+                    reported.append(res.privacy.epsilon)
+                drop = b - _slot_losses(model, table, cfg.adapter, t, res.adapter)
+                shift = float(np.median(drop[2:]))
+                members.append(float(drop[0] - shift))
+                others.append(float(drop[1] - shift))
+                done += 1
+                if on_user:
+                    on_user(t.user, done, total)
+            ledger.close()
+            results.append(
+                {
+                    "epsilon": eps,
+                    "reported_epsilon_max": max(reported) if reported else None,
+                    "auc": auc(members, others),
+                    "auc_max_allowed": None if eps is None else max_auc(eps, cfg.delta),
+                    "empirical_epsilon_lb": epsilon_lower_bound(
+                        members, others, cfg.delta, cfg.confidence, cfg.seed
+                    ),
+                    "member_score_median": float(np.median(members)),
+                    "other_score_median": float(np.median(others)),
+                }
+            )
+    return {
+        "users": len(trials),
+        "delta": cfg.delta,
+        "confidence": cfg.confidence,
+        "trainable": list(cfg.trainable) if cfg.trainable else "all",
+        "epochs": cfg.epochs,
+        "settings": results,
+    }
