@@ -8,7 +8,7 @@ STAMP := $(VENV)/.userlayer-installed
 # first so that no other requirement pulls a CUDA build.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: setup lint typecheck test test-fast demo fuzz soak bench-quick clean
+.PHONY: setup lint typecheck test test-fast demo fuzz soak audit bench-quick clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,13 @@ fuzz: setup
 
 soak: setup
 	USERLAYER_SOAK_REQUESTS=20000 $(PY) -m pytest -q -s tests/cloud/test_soak.py
+
+# The membership-inference audit on the demo's base and data (makes them first if missing).
+audit: setup
+	test -f artifacts/demo/model/config.json || $(VENV)/bin/userlayer demo
+	mkdir -p build
+	$(VENV)/bin/userlayer audit --data artifacts/demo/data --model artifacts/demo/model \
+		--json build/audit.json
 
 bench-quick: setup
 	$(VENV)/bin/userlayer bench all --quick --json build/bench-quick.json
