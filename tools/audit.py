@@ -49,6 +49,7 @@ from userlayer.edge.profile import build_profile
 from userlayer.edge.training import PERSONAL, DPConfig, TrainConfig, train_adapter
 from userlayer.sdk.model.config import AdapterConfig
 from userlayer.sdk.model.io import load_model
+from userlayer.sdk.model.prompt import pack_prompts
 from userlayer.sdk.model.transformer import Recommender, RowAdapters, new_adapter
 from userlayer.sdk.schemas import Event
 from userlayer.sdk.semantic_ids import SemanticIdTable
@@ -213,12 +214,7 @@ def _slot_losses(
     prompt = session_before(evs, i, ExampleConfig())
     cands = [trial.member, trial.other, *trial.references]
     rows = [encode_prompt(prompt, slot, table, model.ctx_vocab, c) for c in cands]
-    width = max(len(t) for t, _ in rows)
-    tok = torch.zeros(len(rows), width, dtype=torch.long)
-    ctx = torch.zeros(len(rows), width, len(model.ctx_vocab.sizes), dtype=torch.long)
-    for r, (t, c) in enumerate(rows):
-        tok[r, width - len(t) :] = torch.tensor(t)
-        ctx[r, width - len(t) :] = torch.tensor(c)
+    tok, ctx = pack_prompts(rows, len(model.ctx_vocab.sizes))
     ad = None
     if adapter is not None:
         b = len(rows)
@@ -244,6 +240,10 @@ def audit_membership(
     trials = _trials(Dataset.load(data_dir), table, cfg)
     init = new_adapter(model.cfg, cfg.adapter, torch.Generator().manual_seed(cfg.seed))
     base = [_slot_losses(model, table, cfg.adapter, t, None) for t in trials]
+    examples = [  # the same examples for every setting
+        user_examples(build_profile(t.events, now=t.events[-1].timestamp), table, model.ctx_vocab)
+        for t in trials
+    ]
     results = []
     total = len(trials) * len(cfg.epsilons)
     done = 0
@@ -251,10 +251,8 @@ def audit_membership(
         for s, eps in enumerate(cfg.epsilons):
             ledger = PrivacyLedger(Path(tmp) / f"ledger-{s}.db", budget=1e9, delta=cfg.delta)
             members, others, reported = [], [], []
-            for t, b in zip(trials, base, strict=True):
+            for t, b, ex in zip(trials, base, examples, strict=True):
                 now = t.events[-1].timestamp
-                profile = build_profile(t.events, now=now)
-                ex = user_examples(profile, table, model.ctx_vocab, ExampleConfig())
                 dp = DPConfig(enabled=eps is not None, target_epsilon=eps, delta=cfg.delta)
                 tcfg = TrainConfig(
                     epochs=cfg.epochs,

@@ -13,28 +13,21 @@ is ``USERLAYER_FUZZ_EXAMPLES`` (300 in ``make test``; ``make fuzz`` runs
 from __future__ import annotations
 
 import json
-import os
 import struct
 from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 from safetensors.numpy import save as st_save
 
+from tests.fuzzing import fuzz_settings, json_values
 from userlayer.sdk.adapter import MAGIC, Expectation, key_id, open_package, seal_package
 from userlayer.sdk.exceptions import AdapterError
 
-# no subnormals: other tests set torch.set_flush_denormal(True) in this process
-_floats = st.floats(allow_subnormal=False)
-EXAMPLES = int(os.environ.get("USERLAYER_FUZZ_EXAMPLES", "300"))
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+FUZZ = fuzz_settings(HealthCheck.data_too_large)
 KEY = Ed25519PrivateKey.generate()
 TRUSTED = {key_id(KEY.public_key()): KEY.public_key()}
 RECIPIENT = X25519PrivateKey.generate()
@@ -107,13 +100,7 @@ def test_mutated_packages_are_refused(blob: bytes) -> None:
     raise AssertionError("a modified package was accepted")
 
 
-_json = st.recursive(
-    st.none() | st.booleans() | st.integers() | _floats | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
+_json = json_values(text_size=20, key_size=12, max_leaves=12)
 
 
 @st.composite

@@ -34,7 +34,7 @@ from userlayer.cloud.fl.registry_fs import FileRegistry
 from userlayer.cloud.fl.rounds import load_trusted
 from userlayer.edge.privacy import PrivacyLedger, epsilon_of
 from userlayer.sdk.adapter import open_package
-from userlayer.tools.procs import console_script, group_members
+from userlayer.tools.procs import console_script, group_members, stop_groups
 
 ROUNDS = 3
 USERS = 8
@@ -43,11 +43,10 @@ USERS = 8
 def _kill_everything(proc: subprocess.Popen[bytes]) -> int:
     """SIGKILL the run's process group and every process it started (Ray may re-parent)."""
     kids = psutil.Process(proc.pid).children(recursive=True)
-    os.killpg(proc.pid, signal.SIGKILL)
+    stop_groups([proc], grace=30.0, sig=signal.SIGKILL)
     for k in kids:
         with contextlib.suppress(psutil.NoSuchProcess):
             k.kill()
-    proc.wait(30)
     _gone, alive = psutil.wait_procs(kids, timeout=30)
     assert not alive, alive
     return len(kids) + 1

@@ -9,36 +9,22 @@ the count (``make fuzz``: 10,000 per property).
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
+from tests.fuzzing import fuzz_settings, json_values
 from userlayer.sdk.api import RecommendRequest
 from userlayer.sdk.exceptions import SchemaError
 from userlayer.sdk.schemas import Event
 from userlayer.tools.data.loaders import CsvMapping, load
 from userlayer.tools.exceptions import DataFormatError
 
-# no subnormals: other tests set torch.set_flush_denormal(True) in this process
-_floats = st.floats(allow_subnormal=False)
-EXAMPLES = int(os.environ.get("USERLAYER_FUZZ_EXAMPLES", "300"))
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
-_scalar = st.none() | st.booleans() | st.integers() | _floats | st.text(max_size=30)
-_json = st.recursive(
-    _scalar,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
-    ),
-    max_leaves=10,
-)
+FUZZ = fuzz_settings(HealthCheck.function_scoped_fixture)
+_json = json_values(text_size=30, key_size=10, max_leaves=10)
 EVENT = {
     "user_id": "u1",
     "service": "samokat",
