@@ -207,6 +207,9 @@ def pretrain_cmd(
     dropout: Annotated[float, typer.Option()] = 0.1,
     seed: Annotated[int, typer.Option()] = 0,
     max_steps: Annotated[int | None, typer.Option(help="Stop early, leaving a checkpoint.")] = None,
+    valid_users: Annotated[
+        int, typer.Option(help="Users sampled for the per-epoch validation loss (0: none).")
+    ] = 2000,
 ) -> None:
     """Pretrain the base model (next Semantic ID) on all users' training sequences."""
     from userlayer.tools.train.pretrain import PretrainConfig, pretrain
@@ -217,6 +220,7 @@ def pretrain_cmd(
         lr=lr,
         seed=seed,
         max_steps=max_steps,
+        valid_users=valid_users,
         model={
             "d_model": d_model,
             "n_layers": layers,
@@ -229,13 +233,19 @@ def pretrain_cmd(
     with _progress() as progress:
         progress.columns = (*progress.columns, TextColumn("{task.fields[info]}"))
         task = progress.add_task("pretraining", total=None, info="")
+        valid = ""
 
         def on_step(step: int, total: int, loss: float, eps: float) -> None:
             progress.update(
-                task, completed=step, total=total, info=f"loss {loss:.3f}  {eps:.0f} seq/s"
+                task, completed=step, total=total, info=f"loss {loss:.3f}{valid}  {eps:.0f} seq/s"
             )
 
-        result = pretrain(data, out, cfg, on_step)
+        def on_epoch(epoch: int, loss: float) -> None:
+            nonlocal valid
+            valid = f"  valid {loss:.3f}"
+            progress.console.print(f"epoch {epoch}: validation loss {loss:.4f}")
+
+        result = pretrain(data, out, cfg, on_step, on_epoch)
     if result.finished:
         console.print(
             f"[green]model {result.fingerprint}[/green] -> {out} "

@@ -30,6 +30,7 @@ __all__ = [
     "UserSequences",
     "build_prompts",
     "pack_prompts",
+    "pack_scored",
     "target_offset",
     "training_windows",
 ]
@@ -219,6 +220,31 @@ def pack_prompts(prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]
         tok[i, t_len - len(p.tokens) :] = p.tokens
         ctx[i, t_len - len(p.tokens) :] = p.ctx
     return torch.from_numpy(tok), torch.from_numpy(ctx)
+
+
+def pack_scored(
+    prompts: Sequence[Prompt], table: SemanticIdTable
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts followed by their targets' codes, left-padded.
+
+    ``Recommender.loss(tok, ctx, reduction="none", last_item_only=True)`` on
+    these gives each target's mean code cross-entropy (teacher-forced).
+    """
+    offs = level_offsets(table.level_sizes)
+    rows = []
+    for p in prompts:
+        codes = [FIRST_CODE + o + c for o, c in zip(offs, table.codes[p.target], strict=True)]
+        rows.append(
+            Prompt(
+                p.user,
+                np.concatenate([p.tokens, codes]),
+                np.concatenate([p.ctx, np.zeros((len(codes), p.ctx.shape[1]), dtype=np.int64)]),
+                p.service,
+                p.target,
+                p.history,
+            )
+        )
+    return pack_prompts(rows)
 
 
 def epoch_batches(

@@ -7,6 +7,13 @@ used for dropout, the step), never pickles. A run restarted on the same
 output directory resumes from the last checkpoint; the batch order is a pure
 function of ``(seed, epoch)``, so an interrupted and resumed run ends with the
 same weights as an uninterrupted one.
+
+After every epoch the run measures the validation loss: the mean code
+cross-entropy of each sampled user's held-out validation item (the one before
+the test item, never trained on) given their last 20 items (fewer if the model's
+window is shorter). It is what tells a
+model that cannot fit (training and validation loss close) from one that
+memorises (validation loss rising while training loss falls).
 """
 
 from __future__ import annotations
@@ -32,7 +39,13 @@ from userlayer.sdk.model.transformer import Recommender
 from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.exceptions import ToolsError
-from userlayer.tools.train.examples import UserSequences, epoch_batches, training_windows
+from userlayer.tools.train.examples import (
+    UserSequences,
+    build_prompts,
+    epoch_batches,
+    pack_scored,
+    training_windows,
+)
 
 __all__ = ["PretrainConfig", "PretrainResult", "pretrain"]
 
@@ -53,6 +66,7 @@ class PretrainConfig:
     seed: int = 0
     checkpoint_every: int = 200
     max_steps: int | None = None  # stop early (leaving a checkpoint), e.g. to test resume
+    valid_users: int = 2000  # users sampled for the per-epoch validation loss (0: none)
     threads: int | None = None  # runtime only; not stored in the model
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides
 
@@ -60,6 +74,8 @@ class PretrainConfig:
         for name in ("epochs", "batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ToolsError(f"`{name}` should be positive, got {getattr(self, name)}")
+        if self.valid_users < 0:
+            raise ToolsError(f"`valid_users` should be >= 0, got {self.valid_users}")
         if not 0 < self.lr < 1:
             raise ToolsError(f"`lr` should be in (0, 1), got {self.lr}")
         if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip <= 0:
@@ -76,6 +92,7 @@ class PretrainResult:
     losses: list[float]
     seconds: float
     finished: bool
+    valid_losses: list[float] = field(default_factory=list)  # one per finished epoch
 
 
 def _lr(cfg: PretrainConfig, step: int, total: int) -> float:
@@ -85,8 +102,42 @@ def _lr(cfg: PretrainConfig, step: int, total: int) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def _validation_rows(
+    seqs: UserSequences, table: SemanticIdTable, users: int, seed: int, max_history: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    prompts = build_prompts(seqs, "valid", "full", max_history=max_history)
+    if users == 0 or not prompts:
+        return None
+    pick = np.random.default_rng([seed, 1]).permutation(len(prompts))[:users]
+    return pack_scored([prompts[i] for i in sorted(pick)], table)
+
+
+@torch.no_grad()
+def _validation_loss(model: Recommender, rows: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """Mean held-out target loss; eval mode (no dropout, so no RNG draw), then back to train."""
+    model.eval()
+    tok, ctx = rows
+    total = 0.0
+    for s in range(0, len(tok), 256):
+        width = int((tok[s : s + 256] != PAD).sum(1).max())
+        part = model.loss(
+            tok[s : s + 256, -width:],
+            ctx[s : s + 256, -width:],
+            reduction="none",
+            last_item_only=True,
+        )
+        total += float(part.sum())
+    model.train()
+    return round(total / len(tok), 5)
+
+
 def _save_checkpoint(
-    d: Path, model: Recommender, opt: torch.optim.AdamW, step: int, losses: list[float]
+    d: Path,
+    model: Recommender,
+    opt: torch.optim.AdamW,
+    step: int,
+    losses: list[float],
+    valid: list[float],
 ) -> None:
     tmp = d.with_name(d.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -102,7 +153,9 @@ def _save_checkpoint(
                 tensors[f"opt.{n}.step"] = st["step"].reshape(1).float()
     tensors["rng.torch"] = torch.get_rng_state()
     save_file(tensors, str(tmp / "state.safetensors"))
-    (tmp / "trainer.json").write_text(json.dumps({"step": step, "losses": losses}), "utf-8")
+    (tmp / "trainer.json").write_text(
+        json.dumps({"step": step, "losses": losses, "valid_losses": valid}), "utf-8"
+    )
     if d.exists():
         shutil.rmtree(d)
     tmp.rename(d)  # atomic switch: a crash leaves the old or the new checkpoint
@@ -110,7 +163,7 @@ def _save_checkpoint(
 
 def _load_checkpoint(
     d: Path, model: Recommender, opt: torch.optim.AdamW
-) -> tuple[int, list[float]]:
+) -> tuple[int, list[float], list[float]]:
     tensors = load_file(str(d / "state.safetensors"))
     meta = json.loads((d / "trainer.json").read_text("utf-8"))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
@@ -122,7 +175,7 @@ def _load_checkpoint(
                 "step": tensors[f"opt.{n}.step"].reshape(()).clone(),
             }
     torch.set_rng_state(tensors["rng.torch"])
-    return int(meta["step"]), list(meta["losses"])
+    return int(meta["step"]), list(meta["losses"]), list(meta.get("valid_losses", []))
 
 
 def pretrain(
@@ -130,6 +183,7 @@ def pretrain(
     out: str | Path,
     cfg: PretrainConfig | None = None,
     on_step: Callable[[int, int, float, float], None] | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> PretrainResult:
     """Train the base model on a dataset with Semantic IDs; resume if ``out`` has a checkpoint.
 
@@ -138,6 +192,7 @@ def pretrain(
         out: model directory to write.
         cfg: settings.
         on_step: progress callback ``(step, total, loss, examples_per_s)``.
+        on_epoch: ``(epoch, validation_loss)`` after each epoch (with ``valid_users`` > 0).
 
     Raises:
         ToolsError: if the dataset has no Semantic IDs or no training data.
@@ -172,10 +227,13 @@ def pretrain(
     lengths = (tokens != PAD).sum(1).numpy()
     per_epoch = len(epoch_batches(lengths, cfg.batch_size, cfg.seed, 0))
     total = per_epoch * cfg.epochs
-    step, losses = 0, list[float]()
+    step, losses, valid = 0, list[float](), list[float]()
+    valid_rows = _validation_rows(
+        seqs, table, cfg.valid_users, cfg.seed, min(20, mcfg.max_items - 1)
+    )
     ckpt = out / _CKPT
     if (ckpt / "trainer.json").exists():
-        step, losses = _load_checkpoint(ckpt, model, opt)
+        step, losses, valid = _load_checkpoint(ckpt, model, opt)
         logger.info("resuming from step %d", step)
     model.train()
     t0 = time.perf_counter()
@@ -200,11 +258,17 @@ def pretrain(
         losses.append(round(value, 5))
         if on_step is not None:
             on_step(step, total, value, done / max(time.perf_counter() - t0, 1e-9))
+        if step % per_epoch == 0 and valid_rows is not None:
+            valid.append(_validation_loss(model, valid_rows))
+            logger.info("epoch %d: validation loss %.4f", step // per_epoch, valid[-1])
+            if on_epoch is not None:
+                on_epoch(step // per_epoch, valid[-1])
         stop = cfg.max_steps is not None and step >= cfg.max_steps and step < total
         if step % cfg.checkpoint_every == 0 or step % per_epoch == 0 or stop:
-            _save_checkpoint(ckpt, model, opt, step, losses)
+            _save_checkpoint(ckpt, model, opt, step, losses, valid)
         if stop:
-            return PretrainResult(out, "", step, losses, time.perf_counter() - t0, False)
+            seconds = time.perf_counter() - t0
+            return PretrainResult(out, "", step, losses, seconds, False, valid)
     model.eval()
     meta = {
         "pretrain": {
@@ -213,9 +277,10 @@ def pretrain(
             "steps": step,
             "examples": len(tokens),
             "final_loss": losses[-1] if losses else None,
+            "valid_losses": valid,
         },
         "data": str(data_dir),
     }
     fp = save_model(model, out, meta)
     table.save(out / "sids.json")
-    return PretrainResult(out, fp, step, losses, time.perf_counter() - t0, True)
+    return PretrainResult(out, fp, step, losses, time.perf_counter() - t0, True, valid)

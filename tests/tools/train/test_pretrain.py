@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +64,8 @@ def test_resume_gives_the_same_weights(tmp_path: Path, synth_data_dir: Path) -> 
     assert resumed.finished
     assert resumed.fingerprint == straight.fingerprint
     assert resumed.losses == straight.losses
+    assert resumed.valid_losses == straight.valid_losses
+    assert len(straight.valid_losses) == 2  # one per epoch, the resumed run's restored
     a, b = load_model(tmp_path / "a"), load_model(tmp_path / "b")
     assert fingerprint(a) == fingerprint(b)
     assert all(
@@ -70,6 +74,38 @@ def test_resume_gives_the_same_weights(tmp_path: Path, synth_data_dir: Path) -> 
     )
     assert straight.losses[-1] < straight.losses[0]
     assert not list((tmp_path / "a").rglob("*.pt")) and not list((tmp_path / "a").rglob("*.bin"))
+
+
+def test_validation_loss_scores_the_held_out_item(
+    tmp_path: Path, synth_data_dir: Path, small_synth: SynthResult
+) -> None:
+    from userlayer.sdk import SemanticIdTable
+    from userlayer.tools.train.examples import pack_scored
+
+    cfg = PretrainConfig(epochs=3, batch_size=32, valid_users=40, model=TINY)
+    res = pretrain(synth_data_dir, tmp_path / "m", cfg)
+    assert len(res.valid_losses) == 3
+    assert res.valid_losses[-1] < res.valid_losses[0]  # it learns something that generalises
+    meta = json.loads((tmp_path / "m" / "config.json").read_text("utf-8"))
+    assert meta["pretrain"]["valid_losses"] == res.valid_losses
+    # the rows end with the validation item's codes: a wrong target scores worse on average
+    table = SemanticIdTable.load(synth_data_dir / "sids.json")
+    seqs = UserSequences.from_dataset(small_synth.dataset, table)
+    prompts = build_prompts(seqs, "valid", "full", max_history=TINY["max_items"] - 1)
+    tok, ctx = pack_scored(prompts, table)
+    assert tok.shape[1] == max(len(p.tokens) for p in prompts) + table.n_levels
+    model = load_model(tmp_path / "m").eval()
+    shuffled = [
+        replace(p, target=prompts[(i + 7) % len(prompts)].target) for i, p in enumerate(prompts)
+    ]
+    with torch.no_grad():
+        true = model.loss(tok, ctx, reduction="none", last_item_only=True).mean()
+        wrong = model.loss(
+            *pack_scored(shuffled, table), reduction="none", last_item_only=True
+        ).mean()
+    assert true < wrong
+    with pytest.raises(ToolsError, match="valid_users"):
+        PretrainConfig(valid_users=-1)
 
 
 def test_pretrain_needs_sids(tmp_path: Path, small_synth: SynthResult) -> None:
