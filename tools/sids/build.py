@@ -53,6 +53,9 @@ class SidConfig:
     pca_dim: int = 64
     iters: int = 25
     seed: int = 0
+    # collaborative only: each user's last `holdout` events stay out of the co-occurrence
+    # counts, as they stay out of pretraining (leave-one-out targets never shape the IDs)
+    holdout: int = 2
 
     def __post_init__(self) -> None:
         if not 1 <= self.levels <= 8:
@@ -67,6 +70,8 @@ class SidConfig:
             raise ToolsError(f"`pca_dim` should be positive, got {self.pca_dim}")
         if self.iters < 1:
             raise ToolsError(f"`iters` should be positive, got {self.iters}")
+        if self.holdout < 0:
+            raise ToolsError(f"`holdout` should be >= 0, got {self.holdout}")
 
 
 @dataclass
@@ -168,7 +173,10 @@ def build_semantic_ids(
         source = "text:all-MiniLM-L6-v2(title,brand,category)"
     else:
         index = {item: n for n, item in enumerate(ids)}
-        seqs = [[index[i] for i in seq] for seq in ds.sequences().values()]
+        seqs = [
+            [index[i] for i in seq[: max(0, len(seq) - cfg.holdout)]]
+            for seq in ds.sequences().values()
+        ]
         emb = collaborative_embeddings(seqs, len(ids), seed=cfg.seed)
         source = "collaborative:co-occurrence PPMI+SVD"
     check_embeddings(emb, len(ids))

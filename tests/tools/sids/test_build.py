@@ -92,12 +92,29 @@ def test_text_refused_without_text(tmp_path: Path) -> None:
     _assert_valid(table, ds)
 
 
+def test_collaborative_ids_never_see_the_held_out_events(tmp_path: Path) -> None:
+    def write(name: str, tail: int) -> Dataset:
+        lines = []
+        for u in range(60):
+            seq = [(u * 7 + k) % 50 for k in range(8)] + [(u * tail + k) % 50 for k in range(2)]
+            lines.append(f"{u} " + " ".join(map(str, seq)) + "\n")
+        (tmp_path / name).write_text("".join(lines))
+        return load("sasrec", tmp_path / name)[0]
+
+    a, b = write("a.txt", 3), write("b.txt", 11)  # the same but for each user's last two
+    cfg = SidConfig(codebook_size=8, embedding="collaborative")
+    assert build_semantic_ids(a, cfg)[0].codes == build_semantic_ids(b, cfg)[0].codes
+    leaky = SidConfig(codebook_size=8, embedding="collaborative", holdout=0)
+    assert build_semantic_ids(a, leaky)[0].codes != build_semantic_ids(b, leaky)[0].codes
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
         ({"levels": 0}, "`levels`"),
         ({"codebook_size": 1}, "`codebook_size`"),
         ({"embedding": "image"}, "`embedding`"),
+        ({"holdout": -1}, "`holdout`"),
         ({"pca_dim": 0}, "`pca_dim`"),
         ({"iters": 0}, "`iters`"),
     ],
