@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from userlayer.cloud.engine.engine import Slab
 from userlayer.cloud.registry import (
+    AdapterInfo,
     AdapterRegistry,
     RegistryConfig,
     RegistryError,
@@ -283,3 +284,13 @@ def test_import_what_federated_rounds_wrote(tmp_path: Path) -> None:
     assert reg.get("samokat", "c") is None
     again = import_rounds(reg, tmp_path / "rounds", tmp_path / "trust")
     assert again["stored"] == 0 and again["refused"] == 2  # not newer: nothing changes
+
+
+def test_stored_metadata_and_the_api_schema_name_the_same_fields() -> None:
+    # the registry's record and the wire schema are kept apart on purpose (storage vs API);
+    # this keeps them from drifting
+    from dataclasses import fields
+
+    from userlayer.sdk.api import AdapterMetadata
+
+    assert [f.name for f in fields(AdapterInfo)] == list(AdapterMetadata.model_fields)

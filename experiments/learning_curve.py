@@ -1,0 +1,130 @@
+"""Learning curve on a dataset: pretrain in-process, validation Recall/NDCG@10 every few epochs.
+
+A research script, not part of the product: it trains like ``userlayer
+pretrain`` (same windows, batches, AdamW and schedule shape; no checkpoints)
+and ranks a fixed sample of users' validation items by constrained beam search
+every ``--eval-every`` epochs. Used for the Beauty Semantic-ID comparison in
+docs/model.md, e.g.::
+
+    python experiments/learning_curve.py --data beauty --epochs 30
+    python experiments/learning_curve.py --data beauty_cf --epochs 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import numpy as np
+import torch
+
+from userlayer.sdk.model.config import ModelConfig
+from userlayer.sdk.model.decoding import beam_search
+from userlayer.sdk.model.tokens import PAD
+from userlayer.sdk.model.transformer import Recommender
+from userlayer.sdk.semantic_ids import SemanticIdTable
+from userlayer.tools.data.format import Dataset
+from userlayer.tools.eval.metrics import Accumulator
+from userlayer.tools.train.examples import (
+    Prompt,
+    UserSequences,
+    build_prompts,
+    epoch_batches,
+    pack_prompts,
+    training_windows,
+)
+
+
+def _args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="dataset directory with sids.json")
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--eval-every", type=int, default=5)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--users", type=int, default=1500, help="validation users sampled")
+    ap.add_argument("--beam", type=int, default=20)
+    ap.add_argument("--model", default="{}", help="ModelConfig overrides as JSON")
+    return ap.parse_args()
+
+
+def _recall(
+    model: Recommender, table: SemanticIdTable, prompts: list[Prompt], beam: int
+) -> tuple[float, float]:
+    model.eval()
+    acc, trie = Accumulator(), table.trie()
+    with torch.no_grad():
+        for s in range(0, len(prompts), 256):
+            chunk = prompts[s : s + 256]
+            tok, ctx = pack_prompts(chunk)
+            recs = beam_search(
+                model, trie, tok, ctx, k=10, beam=beam, services=[p.service for p in chunk]
+            )
+            for p, r in zip(chunk, recs, strict=True):
+                acc.add([x.item_id for x in r], p.target, p.service)
+    model.train()
+    m = acc.result()["all"]
+    return round(m["R@10"], 4), round(m["N@10"], 4)
+
+
+def main() -> None:
+    """Train and print one line per epoch."""
+    a = _args()
+    torch.set_flush_denormal(True)
+    table = SemanticIdTable.load(f"{a.data}/sids.json")
+    mcfg = ModelConfig(level_sizes=table.level_sizes, **json.loads(a.model))
+    seqs = UserSequences.from_dataset(Dataset.load(a.data), table, mcfg.geo_buckets)
+    tokens, ctx = training_windows(seqs, mcfg.max_items)
+    valid = build_prompts(seqs, "valid", "full")
+    pick = np.random.default_rng(0).choice(len(valid), min(a.users, len(valid)), replace=False)
+    valid = [valid[i] for i in pick]
+    torch.manual_seed(0)
+    model = Recommender(mcfg)
+    params = list(model.named_parameters())
+    opt = torch.optim.AdamW(
+        [
+            {"params": [p for _, p in params if p.dim() >= 2], "weight_decay": a.weight_decay},
+            {"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0},
+        ],
+        lr=a.lr,
+        betas=(0.9, 0.98),
+    )
+    lengths = (tokens != PAD).sum(1).numpy()
+    per_epoch = len(epoch_batches(lengths, a.batch, 0, 0))
+    total = per_epoch * a.epochs
+
+    def lr_at(step: int) -> float:
+        if step < 50:
+            return float(a.lr * (step + 1) / 50)
+        p = min((step - 50) / max(1, total - 50), 1.0)
+        return float(a.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p))))
+
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{a.data}: {n_params} parameters, {len(tokens)} windows, {per_epoch} steps/epoch")
+    step, t0 = 0, time.time()
+    model.train()
+    for ep in range(1, a.epochs + 1):
+        total_loss = 0.0
+        for b in epoch_batches(lengths, a.batch, 0, ep - 1):
+            idx, width = torch.from_numpy(b), int(lengths[b].max())
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            loss = model.loss(tokens[idx, -width:], ctx[idx, -width:])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            total_loss += loss.item()
+        line = f"epoch {ep} loss {total_loss / per_epoch:.4f} {time.time() - t0:.0f}s"
+        if ep % a.eval_every == 0 or ep == a.epochs:
+            r10, n10 = _recall(model, table, valid, a.beam)
+            line += f" valid R@10 {r10:.4f} N@10 {n10:.4f}"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
