@@ -143,7 +143,9 @@ def sids_build(
     data: Annotated[Path, typer.Option(help="Dataset directory.")],
     levels: Annotated[int, typer.Option(help="Residual k-means levels.")] = 3,
     codebook: Annotated[int, typer.Option(help="Codes per level.")] = 256,
-    embedding: Annotated[str, typer.Option(help="auto | text | collaborative")] = "auto",
+    embedding: Annotated[
+        str, typer.Option(help="auto | text | collaborative | hybrid (text and co-occurrence)")
+    ] = "auto",
     precomputed: Annotated[
         Path | None, typer.Option(help="Use a ready table ({item: [codes]}) instead of building.")
     ] = None,

@@ -1,12 +1,13 @@
 """Build or import the Semantic ID table of a dataset's catalog.
 
 ``build_semantic_ids`` embeds the items (text when they have it, co-occurrence
-otherwise), reduces the embedding with PCA, quantizes it by residual k-means
-into ``levels`` levels of ``codebook_size`` codes, and appends a final
-collision level (0, 1, 2, ... among items that share all earlier codes) so
-that every ID is unique. ``load_precomputed`` takes a ready table instead.
-Both return the table and a :class:`SidReport` (code usage per level, share of
-items already separated before the collision level).
+otherwise, or both side by side: ``hybrid``), reduces the embedding with PCA,
+quantizes it by residual k-means into ``levels`` levels of ``codebook_size``
+codes, and appends a final collision level (0, 1, 2, ... among items that
+share all earlier codes) so that every ID is unique. ``load_precomputed``
+takes a ready table instead. Both return the table and a :class:`SidReport`
+(code usage per level, share of items already separated before the collision
+level).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ __all__ = [
     "load_precomputed",
 ]
 
-Embedding = Literal["auto", "text", "collaborative"]
+Embedding = Literal["auto", "text", "collaborative", "hybrid"]
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,9 @@ class SidConfig:
             raise ToolsError(f"`levels` should be in [1, 8], got {self.levels}")
         if not 2 <= self.codebook_size <= 65536:
             raise ToolsError(f"`codebook_size` should be in [2, 65536], got {self.codebook_size}")
-        if self.embedding not in ("auto", "text", "collaborative"):
+        if self.embedding not in ("auto", "text", "collaborative", "hybrid"):
             raise ToolsError(
-                f"`embedding` should be auto, text or collaborative, got {self.embedding!r}"
+                f"`embedding` should be auto, text, collaborative or hybrid, got {self.embedding!r}"
             )
         if self.pca_dim < 1:
             raise ToolsError(f"`pca_dim` should be positive, got {self.pca_dim}")
@@ -149,6 +150,14 @@ def _table(
     )
 
 
+def _balanced(x: np.ndarray) -> np.ndarray:
+    """Centre and scale to unit mean squared row norm, so each part of a hybrid weighs the same."""
+    c = x.astype(np.float64) - x.mean(0)
+    scale = float(np.sqrt((c**2).sum(1).mean()))
+    out: np.ndarray = (c / max(scale, 1e-12)).astype(np.float32)
+    return out
+
+
 def build_semantic_ids(
     ds: Dataset, cfg: SidConfig | None = None
 ) -> tuple[SemanticIdTable, SidReport]:
@@ -166,20 +175,24 @@ def build_semantic_ids(
     kind = cfg.embedding
     if kind == "auto":
         kind = "text" if with_text >= 0.9 else "collaborative"
-    if kind == "text":
+    parts, names = [], []
+    if kind in ("text", "hybrid"):
         if with_text < 0.5:
             raise ToolsError(f"only {with_text:.0%} of items have text; use collaborative")
-        emb = text_embeddings(texts)
-        source = "text:all-MiniLM-L6-v2(title,brand,category)"
-    else:
+        parts.append(text_embeddings(texts))
+        names.append("text:all-MiniLM-L6-v2(title,brand,category)")
+    if kind in ("collaborative", "hybrid"):
         index = {item: n for n, item in enumerate(ids)}
         seqs = [
             [index[i] for i in seq[: max(0, len(seq) - cfg.holdout)]]
             for seq in ds.sequences().values()
         ]
-        emb = collaborative_embeddings(seqs, len(ids), seed=cfg.seed)
-        source = "collaborative:co-occurrence PPMI+SVD"
-    check_embeddings(emb, len(ids))
+        parts.append(collaborative_embeddings(seqs, len(ids), seed=cfg.seed))
+        names.append("collaborative:co-occurrence PPMI+SVD")
+    for part in parts:
+        check_embeddings(part, len(ids))
+    emb = parts[0] if len(parts) == 1 else np.concatenate([_balanced(x) for x in parts], 1)
+    source = names[0] if len(names) == 1 else "hybrid:" + " + ".join(names)
     x = emb.astype(np.float64) - emb.mean(0)
     dim = min(cfg.pca_dim, x.shape[1], max(len(x) - 1, 1))
     _, _, vt = np.linalg.svd(x, full_matrices=False)

@@ -70,6 +70,19 @@ def test_build_text_sids_on_synthetic(small_synth: SynthResult, tmp_path: Path) 
     assert SemanticIdTable.load(tmp_path / "sids.json").codes == table.codes
 
 
+def test_hybrid_sids_use_text_and_co_occurrence(small_synth: SynthResult) -> None:
+    ds = small_synth.dataset
+    hybrid, report = build_semantic_ids(
+        ds, SidConfig(levels=2, codebook_size=32, embedding="hybrid")
+    )
+    _assert_valid(hybrid, ds)
+    assert report.source.startswith("hybrid:text:") and "collaborative:" in report.source
+    alone, _ = build_semantic_ids(
+        ds, SidConfig(levels=2, codebook_size=32, embedding="collaborative")
+    )
+    assert alone.codes != hybrid.codes  # the text part moves items between cells
+
+
 def test_build_is_deterministic(small_synth: SynthResult) -> None:
     cfg = SidConfig(codebook_size=32, embedding="collaborative", seed=5)
     a, _ = build_semantic_ids(small_synth.dataset, cfg)
