@@ -20,7 +20,7 @@ from torch import Tensor
 
 from userlayer.edge.exceptions import TrainingError
 from userlayer.edge.profile import MODES, ModeDetector, Profile
-from userlayer.sdk.model.tokens import CTX, FIRST_CODE, ContextVocab, level_offsets
+from userlayer.sdk.model.tokens import CTX, ContextVocab, item_tokens
 from userlayer.sdk.schemas import Event
 from userlayer.sdk.semantic_ids import SemanticIdTable
 
@@ -61,11 +61,6 @@ class UserExamples:
         return int(self.tokens.shape[0])
 
 
-def _codes(table: SemanticIdTable, item: str) -> list[int]:
-    offs = level_offsets(table.level_sizes)
-    return [FIRST_CODE + o + c for o, c in zip(offs, table.codes[item], strict=True)]
-
-
 def encode_prompt(
     history: Sequence[Event],
     target_ctx: Event,
@@ -82,7 +77,8 @@ def encode_prompt(
         ctx.append(list(vocab.encode_context(e.service, e.context)))
         if e is target_ctx and target is None:
             break
-        codes = _codes(table, target if e is target_ctx and target else e.item_id)
+        item = target if e is target_ctx and target else e.item_id
+        codes = item_tokens(table.level_sizes, table.codes[item])
         toks.extend(codes)
         ctx.extend([zero] * len(codes))
     return toks, ctx

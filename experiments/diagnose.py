@@ -17,19 +17,12 @@ import time
 import numpy as np
 import torch
 
-from userlayer.sdk.model.decoding import beam_search
 from userlayer.sdk.model.io import load_model
-from userlayer.sdk.model.transformer import Recommender
 from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.data.format import Dataset
-from userlayer.tools.eval.metrics import Accumulator
-from userlayer.tools.train.examples import (
-    Prompt,
-    UserSequences,
-    build_prompts,
-    pack_prompts,
-    pack_scored,
-)
+from userlayer.tools.eval.evaluate import EvalConfig, rank_generative
+from userlayer.tools.train.examples import UserSequences, build_prompts, pack_scored
+from userlayer.tools.train.pretrain import validation_loss
 
 
 def _subset(seqs: UserSequences, pick: np.ndarray, cut: int) -> UserSequences:
@@ -40,31 +33,6 @@ def _subset(seqs: UserSequences, pick: np.ndarray, cut: int) -> UserSequences:
         v = getattr(seqs, name)
         setattr(out, name, [v[i][: len(v[i]) - cut] for i in pick])
     return out
-
-
-@torch.no_grad()
-def _loss(model: Recommender, table: SemanticIdTable, prompts: list[Prompt]) -> float:
-    parts = []
-    for s in range(0, len(prompts), 256):
-        tok, ctx = pack_scored(prompts[s : s + 256], table)
-        parts.append(model.loss(tok, ctx, reduction="none", last_item_only=True))
-    return float(torch.cat(parts).mean())
-
-
-@torch.no_grad()
-def _ranking(
-    model: Recommender, table: SemanticIdTable, prompts: list[Prompt], beam: int
-) -> dict[str, float]:
-    acc, trie = Accumulator(), table.trie()
-    for s in range(0, len(prompts), 256):
-        chunk = prompts[s : s + 256]
-        tok, ctx = pack_prompts(chunk)
-        recs = beam_search(
-            model, trie, tok, ctx, k=10, beam=beam, services=[p.service for p in chunk]
-        )
-        for p, r in zip(chunk, recs, strict=True):
-            acc.add([x.item_id for x in r], p.target, p.service)
-    return {k: round(v, 4) for k, v in acc.result()["all"].items()}
 
 
 def main() -> None:
@@ -84,9 +52,11 @@ def main() -> None:
     pick = np.random.default_rng(0).choice(len(seqs.users), size=n, replace=False)
     train_last = build_prompts(_subset(seqs, pick, 2), "test", "full")  # last training item
     valid = build_prompts(_subset(seqs, pick, 0), "valid", "full")
-    print(f"loss: last training item {_loss(model, table, train_last):.4f}", end=", ")
-    print(f"validation item {_loss(model, table, valid):.4f}")
-    print(f"validation, beam {a.beam}: {_ranking(model, table, valid, a.beam)}")
+    train_loss = validation_loss(model, pack_scored(train_last, table))
+    print(f"loss: last training item {train_loss:.4f}", end=", ")
+    print(f"validation item {validation_loss(model, pack_scored(valid, table)):.4f}")
+    m = rank_generative(model, table.trie(), valid, EvalConfig(beam=a.beam))["all"]
+    print(f"validation, beam {a.beam}: { {k: round(v, 4) for k, v in m.items()} }")
     print(f"{time.time() - t0:.0f} s")
 
 

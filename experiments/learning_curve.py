@@ -21,18 +21,15 @@ import numpy as np
 import torch
 
 from userlayer.sdk.model.config import ModelConfig
-from userlayer.sdk.model.decoding import beam_search
 from userlayer.sdk.model.tokens import PAD
 from userlayer.sdk.model.transformer import Recommender
 from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.data.format import Dataset
-from userlayer.tools.eval.metrics import Accumulator
+from userlayer.tools.eval.evaluate import EvalConfig, rank_generative
 from userlayer.tools.train.examples import (
-    Prompt,
     UserSequences,
     build_prompts,
     epoch_batches,
-    pack_prompts,
     training_windows,
 )
 
@@ -51,25 +48,6 @@ def _args() -> argparse.Namespace:
     return ap.parse_args()
 
 
-def _recall(
-    model: Recommender, table: SemanticIdTable, prompts: list[Prompt], beam: int
-) -> tuple[float, float]:
-    model.eval()
-    acc, trie = Accumulator(), table.trie()
-    with torch.no_grad():
-        for s in range(0, len(prompts), 256):
-            chunk = prompts[s : s + 256]
-            tok, ctx = pack_prompts(chunk)
-            recs = beam_search(
-                model, trie, tok, ctx, k=10, beam=beam, services=[p.service for p in chunk]
-            )
-            for p, r in zip(chunk, recs, strict=True):
-                acc.add([x.item_id for x in r], p.target, p.service)
-    model.train()
-    m = acc.result()["all"]
-    return round(m["R@10"], 4), round(m["N@10"], 4)
-
-
 def main() -> None:
     """Train and print one line per epoch."""
     a = _args()
@@ -81,6 +59,7 @@ def main() -> None:
     valid = build_prompts(seqs, "valid", "full")
     pick = np.random.default_rng(0).choice(len(valid), min(a.users, len(valid)), replace=False)
     valid = [valid[i] for i in pick]
+    trie = table.trie()
     torch.manual_seed(0)
     model = Recommender(mcfg)
     params = list(model.named_parameters())
@@ -121,8 +100,10 @@ def main() -> None:
             total_loss += loss.item()
         line = f"epoch {ep} loss {total_loss / per_epoch:.4f} {time.time() - t0:.0f}s"
         if ep % a.eval_every == 0 or ep == a.epochs:
-            r10, n10 = _recall(model, table, valid, a.beam)
-            line += f" valid R@10 {r10:.4f} N@10 {n10:.4f}"
+            model.eval()
+            m = rank_generative(model, trie, valid, EvalConfig(beam=a.beam))["all"]
+            model.train()
+            line += f" valid R@10 {m['R@10']:.4f} N@10 {m['N@10']:.4f}"
         print(line, flush=True)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from userlayer.sdk.model.tokens import CTX, FIRST_CODE, MODE_INDEX, ContextVocab, level_offsets
+from userlayer.sdk.model.tokens import CTX, MODE_INDEX, ContextVocab, item_tokens
 from userlayer.sdk.schemas import Context, Mode, Service
 from userlayer.sdk.semantic_ids import SemanticIdTable
 
@@ -39,7 +39,6 @@ def encode_request(
     max_items: int | None = None,
 ) -> Prompt:
     """The prompt of a request: the last ``max_items`` known session items, then CTX."""
-    offs = level_offsets(table.level_sizes)
     known = [i for i in session if i in table.codes]
     unknown = tuple(i for i in session if i not in table.codes)
     if max_items is not None:
@@ -48,7 +47,7 @@ def encode_request(
     toks: list[int] = []
     ctx: list[list[int]] = []
     for item in known:
-        codes = [FIRST_CODE + o + c for o, c in zip(offs, table.codes[item], strict=True)]
+        codes = item_tokens(table.level_sizes, table.codes[item])
         toks += [CTX, *codes]
         ctx += [list(vocab.encode_context(table.services[item], context))] + [zero] * len(codes)
     toks.append(CTX)

@@ -27,6 +27,7 @@ __all__ = [
     "PAD",
     "ContextIds",
     "ContextVocab",
+    "item_tokens",
     "level_offsets",
 ]
 
@@ -45,6 +46,12 @@ def level_offsets(level_sizes: Sequence[int]) -> list[int]:
         out.append(acc)
         acc += s
     return out
+
+
+def item_tokens(level_sizes: Sequence[int], codes: Sequence[int]) -> list[int]:
+    """Token ids of an item's Semantic ID codes (each level at its offset after FIRST_CODE)."""
+    offs = level_offsets(level_sizes)
+    return [FIRST_CODE + o + c for o, c in zip(offs, codes, strict=True)]
 
 
 def _ids(values: Sequence[str]) -> dict[str, int]:

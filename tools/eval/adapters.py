@@ -245,12 +245,9 @@ def _specificity(
     seed: int,
 ) -> float:
     """Share of users whose held-out target loss is lowest with their own adapter vs another's."""
-    from userlayer.sdk.model.tokens import FIRST_CODE, level_offsets
+    from userlayer.sdk.model.tokens import item_tokens
 
-    offs = level_offsets(table.level_sizes)
-    codes = torch.tensor(
-        [[FIRST_CODE + o + c for o, c in zip(offs, table.codes[t], strict=True)] for t in targets]
-    )
+    codes = torch.tensor([item_tokens(table.level_sizes, table.codes[t]) for t in targets])
     full_tok = torch.cat([tok, codes], dim=1)
     full_ctx = torch.cat(
         [ctx, torch.zeros(len(targets), codes.shape[1], ctx.shape[2], dtype=torch.long)], 1

@@ -39,7 +39,7 @@ from userlayer.tools.train.examples import (
     target_offset,
 )
 
-__all__ = ["EvalConfig", "evaluate"]
+__all__ = ["EvalConfig", "evaluate", "rank_generative"]
 
 REGIMES = ("full", "private")
 logger = logging.getLogger(__name__)
@@ -58,13 +58,14 @@ class EvalConfig:
     max_users: int | None = None  # evaluate a prefix of the users (smoke runs)
 
 
-def _generative(
+def rank_generative(
     model: Recommender,
     trie: SidTrie,
     prompts: list[Prompt],
     cfg: EvalConfig,
-    tick: Callable[[int], None],
+    tick: Callable[[int], None] | None = None,
 ) -> dict[str, dict[str, float]]:
+    """Metrics of the model's beam-search top-k on ``prompts``, per group (``all``, services)."""
     acc = Accumulator()
     for s in range(0, len(prompts), cfg.batch_size):
         chunk = prompts[s : s + cfg.batch_size]
@@ -74,7 +75,8 @@ def _generative(
         )
         for p, r in zip(chunk, recs, strict=True):
             acc.add([x.item_id for x in r], p.target, p.service)
-        tick(len(chunk))
+        if tick is not None:
+            tick(len(chunk))
     return acc.result()
 
 
@@ -112,7 +114,7 @@ def evaluate(
         assert model is not None
         trie = table.trie()
         results["generative"] = {
-            r: _generative(model, trie, prompts[r], cfg, tick) for r in REGIMES
+            r: rank_generative(model, trie, prompts[r], cfg, tick) for r in REGIMES
         }
         timings["generative"] = time.perf_counter() - t0
     # baselines see the same training part: all but the last two events (one for test)

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from userlayer.sdk.model.tokens import CTX, FIRST_CODE, ContextVocab, level_offsets
+from userlayer.sdk.model.tokens import CTX, ContextVocab, item_tokens
 from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.data.format import Dataset
 
@@ -45,7 +45,7 @@ class UserSequences:
 
     users: list[str]
     items: list[list[str]]
-    tokens: list[np.ndarray]  # (n, L) code token ids (FIRST_CODE + offset + code)
+    tokens: list[np.ndarray]  # (n, L) code token ids (see tokens.item_tokens)
     ctx: list[np.ndarray]  # (n, 7)
     times: list[np.ndarray]  # (n,) epoch ms
     services: list[list[str]]
@@ -65,7 +65,6 @@ class UserSequences:
         keep = np.isin(np.asarray(ev.column("action").cast(pa.string()).to_pylist()), list(actions))
         ev = ev.filter(pa.array(keep))
         vocab = ContextVocab(geo_buckets)
-        offs = np.array(level_offsets(table.level_sizes))
         col = {
             n: ev.column(n).cast(pa.string()).to_pylist()
             for n in ("user_id", "item_id", "service", "mode", "daypart", "season", "weather")
@@ -73,7 +72,7 @@ class UserSequences:
         weekday = ev.column("weekday").to_pylist()
         geo = ev.column("geo_cell").to_pylist()
         times = ev.column("timestamp").cast(pa.int64()).to_numpy()
-        code_of = {i: FIRST_CODE + offs + np.array(c) for i, c in table.codes.items()}
+        code_of = {i: np.array(item_tokens(table.level_sizes, c)) for i, c in table.codes.items()}
         out = cls(
             [], [], [], [], [], [], ds.meta.get("timestamps", "real") == "real", table.n_levels
         )
@@ -230,10 +229,9 @@ def pack_scored(
     ``Recommender.loss(tok, ctx, reduction="none", last_item_only=True)`` on
     these gives each target's mean code cross-entropy (teacher-forced).
     """
-    offs = level_offsets(table.level_sizes)
     rows = []
     for p in prompts:
-        codes = [FIRST_CODE + o + c for o, c in zip(offs, table.codes[p.target], strict=True)]
+        codes = item_tokens(table.level_sizes, table.codes[p.target])
         rows.append(
             Prompt(
                 p.user,

@@ -10,10 +10,10 @@ same weights as an uninterrupted one.
 
 After every epoch the run measures the validation loss: the mean code
 cross-entropy of each sampled user's held-out validation item (the one before
-the test item, never trained on) given their last 20 items (fewer if the model's
-window is shorter). It is what tells a
-model that cannot fit (training and validation loss close) from one that
-memorises (validation loss rising while training loss falls).
+the test item, never trained on) given their last 20 items (fewer if the
+model's window is shorter). It tells a model that cannot fit (training and
+validation loss close) from one that memorises (validation loss rising while
+training loss falls).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from userlayer.tools.train.examples import (
     training_windows,
 )
 
-__all__ = ["PretrainConfig", "PretrainResult", "pretrain"]
+__all__ = ["PretrainConfig", "PretrainResult", "pretrain", "validation_loss"]
 
 logger = logging.getLogger(__name__)
 _CKPT = "checkpoint"
@@ -113,8 +113,12 @@ def _validation_rows(
 
 
 @torch.no_grad()
-def _validation_loss(model: Recommender, rows: tuple[torch.Tensor, torch.Tensor]) -> float:
-    """Mean held-out target loss; eval mode (no dropout, so no RNG draw), then back to train."""
+def validation_loss(model: Recommender, rows: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """Mean target loss of rows from :func:`pack_scored`.
+
+    Runs in eval mode (no dropout, so no RNG draw) and restores the model's mode.
+    """
+    was_training = model.training
     model.eval()
     tok, ctx = rows
     total = 0.0
@@ -127,7 +131,7 @@ def _validation_loss(model: Recommender, rows: tuple[torch.Tensor, torch.Tensor]
             last_item_only=True,
         )
         total += float(part.sum())
-    model.train()
+    model.train(was_training)
     return round(total / len(tok), 5)
 
 
@@ -259,7 +263,7 @@ def pretrain(
         if on_step is not None:
             on_step(step, total, value, done / max(time.perf_counter() - t0, 1e-9))
         if step % per_epoch == 0 and valid_rows is not None:
-            valid.append(_validation_loss(model, valid_rows))
+            valid.append(validation_loss(model, valid_rows))
             logger.info("epoch %d: validation loss %.4f", step // per_epoch, valid[-1])
             if on_epoch is not None:
                 on_epoch(step // per_epoch, valid[-1])
