@@ -386,6 +386,10 @@ class AdapterRegistry:
         m = pkg.manifest
         if self.cfg.require_privacy and m.privacy is None:
             raise RejectedError("package has no differential-privacy record")
+        if self.cfg.require_privacy and m.privacy is not None and not m.privacy.private:
+            raise RejectedError(
+                f"package's DP randomness is {m.privacy.rng!r}, not the OS CSPRNG: not private"
+            )
         plain = unseal(blob, self.recipient_key)
         info = AdapterInfo(
             service=service,

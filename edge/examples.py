@@ -1,11 +1,25 @@
-"""The examples a user's adapter trains on: (context + current session) -> next item.
+"""The examples a user's adapter trains on: (context [+ current session]) -> next item.
 
 The adapter's job is to bring the long-term profile to requests that carry
-only the current session (the private regime), so every example is a private
-prompt: the events of the last ``session_hours`` before the target (at most
-``session_items``), then the target's context position, then the target's
-Semantic ID codes. Each example has a weight from the profile's time decay
+only the current session (the private regime). Each example has a weight from
+the profile's time decay (against the training's clock, never another event)
 and mode weights (the stated mode one-hot, or the detector's distribution).
+
+Privacy unit: the event. Two ways to cut prompts, with what one event can
+change (:attr:`ExampleConfig.group`, charged by the ledger):
+
+- ``prompt="event"`` (default): the prompt is the event's own context only,
+  so each event is in exactly one example (its own, as the target): adding or
+  removing an event adds or removes one example. ``group = 1``.
+- ``prompt="session"``: the prompt is the current session before the target
+  (the events of the last ``session_hours``, at most ``session_items``), and
+  mode detection looks at the last :data:`MODE_WINDOW` events of the service.
+  One event is then the target of its example and inside up to
+  ``max(session_items, MODE_WINDOW)`` later examples, each of which changes
+  (a removal and an addition): ``group = 1 + 2 * max(session_items, MODE_WINDOW)``.
+
+Measured under the same per-event epsilon (docs/edge.md), the event prompts
+win: the session prompts' group makes the noise several times larger.
 """
 
 from __future__ import annotations
@@ -25,6 +39,8 @@ from userlayer.sdk.schemas import Event
 from userlayer.sdk.semantic_ids import SemanticIdTable
 
 __all__ = [
+    "MODE_WINDOW",
+    "PROMPTS",
     "ExampleConfig",
     "UserExamples",
     "encode_prompt",
@@ -34,17 +50,31 @@ __all__ = [
 ]
 
 
+PROMPTS = ("event", "session")
+MODE_WINDOW = 5  # earlier events of the service that mode detection looks at
+
+
 @dataclass(frozen=True)
 class ExampleConfig:
-    """How prompts are cut; the defaults match the private regime of evaluation."""
+    """How prompts are cut (see the module docstring); validated on creation."""
 
     session_hours: float = 3.0
     session_items: int = 5
     holdout: int = 0  # last events kept out (leave-one-out evaluation uses 2)
+    prompt: str = "event"
 
     def __post_init__(self) -> None:
         if self.session_hours <= 0 or self.session_items < 0 or self.holdout < 0:
             raise TrainingError("`session_hours` should be > 0, `session_items` and `holdout` >= 0")
+        if self.prompt not in PROMPTS:
+            raise TrainingError(f"`prompt` should be one of {PROMPTS}, got {self.prompt!r}")
+
+    @property
+    def group(self) -> int:
+        """How many examples one event can change (add/remove counts one, a change two)."""
+        if self.prompt == "event":
+            return 1
+        return 1 + 2 * max(self.session_items, MODE_WINDOW)
 
 
 @dataclass
@@ -56,6 +86,8 @@ class UserExamples:
     weights: Tensor  # (N,) time-decay weights in (0, 1]
     mode_weights: Tensor  # (N, n_modes)
     targets: list[str]
+    group: int = 1  # examples one event can change (ExampleConfig.group)
+    unit: str = "event"
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -101,7 +133,9 @@ def user_examples(
     detector: ModeDetector | None = None,
     categories: Mapping[str, Sequence[str]] | None = None,
 ) -> UserExamples:
-    """One example per event of the profile (but the first and the held-out ones).
+    """One example per event of the profile (but the held-out ones).
+
+    With session prompts the first event has no example (no session before it).
 
     Events of items missing from the Semantic ID table are skipped as targets
     and as history.
@@ -113,13 +147,15 @@ def user_examples(
     evs = [e for e in profile.events if e.item_id in table.codes]
     last = len(evs) - cfg.holdout
     rows_t, rows_c, weights, modes, targets = [], [], [], [], []
-    for i in range(1, last):
+    session = cfg.prompt == "session"
+    for i in range(1 if session else 0, last):
         e = evs[i]
-        toks, ctx = encode_prompt(session_before(evs, i, cfg), e, table, vocab, e.item_id)
+        before = session_before(evs, i, cfg) if session else []
+        toks, ctx = encode_prompt(before, e, table, vocab, e.item_id)
         rows_t.append(toks)
         rows_c.append(ctx)
         weights.append(profile.weight(e))
-        modes.append(mode_weights(e, evs[:i], detector, categories))
+        modes.append(mode_weights(e, evs[:i] if session else [], detector, categories))
         targets.append(e.item_id)
     if not rows_t:
         raise TrainingError(
@@ -137,6 +173,7 @@ def user_examples(
         torch.tensor(weights, dtype=torch.float32),
         torch.tensor(modes, dtype=torch.float32),
         targets,
+        cfg.group,
     )
 
 
@@ -151,7 +188,7 @@ def mode_weights(
         return [float(e.context.mode is m) for m in MODES]
     if detector is None or categories is None:
         return [0.0] * len(MODES)
-    recent = [x for x in upto[-5:] if x.service is e.service]
+    recent = [x for x in upto[-MODE_WINDOW:] if x.service is e.service]
     feats = detector.features(
         e.service,
         e.timestamp,

@@ -6,7 +6,8 @@
     node.record(event)                 # encrypted at rest, never uploaded
     node.train("u42")                  # DP-SGD under the user's budget, here
     node.upload("u42")                 # only the signed adapter leaves
-    node.privacy_report("u42")         # epsilon spent, budget left, last training
+    node.privacy_report("u42")         # epsilon spent per event, budget left, last training
+    node.set_consent("u42", {"megamarket": ["megamarket"]})  # cross-service consent
     node.forget("u42")                 # local store, ledger, key, and the cloud
 
 A node directory holds ``store.db`` (+ its key file), ``ledger.db`` and
@@ -26,6 +27,7 @@ import torch
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from userlayer.edge.consent import SETTING, Consent
 from userlayer.edge.exceptions import EdgeError
 from userlayer.edge.local import LocalResult, LocalTrainConfig, train_and_seal
 from userlayer.edge.privacy import PrivacyLedger
@@ -35,6 +37,7 @@ from userlayer.sdk.client import Client, NotFoundError
 from userlayer.sdk.model.config import AdapterConfig
 from userlayer.sdk.model.io import fingerprint, load_model
 from userlayer.sdk.model.transformer import new_adapter
+from userlayer.sdk.privacy import DEFAULT_ACCOUNTANT, library
 from userlayer.sdk.schemas import Event
 from userlayer.sdk.semantic_ids import SemanticIdTable
 
@@ -43,7 +46,7 @@ __all__ = ["EdgeNode", "PrivacyReport"]
 
 @dataclass(frozen=True)
 class PrivacyReport:
-    """Where a user's privacy budget stands."""
+    """Where a user's privacy budget stands (epsilon per event of the user)."""
 
     user_id: str
     epsilon_spent: float
@@ -53,6 +56,8 @@ class PrivacyReport:
     accountant: str
     trainings: int
     last_training: str | None
+    unit: str = "event"
+    epsilon_spent_rdp: float | None = None  # the same releases under the RDP accountant
 
 
 @dataclass
@@ -74,6 +79,7 @@ class EdgeNode:
         adapter: AdapterConfig | None = None,
         budget: float = 8.0,
         delta: float = 1e-5,
+        accountant: str = DEFAULT_ACCOUNTANT,
     ) -> None:
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -84,7 +90,13 @@ class EdgeNode:
         self.acfg = adapter or AdapterConfig()
         self.train_cfg = train or LocalTrainConfig()
         self.store = ProfileStore(self.dir / "store.db")
-        self.ledger = PrivacyLedger(self.dir / "ledger.db", budget=budget, delta=delta)
+        self.ledger = PrivacyLedger(
+            self.dir / "ledger.db",
+            self.store.ledger_key(),
+            budget=budget,
+            delta=delta,
+            accountant=accountant,
+        )
         self.client = client
         self._trained: dict[str, _Trained] = {}
 
@@ -138,6 +150,7 @@ class EdgeNode:
             self.fingerprint,
             self._key(user_id),
             now=now,
+            consent=self.consent(user_id),
         )
         self._bump(user_id)
         self._trained[user_id] = _Trained(res, version)
@@ -168,10 +181,32 @@ class EdgeNode:
 
     # -- privacy
 
+    def set_consent(self, user_id: str, sources: dict[str, list[str]] | Consent) -> Consent:
+        """Set which services' events may shape which service's adapter (see ``edge.consent``).
+
+        Raises:
+            EdgeError: on an unknown service name (nothing is stored then).
+        """
+        consent = (
+            sources
+            if isinstance(sources, Consent)
+            else Consent({k: tuple(v) for k, v in sources.items()})
+        )
+        self.store.set_setting(user_id, SETTING, consent.to_dict())
+        return consent
+
+    def consent(self, user_id: str) -> Consent:
+        """The user's cross-service consent (default: every service may shape every adapter)."""
+        return Consent.from_dict(self.store.setting(user_id, SETTING))
+
     def privacy_report(self, user_id: str, now: datetime | None = None) -> PrivacyReport:
-        """Epsilon spent in the accounting window, the budget left, the last training."""
+        """Epsilon spent per event in the accounting window, the budget left, the last training.
+
+        The epsilon is given by the ledger's accountant and, for comparison, by RDP.
+        """
         entries = self.ledger.entries(user_id)
-        spent = self.ledger.spent(user_id, now or datetime.now(UTC))
+        now = now or datetime.now(UTC)
+        spent = self.ledger.spent(user_id, now)
         last = entries[-1] if entries else None
         return PrivacyReport(
             user_id=user_id,
@@ -179,9 +214,10 @@ class EdgeNode:
             budget=self.ledger.budget,
             remaining=max(0.0, self.ledger.budget - spent),
             delta=self.ledger.delta,
-            accountant="rdp" if last is None else f"{last.accountant} ({last.library})",
+            accountant=f"{self.ledger.accountant} ({library()})",
             trainings=len(entries),
             last_training=None if last is None else last.time.isoformat(),
+            epsilon_spent_rdp=self.ledger.spent(user_id, now, accountant="rdp"),
         )
 
     # -- forgetting

@@ -1,214 +1,321 @@
-"""Privacy accounting: a pinned RDP accountant and each user's ledger of spent epsilon.
+"""Each user's privacy ledger: every release of their data, and a budget that cannot be overspent.
 
-Every training of a user's adapter is one entry ``(noise_multiplier,
-sample_rate, steps)`` in the user's ledger. The epsilon a user has spent is
-the RDP composition (Opacus ``RDPAccountant``, the version pinned by the
-``[edge]`` extra) of every entry of the last ``period_days``. Training only
-uses events of the last ``period_days`` (the data horizon), so every
-training that saw a given event falls inside one such period, and each event
-is protected at the budget (default epsilon 8 at delta 1e-5 per year of
-data). A training that would exceed the budget is refused before it starts.
+Unit. The ledger's epsilon is per *event* of the user (one purchase, view or
+cart addition): each release is charged for the number of examples one event
+can change (``group``), see :mod:`userlayer.sdk.privacy.accounting`.
 
-The ledger is a small SQLite table beside the profile store. Users appear
-under a SHA-256 pseudonym; entries hold only DP parameters and times.
+Entries. One row per release (a DP-SGD training of the user's adapter): the
+raw mechanism (noise multiplier, sample rate, steps), the group size, where
+its randomness came from, its status (``reserved`` or ``spent``), its time,
+and the user's epsilon after it under the ledger's accountant. The raw
+columns let either accountant (``prv``, ``rdp``) recompute every epsilon
+(:meth:`PrivacyLedger.spent` with ``accountant=``). The user's epsilon is
+the composition of every reserved or spent entry of the last ``period_days``;
+training only uses events of the same period (the data horizon), so every
+release that saw a given event is inside one such period.
+
+Reservation. :meth:`PrivacyLedger.reserve` checks and reserves in one SQLite
+write transaction (``BEGIN IMMEDIATE``: one writer at a time across threads
+and processes): it composes the user's window with the planned mechanism,
+refuses with ``BudgetExceededError`` if that exceeds the budget, else inserts
+a ``reserved`` row, then commits. The caller trains and commits the
+reservation (``spent``) or releases it (deleted) when nothing was released.
+A process that dies in between leaves the reservation counted: the budget is
+never overspent, at worst a little is lost.
+
+Pseudonyms. Users appear as HMAC-SHA256(key, user id) (32 hex chars); the
+key comes from the profile store (wrapped by its KEK; a dictionary of user
+ids does not reverse it). Ledgers of format 1 used an unkeyed SHA-256: their
+rows are moved to the keyed pseudonym the first time the user is looked up.
+
+Schema (format ``userlayer.ledger/2``)::
+
+    meta(key TEXT PRIMARY KEY, value TEXT)   "format" -> "userlayer.ledger/2"
+    entries(id INTEGER PRIMARY KEY, user TEXT, time TEXT, noise REAL, rate REAL,
+            steps INTEGER, grp INTEGER, status TEXT, eps REAL, delta REAL,
+            accountant TEXT, lib TEXT, rng TEXT)
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
+import hmac
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from importlib.metadata import version
 from pathlib import Path
+from types import TracebackType
 
-from userlayer.edge.exceptions import BudgetExceededError, TrainingError
+from userlayer.edge.exceptions import BudgetExceededError, StoreError, TrainingError
+from userlayer.sdk.privacy import DEFAULT_ACCOUNTANT, OS_SOURCE, Mechanism, epsilon, library
 
-__all__ = ["ACCOUNTANT", "LedgerEntry", "PrivacyLedger", "epsilon_of", "noise_for"]
+__all__ = ["LEGACY_GROUP", "LedgerEntry", "PrivacyLedger", "Reservation"]
 
-ACCOUNTANT = "rdp"
-
-
-def _opacus() -> tuple[type, object]:
-    root = logging.getLogger()
-    handlers = list(root.handlers)
-    from opacus.accountants import RDPAccountant
-    from opacus.accountants.utils import get_noise_multiplier
-
-    root.handlers[:] = handlers
-    return RDPAccountant, get_noise_multiplier
-
-
-def library() -> str:
-    """The accountant's library and version, as recorded with every epsilon."""
-    return f"opacus {version('opacus')}"
-
-
-def epsilon_of(history: list[tuple[float, float, int]], delta: float) -> float:
-    """Epsilon of composing ``(noise_multiplier, sample_rate, steps)`` entries at ``delta``."""
-    if not history:
-        return 0.0
-    rdp_cls, _ = _opacus()
-    acc = rdp_cls()
-    acc.history = list(history)
-    return float(acc.get_epsilon(delta))
-
-
-def noise_for(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
-    """The smallest noise multiplier that keeps one training at ``target_epsilon``."""
-    if target_epsilon <= 0:
-        raise TrainingError(f"`target_epsilon` should be positive, got {target_epsilon}")
-    _, get_nm = _opacus()
-    return float(
-        get_nm(  # type: ignore[operator]
-            target_epsilon=target_epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant=ACCOUNTANT,
-        )
-    )
+FORMAT = "userlayer.ledger/2"
+# the examples one event could change under the format-1 training view (its own example,
+# and up to five later prompts and mode windows, each changed: 1 + 2 * 5)
+LEGACY_GROUP = 11
+_INSERT = (
+    "INSERT INTO entries(user, time, noise, rate, steps, grp, status, eps, delta, accountant, "
+    "lib, rng) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SELECT = (
+    "SELECT time, noise, rate, steps, grp, status, eps, delta, accountant, lib, rng "
+    "FROM entries WHERE user=? ORDER BY time, id"
+)
 
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    """One training's DP parameters and the user's epsilon after it."""
+    """One release of a user's data and the user's epsilon after it."""
 
     time: datetime
     noise_multiplier: float
     sample_rate: float
     steps: int
+    group: int  # examples one event can change in this release
+    status: str  # reserved | spent
     epsilon_after: float
     delta: float
     accountant: str
     library: str
+    rng: str  # where the mechanism's randomness came from
+
+    @property
+    def mechanism(self) -> Mechanism:
+        """The raw mechanism of this entry."""
+        return Mechanism(self.noise_multiplier, self.sample_rate, self.steps)
+
+
+class Reservation:
+    """A reserved release: commit it when the release happened, release it when not.
+
+    As a context manager it commits on a normal exit and releases on an exception.
+    """
+
+    def __init__(self, ledger: PrivacyLedger, row_id: int, entry: LedgerEntry) -> None:
+        self._ledger, self._id, self.entry = ledger, row_id, entry
+        self._done = False
+
+    def commit(self) -> LedgerEntry:
+        """Mark the release as spent; returns its entry."""
+        if not self._done:
+            self._ledger._set_status(self._id, "spent")
+            self._done = True
+            self.entry = LedgerEntry(**{**self.entry.__dict__, "status": "spent"})
+        return self.entry
+
+    def release(self) -> None:
+        """Drop the reservation (nothing of the user's data was released)."""
+        if not self._done:
+            self._ledger._delete(self._id)
+            self._done = True
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.release()
 
 
 class PrivacyLedger:
-    """Per-user epsilon ledger with a budget over a rolling period.
+    """Per-user epsilon ledger with a budget over a rolling period (see the module docstring).
 
     Args:
         path: SQLite file (created if missing).
-        budget: epsilon allowed per ``period_days``.
+        key: the 32-byte pseudonym key (``ProfileStore.ledger_key()``).
+        budget: epsilon allowed per ``period_days``, per event.
         delta: the delta every epsilon is stated at.
         period_days: the rolling period (and the data horizon of training).
+        accountant: ``prv`` (default) or ``rdp``.
+
+    Raises:
+        TrainingError: on a bad setting; StoreError: if the file is not a ledger.
     """
 
     def __init__(
         self,
         path: str | Path,
+        key: bytes,
         budget: float = 8.0,
         delta: float = 1e-5,
         period_days: float = 365.0,
+        accountant: str = DEFAULT_ACCOUNTANT,
     ) -> None:
         if budget <= 0 or not 0 < delta < 1 or period_days <= 0:
             raise TrainingError("`budget` and `period_days` should be > 0 and `delta` in (0, 1)")
+        if not isinstance(key, bytes) or len(key) != 32:
+            raise TrainingError("`key` should be 32 bytes (ProfileStore.ledger_key())")
+        epsilon([], delta, accountant)  # validates the accountant's name
         self.budget, self.delta, self.period_days = budget, delta, period_days
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), timeout=60.0, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS ledger(user TEXT NOT NULL, time TEXT NOT NULL, "
-            "noise REAL NOT NULL, rate REAL NOT NULL, steps INTEGER NOT NULL, "
-            "eps REAL NOT NULL, delta REAL NOT NULL, accountant TEXT NOT NULL, lib TEXT NOT NULL)"
+        self.accountant = accountant
+        self._key = key
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            str(path), timeout=60.0, isolation_level=None, check_same_thread=False
         )
-        self._db.execute("CREATE INDEX IF NOT EXISTS ledger_user ON ledger(user, time)")
-        self._db.commit()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA secure_delete=ON")  # migrated and forgotten rows
+            self._setup()
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            raise StoreError(f"{path}: not a privacy ledger ({e})") from e
 
-    @staticmethod
-    def _who(user_id: str) -> str:
-        return hashlib.sha256(b"userlayer.ledger/1|" + user_id.encode()).hexdigest()[:32]
+    def _setup(self) -> None:
+        with self._tx():
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+            if "ledger" in tables and "meta" not in tables:  # format 1
+                self._db.execute("ALTER TABLE ledger RENAME TO ledger_v1")
+            self._db.execute("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT)")
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (FORMAT,))
+            fmt = self._db.execute("SELECT value FROM meta WHERE key='format'").fetchone()[0]
+            if fmt != FORMAT:
+                raise StoreError(f"ledger format {fmt!r}, expected {FORMAT!r}")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS entries(id INTEGER PRIMARY KEY, user TEXT NOT NULL, "
+                "time TEXT NOT NULL, noise REAL NOT NULL, rate REAL NOT NULL, "
+                "steps INTEGER NOT NULL, grp INTEGER NOT NULL, status TEXT NOT NULL, "
+                "eps REAL NOT NULL, delta REAL NOT NULL, accountant TEXT NOT NULL, "
+                "lib TEXT NOT NULL, rng TEXT NOT NULL)"
+            )
+            self._db.execute("CREATE INDEX IF NOT EXISTS entries_user ON entries(user, time)")
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+        self._legacy = "ledger_v1" in tables
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _who(self, user_id: str) -> str:
+        return hmac.new(self._key, b"userlayer.ledger/2|" + user_id.encode(), "sha256").hexdigest()[
+            :32
+        ]
+
+    def _migrate(self, user_id: str) -> None:
+        """Move a format-1 user's rows (unkeyed pseudonym) to the keyed one; inside a write tx."""
+        if not self._legacy:
+            return
+        old = hashlib.sha256(b"userlayer.ledger/1|" + user_id.encode()).hexdigest()[:32]
+        rows = self._db.execute(
+            "SELECT time, noise, rate, steps, eps, delta, accountant, lib FROM ledger_v1 "
+            "WHERE user=?",
+            (old,),
+        ).fetchall()
+        for t, noise, rate, steps, eps, delta, acc, lib in rows:
+            legacy = (LEGACY_GROUP, "spent", eps, delta, acc, lib, "unrecorded (format 1)")
+            self._db.execute(_INSERT, (self._who(user_id), t, noise, rate, steps, *legacy))
+        if rows:
+            self._db.execute("DELETE FROM ledger_v1 WHERE user=?", (old,))
 
     def close(self) -> None:
         """Close the database."""
-        self._db.close()
-
-    def entries(self, user_id: str) -> list[LedgerEntry]:
-        """Every entry of the user, oldest first."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT time, noise, rate, steps, eps, delta, accountant, lib FROM ledger "
-                "WHERE user=? ORDER BY time",
-                (self._who(user_id),),
-            ).fetchall()
+            self._db.close()
+
+    def _entries(self, user_id: str) -> list[LedgerEntry]:
+        rows = self._db.execute(_SELECT, (self._who(user_id),)).fetchall()
         return [
-            LedgerEntry(datetime.fromisoformat(r[0]), r[1], r[2], int(r[3]), r[4], r[5], r[6], r[7])
+            LedgerEntry(datetime.fromisoformat(r[0]), r[1], r[2], int(r[3]), int(r[4]), *r[5:])
             for r in rows
         ]
 
-    def _window(self, user_id: str, now: datetime) -> list[tuple[float, float, int]]:
+    def entries(self, user_id: str) -> list[LedgerEntry]:
+        """Every entry of the user (reserved and spent), oldest first."""
+        with self._tx():
+            self._migrate(user_id)
+            return self._entries(user_id)
+
+    def _window(self, entries: list[LedgerEntry], now: datetime) -> list[LedgerEntry]:
         start = now - timedelta(days=self.period_days)
-        return [
-            (e.noise_multiplier, e.sample_rate, e.steps)
-            for e in self.entries(user_id)
-            if e.time > start
-        ]
+        return [e for e in entries if e.time > start]
 
-    def spent(self, user_id: str, now: datetime | None = None) -> float:
-        """Epsilon the user has spent in the current period."""
-        return epsilon_of(self._window(user_id, now or datetime.now(UTC)), self.delta)
+    def _epsilon(self, entries: list[LedgerEntry], accountant: str | None = None) -> float:
+        group = max((e.group for e in entries), default=1)
+        mechs = [e.mechanism for e in entries]
+        return epsilon(mechs, self.delta, accountant or self.accountant, group)
 
-    def check(
+    def spent(
+        self, user_id: str, now: datetime | None = None, accountant: str | None = None
+    ) -> float:
+        """Epsilon the user has spent (or reserved) in the current period.
+
+        ``accountant`` recomputes it with another accountant than the ledger's.
+        """
+        window = self._window(self.entries(user_id), now or datetime.now(UTC))
+        return self._epsilon(window, accountant)
+
+    def reserve(
         self,
         user_id: str,
-        noise_multiplier: float,
-        sample_rate: float,
-        steps: int,
+        mechanism: Mechanism,
+        group: int = 1,
         now: datetime | None = None,
-    ) -> float:
-        """The epsilon after a planned training; refuses one that exceeds the budget.
+        rng: str = OS_SOURCE,
+    ) -> Reservation:
+        """Check the budget and reserve a release in one transaction.
 
         Raises:
-            BudgetExceededError: with the spent, planned and allowed epsilon.
+            BudgetExceededError: with the spent, planned and allowed epsilon
+                (nothing is written then).
         """
-        hist = self._window(user_id, now or datetime.now(UTC))
-        before = epsilon_of(hist, self.delta)
-        after = epsilon_of([*hist, (noise_multiplier, sample_rate, steps)], self.delta)
-        if after > self.budget:
-            raise BudgetExceededError(
-                f"user {user_id!r}: training would bring epsilon from {before:.3f} to "
-                f"{after:.3f}, over the budget {self.budget} (delta {self.delta}, "
-                f"{self.period_days:g} days)"
-            )
-        return after
-
-    def record(
-        self,
-        user_id: str,
-        noise_multiplier: float,
-        sample_rate: float,
-        steps: int,
-        now: datetime | None = None,
-    ) -> LedgerEntry:
-        """Add a finished training; returns the entry with the epsilon after it."""
         now = now or datetime.now(UTC)
-        hist = self._window(user_id, now)
-        eps = epsilon_of([*hist, (noise_multiplier, sample_rate, steps)], self.delta)
-        entry = LedgerEntry(
-            now, noise_multiplier, sample_rate, steps, eps, self.delta, ACCOUNTANT, library()
-        )
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    self._who(user_id),
-                    now.isoformat(),
-                    noise_multiplier,
-                    sample_rate,
-                    steps,
-                    eps,
-                    self.delta,
-                    ACCOUNTANT,
-                    entry.library,
-                ),
+        with self._tx():
+            self._migrate(user_id)
+            window = self._window(self._entries(user_id), now)
+            before = self._epsilon(window)
+            planned = LedgerEntry(
+                now, *mechanism.as_tuple(), group, "reserved", 0.0, self.delta, "", "", rng
             )
-            self._db.commit()
-        return entry
+            after = self._epsilon([*window, planned])
+            if after > self.budget:
+                raise BudgetExceededError(
+                    f"user {user_id!r}: training would bring epsilon from {before:.3f} to "
+                    f"{after:.3f}, over the budget {self.budget} (per event, delta "
+                    f"{self.delta}, {self.period_days:g} days, {self.accountant} accountant)"
+                )
+            entry = LedgerEntry(
+                **{
+                    **planned.__dict__,
+                    "epsilon_after": after,
+                    "accountant": self.accountant,
+                    "library": library(),
+                }
+            )
+            row = (self._who(user_id), now.isoformat(), *mechanism.as_tuple(), group)
+            meta = ("reserved", after, self.delta, self.accountant, entry.library, rng)
+            cur = self._db.execute(_INSERT, (*row, *meta))
+            row_id = int(cur.lastrowid or 0)
+        return Reservation(self, row_id, entry)
+
+    def _set_status(self, row_id: int, status: str) -> None:
+        with self._tx():
+            self._db.execute("UPDATE entries SET status=? WHERE id=?", (status, row_id))
+
+    def _delete(self, row_id: int) -> None:
+        with self._tx():
+            self._db.execute("DELETE FROM entries WHERE id=?", (row_id,))
 
     def forget(self, user_id: str) -> None:
-        """Remove a user's entries."""
-        with self._lock:
-            self._db.execute("DELETE FROM ledger WHERE user=?", (self._who(user_id),))
-            self._db.commit()
+        """Remove a user's entries (their data is being erased with them)."""
+        with self._tx():
+            self._migrate(user_id)
+            self._db.execute("DELETE FROM entries WHERE user=?", (self._who(user_id),))

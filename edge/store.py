@@ -9,6 +9,8 @@ Layout and wire format (schema ``userlayer.profile/1``)::
     meta(key TEXT PRIMARY KEY, value BLOB)
         "format"      -> b"userlayer.profile/1"
         "index_key"   -> kek_id, newline, wrapped 32-byte HMAC key (AAD b"userlayer.index/1")
+        "ledger_key"  -> kek_id, newline, wrapped 32-byte key of the privacy ledger's
+                         pseudonyms (AAD b"userlayer.ledger-key/1"; made on first use)
     deks(user_ref BLOB PRIMARY KEY, kek_id TEXT, wrapped BLOB, uid BLOB)
         user_ref = HMAC-SHA256(index_key, user_id)[:16]   (no user id in clear)
         wrapped  = the user's AES-256 DEK wrapped by the KeyProvider
@@ -20,6 +22,10 @@ Layout and wire format (schema ``userlayer.profile/1``)::
         AAD  = b"userlayer.profile/1|" service "|" user_id "|" rid "|1"
         payload = compact JSON list: [item_id, action, ts_ms, quantity, price,
                   mode, daypart, weekday, season, weather, geo_cell]
+
+    settings(user_ref BLOB, name TEXT, blob BLOB)   (per-user settings, e.g. consent)
+        blob = nonce(12) || AES-256-GCM(DEK, JSON object) || tag(16)
+        AAD  = b"userlayer.profile/1|setting|" user_id "|" name "|1"
 
 So a ciphertext copied to another user, record or service fails to decrypt.
 Only the service name, the pseudonymous user reference and the row order are
@@ -60,6 +66,7 @@ logger = logging.getLogger(__name__)
 FORMAT = b"userlayer.profile/1"
 SCHEMA_VERSION = b"1"
 _BLOB_VERSION = 1
+_META_KEYS = {"index_key": b"userlayer.index/1", "ledger_key": b"userlayer.ledger-key/1"}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS deks(
@@ -68,6 +75,9 @@ CREATE TABLE IF NOT EXISTS events(
     seq INTEGER PRIMARY KEY, rid BLOB NOT NULL UNIQUE, user_ref BLOB NOT NULL,
     service TEXT NOT NULL, blob BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS events_by_user ON events(user_ref, seq);
+CREATE TABLE IF NOT EXISTS settings(
+    user_ref BLOB NOT NULL, name TEXT NOT NULL, blob BLOB NOT NULL,
+    PRIMARY KEY(user_ref, name));
 """
 
 
@@ -168,7 +178,7 @@ class ProfileStore:
         except BaseException:
             self._db.close()
             raise
-        self._index_key = self._load_index_key()
+        self._index_key = self._meta_key("index_key")
         self._deks: dict[bytes, bytes] = {}
 
     @contextmanager
@@ -196,17 +206,22 @@ class ProfileStore:
 
     # keys ------------------------------------------------------------------
 
-    def _load_index_key(self) -> bytes:
-        aad = b"userlayer.index/1"
+    def _meta_key(self, name: str) -> bytes:
+        """A 32-byte store key kept in ``meta`` wrapped by the KEK (made on first use)."""
+        aad = _META_KEYS[name]
         with self._tx():
-            row = self._db.execute("SELECT value FROM meta WHERE key='index_key'").fetchone()
+            row = self._db.execute("SELECT value FROM meta WHERE key=?", (name,)).fetchone()
             if row is None:
                 kek_id, wrapped = self.keys.wrap(secrets.token_bytes(32), aad)
                 value = kek_id.encode() + b"\n" + wrapped
-                self._db.execute("INSERT INTO meta VALUES ('index_key', ?)", (value,))
+                self._db.execute("INSERT INTO meta VALUES (?, ?)", (name, value))
                 row = (value,)
         kek_id_b, _, wrapped = bytes(row[0]).partition(b"\n")
         return self.keys.unwrap(kek_id_b.decode(), wrapped, aad)
+
+    def ledger_key(self) -> bytes:
+        """The key of the privacy ledger's user pseudonyms (kept across KEK rotations)."""
+        return self._meta_key("ledger_key")
 
     def _ref(self, user_id: str) -> bytes:
         return hmac.new(self._index_key, user_id.encode(), hashlib.sha256).digest()[:16]
@@ -310,6 +325,49 @@ class ProfileStore:
         out.sort(key=lambda e: e.timestamp)  # stable: ties keep insertion order
         return out
 
+    def set_setting(self, user_id: str, name: str, value: dict[str, object]) -> None:
+        """Store one of the user's settings (JSON), encrypted under their data key.
+
+        Raises:
+            StoreError: if ``value`` is not JSON-serialisable.
+        """
+        try:
+            raw = json.dumps(value, sort_keys=True).encode()
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"setting {name!r} is not JSON: {e}") from e
+        with self._tx():
+            dek = self._dek(user_id, create=True)
+            assert dek is not None
+            ref = self._ref(user_id)
+            blob = aead_encrypt(dek, raw, self._setting_aad(user_id, name))
+            self._db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?, ?)", (ref, name, blob))
+
+    def setting(self, user_id: str, name: str) -> dict[str, object] | None:
+        """One of the user's settings, or None if it was never set.
+
+        Raises:
+            ProfileDecryptError: if the stored setting fails authentication.
+        """
+        with self._lock:
+            dek = self._dek(user_id, create=False)
+            if dek is None:
+                return None
+            row = self._db.execute(
+                "SELECT blob FROM settings WHERE user_ref=? AND name=?", (self._ref(user_id), name)
+            ).fetchone()
+        if row is None:
+            return None
+        what = f"setting {name!r} of user {user_id!r}"
+        raw = aead_decrypt(dek, bytes(row[0]), self._setting_aad(user_id, name), what)
+        value = json.loads(raw)
+        if not isinstance(value, dict):
+            raise ProfileDecryptError(f"{what}: not a JSON object")
+        return value
+
+    @staticmethod
+    def _setting_aad(user_id: str, name: str) -> bytes:
+        return b"|".join((FORMAT, b"setting", user_id.encode(), name.encode(), SCHEMA_VERSION))
+
     def count(self, user_id: str | None = None) -> int:
         """Number of stored events, of one user or of everyone."""
         with self._lock:
@@ -348,6 +406,7 @@ class ProfileStore:
         ref = self._ref(user_id)
         with self._tx():
             n = self._db.execute("DELETE FROM events WHERE user_ref=?", (ref,)).rowcount
+            self._db.execute("DELETE FROM settings WHERE user_ref=?", (ref,))
             self._db.execute("DELETE FROM deks WHERE user_ref=?", (ref,))
         self._deks.pop(ref, None)
         with self._lock:
@@ -380,13 +439,17 @@ class ProfileStore:
                     self._db.execute(
                         "UPDATE deks SET kek_id=?, wrapped=? WHERE user_ref=?", (kid, w, ref)
                     )
-                row = self._db.execute("SELECT value FROM meta WHERE key='index_key'").fetchone()
-                old_index, _, _ = bytes(row[0]).partition(b"\n")
-                old_ids.add(old_index.decode())
-                kid, w = self.keys.wrap(self._index_key, b"userlayer.index/1")
-                self._db.execute(
-                    "UPDATE meta SET value=? WHERE key='index_key'", (kid.encode() + b"\n" + w,)
-                )
+                for name, aad in _META_KEYS.items():
+                    row = self._db.execute("SELECT value FROM meta WHERE key=?", (name,)).fetchone()
+                    if row is None:
+                        continue
+                    old_kid, _, old_wrapped = bytes(row[0]).partition(b"\n")
+                    old_ids.add(old_kid.decode())
+                    key = self.keys.unwrap(old_kid.decode(), old_wrapped, aad)
+                    kid, w = self.keys.wrap(key, aad)
+                    self._db.execute(
+                        "UPDATE meta SET value=? WHERE key=?", (kid.encode() + b"\n" + w, name)
+                    )
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         if destroy_old:
             for kid in old_ids - {new}:

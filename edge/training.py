@@ -8,12 +8,25 @@ vmap; the cost is one batched forward and backward, like non-private
 training. (``tests/edge/test_training.py`` checks these gradients against
 Opacus' ``GradSampleModule`` on the peft-wrapped base.)
 
-DP-SGD step (Abadi et al. 2016, as Opacus does it): Poisson sampling with
-rate ``q = batch_size / N`` (each example in each step independently), every
-example's gradient clipped to L2 norm ``clip`` over all adapter tensors
-together, the sum plus Gaussian noise ``N(0, (noise_multiplier * clip)^2)``,
-divided by the expected batch size ``q * N``, then an Adam step. An empty
-batch still takes a noise-only step. The base model never changes.
+DP-SGD step: Poisson sampling with rate ``q = batch_size / N`` (each example
+in each step independently, uniforms from the OS CSPRNG), then Opacus'
+``DPOptimizer`` fed with those per-example gradients (``p.grad_sample``):
+every example's gradient clipped to L2 norm ``clip`` over all trained tensors
+together, the sum plus Gaussian noise ``N(0, (noise_multiplier * clip)^2)``
+drawn from the OS CSPRNG (:class:`userlayer.sdk.privacy.SecureRandom`, with
+the sum-of-four defence against floating-point attacks), divided by the
+expected batch size ``q * N``, then an Adam step. An empty batch still takes a
+noise-only step. The base model never changes.
+
+Privacy unit: the event. The examples come with the number of examples one
+event can change (``UserExamples.group``); the ledger charges for that many
+by group privacy, so the epsilon in the record is per event. The budget is
+reserved atomically before the first step (:meth:`PrivacyLedger.reserve`).
+
+``TrainConfig.seed`` is a test hook: it makes the noise and the sampling
+reproducible, which makes them subtractable, so the record of such a run says
+``rng="seeded:<n> (not private)"`` and the registry refuses it where DP is
+required.
 """
 
 from __future__ import annotations
@@ -22,16 +35,20 @@ import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from userlayer.edge.examples import UserExamples
 from userlayer.edge.exceptions import TrainingError
-from userlayer.edge.privacy import ACCOUNTANT, PrivacyLedger, library, noise_for
+from userlayer.edge.privacy import PrivacyLedger
 from userlayer.sdk.adapter import PrivacyRecord
+from userlayer.sdk.exceptions import PrivacyError
 from userlayer.sdk.model.config import AdapterConfig
 from userlayer.sdk.model.transformer import Recommender, RowAdapters
+from userlayer.sdk.privacy import DPRandom, Mechanism, dp_random, noise_multiplier
 
 __all__ = [
     "PERSONAL",
@@ -83,7 +100,7 @@ class TrainConfig:
     batch_size: int = 16  # expected batch size (Poisson: it varies)
     lr: float = 5e-3
     max_steps: int = 400
-    seed: int = 0
+    seed: int | None = None  # test hook only: a seeded run is NOT private
     dp: DPConfig = field(default_factory=DPConfig)
     # adapter tensors trained per user: the personal parts by default (profile prefix,
     # mode components, FiLM). Under DP-SGD fewer coordinates mean less noise per
@@ -190,9 +207,11 @@ def train_adapter(
 ) -> TrainResult:
     """Train a user's adapter from ``init`` on their examples; the base stays frozen.
 
-    With DP the budget is checked first (``BudgetExceededError``, and
-    ``init`` is returned untouched by the caller's choice to keep it), and
-    the training is recorded in ``ledger`` once it finished.
+    With DP the noise is solved for the target epsilon (per event: the
+    examples' group size is charged), the budget is checked and the training
+    reserved in ``ledger`` in one transaction (``BudgetExceededError`` and
+    nothing recorded when it does not fit), and the reservation is committed
+    when training finished (released if it failed).
 
     Args:
         model: the frozen base (put in eval mode here; its weights never change).
@@ -206,7 +225,8 @@ def train_adapter(
         trainable: names of the tensors to train (default: all).
 
     Raises:
-        TrainingError: bad settings or no examples; BudgetExceededError over budget.
+        TrainingError: bad settings, no examples, or a target epsilon no noise reaches;
+            BudgetExceededError: over budget.
     """
     cfg = cfg or TrainConfig()
     dp = cfg.dp
@@ -214,16 +234,6 @@ def train_adapter(
     if n == 0:
         raise TrainingError("no examples to train on")
     q, steps = cfg.plan(n)
-    noise = 0.0
-    if dp.enabled:
-        if ledger is None:
-            raise TrainingError("DP training needs a privacy ledger")
-        noise = (
-            dp.noise_multiplier
-            if dp.noise_multiplier is not None
-            else noise_for(float(dp.target_epsilon or 0), ledger.delta, q, steps)
-        )
-        ledger.check(user_id, noise, q, steps, now)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -235,76 +245,147 @@ def train_adapter(
         raise TrainingError(f"{unknown} are not adapter tensor names")
     if not names:
         raise TrainingError(f"none of the trainable tensors {trainable} is in this adapter")
-    params = {k: v.detach().clone().float() for k, v in init.items()}
-    train = {k: params[k].requires_grad_(True) for k in names}
-    opt = torch.optim.Adam(list(train.values()), lr=cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    losses: list[float] = []
-    sizes: list[int] = []
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        if dp.enabled:
-            idx = torch.nonzero(torch.rand(n, generator=gen) < q).flatten()
-        else:
-            idx = torch.randperm(n, generator=gen)[: cfg.batch_size]
-        sizes.append(len(idx))
-        grad = _step_gradient(model, acfg, params, names, examples, idx, dp, noise, q * n, gen)
-        if len(idx):
-            losses.append(float(grad.pop("__loss__")))
-        for k in names:
-            train[k].grad = grad[k]
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    record = None
-    if dp.enabled:
-        assert ledger is not None
-        entry = ledger.record(user_id, noise, q, steps, now)
-        record = PrivacyRecord(
-            epsilon=entry.epsilon_after,
-            delta=ledger.delta,
-            accountant=ACCOUNTANT,
-            library=library(),
-            steps=steps,
-            noise_multiplier=noise,
-            sample_rate=q,
-            clip=dp.clip,
+    if not dp.enabled:
+        t0 = time.perf_counter()
+        out, losses, sizes = _train_plain(model, acfg, examples, init, names, cfg, steps)
+        return TrainResult(out, losses, sizes, steps, time.perf_counter() - t0, None)
+    rng = dp_random(cfg.seed)
+    if ledger is None:
+        raise TrainingError("DP training needs a privacy ledger")
+    try:
+        noise = (
+            dp.noise_multiplier
+            if dp.noise_multiplier is not None
+            else noise_multiplier(
+                float(dp.target_epsilon or 0),
+                ledger.delta,
+                q,
+                steps,
+                ledger.accountant,
+                examples.group,
+            )
         )
-    out = {k: v.detach().clone() for k, v in params.items()}
+        mech = Mechanism(noise, q, steps)
+    except PrivacyError as e:
+        raise TrainingError(str(e)) from e
+    t0 = time.perf_counter()
+    with ledger.reserve(user_id, mech, examples.group, now, rng.source) as reservation:
+        out, losses, sizes = _train_dp(model, acfg, examples, init, names, cfg, mech, rng)
+    entry = reservation.entry
+    record = PrivacyRecord(
+        epsilon=entry.epsilon_after,
+        delta=ledger.delta,
+        accountant=entry.accountant,
+        library=entry.library,
+        steps=steps,
+        noise_multiplier=noise,
+        sample_rate=q,
+        clip=dp.clip,
+        unit=examples.unit,
+        examples_per_unit=examples.group,
+        rng=rng.source,
+    )
     return TrainResult(out, losses, sizes, steps, time.perf_counter() - t0, record)
 
 
-def _step_gradient(
+def _leaves(init: dict[str, Tensor], names: tuple[str, ...]) -> dict[str, Tensor]:
+    params = {k: v.detach().clone().float() for k, v in init.items()}
+    for k in names:
+        params[k].requires_grad_(True)
+    return params
+
+
+def _train_plain(
     model: Recommender,
     acfg: AdapterConfig,
-    params: dict[str, Tensor],
-    names: tuple[str, ...],
     ex: UserExamples,
-    idx: Tensor,
-    dp: DPConfig,
+    init: dict[str, Tensor],
+    names: tuple[str, ...],
+    cfg: TrainConfig,
+    steps: int,
+) -> tuple[dict[str, Tensor], list[float], list[int]]:
+    """Non-private training (the comparison): mini-batches without replacement."""
+    params = _leaves(init, names)
+    opt = torch.optim.Adam([params[k] for k in names], lr=cfg.lr)
+    gen = torch.Generator().manual_seed(0 if cfg.seed is None else cfg.seed)
+    losses: list[float] = []
+    sizes: list[int] = []
+    n = len(ex)
+    for _ in range(steps):
+        idx = torch.randperm(n, generator=gen)[: cfg.batch_size]
+        sizes.append(len(idx))
+        batch = (ex.tokens[idx], ex.ctx[idx], ex.weights[idx], ex.mode_weights[idx])
+        mean, batch_losses = batch_grads(model, acfg, params, names, *batch)
+        losses.append(float(batch_losses.mean()))
+        for k in names:
+            params[k].grad = mean[k]
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return {k: v.detach().clone() for k, v in params.items()}, losses, sizes
+
+
+def _train_dp(
+    model: Recommender,
+    acfg: AdapterConfig,
+    ex: UserExamples,
+    init: dict[str, Tensor],
+    names: tuple[str, ...],
+    cfg: TrainConfig,
+    mech: Mechanism,
+    rng: DPRandom,
+) -> tuple[dict[str, Tensor], list[float], list[int]]:
+    """DP-SGD (see the module docstring): Poisson batches, Opacus' DPOptimizer, OS noise."""
+    params = _leaves(init, names)
+    n = len(ex)
+    opt = _dp_optimizer(
+        torch.optim.Adam([params[k] for k in names], lr=cfg.lr),
+        mech.noise_multiplier,
+        cfg.dp.clip,
+        mech.sample_rate * n,
+        rng,
+    )
+    losses: list[float] = []
+    sizes: list[int] = []
+    for _ in range(mech.steps):
+        idx = torch.from_numpy(np.flatnonzero(rng.uniform(n) < mech.sample_rate))
+        sizes.append(len(idx))
+        if len(idx):
+            batch = (ex.tokens[idx], ex.ctx[idx], ex.weights[idx], ex.mode_weights[idx])
+            grads, batch_losses = per_example_grads(model, acfg, params, *batch, names=names)
+            losses.append(float(batch_losses.mean()))
+        else:
+            grads = {k: torch.zeros((0, *params[k].shape)) for k in names}
+        for k in names:
+            params[k].grad_sample = grads[k]  # type: ignore[attr-defined]
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return {k: v.detach().clone() for k, v in params.items()}, losses, sizes
+
+
+def _dp_optimizer(
+    optimizer: torch.optim.Optimizer,
     noise: float,
-    expected_batch: float,
-    gen: torch.Generator,
-) -> dict[str, Tensor]:
-    out: dict[str, Tensor] = {}
-    batch = (ex.tokens[idx], ex.ctx[idx], ex.weights[idx], ex.mode_weights[idx])
-    if not dp.enabled:
-        if not len(idx):
-            return {k: torch.zeros_like(params[k]) for k in names}
-        mean, losses = batch_grads(model, acfg, params, names, *batch)
-        return {"__loss__": losses.mean(), **mean}
-    if len(idx):
-        grads, losses = per_example_grads(model, acfg, params, *batch, names=names)
-        out["__loss__"] = losses.mean()
-        g = {k: grads[k] for k in names}
-    else:
-        g = {k: torch.zeros((0, *params[k].shape)) for k in names}
-    if len(idx):
-        norms = torch.sqrt(sum((t.flatten(1) ** 2).sum(1) for t in g.values()))  # type: ignore[arg-type]
-        factor = (dp.clip / (norms + 1e-6)).clamp(max=1.0)
-    for k in names:
-        total = (
-            torch.einsum("b,b...->...", factor, g[k]) if len(idx) else torch.zeros_like(params[k])
-        )
-        total = total + torch.randn(params[k].shape, generator=gen) * noise * dp.clip
-        out[k] = total / expected_batch
-    return out
+    clip: float,
+    expected_batch_size: float,
+    rng: DPRandom,
+) -> Any:
+    """Opacus' DPOptimizer whose Gaussian noise comes from ``rng`` (the OS CSPRNG)."""
+    from opacus.optimizers import DPOptimizer
+    from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+    class _OsNoiseDPOptimizer(DPOptimizer):  # type: ignore[misc]
+        def add_noise(self) -> None:
+            for p in self.params:
+                _check_processed_flag(p.summed_grad)
+                std = self.noise_multiplier * self.max_grad_norm
+                z = rng.gaussian(tuple(p.summed_grad.shape), std)
+                p.grad = (p.summed_grad + torch.from_numpy(z).to(p.summed_grad.dtype)).view_as(p)
+                _mark_as_processed(p.summed_grad)
+
+    return _OsNoiseDPOptimizer(
+        optimizer,
+        noise_multiplier=noise,
+        max_grad_norm=clip,
+        expected_batch_size=expected_batch_size,
+        loss_reduction="mean",
+    )

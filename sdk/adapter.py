@@ -76,7 +76,10 @@ __all__ = [
     "unseal",
 ]
 
-ADAPTER_FORMAT = "userlayer.adapter/1"
+ADAPTER_FORMAT = "userlayer.adapter/2"
+# format 1 manifests (no privacy unit, no randomness source) are still read; their
+# privacy record says unit "example" and rng "unrecorded (format 1)"
+LEGACY_FORMATS = ("userlayer.adapter/1",)
 MAGIC = b"ULAP"
 VERSION = 1
 KIND_PLAIN, KIND_SEALED = 0, 1
@@ -128,16 +131,34 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class PrivacyRecord:
-    """How the personal adapter was trained: the DP guarantee, as accounted."""
+    """How the adapter was released: the DP guarantee, as accounted.
+
+    ``epsilon`` is the user's epsilon after this release (composed over their
+    ledger's period) at ``delta``, per ``unit`` (``event``: each of the user's
+    events; ``user``: a user's whole contribution, for shared parts; ``example``:
+    format-1 records, whose unit was one training example). ``examples_per_unit``
+    is how many training examples one unit can change (charged by group
+    privacy); ``rng`` where the mechanism's randomness came from (``os-csprng``
+    in production; a seeded test run says "not private"). The last four fields
+    are the raw mechanism of this release.
+    """
 
     epsilon: float
     delta: float
-    accountant: str  # e.g. "rdp"
+    accountant: str  # prv | rdp
     library: str  # e.g. "opacus 1.6.0"
     steps: int = 0
     noise_multiplier: float = 0.0
     sample_rate: float = 0.0
     clip: float = 0.0
+    unit: str = "event"
+    examples_per_unit: int = 1
+    rng: str = "os-csprng"
+
+    @property
+    def private(self) -> bool:
+        """Whether the mechanism's randomness was unpredictable (the OS CSPRNG)."""
+        return self.rng == "os-csprng"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -211,7 +232,7 @@ class Manifest:
         extra = set(doc) - set(need) - {"privacy"}
         if extra:
             raise AdapterError(f"manifest has unknown fields {sorted(extra)}")
-        if doc["format"] != ADAPTER_FORMAT:
+        if doc["format"] != ADAPTER_FORMAT and doc["format"] not in LEGACY_FORMATS:
             raise AdapterError(f"manifest format {doc['format']!r}, expected {ADAPTER_FORMAT!r}")
         for name in ("user_id", "service", "signer", "base_fingerprint"):
             v = doc[name]
@@ -240,25 +261,62 @@ class Manifest:
             service=doc["service"],
             version=doc["version"],
             signer=doc["signer"],
-            privacy=_privacy(doc.get("privacy")),
+            privacy=_privacy(doc.get("privacy"), legacy=doc["format"] in LEGACY_FORMATS),
             created=doc["created"],
+            format=doc["format"],
         )
 
 
-def _privacy(d: Any) -> PrivacyRecord | None:
+_PRIVACY_FIELDS: dict[str, Any] = {
+    "epsilon": float,
+    "delta": float,
+    "noise_multiplier": float,
+    "sample_rate": float,
+    "clip": float,
+    "steps": int,
+    "examples_per_unit": int,
+    "accountant": ("prv", "rdp"),
+    "unit": ("event", "user", "example"),
+    "library": str,
+    "rng": str,
+}
+
+
+def _privacy(d: Any, legacy: bool = False) -> PrivacyRecord | None:
+    """Parse and validate a manifest's privacy record; every field is checked."""
     if d is None:
         return None
-    try:
-        rec = PrivacyRecord(**d)
-        ok = all(
-            isinstance(getattr(rec, f), int | float) and math.isfinite(getattr(rec, f))
-            for f in ("epsilon", "delta", "noise_multiplier", "sample_rate", "clip")
-        )
-        if not ok or rec.epsilon < 0 or not 0 <= rec.delta < 1:
-            raise ValueError("epsilon/delta out of range")
-        return rec
-    except (TypeError, ValueError) as e:
-        raise AdapterError(f"manifest field `privacy` is invalid: {e}") from e
+    if not isinstance(d, dict):
+        raise AdapterError("manifest field `privacy` should be an object or null")
+    d = dict(d)
+    if legacy:
+        if "unit" in d or "rng" in d or "examples_per_unit" in d:
+            raise AdapterError(
+                "manifest field `privacy` has format-2 fields in a format-1 manifest"
+            )
+        d.update(unit="example", rng="unrecorded (format 1)", examples_per_unit=1)
+    unknown = set(d) - set(_PRIVACY_FIELDS)
+    if unknown:
+        raise AdapterError(f"manifest field `privacy` has unknown fields {sorted(unknown)}")
+    for name, kind in _PRIVACY_FIELDS.items():
+        v = d.get(name)
+        if v is None and name not in ("epsilon", "delta", "accountant", "library"):
+            continue  # optional: the dataclass default
+        bad = isinstance(v, bool)
+        if kind is float:
+            bad = bad or not isinstance(v, int | float) or not math.isfinite(v) or v < 0
+        elif kind is int:
+            bad = bad or not isinstance(v, int) or not 0 <= v <= 1 << 31
+        elif kind is str or (legacy and name == "accountant"):
+            bad = bad or not isinstance(v, str) or not 0 < len(v) <= 64
+        else:
+            bad = bad or v not in kind
+        if bad:
+            raise AdapterError(f"manifest field `privacy.{name}` is invalid: {v!r}")
+    rec = PrivacyRecord(**d)
+    if not 0 <= rec.delta < 1 or rec.sample_rate > 1 or rec.examples_per_unit < 1:
+        raise AdapterError("manifest field `privacy` is out of range (delta, sample_rate or group)")
+    return rec
 
 
 @dataclass(frozen=True)

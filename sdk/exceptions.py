@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "AdapterError",
     "CatalogError",
+    "PrivacyError",
     "SchemaError",
     "SemanticIdError",
     "UserLayerError",
@@ -34,3 +35,7 @@ class SemanticIdError(UserLayerError, ValueError):
 
 class AdapterError(UserLayerError, ValueError):
     """A sealed adapter package is malformed, tampered with, or fails verification."""
+
+
+class PrivacyError(UserLayerError, ValueError):
+    """A privacy mechanism or its accounting is misconfigured (the message names the value)."""

@@ -46,7 +46,7 @@ def test_no_canary_in_logs_metrics_or_files(
     client = Client(live.url, live.keys["admin"])
     node = EdgeNode(tmp_path / "node", live.model_dir, client, LocalTrainConfig(epochs=1.0))
     node.record(*real, *canaries)
-    out = node.train(user)
+    out = node.train(user, now=real[-1].timestamp + timedelta(days=1))  # the data's clock
     node.upload(user)
     svc = out["services"][0]
     r = client.recommend(

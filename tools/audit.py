@@ -1,36 +1,44 @@
-"""Privacy audit: a membership-inference attack on trained personal adapters.
+"""Privacy audit of personal adapters: membership inference and a noise-replay attack.
 
-The game (canary auditing after Jagielski et al. 2020 and Nasr et al. 2021):
-for each audited user two canary items are drawn that the user never
-touched. One of them is appended to the user's history as their latest
-purchase (one event: it is the target of exactly one training example and in
-no other example's prompt, so the per-example DP guarantee of the adapter
-covers it); the other is never inserted. The user's adapter is trained on
-the history, with DP-SGD at each audited epsilon and without DP.
+The game (canary auditing after Jagielski et al. 2020 and Nasr et al. 2021),
+for the privacy unit the product claims, the *event*: for each audited user
+two canary items are drawn that the user never touched. One of them is
+inserted into the user's history as one purchase, either as the latest event
+(``position="last"``) or in the middle of the history (``"middle"``: with
+session prompts it then sits in several later examples' prompts, which the
+accounting must charge); the other is never inserted. The user's adapter is
+trained on the history at each audited epsilon and without DP.
 
-The attack sees the uploaded adapter and the public base model. Its score
-for a candidate item is LiRA-style, with the base model as reference: how
-much the adapter lowers the item's loss at the canary's slot compared with
-the base, minus the median of the same drop over reference items (so a user
-whose adapter lowers every loss is not mistaken for a member). Members are
-the inserted canaries, non-members the others.
+Two attacks see the released adapter and the public base model:
 
-Reported per setting: the attack's AUC and an empirical lower bound on
-epsilon. The bound comes from a threshold attack: the threshold is chosen on
-one half of the users and the true and false positive rates are measured on
-the other half, with Clopper-Pearson intervals (95%), so
-``log((TPR_low - delta) / FPR_high)`` (and its mirror on the negatives) is a
-valid lower bound with 95% confidence. A correct DP implementation keeps it
-below the reported epsilon; without DP it shows how much the adapter leaks.
+- **Membership inference** (LiRA-style, the base as reference): how much the
+  adapter lowers the candidate's loss at the canary's slot compared with the
+  base, minus the median of the same drop over reference items. Reported: the
+  AUC, the highest AUC the reported epsilon allows, and an empirical lower
+  bound on epsilon: the threshold is chosen on one half of the users and the
+  rates measured on the other half, with Clopper-Pearson intervals (95%), so
+  ``log((TPR_low - delta) / FPR_high)`` (and its mirror) is a valid lower
+  bound with 95% confidence. A correct mechanism keeps it below the reported
+  epsilon; without DP it shows how much the adapter leaks.
+- **Noise replay**: an attacker who reads the code, knows the public config
+  and every other event of the user replays the training with each candidate
+  inserted, with the randomness the code would use if it were predictable
+  (the seed of the config: ``replay_seed``), and scores a candidate by minus
+  the distance between the released adapter and its replay. If the noise were
+  predictable the member's replay would equal the release exactly (AUC 1).
+  With the OS CSPRNG it cannot be replayed. ``train_seed`` sets the DP test
+  hook on the audited trainings (a seeded, NOT private run) to show the
+  attack succeeds there.
 """
 
 from __future__ import annotations
 
 import math
+import secrets
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +47,7 @@ import torch
 
 from userlayer.edge.examples import (
     ExampleConfig,
+    UserExamples,
     encode_prompt,
     mode_weights,
     session_before,
@@ -46,7 +55,7 @@ from userlayer.edge.examples import (
 )
 from userlayer.edge.privacy import PrivacyLedger
 from userlayer.edge.profile import build_profile
-from userlayer.edge.training import PERSONAL, DPConfig, TrainConfig, train_adapter
+from userlayer.edge.training import PERSONAL, DPConfig, TrainConfig, TrainResult, train_adapter
 from userlayer.sdk.model.config import AdapterConfig
 from userlayer.sdk.model.io import load_model
 from userlayer.sdk.model.prompt import pack_prompts
@@ -59,12 +68,20 @@ from userlayer.tools.exceptions import ToolsError
 __all__ = ["AuditConfig", "auc", "audit_membership", "epsilon_lower_bound", "max_auc"]
 
 
+POSITIONS = ("last", "middle")
+
+
 @dataclass(frozen=True)
 class AuditConfig:
     """One audit run; validated on creation. ``None`` in ``epsilons`` is training without DP."""
 
     users: int = 64
     epsilons: tuple[float | None, ...] = (None, 8.0, 2.0, 1.0)
+    positions: tuple[str, ...] = POSITIONS
+    prompt: str = "event"  # the training view audited (userlayer.edge.examples)
+    replay_users: int = 16  # users the noise-replay attack is run on (two trainings each)
+    replay_seed: int = 0  # the seed an attacker assumes (the public config's)
+    train_seed: int | None = None  # test hook: seed the audited trainings (NOT private)
     epochs: float = 8.0
     lr: float = 5e-3
     batch_size: int = 16
@@ -90,6 +107,10 @@ class AuditConfig:
             raise ToolsError("`history` should be at least `min_events`")
         if not 0 < self.confidence < 1:
             raise ToolsError(f"`confidence` should be in (0, 1), got {self.confidence}")
+        if not self.positions or any(p not in POSITIONS for p in self.positions):
+            raise ToolsError(f"`positions` should name some of {POSITIONS}, got {self.positions}")
+        if self.replay_users < 0:
+            raise ToolsError(f"`replay_users` should be >= 0, got {self.replay_users}")
 
 
 def auc(members: Sequence[float], others: Sequence[float]) -> float:
@@ -164,13 +185,24 @@ def epsilon_lower_bound(
 @dataclass(frozen=True)
 class _Trial:
     user: str
-    events: list[Event]  # the history with the member canary as the latest event
+    events: list[Event]  # the history with the member canary at `slot`
+    slot: int
     member: str
     other: str
     references: list[str]
 
+    def with_item(self, item: str) -> list[Event]:
+        """The history with ``item`` in the canary's slot."""
+        ev = self.events[self.slot].model_copy(update={"item_id": item})
+        return [*self.events[: self.slot], ev, *self.events[self.slot + 1 :]]
 
-def _trials(ds: Dataset, table: SemanticIdTable, cfg: AuditConfig) -> list[_Trial]:
+    @property
+    def clock(self) -> datetime:
+        """The audit's training clock: after every event, the same with or without the canary."""
+        return max(e.timestamp for e in self.events) + timedelta(days=1)
+
+
+def _trials(ds: Dataset, table: SemanticIdTable, cfg: AuditConfig, position: str) -> list[_Trial]:
     rng = np.random.default_rng(cfg.seed)
     by_user = ds.user_events()
     eligible = sorted(
@@ -187,16 +219,19 @@ def _trials(ds: Dataset, table: SemanticIdTable, cfg: AuditConfig) -> list[_Tria
     out = []
     for u in users:
         evs = sorted(by_user[u], key=lambda e: e.timestamp)[-(cfg.history or 0) :]
-        last = evs[-1]
+        i = len(evs) - 1 if position == "last" else len(evs) // 2
+        at = evs[i]
         seen = {e.item_id for e in evs}
-        pool = [i for i in by_service[last.service.value] if i not in seen]
+        pool = [x for x in by_service[at.service.value] if x not in seen]
         if len(pool) < 2 + cfg.references:
-            raise ToolsError(f"service {last.service.value} has too few items for canaries")
-        pick = [pool[int(i)] for i in rng.permutation(len(pool))[: 2 + cfg.references]]
-        canary = last.model_copy(
-            update={"item_id": pick[0], "timestamp": last.timestamp + timedelta(days=1)}
+            raise ToolsError(f"service {at.service.value} has too few items for canaries")
+        pick = [pool[int(j)] for j in rng.permutation(len(pool))[: 2 + cfg.references]]
+        # just after event i: the last event, or one in the middle of the history
+        step = timedelta(days=1) if i + 1 == len(evs) else (evs[i + 1].timestamp - at.timestamp) / 2
+        canary = at.model_copy(update={"item_id": pick[0], "timestamp": at.timestamp + step})
+        out.append(
+            _Trial(u, [*evs[: i + 1], canary, *evs[i + 1 :]], i + 1, pick[0], pick[1], pick[2:])
         )
-        out.append(_Trial(u, [*evs, canary], pick[0], pick[1], pick[2:]))
     return out
 
 
@@ -206,24 +241,29 @@ def _slot_losses(
     acfg: AdapterConfig,
     trial: _Trial,
     adapter: dict[str, torch.Tensor] | None,
+    prompt: str,
 ) -> np.ndarray:
     """Loss of each candidate (member, other, references) at the canary's slot."""
-    evs = trial.events
-    i = len(evs) - 1
+    evs, i = trial.events, trial.slot
     slot = evs[i]
-    prompt = session_before(evs, i, ExampleConfig())
+    before = session_before(evs, i, ExampleConfig(prompt=prompt)) if prompt == "session" else []
     cands = [trial.member, trial.other, *trial.references]
-    rows = [encode_prompt(prompt, slot, table, model.ctx_vocab, c) for c in cands]
+    rows = [encode_prompt(before, slot, table, model.ctx_vocab, c) for c in cands]
     tok, ctx = pack_prompts(rows, len(model.ctx_vocab.sizes))
     ad = None
     if adapter is not None:
         b = len(rows)
-        mw = torch.tensor([mode_weights(slot, evs[:i], None, None)] * b, dtype=torch.float32)
+        upto = evs[:i] if prompt == "session" else []
+        mw = torch.tensor([mode_weights(slot, upto, None, None)] * b, dtype=torch.float32)
         per_row = {k: v.unsqueeze(0).expand(b, *v.shape) for k, v in adapter.items()}
         ad = RowAdapters(acfg, torch.ones(b, dtype=torch.bool), per_row, mw)
     with torch.no_grad():
         losses = model.loss(tok, ctx, ad, reduction="none", last_item_only=True)
     return losses.numpy().astype(np.float64)
+
+
+def _distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return math.sqrt(sum(float(((a[k] - b[k]).double() ** 2).sum()) for k in a))
 
 
 def audit_membership(
@@ -232,64 +272,100 @@ def audit_membership(
     cfg: AuditConfig,
     on_user: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the audit; returns per-setting AUC, empirical and reported epsilon."""
+    """Run the audit; returns per-setting and per-position AUCs and epsilons."""
     torch.set_flush_denormal(True)
     model = load_model(model_dir)
     model.eval()
     table = SemanticIdTable.load(Path(model_dir) / "sids.json")
-    trials = _trials(Dataset.load(data_dir), table, cfg)
+    ds = Dataset.load(data_dir)
     init = new_adapter(model.cfg, cfg.adapter, torch.Generator().manual_seed(cfg.seed))
-    base = [_slot_losses(model, table, cfg.adapter, t, None) for t in trials]
-    examples = [  # the same examples for every setting
-        user_examples(build_profile(t.events, now=t.events[-1].timestamp), table, model.ctx_vocab)
-        for t in trials
-    ]
-    results = []
-    total = len(trials) * len(cfg.epsilons)
+    ecfg = ExampleConfig(prompt=cfg.prompt)
+    trials = {p: _trials(ds, table, cfg, p) for p in cfg.positions}
+    n_replay = min(cfg.replay_users, cfg.users)
+    total = len(cfg.epsilons) * len(cfg.positions) * (cfg.users + 2 * n_replay)
     done = 0
+
+    def examples(t: _Trial, events: list[Event]) -> UserExamples:
+        return user_examples(build_profile(events, now=t.clock), table, model.ctx_vocab, ecfg)
+
+    def train(
+        t: _Trial, ex: UserExamples, eps: float | None, seed: int | None, ledger: PrivacyLedger
+    ) -> TrainResult:
+        nonlocal done
+        dp = DPConfig(enabled=eps is not None, target_epsilon=eps, delta=cfg.delta)
+        tcfg = TrainConfig(
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            seed=seed,
+            dp=dp,
+            trainable=cfg.trainable,
+        )
+        res = train_adapter(model, cfg.adapter, ex, init, tcfg, ledger, t.user, t.clock)
+        done += 1
+        if on_user:
+            on_user(t.user, done, total)
+        return res
+
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
         for s, eps in enumerate(cfg.epsilons):
-            ledger = PrivacyLedger(Path(tmp) / f"ledger-{s}.db", budget=1e9, delta=cfg.delta)
-            members, others, reported = [], [], []
-            for t, b, ex in zip(trials, base, examples, strict=True):
-                now = t.events[-1].timestamp
-                dp = DPConfig(enabled=eps is not None, target_epsilon=eps, delta=cfg.delta)
-                tcfg = TrainConfig(
-                    epochs=cfg.epochs,
-                    lr=cfg.lr,
-                    batch_size=cfg.batch_size,
-                    seed=cfg.seed,
-                    dp=dp,
-                    trainable=cfg.trainable,
+            for position in cfg.positions:
+                ledger = PrivacyLedger(
+                    Path(tmp) / f"ledger-{s}-{position}.db",
+                    secrets.token_bytes(32),
+                    budget=1e9,
+                    delta=cfg.delta,
                 )
-                res = train_adapter(model, cfg.adapter, ex, init, tcfg, ledger, t.user, now)
-                if res.privacy is not None:
-                    reported.append(res.privacy.epsilon)
-                drop = b - _slot_losses(model, table, cfg.adapter, t, res.adapter)
-                shift = float(np.median(drop[2:]))
-                members.append(float(drop[0] - shift))
-                others.append(float(drop[1] - shift))
-                done += 1
-                if on_user:
-                    on_user(t.user, done, total)
-            ledger.close()
-            results.append(
-                {
-                    "epsilon": eps,
-                    "reported_epsilon_max": max(reported) if reported else None,
-                    "auc": auc(members, others),
-                    "auc_max_allowed": None if eps is None else max_auc(eps, cfg.delta),
-                    "empirical_epsilon_lb": epsilon_lower_bound(
-                        members, others, cfg.delta, cfg.confidence, cfg.seed
-                    ),
-                    "member_score_median": float(np.median(members)),
-                    "other_score_median": float(np.median(others)),
-                }
-            )
+                members: list[float] = []
+                others: list[float] = []
+                reported: list[float] = []
+                replay_in: list[float] = []
+                replay_out: list[float] = []
+                exact = 0
+                for k, t in enumerate(trials[position]):
+                    res = train(t, examples(t, t.events), eps, cfg.train_seed, ledger)
+                    if res.privacy is not None:
+                        reported.append(res.privacy.epsilon)
+                    base = _slot_losses(model, table, cfg.adapter, t, None, cfg.prompt)
+                    drop = base - _slot_losses(
+                        model, table, cfg.adapter, t, res.adapter, cfg.prompt
+                    )
+                    shift = float(np.median(drop[2:]))
+                    members.append(float(drop[0] - shift))
+                    others.append(float(drop[1] - shift))
+                    if k < n_replay:  # the attacker replays with the seed it assumes
+                        seed = cfg.replay_seed if cfg.train_seed is None else cfg.train_seed
+                        for item, out in ((t.member, replay_in), (t.other, replay_out)):
+                            ex = examples(t, t.with_item(item))
+                            again = train(t, ex, eps, seed, ledger)
+                            out.append(-_distance(res.adapter, again.adapter))
+                        exact += replay_in[-1] == 0.0
+                ledger.close()
+                results.append(
+                    {
+                        "epsilon": eps,
+                        "position": position,
+                        "reported_epsilon_max": max(reported) if reported else None,
+                        "auc": auc(members, others),
+                        "auc_max_allowed": None if eps is None else max_auc(eps, cfg.delta),
+                        "empirical_epsilon_lb": epsilon_lower_bound(
+                            members, others, cfg.delta, cfg.confidence, cfg.seed
+                        ),
+                        "member_score_median": float(np.median(members)),
+                        "other_score_median": float(np.median(others)),
+                        "replay_auc": auc(replay_in, replay_out) if n_replay else None,
+                        "replay_exact": exact,
+                        "replay_users": n_replay,
+                    }
+                )
     return {
-        "users": len(trials),
+        "users": cfg.users,
+        "unit": "event",
+        "prompt": cfg.prompt,
         "delta": cfg.delta,
         "confidence": cfg.confidence,
+        "rng": "os-csprng" if cfg.train_seed is None else f"seeded:{cfg.train_seed} (not private)",
         "trainable": list(cfg.trainable) if cfg.trainable else "all",
         "epochs": cfg.epochs,
         "settings": results,

@@ -307,19 +307,30 @@ def eval_adapters_cmd(
     data: Annotated[Path, typer.Option(help="Dataset directory (synthetic: several services).")],
     model: Annotated[Path, typer.Option(help="Model directory.")],
     users: Annotated[int, typer.Option(help="Users to sample.")] = 200,
-    epsilon: Annotated[float, typer.Option(help="Target epsilon of the DP variant.")] = 8.0,
+    epsilon: Annotated[float, typer.Option(help="Target epsilon (per event) of DP.")] = 8.0,
     epochs: Annotated[float, typer.Option(help="Expected passes over each user's examples.")] = 8.0,
     lr: Annotated[float, typer.Option()] = 5e-3,
+    prompts: Annotated[
+        str, typer.Option(help="Training views to compare: `event`, `session` (comma-separated).")
+    ] = "event",
     seed: Annotated[int, typer.Option()] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
 ) -> None:
     """Held-out next item of each user: base alone vs their adapter, without and with DP."""
+    from userlayer.edge.exceptions import TrainingError
     from userlayer.edge.training import TrainConfig
     from userlayer.tools.eval.adapters import AdapterEvalConfig, evaluate_adapters
 
-    cfg = AdapterEvalConfig(
-        users=users, epsilon=epsilon, seed=seed, train=TrainConfig(epochs=epochs, lr=lr)
-    )
+    try:
+        cfg = AdapterEvalConfig(
+            users=users,
+            epsilon=epsilon,
+            seed=seed,
+            prompts=tuple(p.strip() for p in prompts.split(",")),
+            train=TrainConfig(epochs=epochs, lr=lr),
+        )
+    except TrainingError as e:
+        raise typer.BadParameter(str(e)) from e
     with _progress() as progress:
         task = progress.add_task("training adapters", total=users)
         res = evaluate_adapters(
@@ -337,10 +348,12 @@ def eval_adapters_cmd(
         )
     console.print(t)
     eps = res["epsilon"]
-    console.print(
-        f"epsilon per user: median {eps['median']:.3f}, max {eps['max']:.3f}, "
-        f"delta {eps['delta']}, {eps['accountant']}; {res['seconds']} s"
-    )
+    for name, spent in eps["per_variant"].items():
+        console.print(
+            f"{name}: epsilon per event, median {spent['median']:.3f}, max {spent['max']:.3f}, "
+            f"delta {eps['delta']}, {eps['accountant']}"
+        )
+    console.print(f"{res['seconds']} s")
 
 
 @app.command("audit")
@@ -351,40 +364,59 @@ def audit_cmd(
     epsilons: Annotated[
         str, typer.Option(help="Comma-separated DP-SGD epsilons; `none` trains without DP.")
     ] = "none,8,2,1",
+    positions: Annotated[
+        str, typer.Option(help="Where canaries go: `last`, `middle` (comma-separated).")
+    ] = "last,middle",
+    prompt: Annotated[str, typer.Option(help="Training view: `event` or `session`.")] = "event",
+    replay_users: Annotated[int, typer.Option(help="Users the noise-replay attack runs on.")] = 16,
     epochs: Annotated[float, typer.Option(help="Expected passes over each user's examples.")] = 8.0,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the game (users, canaries).")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
 ) -> None:
-    """Membership-inference audit of personal adapters: attack AUC and empirical epsilon."""
+    """Privacy audit of personal adapters: membership inference and a noise-replay attack."""
     from userlayer.tools.audit import AuditConfig, audit_membership
 
     try:
         eps = tuple(None if x.strip().lower() == "none" else float(x) for x in epsilons.split(","))
     except ValueError as e:
         raise typer.BadParameter(f"--epsilons: {e}") from e
-    cfg = AuditConfig(users=users, epsilons=eps, epochs=epochs, seed=seed)
+    cfg = AuditConfig(
+        users=users,
+        epsilons=eps,
+        positions=tuple(p.strip() for p in positions.split(",")),
+        prompt=prompt,
+        replay_users=replay_users,
+        epochs=epochs,
+        seed=seed,
+    )
+    n_train = len(eps) * len(cfg.positions) * (users + 2 * min(replay_users, users))
     with _progress() as progress:
-        task = progress.add_task("training audited adapters", total=users * len(eps))
+        task = progress.add_task("training audited adapters", total=n_train)
         res = audit_membership(
             data, model, cfg, on_user=lambda _u, n, total: progress.update(task, completed=n)
         )
     if json_out:
         json_out.write_text(json.dumps(res, indent=2), "utf-8")
-    t = Table(title=f"membership inference on canaries, {res['users']} users")
-    for col in ("DP-SGD epsilon", "reported (max)", "attack AUC", "AUC allowed", "empirical eps"):
+    t = Table(title=f"privacy audit, {res['users']} users, unit: event ({res['prompt']} prompts)")
+    cols = ("DP-SGD epsilon", "canary", "reported (max)", "MIA AUC", "AUC allowed")
+    for col in (*cols, "empirical eps", "replay AUC", "exact replays"):
         t.add_column(col)
     for r in res["settings"]:
         t.add_row(
             "no DP" if r["epsilon"] is None else f"{r['epsilon']:g}",
+            r["position"],
             "-" if r["reported_epsilon_max"] is None else f"{r['reported_epsilon_max']:.3f}",
             f"{r['auc']:.3f}",
             "-" if r["auc_max_allowed"] is None else f"{r['auc_max_allowed']:.3f}",
             f"{r['empirical_epsilon_lb']:.3f}",
+            "-" if r["replay_auc"] is None else f"{r['replay_auc']:.3f}",
+            f"{r['replay_exact']}/{r['replay_users']}",
         )
     console.print(t)
     console.print(
         f"empirical eps: a {res['confidence']:.0%} lower bound at delta {res['delta']} "
-        "(threshold chosen on half of the users, rates measured on the other half)"
+        "(threshold chosen on half of the users, rates measured on the other half); replay: "
+        "the attacker retrains with each candidate and the config's seed"
     )
 
 

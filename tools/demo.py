@@ -136,12 +136,12 @@ def run_demo(
     """Run every stage; returns the report (also written to ``out/report.json``)."""
     from userlayer.cloud.engine.export import export_onnx
     from userlayer.cloud.registry import AdapterRegistry, import_rounds
-    from userlayer.edge.privacy import PrivacyLedger
     from userlayer.sdk.model import AdapterConfig, adapter_shapes
     from userlayer.sdk.model.io import load_model
+    from userlayer.sdk.privacy import DEFAULT_ACCOUNTANT, library
     from userlayer.tools.data.synth import SynthConfig, synthesize
     from userlayer.tools.eval.evaluate import EvalConfig, evaluate
-    from userlayer.tools.fl import SimulationConfig, evaluate_registry, simulate
+    from userlayer.tools.fl import SimulationConfig, evaluate_registry, simulate, user_epsilons
     from userlayer.tools.sids import SidConfig, build_semantic_ids
     from userlayer.tools.train.pretrain import PretrainConfig, pretrain
 
@@ -216,9 +216,7 @@ def run_demo(
         done()
     finally:
         api.stop()
-    ledger = PrivacyLedger(wd / "ledger.db")
-    eps = [ledger.spent(u) for u in with_adapter]
-    ledger.close()
+    eps = list(user_epsilons(wd, with_adapter).values())
     png = _figure(fl["rounds"], serving, out / "demo.png")
     report = {
         "config": asdict(cfg),
@@ -234,7 +232,9 @@ def run_demo(
             "epsilon_user_max": max(eps) if eps else None,
             "epsilon_shared_final": fl["rounds"][-1].get("epsilon"),
             "delta": 1e-5,
-            "accountant": "RDP (Opacus): per-user DP-SGD; user-level Gaussian for the shared part",
+            "unit": "per event for each user's adapter; per user for the shared part",
+            "accountant": f"{DEFAULT_ACCOUNTANT} ({library()}): per-user DP-SGD and the shared "
+            "part's user-level Gaussian mechanism",
         },
         "serving": {k: v for k, v in serving.items() if k != "latencies_ms"},
         "registry_import": imported,

@@ -38,6 +38,7 @@ __all__ = [
     "plot_rounds",
     "prepare_workdir",
     "simulate",
+    "user_epsilons",
 ]
 
 
@@ -92,6 +93,9 @@ def prepare_workdir(
         det.update(sessionize(by_user[u]), cats)
     (wd / "mode_detector.json").write_text(det.to_json())
     (wd / "nodes.json").write_text(json.dumps({str(i): u for i, u in enumerate(users)}))
+    # the simulation's clock: the end of the data (a public setting of the run, the same for
+    # every user), against which nodes weigh events by age and cut the data horizon
+    clock = max(e.timestamp for u in users for e in by_user[u])
     setup = {
         "adapter": cfg.adapter.to_dict(),
         "budget": cfg.budget,
@@ -102,7 +106,7 @@ def prepare_workdir(
             "min_replies": cfg.min_replies,
             "min_nodes": len(users),
             "population": len(users),
-            "seed": cfg.seed,
+            "users_per_node": 1,
         },
         "aggregation": asdict(cfg.aggregation),
         "client": {
@@ -110,7 +114,8 @@ def prepare_workdir(
             "lr": cfg.lr,
             "epsilon-per-round": cfg.epsilon_per_round,
             "dropout": cfg.dropout,
-            "seed": cfg.seed,
+            "dropout-seed": cfg.seed,
+            "clock": clock.isoformat(),
         },
     }
     (wd / "fl.json").write_text(json.dumps(setup, indent=1))
@@ -231,6 +236,25 @@ def plot_rounds(rounds: list[dict[str, Any]], out: str | Path) -> Path:
     fig.savefig(p, dpi=100)
     plt.close(fig)
     return p
+
+
+def user_epsilons(workdir: str | Path, users: list[str]) -> dict[str, float]:
+    """Each user's epsilon per event, from the node ledger, at the simulation's clock."""
+    from datetime import datetime
+
+    from userlayer.edge.privacy import PrivacyLedger
+
+    wd = Path(workdir)
+    setup = json.loads((wd / "fl.json").read_text("utf-8"))
+    clock = setup.get("client", {}).get("clock")
+    now = datetime.fromisoformat(clock) if clock else None
+    with ProfileStore(wd / "store.db") as store:
+        key = store.ledger_key()
+    ledger = PrivacyLedger(wd / "ledger.db", key, delta=float(setup.get("delta", 1e-5)))
+    try:
+        return {u: ledger.spent(u, now) for u in users}
+    finally:
+        ledger.close()
 
 
 def evaluate_registry(data_dir: str | Path, workdir: str | Path, beam: int = 20) -> dict[str, Any]:

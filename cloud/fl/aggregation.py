@@ -3,11 +3,16 @@
 Each valid reply's update (its shared tensors minus the current shared ones)
 is clipped to L2 norm ``clip`` over all tensors together, then combined:
 
-- ``mean`` (default): the average of the clipped updates plus Gaussian noise
-  of standard deviation ``noise_multiplier * clip / n`` per coordinate (the
-  Gaussian mechanism on a sum of sensitivity ``clip``, divided by ``n``).
-  With user sampling rate ``q`` this is DP-FedAvg (McMahan et al. 2018);
-  epsilon is accounted per round by the RDP accountant.
+- ``mean`` (default): DP-FedAvg (McMahan et al. 2018). The sum of the clipped
+  updates (one per user: sensitivity ``clip`` under the add/remove of a
+  user) plus Gaussian noise ``N(0, (noise_multiplier * clip)^2)`` per
+  coordinate from the OS CSPRNG, divided by a *fixed* denominator: the
+  expected number of users per round ``q * population``, never the number of
+  replies (which depends on the data). With users sampled independently at
+  rate ``q`` this is the Poisson-subsampled Gaussian mechanism, accounted per
+  round (:mod:`userlayer.sdk.privacy.accounting`). Under DP a round always
+  releases, a noise-only step when no reply was valid. Without noise
+  (``noise_multiplier`` 0) it is the plain mean of the replies.
 - ``trimmed_mean`` (drop the ``trim`` fraction at each end, per coordinate)
   and ``median``: robust to a minority of bad updates that pass validation.
   Their sensitivity is not that of the mean, so no DP guarantee is claimed
@@ -22,12 +27,14 @@ every sampled node replies; this project must finish rounds with drop-outs.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from userlayer.cloud.exceptions import CloudError
+from userlayer.sdk.privacy import DPRandom
 
 __all__ = ["AggregationConfig", "aggregate_updates", "clip_update"]
 
@@ -67,29 +74,47 @@ def clip_update(update: dict[str, Tensor], clip: float) -> tuple[dict[str, Tenso
 def aggregate_updates(
     updates: list[dict[str, Tensor]],
     cfg: AggregationConfig,
-    generator: torch.Generator | None = None,
+    shapes: Mapping[str, tuple[int, ...]],
+    rng: DPRandom | None = None,
+    expected: float | None = None,
 ) -> dict[str, Tensor]:
     """Combine clipped updates (see the module docstring).
 
+    Args:
+        updates: one update per user (at most one per user: the caller deduplicates).
+        cfg: the method, clip and noise.
+        shapes: every tensor's shape (a DP round with no update is noise only).
+        rng: the DP randomness (required when ``cfg.is_dp``).
+        expected: the expected number of users per round, the DP mean's denominator.
+
     Raises:
-        CloudError: with no updates, or updates of different names or shapes.
+        CloudError: with no updates (outside DP), updates of other names or shapes,
+            or a DP mean without ``rng`` or ``expected``.
     """
+    names = set(shapes)
+    for i, u in enumerate(updates):
+        if set(u) != names or any(tuple(u[k].shape) != tuple(shapes[k]) for k in names):
+            raise CloudError(f"update {i} has other tensors or shapes than the adapter")
+    clipped = [clip_update(u, cfg.clip)[0] for u in updates]
+    if cfg.is_dp:
+        if rng is None or expected is None or not expected > 0:
+            raise CloudError("a DP mean needs the DP randomness and the expected users per round")
+        out = {}
+        for k in sorted(names):
+            total = torch.zeros(shapes[k], dtype=torch.float32)
+            for u in clipped:
+                total += u[k].float()
+            z = torch.from_numpy(rng.gaussian(tuple(shapes[k]), cfg.noise_multiplier * cfg.clip))
+            out[k] = (total + z.float()) / expected
+        return out
     if not updates:
         raise CloudError("no updates to aggregate")
-    names = set(updates[0])
-    for i, u in enumerate(updates):
-        if set(u) != names or any(u[k].shape != updates[0][k].shape for k in names):
-            raise CloudError(f"update {i} has different tensors than update 0")
-    clipped = [clip_update(u, cfg.clip)[0] for u in updates]
     n = len(clipped)
     out = {}
     for k in sorted(names):
         stack = torch.stack([u[k].float() for u in clipped])
         if cfg.method == "mean":
             agg = stack.mean(0)
-            if cfg.noise_multiplier > 0:
-                noise = torch.randn(agg.shape, generator=generator)
-                agg = agg + noise * cfg.noise_multiplier * cfg.clip / n
         elif cfg.method == "median":
             agg = stack.median(0).values
         else:

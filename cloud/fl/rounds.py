@@ -6,6 +6,15 @@ replies logged with their reason, the aggregated shared part (when at least
 ``min_replies`` users replied validly), the round's user-level epsilon, and
 a checkpoint. The Flower ServerApp (:mod:`userlayer.cloud.fl.server`) only
 moves messages; everything that can be wrong with a reply is decided here.
+
+User-level DP of the shared part: users are sampled independently at rate
+``q = users_per_round / population`` (nodes selected with probability
+``1 - (1 - q)^m`` for ``m`` hosted users, see
+:mod:`userlayer.sdk.privacy.sampling`), at most one reply per user and round
+is used (later duplicates are rejected), and the aggregate divides by the
+fixed ``q * population``. All of its randomness (node selection, noise) comes
+from the OS CSPRNG; ``RoundConfig.seed`` is a test hook that makes a run
+reproducible and NOT private (its summaries say so).
 """
 
 from __future__ import annotations
@@ -27,9 +36,16 @@ from userlayer.cloud.exceptions import CloudError
 from userlayer.cloud.fl.aggregation import AggregationConfig, aggregate_updates, clip_update
 from userlayer.cloud.fl.registry_fs import FileRegistry
 from userlayer.cloud.fl.state import ServerState
-from userlayer.edge.privacy import epsilon_of
 from userlayer.sdk.adapter import Expectation, open_package
-from userlayer.sdk.exceptions import AdapterError
+from userlayer.sdk.exceptions import AdapterError, PrivacyError
+from userlayer.sdk.privacy import (
+    DEFAULT_ACCOUNTANT,
+    DPRandom,
+    Mechanism,
+    dp_random,
+    epsilon,
+    node_probability,
+)
 
 __all__ = ["Reply", "RoundConfig", "RoundServer", "load_trusted"]
 
@@ -41,13 +57,14 @@ class RoundConfig:
     """Settings of the federated run; validated on creation."""
 
     rounds: int = 5
-    users_per_round: int = 50
-    min_replies: int = 2
+    users_per_round: int = 50  # expected users per round (each sampled independently)
+    min_replies: int = 2  # without DP: fewer valid replies leave the shared part as it was
     timeout: float = 900.0
     delta: float = 1e-5
     max_update_norm: float = 100.0  # larger shared updates are rejected, not clipped
     max_package_norm: float = 1e3
-    seed: int = 0
+    seed: int | None = None  # test hook only: seeds node sampling and noise (NOT private)
+    accountant: str = DEFAULT_ACCOUNTANT
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     client: Mapping[str, Any] = field(default_factory=dict)  # sent to nodes each round
 
@@ -56,6 +73,10 @@ class RoundConfig:
             raise CloudError("`rounds`, `users_per_round` and `min_replies` should be positive")
         if self.min_replies > self.users_per_round:
             raise CloudError("`min_replies` cannot exceed `users_per_round`")
+        try:
+            epsilon([], self.delta, self.accountant)
+        except PrivacyError as e:
+            raise CloudError(str(e)) from e
 
 
 @dataclass
@@ -93,8 +114,10 @@ class RoundServer:
         registry: FileRegistry,
         state_dir: str | Path,
         trust_dir: str | Path,
+        rng: DPRandom | None = None,
     ) -> None:
         self.cfg = cfg
+        self.rng = rng or dp_random(cfg.seed)
         self.fingerprint = base_fingerprint
         self.shapes = dict(shapes)
         self.registry = registry
@@ -119,18 +142,35 @@ class RoundServer:
         """Whether every configured round has run."""
         return self.state.round >= self.cfg.rounds
 
-    def sample(self, node_ids: list[int], rnd: int) -> list[int]:
-        """The nodes of round ``rnd`` (seeded, without replacement)."""
-        rng = np.random.default_rng([self.cfg.seed, rnd])
-        k = min(self.cfg.users_per_round, len(node_ids))
-        ids = sorted(node_ids)  # node ids can exceed int64: pick by index, never via numpy
-        return sorted(ids[int(i)] for i in rng.permutation(len(ids))[:k])
+    def sample_rate(self, population: int) -> float:
+        """Each user's probability of taking part in a round."""
+        if population < 1:
+            raise CloudError(f"`population` should be positive, got {population}")
+        return min(1.0, self.cfg.users_per_round / population)
+
+    def sample(
+        self, node_ids: list[int], population: int, hosted: Mapping[int, int] | None = None
+    ) -> list[int]:
+        """The nodes selected this round (OS randomness).
+
+        Each node independently, with the probability that at least one of its
+        ``hosted[node]`` users (default 1) is sampled at the round's rate.
+        """
+        q = self.sample_rate(population)
+        ids = sorted(node_ids)  # node ids can exceed int64: never through numpy
+        u = self.rng.uniform(len(ids))
+        hosted = hosted or {}
+        return [n for n, x in zip(ids, u, strict=True) if x < node_probability(q, hosted.get(n, 1))]
 
     def epsilon(self, population: int) -> float | None:
         """User-level epsilon of the shared part so far (None if a round had no DP claim)."""
         if any(r.get("epsilon") is None for r in self.state.rounds if r.get("aggregated")):
             return None
-        return epsilon_of(self.state.dp_history, self.cfg.delta) if population else 0.0
+        return self._epsilon() if population else 0.0
+
+    def _epsilon(self) -> float:
+        mechs = [Mechanism(s, q, n) for s, q, n in self.state.dp_history]
+        return epsilon(mechs, self.cfg.delta, self.cfg.accountant)
 
     def _check_arrays(self, arrays: dict[str, Tensor] | None) -> str | None:
         if arrays is None:
@@ -176,18 +216,26 @@ class RoundServer:
             raise CloudError(f"round {rnd} out of order (last finished: {self.state.round})")
         t0 = time.perf_counter()
         valid: list[Reply] = []
+        seen: set[str] = set()
         dropped = rejected = 0
         for r in replies:
             if r.error is not None:
                 dropped += 1
                 continue
-            reason = self._check_arrays(r.arrays) or self._check_packages(r, rnd)
+            reason = (
+                f"duplicate reply for user {r.user!r} in round {rnd} (one per user)"
+                if r.user in seen
+                else self._check_arrays(r.arrays) or self._check_packages(r, rnd)
+            )
             if reason is not None:
                 rejected += 1
                 self.registry.reject(round=rnd, node=r.node, user=r.user, reason=reason)
                 logger.warning("round %d: rejected reply of node %d: %s", rnd, r.node, reason)
                 continue
+            seen.add(r.user)
             valid.append(r)
+        agg_cfg = self.cfg.aggregation
+        q = self.sample_rate(population)
         summary: dict[str, Any] = {
             "round": rnd,
             "sampled": sampled,
@@ -197,23 +245,24 @@ class RoundServer:
             "valid": len(valid),
             "aggregated": False,
             "epsilon": None,
+            "sample_rate": q,
+            "rng": self.rng.source,
         }
         for r in valid:
             for service, blob in r.packages.items():
                 self.registry.put(service, r.user, rnd, blob)
-        if len(valid) >= self.cfg.min_replies:
+        if agg_cfg.is_dp or len(valid) >= self.cfg.min_replies:
             updates = [
                 {k: r.arrays[k].float() - self.state.shared[k] for k in self.shapes}  # type: ignore[index]
                 for r in valid
             ]
-            gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + rnd)
-            agg = aggregate_updates(updates, self.cfg.aggregation, gen)
+            agg = aggregate_updates(updates, agg_cfg, self.shapes, self.rng, q * population)
             self.state.shared = {k: self.state.shared[k] + agg[k] for k in self.shapes}
             summary["aggregated"] = True
-            if self.cfg.aggregation.is_dp:
-                q = min(1.0, sampled / max(population, 1))
-                self.state.dp_history.append((self.cfg.aggregation.noise_multiplier, q, 1))
-                summary["epsilon"] = epsilon_of(self.state.dp_history, self.cfg.delta)
+            if agg_cfg.is_dp:
+                self.state.dp_history.append((agg_cfg.noise_multiplier, q, 1))
+                summary["epsilon"] = self._epsilon()
+                summary["accountant"] = self.cfg.accountant
         else:
             logger.warning(
                 "round %d: %d valid replies, fewer than %d: shared part not updated",

@@ -6,6 +6,12 @@ holds ``fl.json`` (the run's settings, written by ``userlayer fl``),
 written per round) and ``server/`` (the checkpoint). A restarted server
 resumes after its last complete round. Each round's summary is appended to
 ``progress.jsonl`` as it finishes.
+
+Sampling: the server asks every node once how many users it hosts (a
+``query`` message; ``rounds.users_per_node`` in ``fl.json`` skips that where
+every node hosts the same number, as in simulation), then selects nodes each
+round so that every user takes part independently at rate
+``users_per_round / population`` (:meth:`RoundServer.sample`).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from userlayer.cloud.fl.rounds import Reply, RoundConfig, RoundServer
 from userlayer.sdk.model.config import AdapterConfig
 from userlayer.sdk.model.io import load_model
 from userlayer.sdk.model.transformer import adapter_shapes, new_adapter
+from userlayer.sdk.privacy import DEFAULT_ACCOUNTANT
 
 __all__ = ["app", "parse_reply", "round_server", "sync_progress"]
 
@@ -47,11 +54,13 @@ def round_server(workdir: str | Path) -> tuple[RoundServer, dict[str, Any]]:
         users_per_round=int(rc["users_per_round"]),
         min_replies=int(rc["min_replies"]),
         timeout=float(rc.get("timeout", 900)),
-        seed=int(rc.get("seed", 0)),
+        seed=None if rc.get("test_seed") is None else int(rc["test_seed"]),
+        accountant=str(setup.get("accountant", DEFAULT_ACCOUNTANT)),
         aggregation=AggregationConfig(**setup.get("aggregation", {})),
         client=setup.get("client", {}),
     )
-    init = new_adapter(model.cfg, acfg, torch.Generator().manual_seed(cfg.seed))
+    # the shared initialisation is public: seeded, it is no DP randomness
+    init = new_adapter(model.cfg, acfg, torch.Generator().manual_seed(int(rc.get("init_seed", 0))))
     fp = json.loads((wd / "model" / "config.json").read_text("utf-8"))["fingerprint"]
     server = RoundServer(
         cfg,
@@ -110,6 +119,29 @@ def _wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
         time.sleep(1.0)
 
 
+def _hosted(
+    grid: Grid, node_ids: list[int], setup: dict[str, Any], timeout: float
+) -> dict[int, int]:
+    """Users hosted per node: ``users_per_node`` from the setup, else asked of each node."""
+    fixed = setup["rounds"].get("users_per_node")
+    if fixed is not None:
+        return dict.fromkeys(node_ids, int(fixed))
+    msgs = [
+        Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY, group_id="hosted")
+        for n in node_ids
+    ]
+    out: dict[int, int] = {}
+    for m in grid.send_and_receive(msgs, timeout=timeout):
+        if m.has_error():
+            continue
+        try:
+            users = m.content.config_records["hosted"]["users"]
+            out[int(m.metadata.src_node_id)] = max(1, int(users))  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError):
+            logger.warning("node %s did not say how many users it hosts", m.metadata.src_node_id)
+    return out
+
+
 def sync_progress(wd: Path, rounds: list[dict[str, Any]]) -> None:
     """Make ``progress.jsonl`` list exactly the checkpointed rounds, once each.
 
@@ -144,11 +176,15 @@ def main(grid: Grid, context: Context) -> None:
     if len(node_ids) < server.cfg.min_replies:
         raise CloudError(f"only {len(node_ids)} nodes connected, fewer than min_replies")
     fp = server.fingerprint
+    hosted = _hosted(grid, node_ids, setup, server.cfg.timeout)
+    node_ids = [n for n in node_ids if n in hosted]  # a node that did not answer takes no part
+    population = int(setup["rounds"].get("population", sum(hosted.values())))
+    q = server.sample_rate(population)
     while not server.done:
         rnd = server.state.round + 1
         t0 = time.perf_counter()
-        sampled = server.sample(node_ids, rnd)
-        cfg = ConfigRecord({**server.cfg.client, "round": rnd, "fingerprint": fp})
+        sampled = server.sample(node_ids, population, hosted)
+        cfg = ConfigRecord({**server.cfg.client, "round": rnd, "fingerprint": fp, "sample-rate": q})
         arrays = ArrayRecord(torch_state_dict=server.state.copy_shared())
         msgs = [
             Message(
@@ -162,7 +198,6 @@ def main(grid: Grid, context: Context) -> None:
         replies: list[Reply] = []
         for m in grid.send_and_receive(msgs, timeout=server.cfg.timeout):
             replies.extend(parse_reply(m, int(m.metadata.src_node_id)))
-        population = int(setup["rounds"].get("population", len(node_ids)))
         summary = server.process(rnd, len(sampled), replies, population)
         summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
         with (wd / "progress.jsonl").open("a", encoding="utf-8") as f:

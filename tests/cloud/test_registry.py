@@ -154,6 +154,18 @@ def test_refused_packages_are_logged_and_nothing_is_stored(
     assert reg.rejected(1)[0]["user_id"] == "alice"
 
 
+def test_where_dp_is_required_a_seeded_run_is_refused(tmp_path: Path) -> None:
+    reg = AdapterRegistry(tmp_path / "r.db", FP, SHAPES, cfg=RegistryConfig(require_privacy=True))
+    key = Ed25519PrivateKey.generate()
+    reg.enroll("samokat", "alice", key.public_key())
+    seeded = PrivacyRecord(1.5, 1e-5, "prv", "opacus 1.6.0", rng="seeded:0 (not private)")
+    with pytest.raises(RejectedError, match="not private"):
+        reg.put("samokat", "alice", make_package(key, "alice", 1, privacy=seeded))
+    with pytest.raises(RejectedError, match="no differential-privacy record"):
+        reg.put("samokat", "alice", make_package(key, "alice", 1, privacy=None))
+    assert reg.put("samokat", "alice", make_package(key, "alice", 1)).version == 1
+
+
 def test_replayed_or_older_versions_are_refused(reg: AdapterRegistry) -> None:
     key = Ed25519PrivateKey.generate()
     reg.enroll("samokat", "alice", key.public_key())

@@ -6,6 +6,7 @@ The cloud side is the live API of ``tests/cloud/test_api.py`` (real HTTP on
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -32,28 +33,33 @@ def test_edge_node_flow(live: Live, synth_data_dir: Path, tmp_path: Path) -> Non
     for u in users:
         assert node.record(*by_user[u]) == len(by_user[u])
     u = users[0]
-    out = node.train(u)
+    # the simulated data is in the past: train against a clock just after it (the data
+    # horizon and the decay weights count from the clock, never from the user's own events)
+    now = max(e.timestamp for e in by_user[u]) + timedelta(days=1)
+    out = node.train(u, now=now)
     assert out["version"] == 1 and out["epsilon_user"] <= 3.0 + 1e-6 and out["services"]
     stored = node.upload(u)
     assert set(stored) == set(out["services"]) and set(stored.values()) == {1}
     svc = out["services"][0]
     r = client.recommend(u, svc, session=[e.item_id for e in by_user[u][-2:]])
     assert r.personalized and r.adapter_version == 1
-    rep = node.privacy_report(u)
-    assert rep.trainings == 1 and 0 < rep.epsilon_spent <= 3.0 + 1e-6
+    rep = node.privacy_report(u, now)
+    assert rep.trainings == 1 and 0 < rep.epsilon_spent <= 3.0 + 1e-6 and rep.unit == "event"
     assert rep.remaining == pytest.approx(3.5 - rep.epsilon_spent) and "opacus" in rep.accountant
+    assert rep.accountant.startswith("prv") and rep.epsilon_spent_rdp is not None
+    assert rep.epsilon_spent_rdp > rep.epsilon_spent  # the same release, the looser bound
     # a second training would pass the budget of 3.5: refused, nothing changes
     with pytest.raises(BudgetExceededError):
-        node.train(u)
-    assert node.privacy_report(u).trainings == 1
-    assert node.privacy_report(users[1]).epsilon_spent == 0
+        node.train(u, now=now)
+    assert node.privacy_report(u, now).trainings == 1
+    assert node.privacy_report(users[1], now).epsilon_spent == 0
     gone = node.forget(u)
     assert gone["local"]["events_deleted"] == len(by_user[u])
     assert all(n == 1 for n in gone["cloud"].values())
     for s in out["services"]:
         with pytest.raises(NotFoundError):
             client.adapter(u, s)
-    assert node.store.events(u) == [] and node.privacy_report(u).trainings == 0
+    assert node.store.events(u) == [] and node.privacy_report(u, now).trainings == 0
     assert len(node.store.events(users[1])) == len(by_user[users[1]])  # the other user stays
     with pytest.raises(EdgeError, match="train"):
         node.upload(users[1])

@@ -1,8 +1,13 @@
-"""Local DP training: exact per-example gradients (vs Opacus), clipping, noise, sampling, budget."""
+"""Local DP training: exact per-example gradients (vs Opacus), clipping, noise, sampling, budget.
+
+The privacy-defect regressions (OS randomness, the event unit, the atomic budget) are in
+``test_privacy.py``.
+"""
 
 from __future__ import annotations
 
 import copy
+import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +17,7 @@ import torch
 from tests.edge.conftest import make_events
 from userlayer.edge.examples import ExampleConfig, UserExamples, user_examples
 from userlayer.edge.exceptions import BudgetExceededError, TrainingError
-from userlayer.edge.privacy import PrivacyLedger, epsilon_of, noise_for
+from userlayer.edge.privacy import PrivacyLedger
 from userlayer.edge.profile import build_profile
 from userlayer.edge.training import (
     PERSONAL,
@@ -22,8 +27,10 @@ from userlayer.edge.training import (
     per_example_grads,
     train_adapter,
 )
+from userlayer.sdk.exceptions import PrivacyError
 from userlayer.sdk.model import AdapterConfig, ModelConfig, Recommender, new_adapter
 from userlayer.sdk.model.tokens import ContextVocab
+from userlayer.sdk.privacy import epsilon, noise_multiplier
 from userlayer.sdk.schemas import Service
 from userlayer.sdk.semantic_ids import SemanticIdTable
 
@@ -46,14 +53,33 @@ def setup() -> tuple[Recommender, UserExamples]:
     return model, ex
 
 
+def ledger(path: str | Path = ":memory:", **kw: float) -> PrivacyLedger:
+    return PrivacyLedger(path, secrets.token_bytes(32), **kw)  # type: ignore[arg-type]
+
+
 def test_examples_are_private_prompts(setup: tuple[Recommender, UserExamples]) -> None:
     _, ex = setup
-    assert len(ex) == 38  # events 1..38 (the first has no history... it has its context)
-    # one-hour spacing and a 3-hour session: at most 3 history items + target
-    n_items = (ex.tokens == 1).sum(1)  # CTX tokens = history items + the target's
-    assert int(n_items.max()) == 4 and int(n_items.min()) == 2
+    assert len(ex) == 39 and ex.group == 1 and ex.unit == "event"  # every event but the held-out
+    n_items = (ex.tokens == 1).sum(1)  # CTX tokens: the prompt is the event's own context
+    assert int(n_items.max()) == 1 and int(n_items.min()) == 1
     assert torch.all(ex.weights <= 1) and torch.all(ex.weights > 0)
     assert ex.weights[-1] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_session_prompts_and_their_group() -> None:
+    items = {f"i{k}": (k // 8, k % 8) for k in range(40)}
+    table = SemanticIdTable(
+        codes=items, services=dict.fromkeys(items, Service.SAMOKAT), level_sizes=(8, 8)
+    )
+    cfg = ExampleConfig(holdout=1, prompt="session")
+    sess = user_examples(build_profile(make_events("alice", 40)), table, ContextVocab(64), cfg)
+    assert len(sess) == 38  # events 1..38: the first has no session before it
+    # one-hour spacing and a 3-hour session: at most 3 history items + target
+    n_items = (sess.tokens == 1).sum(1)
+    assert int(n_items.max()) == 4 and int(n_items.min()) == 2
+    assert sess.group == cfg.group == 11  # its own example, and 5 later ones changed
+    with pytest.raises(TrainingError, match="`prompt` should be one of"):
+        ExampleConfig(prompt="window")
 
 
 def test_per_example_grads_are_exact(setup: tuple[Recommender, UserExamples]) -> None:
@@ -171,8 +197,8 @@ def test_clipping_bound_and_noise_scale(
     cfg = TrainConfig(
         epochs=1, batch_size=8, max_steps=1, dp=DPConfig(noise_multiplier=1e-6, target_epsilon=None)
     )
-    ledger = PrivacyLedger(":memory:", budget=float("inf"))
-    res = train_adapter(model, ACFG, ex, init, cfg, ledger, "alice")
+    led = ledger(budget=float("inf"))
+    res = train_adapter(model, ACFG, ex, init, cfg, led, "alice")
     b = res.batch_sizes[0]
     assert b > 0 and float(seen[0].min()) > 10  # raw per-example norms were far past clip 1
     assert float(calls["norm"]) <= 1.0 * b / (8 / len(ex) * len(ex)) + 1e-4
@@ -183,7 +209,7 @@ def test_clipping_bound_and_noise_scale(
         max_steps=1,
         dp=DPConfig(noise_multiplier=100.0, target_epsilon=None),
     )
-    train_adapter(model, ACFG, ex, init, cfg, ledger, "bob")
+    train_adapter(model, ACFG, ex, init, cfg, led, "bob")
     n_params = sum(init[k].numel() for k in PERSONAL if k in init)  # the default trainables
     expected = 100.0 * 1.0 * (n_params**0.5) / 8  # std * sqrt(d) / expected batch
     assert 0.8 * expected < float(calls["norm"]) < 1.2 * expected
@@ -198,9 +224,7 @@ def test_poisson_sampling_varies_batch_sizes(setup: tuple[Recommender, UserExamp
         max_steps=200,
         dp=DPConfig(noise_multiplier=1.0, target_epsilon=None),
     )
-    res = train_adapter(
-        model, ACFG, ex, init, cfg, PrivacyLedger(":memory:", budget=float("inf")), "a"
-    )
+    res = train_adapter(model, ACFG, ex, init, cfg, ledger(budget=float("inf")), "a")
     sizes = torch.tensor(res.batch_sizes, dtype=torch.float32)
     q = 10 / len(ex)
     assert len(set(res.batch_sizes)) > 4  # not a fixed batch size
@@ -208,46 +232,58 @@ def test_poisson_sampling_varies_batch_sizes(setup: tuple[Recommender, UserExamp
     assert abs(float(sizes.var()) - len(ex) * q * (1 - q)) < 3.0  # binomial variance
 
 
-def test_epsilon_equals_the_pinned_accountant(setup: tuple[Recommender, UserExamples]) -> None:
-    from opacus.accountants import RDPAccountant
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+def test_epsilon_equals_the_pinned_accountant(
+    setup: tuple[Recommender, UserExamples], accountant: str
+) -> None:
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    from userlayer.sdk.privacy import RDP_ORDERS
 
     model, ex = setup
-    ledger = PrivacyLedger(":memory:", budget=8.0)
+    led = PrivacyLedger(":memory:", secrets.token_bytes(32), budget=8.0, accountant=accountant)
     cfg = TrainConfig(epochs=4, batch_size=8, max_steps=30, dp=DPConfig(target_epsilon=3.0))
-    res = train_adapter(model, ACFG, ex, new_adapter(CFG, ACFG), cfg, ledger, "alice")
+    res = train_adapter(model, ACFG, ex, new_adapter(CFG, ACFG), cfg, led, "alice")
     rec = res.privacy
-    assert rec is not None and rec.library.startswith("opacus ") and rec.accountant == "rdp"
-    acc = RDPAccountant()
-    for _ in range(res.steps):
-        acc.step(noise_multiplier=rec.noise_multiplier, sample_rate=rec.sample_rate)
-    assert rec.epsilon == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
-    assert rec.epsilon == pytest.approx(3.0, abs=0.05)  # the noise was solved for the target
+    assert rec is not None and rec.library.startswith("opacus ") and rec.accountant == accountant
+    assert rec.unit == "event" and rec.examples_per_unit == 1 and rec.rng == "os-csprng"
+
+    def opacus_eps(history: list[tuple[float, float, int]]) -> float:
+        acc = PRVAccountant() if accountant == "prv" else RDPAccountant()
+        acc.history = history
+        if accountant == "prv":
+            return float(acc.get_epsilon(1e-5, eps_error=0.01))
+        return float(acc.get_epsilon(1e-5, alphas=list(RDP_ORDERS)))
+
+    hist = [(rec.noise_multiplier, rec.sample_rate, res.steps)]
+    assert rec.epsilon == pytest.approx(opacus_eps(hist), rel=1e-9)
+    assert 3.0 * 0.99 <= rec.epsilon <= 3.0  # the noise was solved for the target
     # the ledger composes across trainings
-    res2 = train_adapter(model, ACFG, ex, res.adapter, cfg, ledger, "alice")
+    res2 = train_adapter(model, ACFG, ex, res.adapter, cfg, led, "alice")
     assert res2.privacy is not None and res2.privacy.epsilon > rec.epsilon
-    for _ in range(res2.steps):
-        acc.step(noise_multiplier=res2.privacy.noise_multiplier, sample_rate=rec.sample_rate)
-    assert ledger.spent("alice") == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
-    assert len(ledger.entries("alice")) == 2 and ledger.spent("bob") == 0.0
+    hist.append((res2.privacy.noise_multiplier, rec.sample_rate, res2.steps))
+    assert led.spent("alice") == pytest.approx(opacus_eps(hist), rel=1e-9)
+    assert len(led.entries("alice")) == 2 and led.spent("bob") == 0.0
+    assert [e.status for e in led.entries("alice")] == ["spent", "spent"]
 
 
 def test_budget_refusal_leaves_everything_as_it_was(
     setup: tuple[Recommender, UserExamples], tmp_path: Path
 ) -> None:
     model, ex = setup
-    ledger = PrivacyLedger(tmp_path / "l.db", budget=4.0)
+    led = ledger(tmp_path / "l.db", budget=4.0)
     cfg = TrainConfig(epochs=4, batch_size=8, max_steps=30, dp=DPConfig(target_epsilon=3.0))
     init = new_adapter(CFG, ACFG)
     snapshot = {k: v.clone() for k, v in init.items()}
-    train_adapter(model, ACFG, ex, init, cfg, ledger, "alice")
-    before = ledger.entries("alice")
+    train_adapter(model, ACFG, ex, init, cfg, led, "alice")
+    before = led.entries("alice")
     with pytest.raises(BudgetExceededError, match=r"over the budget 4\.0"):
-        train_adapter(model, ACFG, ex, init, cfg, ledger, "alice")
-    assert ledger.entries("alice") == before
+        train_adapter(model, ACFG, ex, init, cfg, led, "alice")
+    assert led.entries("alice") == before
     assert all(torch.equal(init[k], snapshot[k]) for k in init)
     # a year later the old spend has left the rolling period
     later = datetime.now(UTC) + timedelta(days=366)
-    res = train_adapter(model, ACFG, ex, init, cfg, ledger, "alice", now=later)
+    res = train_adapter(model, ACFG, ex, init, cfg, led, "alice", now=later)
     assert res.privacy is not None and res.privacy.epsilon == pytest.approx(3.0, abs=0.05)
 
 
@@ -289,6 +325,10 @@ def test_bad_settings() -> None:
         DPConfig(clip=0)
     with pytest.raises(TrainingError, match="lr"):
         TrainConfig(lr=2)
-    with pytest.raises(TrainingError, match="target_epsilon"):
-        noise_for(0, 1e-5, 0.1, 10)
-    assert epsilon_of([], 1e-5) == 0.0
+    with pytest.raises(PrivacyError, match="target_epsilon"):
+        noise_multiplier(0, 1e-5, 0.1, 10)
+    assert epsilon([], 1e-5) == 0.0
+    with pytest.raises(TrainingError, match="32 bytes"):
+        PrivacyLedger(":memory:", b"short")
+    with pytest.raises(PrivacyError, match="accountant"):
+        PrivacyLedger(":memory:", secrets.token_bytes(32), accountant="moments")

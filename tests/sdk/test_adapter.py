@@ -195,6 +195,51 @@ def test_signed_but_inconsistent_packages_are_rejected(
             open_package(_resign(blob, key, manifest=json.dumps(d3).encode()), trusted)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("steps", "40"),
+        ("steps", 2**40),
+        ("accountant", "moments"),
+        ("library", ""),
+        ("library", "x" * 65),
+        ("unit", "session"),
+        ("examples_per_unit", 0),
+        ("rng", 7),
+        ("noise_multiplier", float("nan")),
+        ("sample_rate", 1.5),
+        ("surprise", 1),
+    ],
+)
+def test_privacy_fields_are_validated(
+    key: Ed25519PrivateKey, trusted: dict, field: str, value: object
+) -> None:
+    # a bad field used to be stored and then fail on read; it is refused on upload now
+    blob = seal_package(_fields(), _tensors(), key)
+    (m_len,) = struct.unpack(">I", blob[6:10])
+    doc = json.loads(blob[10 : 10 + m_len])
+    doc["privacy"][field] = value
+    with pytest.raises(AdapterError, match="privacy"):
+        open_package(_resign(blob, key, manifest=json.dumps(doc).encode()), trusted)
+
+
+def test_format_1_manifests_are_still_read(key: Ed25519PrivateKey, trusted: dict) -> None:
+    blob = seal_package(_fields(), _tensors(), key)
+    (m_len,) = struct.unpack(">I", blob[6:10])
+    doc = json.loads(blob[10 : 10 + m_len])
+    assert doc["format"] == "userlayer.adapter/2" and doc["privacy"]["unit"] == "event"
+    doc["format"] = "userlayer.adapter/1"
+    for k in ("unit", "examples_per_unit", "rng"):
+        del doc["privacy"][k]
+    old = _resign(blob, key, manifest=json.dumps(doc).encode())
+    rec = open_package(old, trusted).manifest.privacy
+    assert rec is not None and rec.unit == "example" and rec.rng == "unrecorded (format 1)"
+    assert not rec.private
+    doc["privacy"]["unit"] = "event"  # format-2 fields cannot be claimed by a format-1 manifest
+    with pytest.raises(AdapterError, match="format-2 fields"):
+        open_package(_resign(blob, key, manifest=json.dumps(doc).encode()), trusted)
+
+
 def test_seal_refuses_bad_tensors(key: Ed25519PrivateKey) -> None:
     with pytest.raises(AdapterError, match="non-finite"):
         seal_package(_fields(), {"prefix": np.array([np.inf], dtype=np.float32)}, key)

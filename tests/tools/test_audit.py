@@ -54,6 +54,8 @@ def test_bad_audit_settings_are_refused() -> None:
         AuditConfig(users=2)
     with pytest.raises(ToolsError, match="positive"):
         AuditConfig(epsilons=(None, 0.0))
+    with pytest.raises(ToolsError, match="positions"):
+        AuditConfig(positions=("first",))
 
 
 @pytest.mark.slow
@@ -61,7 +63,7 @@ def test_audit_without_dp_leaks_and_with_dp_stays_within_epsilon(
     synth_data_dir: Path, tiny_model_dir: Path
 ) -> None:
     # the tiny base needs more steps, and the LoRA deltas too, to memorize a canary at all;
-    # the recorded run (docs/reliability.md) audits the default settings on the default base
+    # the recorded run (docs/edge.md) audits the default settings on the default base
     cfg = AuditConfig(
         users=24,
         epsilons=(None, 1.0),
@@ -70,12 +72,32 @@ def test_audit_without_dp_leaks_and_with_dp_stays_within_epsilon(
         history=20,
         trainable=None,
         references=16,
+        replay_users=6,
     )
     res = audit_membership(synth_data_dir, tiny_model_dir, cfg)
-    plain, dp = res["settings"]
     print(f"\naudit (tiny model, {res['users']} users): {res['settings']}")
-    assert plain["reported_epsilon_max"] is None
-    assert plain["auc"] >= 0.75  # without DP the attack visibly succeeds
-    assert dp["reported_epsilon_max"] == pytest.approx(1.0, rel=0.05)
-    assert dp["empirical_epsilon_lb"] <= dp["reported_epsilon_max"]
-    assert dp["auc"] < plain["auc"]
+    by = {(r["epsilon"], r["position"]): r for r in res["settings"]}
+    assert set(by) == {(None, "last"), (None, "middle"), (1.0, "last"), (1.0, "middle")}
+    for pos in ("last", "middle"):
+        plain, dp = by[(None, pos)], by[(1.0, pos)]
+        assert plain["reported_epsilon_max"] is None
+        assert plain["auc"] >= 0.7  # without DP the attack visibly succeeds
+        assert plain["replay_exact"] == 6 and plain["replay_auc"] == 1.0  # nothing random
+        assert dp["reported_epsilon_max"] == pytest.approx(1.0, rel=0.05)
+        assert dp["empirical_epsilon_lb"] <= dp["reported_epsilon_max"]
+        assert dp["auc"] < plain["auc"]
+        assert dp["replay_exact"] == 0  # the OS noise cannot be replayed
+
+
+@pytest.mark.slow
+def test_the_replay_attack_succeeds_when_the_noise_is_seeded(
+    synth_data_dir: Path, tiny_model_dir: Path
+) -> None:
+    # what the old code did: DP randomness from a seed that anyone reading the config knows
+    cfg = AuditConfig(
+        users=6, epsilons=(1.0,), positions=("middle",), replay_users=6, train_seed=0, epochs=4
+    )
+    res = audit_membership(synth_data_dir, tiny_model_dir, cfg)
+    (r,) = res["settings"]
+    assert "not private" in res["rng"]
+    assert r["replay_exact"] == 6 and r["replay_auc"] == 1.0  # every canary found for sure

@@ -20,8 +20,8 @@ def test_simulation_with_dropouts_then_resume(
     data_dir = synth_data_dir
     wd = tmp_path / "fl"
     seen: list[dict[str, object]] = []
-    base = {
-        "users_per_round": 3,
+    base = {  # every user each round (rate 1): sampling itself is tested in tests/cloud/fl
+        "users_per_round": 5,
         "population": 5,
         "min_replies": 1,
         "epochs": 2.0,
@@ -31,7 +31,7 @@ def test_simulation_with_dropouts_then_resume(
     res = simulate(data_dir, tiny_model_dir, wd, SimulationConfig(rounds=1, **base), seen.append)
     assert [r["round"] for r in res["rounds"]] == [1] and len(seen) == 1
     r1 = res["rounds"][0]
-    assert r1["sampled"] == 3 and r1["valid"] + r1["dropped"] + r1["rejected"] == 3
+    assert r1["sampled"] == 5 and r1["valid"] + r1["dropped"] + r1["rejected"] == 5
     # the server "restarts": a second run on the same directory goes on from round 1
     res = simulate(data_dir, tiny_model_dir, wd, SimulationConfig(rounds=2, **base), seen.append)
     assert [r["round"] for r in res["rounds"]] == [1, 2]

@@ -26,10 +26,12 @@ def test_two_rounds_on_superlink_and_two_supernodes(
     tmp_path: Path, synth_data_dir: Path, tiny_model_dir: Path
 ) -> None:
     wd = tmp_path / "wd"
-    cfg = SimulationConfig(rounds=2, users_per_round=2, population=4, epochs=2.0, min_replies=1)
+    # every user every round (rate 1), so that both nodes are always selected
+    cfg = SimulationConfig(rounds=2, users_per_round=4, population=4, epochs=2.0, min_replies=1)
     users = prepare_workdir(synth_data_dir, tiny_model_dir, wd, cfg)
     setup = json.loads((wd / "fl.json").read_text())
     setup["rounds"]["min_nodes"] = 2  # two SuperNodes, each hosting two users
+    del setup["rounds"]["users_per_node"]  # the server asks each node how many it hosts
     setup["rounds"]["wait_nodes_s"] = 60
     (wd / "fl.json").write_text(json.dumps(setup))
     app_dir = write_app(tmp_path / "app")

@@ -32,8 +32,10 @@ import pytest
 
 from userlayer.cloud.fl.registry_fs import FileRegistry
 from userlayer.cloud.fl.rounds import load_trusted
-from userlayer.edge.privacy import PrivacyLedger, epsilon_of
+from userlayer.edge.privacy import PrivacyLedger
+from userlayer.edge.store import ProfileStore
 from userlayer.sdk.adapter import open_package
+from userlayer.sdk.privacy import Mechanism, epsilon
 from userlayer.tools.procs import console_script, group_members, stop_groups
 
 ROUNDS = 3
@@ -113,11 +115,12 @@ def test_dropouts_and_a_killed_server_lose_nothing(
     # the shared part's ledger
     aggregated = [r for r in rounds if r["aggregated"]]
     assert len(state["dp_history"]) == len(aggregated) > 0
-    hist = [(float(a), float(b), int(c)) for a, b, c in state["dp_history"]]
-    assert aggregated[-1]["epsilon"] == pytest.approx(epsilon_of(hist, 1e-5), rel=1e-9)
+    hist = [Mechanism(float(a), float(b), int(c)) for a, b, c in state["dp_history"]]
+    assert aggregated[-1]["epsilon"] == pytest.approx(epsilon(hist, 1e-5), rel=1e-9)
 
     # each user's edge ledger against the packages stored for them
-    ledger = PrivacyLedger(wd / "ledger.db")
+    with ProfileStore(wd / "store.db") as store:
+        ledger = PrivacyLedger(wd / "ledger.db", store.ledger_key())
     trusted = load_trusted(wd / "trust")
     try:
         for service, user, v in packages:

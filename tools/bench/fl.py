@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import statistics
 import subprocess
 import tempfile
@@ -64,7 +65,7 @@ def _local(data: Path, model_dir: Path, cfg: FlBenchConfig, tmp: Path) -> dict[s
     if not users:
         raise ToolsError(f"no user with {cfg.min_events}+ events in {data}")
     acfg = AdapterConfig()
-    ledger = PrivacyLedger(tmp / "ledger.db", budget=1e6)
+    ledger = PrivacyLedger(tmp / "ledger.db", secrets.token_bytes(32), budget=1e6)
     base = TrainConfig()
     variants = {
         "dp": replace(base, dp=DPConfig(target_epsilon=cfg.epsilon)),

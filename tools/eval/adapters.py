@@ -1,8 +1,10 @@
 """``userlayer eval-adapters``: does a user's own adapter help on their held-out event?
 
 For every sampled user: the profile of all their events but the last
-(``holdout=1``), the user's examples, an adapter trained from a fresh
-initialisation without DP and with DP-SGD at a target epsilon, then the
+(``holdout=1``), the user's examples (for each training view in ``prompts``:
+event prompts, or session prompts charged their group), an adapter trained
+from a fresh initialisation without DP and with DP-SGD at a target epsilon
+per event, then the
 held-out last event ranked from a private prompt (the current session only)
 by the base alone and by the base with each adapter (constrained beam
 search within the target's service). Reported: HR@10/NDCG@10 per variant,
@@ -12,6 +14,7 @@ loss is lower with their own adapter than with another user's.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -37,6 +40,7 @@ from userlayer.sdk.model.decoding import beam_search
 from userlayer.sdk.model.io import load_model
 from userlayer.sdk.model.prompt import pack_prompts
 from userlayer.sdk.model.transformer import RowAdapters, new_adapter
+from userlayer.sdk.privacy import DEFAULT_ACCOUNTANT, library
 from userlayer.sdk.semantic_ids import SemanticIdTable, SidTrie
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.eval.metrics import Accumulator
@@ -59,8 +63,13 @@ class AdapterEvalConfig:
     epsilon: float = 8.0
     beam: int = 20
     min_events: int = 10
+    prompts: tuple[str, ...] = ("event",)  # training views compared (userlayer.edge.examples)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        for p in self.prompts:
+            ExampleConfig(prompt=p)  # validates
 
 
 def _pick_users(events: dict[str, list[Any]], cfg: AdapterEvalConfig) -> list[str]:
@@ -88,25 +97,31 @@ def evaluate_adapters(
     by_user = ds.user_events()
     users = _pick_users(by_user, cfg)
     vocab = model.ctx_vocab
-    ex_cfg = ExampleConfig(holdout=1)
     # a population mode detector from the other users' stated modes (a cloud-made prior)
     detector = ModeDetector()
     for u in sorted(set(by_user) - set(users))[:500]:
         detector.update(sessionize(by_user[u]), cats)
     work = Path(work_dir or Path(model_dir) / "adapter-eval")
     work.mkdir(parents=True, exist_ok=True)
-    ledger_path = work / "ledger.db"
-    ledger_path.unlink(missing_ok=True)
-    ledger = PrivacyLedger(ledger_path, budget=cfg.epsilon + 1e-6)
-    variants = {
-        "adapter (no DP)": replace(cfg.train, dp=DPConfig(enabled=False)),
-        f"adapter (DP, eps {cfg.epsilon:g})": replace(
-            cfg.train, dp=DPConfig(target_epsilon=cfg.epsilon)
-        ),
-    }
+    variants: dict[str, tuple[str, TrainConfig]] = {}
+    for p in cfg.prompts:
+        variants[f"adapter ({p} prompts, no DP)"] = (
+            p,
+            replace(cfg.train, dp=DPConfig(enabled=False)),
+        )
+        variants[f"adapter ({p} prompts, DP eps {cfg.epsilon:g})"] = (
+            p,
+            replace(cfg.train, dp=DPConfig(target_epsilon=cfg.epsilon)),
+        )
+    ledgers = {}
+    for i, name in enumerate(variants):  # one ledger per variant: each may spend the budget
+        path = work / f"ledger-{i}.db"
+        path.unlink(missing_ok=True)
+        ledgers[name] = PrivacyLedger(path, secrets.token_bytes(32), budget=cfg.epsilon + 1e-6)
     prompts, services, targets, contexts = [], [], [], []
     adapters: dict[str, list[dict[str, torch.Tensor]]] = {v: [] for v in variants}
-    epsilons, seconds = [], {v: 0.0 for v in variants}
+    epsilons: dict[str, list[float]] = {v: [] for v in variants}
+    seconds = {v: 0.0 for v in variants}
     kept = []
     for n, u in enumerate(users):
         prof = build_profile(by_user[u], categories=cats)
@@ -114,18 +129,23 @@ def evaluate_adapters(
         if len(evs) < 3:
             continue
         try:
-            ex = user_examples(prof, table, vocab, ex_cfg, detector, cats)
+            examples = {
+                p: user_examples(
+                    prof, table, vocab, ExampleConfig(holdout=1, prompt=p), detector, cats
+                )
+                for p in cfg.prompts
+            }
         except TrainingError:
             continue
         held = private_prompt(evs, table, vocab, detector, cats)
         g = torch.Generator().manual_seed(cfg.seed + n)
         init = new_adapter(model.cfg, cfg.adapter, g)
-        for name, tcfg in variants.items():
-            res = train_adapter(model, cfg.adapter, ex, init, tcfg, ledger, u)
+        for name, (p, tcfg) in variants.items():
+            res = train_adapter(model, cfg.adapter, examples[p], init, tcfg, ledgers[name], u)
             adapters[name].append(res.adapter)
             seconds[name] += res.seconds
             if res.privacy is not None:
-                epsilons.append(res.privacy.epsilon)
+                epsilons[name].append(res.privacy.epsilon)
         kept.append(u)
         prompts.append((held.tokens, held.ctx))
         services.append(held.service)
@@ -133,7 +153,8 @@ def evaluate_adapters(
         contexts.append(held.mode_weights)
         if on_user:
             on_user(n + 1, len(users))
-    ledger.close()
+    for led in ledgers.values():
+        led.close()
     tok, ctx = pack_prompts(prompts, len(vocab.sizes))
     modes = torch.tensor(contexts, dtype=torch.float32)
     results: dict[str, Any] = {
@@ -154,10 +175,14 @@ def evaluate_adapters(
         "specificity": spec,
         "epsilon": {
             "target": cfg.epsilon,
-            "median": float(np.median(epsilons)) if epsilons else None,
-            "max": float(np.max(epsilons)) if epsilons else None,
+            "unit": "event",
+            "per_variant": {
+                k: {"median": float(np.median(v)), "max": float(np.max(v))}
+                for k, v in epsilons.items()
+                if v
+            },
             "delta": 1e-5,
-            "accountant": "rdp (opacus)",
+            "accountant": f"{DEFAULT_ACCOUNTANT} ({library()})",
         },
         "train_seconds_per_user": {k: v / max(len(kept), 1) for k, v in seconds.items()},
         "config": {

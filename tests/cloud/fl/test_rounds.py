@@ -1,4 +1,9 @@
-"""Server side of a round: validation, poisoned replies, drop-outs, DP accounting, resume."""
+"""Server side of a round: validation, poisoned replies, drop-outs, DP accounting, resume.
+
+DP regressions: the server's noise and node sampling came from generators seeded with the
+config seed and the round (replayable by anyone who read the code), the DP mean divided by
+the number of valid replies (data-dependent), and two replies for one user both counted.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from userlayer.cloud.fl.rounds import Reply, RoundConfig, RoundServer
 from userlayer.cloud.fl.state import ServerState
 from userlayer.sdk.adapter import PrivacyRecord, key_id, seal_package
 from userlayer.sdk.model import AdapterConfig, ModelConfig, adapter_shapes, new_adapter
+from userlayer.sdk.privacy import SeededRandom, node_probability
 
 CFG = ModelConfig(level_sizes=(8, 8), d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32)
 ACFG = AdapterConfig(rank=2)
@@ -107,16 +113,16 @@ def test_poisoned_replies_are_rejected_and_the_round_completes(tmp_path: Path) -
     assert s.registry.users("kuper") == ["u0", "u1", "u2"]  # only valid packages stored
     assert s.registry.versions("kuper", "u0") == [1]
     assert any(not torch.equal(before[k], s.state.shared[k]) for k in before)
-    # the shared part moved by at most clip (+ noise): the huge update did not get in
+    # the shared part moved by at most 3 clips (+ noise) over the expected 4 users
     delta = {k: s.state.shared[k] - before[k] for k in before}
     _, norm = clip_update(delta, 1.0)
-    assert norm < 0.5 + 6 * 0.5 / 3 * sum(v.numel() for v in before.values()) ** 0.5
+    assert norm < 3 * 0.5 / 4 + 6 * 0.5 / 4 * sum(v.numel() for v in before.values()) ** 0.5
 
 
 def test_dropouts_and_too_few_replies(tmp_path: Path) -> None:
     key = Ed25519PrivateKey.generate()
     _enroll(tmp_path, key)
-    s = _server(tmp_path)
+    s = _server(tmp_path, aggregation=AggregationConfig(noise_multiplier=0.0))  # no DP claim
     before = s.state.copy_shared()
     replies = [
         _reply(s, "u0", 1, key),
@@ -138,18 +144,79 @@ def test_dropouts_and_too_few_replies(tmp_path: Path) -> None:
         s.process(2, 4, [], population=10)
 
 
-def test_epsilon_per_round_equals_the_accountant(tmp_path: Path) -> None:
-    from opacus.accountants import RDPAccountant
+def test_a_dp_round_always_releases_even_without_valid_replies(tmp_path: Path) -> None:
+    # skipping the release when few users replied would make the release depend on the data
+    s = _server(tmp_path)
+    before = s.state.copy_shared()
+    summary = s.process(1, 4, [Reply(node=5, error="drop")], population=10)
+    assert summary["aggregated"] and summary["valid"] == 0 and summary["epsilon"] > 0
+    assert all(not torch.equal(before[k], s.state.shared[k]) for k in before)  # noise only
+
+
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+def test_epsilon_per_round_equals_the_accountant(tmp_path: Path, accountant: str) -> None:
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    from userlayer.sdk.privacy import RDP_ORDERS
 
     key = Ed25519PrivateKey.generate()
     _enroll(tmp_path, key)
-    s = _server(tmp_path, aggregation=AggregationConfig(noise_multiplier=1.2))
-    acc = RDPAccountant()
+    s = _server(
+        tmp_path, aggregation=AggregationConfig(noise_multiplier=1.2), accountant=accountant
+    )
+    acc = PRVAccountant() if accountant == "prv" else RDPAccountant()
+    kw = {"eps_error": 0.01} if accountant == "prv" else {"alphas": list(RDP_ORDERS)}
     for rnd in (1, 2):
-        summary = s.process(rnd, 4, [_reply(s, f"u{i}", rnd, key) for i in range(4)], population=40)
-        acc.step(noise_multiplier=1.2, sample_rate=4 / 40)
-        assert summary["epsilon"] == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
-    assert s.epsilon(40) == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
+        summary = s.process(rnd, 4, [_reply(s, f"u{i}", rnd, key) for i in range(3)], population=40)
+        acc.step(noise_multiplier=1.2, sample_rate=4 / 40)  # users_per_round / population
+        assert summary["epsilon"] == pytest.approx(acc.get_epsilon(1e-5, **kw), rel=1e-9)
+        assert summary["accountant"] == accountant and summary["sample_rate"] == 0.1
+    assert s.epsilon(40) == pytest.approx(acc.get_epsilon(1e-5, **kw), rel=1e-9)
+
+
+def test_server_randomness_is_fresh_and_a_seed_is_a_labelled_hook(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    _enroll(tmp_path, key)
+    shared = []
+    for i, seed in enumerate((None, None, 3, 3)):
+        s = _server(tmp_path / str(i), seed=seed)
+        _enroll(tmp_path / str(i), key)
+        ups = [_reply(s, f"u{j}", 1, key) for j in range(3)]
+        summary = s.process(1, 4, ups, population=40)
+        assert summary["rng"] == ("os-csprng" if seed is None else "seeded:3 (not private)")
+        shared.append(s.state.shared["prefix"])
+    assert not torch.equal(shared[0], shared[1])  # same config, same replies: fresh noise
+    assert torch.equal(shared[2], shared[3])  # the seed hook replays it (not private)
+
+
+def test_the_dp_mean_divides_by_the_expected_users(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    _enroll(tmp_path, key)
+    agg = AggregationConfig(clip=10.0, noise_multiplier=1.0)
+    s = _server(tmp_path, seed=9, aggregation=agg)
+    before = s.state.copy_shared()
+    replies = [_reply(s, f"u{i}", 1, key) for i in range(3)]  # 3 replied, 4 expected
+    s.process(1, 4, replies, population=40)
+    noise = SeededRandom(9)  # no nodes were sampled from it: the noise is its first draw
+    total = {
+        k: sum((r.arrays[k] - before[k] for r in replies), torch.zeros_like(before[k]))
+        for k in before
+    }  # type: ignore[index]
+    for k in sorted(before):  # regenerate the seeded noise in the server's order
+        z = torch.from_numpy(noise.gaussian(tuple(before[k].shape), 1.0 * 10.0)).float()
+        want = before[k] + (total[k] + z) / (0.1 * 40)
+        torch.testing.assert_close(s.state.shared[k], want, atol=1e-5, rtol=1e-5)
+
+
+def test_one_reply_per_user_and_round(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    _enroll(tmp_path, key)
+    s = _server(tmp_path)
+    first = _reply(s, "u0", 1, key)
+    again = _reply(s, "u0", 1, key, step=0.05, node=99)
+    summary = s.process(1, 4, [first, again, _reply(s, "u1", 1, key)], population=10)
+    assert summary["valid"] == 2 and summary["rejected"] == 1
+    assert "duplicate reply for user 'u0'" in s.registry.rejected()[0]["reason"]
 
 
 def test_restarted_server_resumes(tmp_path: Path) -> None:
@@ -199,12 +266,19 @@ def test_server_dying_before_its_checkpoint_reruns_the_round(
     assert [r["round"] for r in state["rounds"]] == [1, 2] and len(state["dp_history"]) == 2
 
 
-def test_sampling_is_seeded_and_handles_big_node_ids(tmp_path: Path) -> None:
-    s = _server(tmp_path)
-    ids = [2**63 + 5, 2**64 - 1, 7, 11, 13, 17]
-    a, b = s.sample(ids, 1), s.sample(ids, 1)
-    assert a == b and len(a) == 4 and set(a) <= set(ids)
-    assert s.sample(ids, 2) != a or len(ids) == 4
+def test_users_are_sampled_independently_and_big_node_ids_work(tmp_path: Path) -> None:
+    s = _server(tmp_path, users_per_round=3)
+    ids = [2**63 + 5, 2**64 - 1, 7, 11]
+    hosted = {2**63 + 5: 1, 2**64 - 1: 4, 7: 1, 11: 2}
+    population = sum(hosted.values())  # 8 users: q = 3/8
+    counts = dict.fromkeys(ids, 0)
+    rounds = 4000
+    for _ in range(rounds):
+        for n in s.sample(ids, population, hosted):
+            counts[n] += 1
+    for n in ids:  # a node is selected when at least one of its users is sampled
+        p = node_probability(3 / 8, hosted[n])
+        assert abs(counts[n] / rounds - p) < 4 * (p * (1 - p) / rounds) ** 0.5, n
 
 
 def test_aggregation_methods() -> None:
@@ -213,17 +287,26 @@ def test_aggregation_methods() -> None:
     assert norm == pytest.approx(100.0) and float(clipped["w"].norm()) == pytest.approx(1.0)
     zero, n0 = clip_update({"w": torch.zeros(3)}, 1.0)
     assert n0 == 0 and torch.equal(zero["w"], torch.zeros(3))  # no division by zero
-    med = aggregate_updates(ups, AggregationConfig(method="median", clip=1.0))
+    shapes = {"w": (4,)}
+    med = aggregate_updates(ups, AggregationConfig(method="median", clip=1.0), shapes)
     assert torch.allclose(med["w"], torch.full((4,), 0.1))
-    tm = aggregate_updates(ups, AggregationConfig(method="trimmed_mean", clip=1.0, trim=0.2))
+    tm = aggregate_updates(
+        ups, AggregationConfig(method="trimmed_mean", clip=1.0, trim=0.2), shapes
+    )
     assert torch.allclose(tm["w"], torch.full((4,), 0.1))
-    mean = aggregate_updates(ups, AggregationConfig(clip=1.0, noise_multiplier=0.0))
+    mean = aggregate_updates(ups, AggregationConfig(clip=1.0, noise_multiplier=0.0), shapes)
     assert float(mean["w"][0]) > 0.1  # the outlier moves the plain mean (by at most clip/n)
-    g = torch.Generator().manual_seed(0)
+    from userlayer.sdk.privacy import SecureRandom
+
     big = [{"w": torch.zeros(20000)} for _ in range(4)]
-    noisy = aggregate_updates(big, AggregationConfig(clip=2.0, noise_multiplier=1.5), g)
-    assert float(noisy["w"].std()) == pytest.approx(1.5 * 2.0 / 4, rel=0.03)
+    dp = AggregationConfig(clip=2.0, noise_multiplier=1.5)
+    noisy = aggregate_updates(big, dp, {"w": (20000,)}, SecureRandom(), expected=5.0)
+    assert float(noisy["w"].std()) == pytest.approx(1.5 * 2.0 / 5, rel=0.03)
+    with pytest.raises(CloudError, match="expected users"):
+        aggregate_updates(big, dp, {"w": (20000,)}, SecureRandom())
     with pytest.raises(CloudError):
         AggregationConfig(method="krum")
     with pytest.raises(CloudError, match="no updates"):
-        aggregate_updates([], AggregationConfig())
+        aggregate_updates([], AggregationConfig(noise_multiplier=0.0), shapes)
+    with pytest.raises(CloudError, match="other tensors"):
+        aggregate_updates([{"w": torch.zeros(3)}], AggregationConfig(noise_multiplier=0.0), shapes)
