@@ -2,10 +2,14 @@
 
 For each row of a batch the user's newest adapter comes from the registry
 (the RAM tier, else the store: decrypted and verified) and goes into an
-engine slot unless it is there already. A row is served by the base model,
-and says so, when the user has no adapter, when theirs does not verify, or
-when the store is unreachable; never with another user's adapter (a lock
-keeps deletions from freeing a slot that a running batch still reads).
+engine slot unless it is there already. Slots are keyed by (service, user,
+package SHA-256), so a user deleted and back with a new adapter under a
+reused version number never hits the old slot. A row is served by the base
+model, and says so, when the user has no adapter, when theirs does not
+verify, or when the store is unreachable; never with another user's adapter
+(a lock keeps deletions from freeing a slot that a running batch still
+reads, and a batch never holds more distinct users than the engine has
+slots).
 """
 
 from __future__ import annotations
@@ -13,12 +17,19 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from userlayer.cloud.engine.engine import Engine, EngineRequest
-from userlayer.cloud.registry import AdapterRegistry, RegistryError, StoreUnavailableError
+from userlayer.cloud.registry import (
+    AdapterRegistry,
+    LoadedAdapter,
+    RegistryError,
+    StoreUnavailableError,
+)
 from userlayer.sdk.api import RecommendedItem, RecommendRequest, RecommendResponse
 
 __all__ = ["Metrics", "Serving"]
@@ -75,16 +86,26 @@ class _Row:
 class Serving:
     """Resolves adapters and runs batches on the engine."""
 
-    def __init__(self, engine: Engine, registry: AdapterRegistry, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        registry: AdapterRegistry,
+        metrics: Metrics,
+        store_deadline_s: float = 0.5,
+    ) -> None:
         if engine.slab.size < 1:
             raise RegistryError("the engine needs adapter slots")
         if registry.fingerprint != engine.fingerprint:
             raise RegistryError(
                 f"registry expects base {registry.fingerprint}, engine runs {engine.fingerprint}"
             )
+        if not store_deadline_s > 0:
+            raise RegistryError(f"`store_deadline_s` should be positive, got {store_deadline_s}")
         self.engine = engine
         self.registry = registry
         self.metrics = metrics
+        self.store_deadline_s = store_deadline_s
+        self._io = ThreadPoolExecutor(4, thread_name_prefix="userlayer-registry")
         self._lock = threading.Lock()
         registry.on_delete(self._evict)
 
@@ -92,31 +113,59 @@ class Serving:
         with self._lock:  # waits for a running batch that may read the user's slot
             self.engine.slab.evict((service, user_id))
 
-    def _resolve(self, service: str, user_id: str) -> _Row:
+    def _fetch(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], LoadedAdapter | str]:
+        """Each user's newest adapter (or why none), within the store deadline.
+
+        The registry is read in a worker thread: a store that hangs (a dropped
+        network, a frozen database) costs a batch at most ``store_deadline_s``,
+        the timeout counts against the store's circuit breaker, and once the
+        breaker is open no batch waits at all.
+        """
+        if self.registry.sql.breaker_open:
+            return dict.fromkeys(keys, UNAVAILABLE)
+
+        def read() -> dict[tuple[str, str], LoadedAdapter | str]:
+            out: dict[tuple[str, str], LoadedAdapter | str] = {}
+            for key in keys:
+                try:
+                    loaded = self.registry.get(*key)
+                except StoreUnavailableError:
+                    out[key] = UNAVAILABLE
+                except RegistryError:
+                    out[key] = UNVERIFIED
+                else:
+                    out[key] = NO_ADAPTER if loaded is None else loaded
+            return out
+
+        future = self._io.submit(read)
         try:
-            loaded = self.registry.get(service, user_id)
-        except StoreUnavailableError:
-            return _Row(-1, None, UNAVAILABLE)
-        except RegistryError:
-            return _Row(-1, None, UNVERIFIED)
-        if loaded is None:
-            return _Row(-1, None, NO_ADAPTER)
-        key = (service, user_id, loaded.info.version)
-        slot = self.engine.slab.lookup(key)
+            return future.result(timeout=self.store_deadline_s)
+        except FutureTimeout:
+            self.registry.sql.note_timeout()
+            return dict.fromkeys(keys, UNAVAILABLE)
+
+    def _slot(self, key: tuple[str, str], got: LoadedAdapter | str) -> _Row:
+        if isinstance(got, str):
+            return _Row(-1, None, got)
+        skey = (*key, got.info.sha256)
+        slot = self.engine.slab.lookup(skey)
         if slot < 0:
-            slot = self.engine.slab.load(key, loaded.tensors)
+            slot = self.engine.slab.load(skey, got.tensors)
             self.metrics.slot_loads.inc()
-        return _Row(slot, loaded.info.version, None)
+        return _Row(slot, got.info.version, None)
 
     def run_batch(self, reqs: Sequence[RecommendRequest]) -> list[RecommendResponse]:
         """Recommend for a batch of requests (one engine call)."""
         t0 = time.perf_counter()
+        keys = list(dict.fromkeys((r.service.value, r.user_id) for r in reqs))
+        if len(keys) > self.engine.slab.size:  # else a later row's load could evict an earlier's
+            raise RegistryError(
+                f"a batch of {len(keys)} distinct users needs as many adapter slots; the engine "
+                f"has {self.engine.slab.size} (raise slots or lower max_batch)"
+            )
+        fetched = self._fetch(keys)  # one resolution per user per batch
         with self._lock:
-            rows = {}
-            for r in reqs:  # one resolution per user per batch
-                key = (r.service.value, r.user_id)
-                if key not in rows:
-                    rows[key] = self._resolve(*key)
+            rows = {key: self._slot(key, fetched[key]) for key in keys}
             ers = [
                 EngineRequest(
                     service=r.service,

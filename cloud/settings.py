@@ -43,6 +43,14 @@ class Settings(BaseSettings):
     max_queue: int = Field(default=512, ge=1)
     max_body_bytes: int = Field(default=8 << 20, ge=1024)
     require_privacy: bool = False
+    shred_on_delete: bool = False  # rotate the registry KEK at every deletion (O(users))
+    store_connect_timeout_s: float = Field(default=3.0, gt=0)
+    store_statement_timeout_ms: int = Field(default=5000, ge=1)
+    store_pool_size: int = Field(default=4, ge=1)
+    store_deadline_ms: int = Field(default=500, ge=1)  # longest a batch waits on the store
+    store_call_timeout_ms: int = Field(default=3000, ge=1)  # uploads, enrollments, deletions
+    metrics_public: bool = False  # /metrics without an admin key (private network only)
+    docs_public: bool = False  # /docs and /openapi.json without an admin key
     keep_alive_s: int = Field(default=65, ge=1, le=3600)  # idle HTTP keep-alive (uvicorn: 5)
     rate_limit: float = Field(default=200.0, ge=0)  # requests/s per API key (0: off)
     rate_burst: int = Field(default=400, ge=1)  # bucket size per API key

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from userlayer.sdk.exceptions import UserLayerError
+from userlayer.sdk.exceptions import DecryptError, KeyProviderError, UserLayerError
 
 __all__ = [
     "BudgetExceededError",
@@ -18,12 +18,11 @@ class EdgeError(UserLayerError):
     """Base of every error raised by userlayer.edge."""
 
 
-class KeyProviderError(EdgeError):
-    """A key provider cannot do what was asked (missing key file, no rotation...)."""
+class ProfileDecryptError(EdgeError, DecryptError):
+    """Stored profile data does not decrypt: tampered, truncated, moved, or the wrong key.
 
-
-class ProfileDecryptError(EdgeError):
-    """Stored data does not decrypt: tampered, truncated, moved, or the wrong key."""
+    (``KeyProviderError`` is the shared one of ``userlayer.sdk.exceptions``.)
+    """
 
 
 class StoreError(EdgeError, ValueError):

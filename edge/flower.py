@@ -6,8 +6,6 @@ A node is a directory (``workdir``) prepared by its operator:
     fl.json           {"adapter": AdapterConfig, "budget": 8.0, "delta": 1e-5}
     store.db(.keks)   the encrypted profile store (:class:`ProfileStore`)
     ledger.db         the users' privacy ledgers
-    keys/<user>.key   each user's Ed25519 signing key (0600), made on first use
-    trust/<id>.pub    where a new key's public half is enrolled for the server
     nodes.json        simulation only: partition id -> user id
     mode_detector.json  optional population prior for mode detection
 
@@ -45,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -56,7 +53,6 @@ from userlayer.edge.local import LocalTrainConfig, train_and_seal
 from userlayer.edge.privacy import PrivacyLedger
 from userlayer.edge.profile import ModeDetector
 from userlayer.edge.store import ProfileStore
-from userlayer.sdk.adapter import key_id, load_signing_key, save_signing_key
 from userlayer.sdk.model.config import AdapterConfig
 from userlayer.sdk.model.io import load_model
 from userlayer.sdk.model.transformer import Recommender
@@ -113,24 +109,10 @@ class NodeRuntime:
         return hosted_users(self.workdir, context)
 
     def signing_key(self, user: str) -> Ed25519PrivateKey:
-        """The user's signing key, made and enrolled on first use."""
-        keys = self.workdir / "keys"
-        keys.mkdir(exist_ok=True)
-        p = keys / f"{user}.key"
-        if not p.exists():
-            k = Ed25519PrivateKey.generate()
-            try:
-                save_signing_key(k, p)
-            except FileExistsError:  # another process made it first
-                return load_signing_key(p)
-            raw = k.public_key().public_bytes(
-                serialization.Encoding.Raw, serialization.PublicFormat.Raw
-            )
-            trust = self.workdir / "trust"
-            trust.mkdir(exist_ok=True)
-            (trust / f"{key_id(k.public_key())}.pub").write_text(raw.hex())
-            return k
-        return load_signing_key(p)
+        """The user's signing key (made on first use, kept encrypted in the store)."""
+        key = self.store.signing_key(user)
+        assert key is not None
+        return key
 
     def train_user(
         self, user: str, shared: dict[str, torch.Tensor], cfg: dict[str, Any], rnd: int

@@ -2,7 +2,8 @@
 
 ::
 
-    node = EdgeNode("/var/lib/userlayer", model_dir, client=Client(url, key))
+    # least privilege: one tenant key per service (upload + delete scopes of that service)
+    node = EdgeNode("/var/lib/userlayer", model_dir, clients={"samokat": Client(url, key)})
     node.record(event)                 # encrypted at rest, never uploaded
     node.train("u42")                  # DP-SGD under the user's budget, here
     node.upload("u42")                 # only the signed adapter leaves
@@ -10,14 +11,16 @@
     node.set_consent("u42", {"megamarket": ["megamarket"]})  # cross-service consent
     node.forget("u42")                 # local store, ledger, key, and the cloud
 
-A node directory holds ``store.db`` (+ its key file), ``ledger.db`` and
-``keys/<user>.key`` (each user's Ed25519 signing key, 0600). The base model
-is read from ``model_dir`` (weights, config, ``sids.json``).
+A node directory holds ``store.db`` (+ its key file) and ``ledger.db``.
+Each user's Ed25519 signing key and adapter version live in the store,
+encrypted under the user's data key (no user id appears in a file name).
+The base model is read from ``model_dir`` (weights, config, ``sids.json``).
 """
 
 from __future__ import annotations
 
-import json
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,8 +35,8 @@ from userlayer.edge.exceptions import EdgeError
 from userlayer.edge.local import LocalResult, LocalTrainConfig, train_and_seal
 from userlayer.edge.privacy import PrivacyLedger
 from userlayer.edge.store import ProfileStore
-from userlayer.sdk.adapter import load_signing_key, save_signing_key
-from userlayer.sdk.client import Client, NotFoundError
+from userlayer.sdk.api import ID_PATTERN
+from userlayer.sdk.client import AuthError, Client, NotFoundError, UnavailableError
 from userlayer.sdk.model.config import AdapterConfig
 from userlayer.sdk.model.io import fingerprint, load_model
 from userlayer.sdk.model.transformer import new_adapter
@@ -42,6 +45,18 @@ from userlayer.sdk.schemas import Event
 from userlayer.sdk.semantic_ids import SemanticIdTable
 
 __all__ = ["EdgeNode", "PrivacyReport"]
+
+_VERSION = "adapter_version"
+
+
+def _check_user(user_id: str) -> None:
+    """User ids follow the API's pattern (they reach URLs and the cloud's records).
+
+    Raises:
+        EdgeError: naming the bad id.
+    """
+    if not isinstance(user_id, str) or not re.fullmatch(ID_PATTERN, user_id) or len(user_id) > 128:
+        raise EdgeError(f"user id {user_id!r} does not match {ID_PATTERN} (at most 128 chars)")
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,7 @@ class EdgeNode:
         budget: float = 8.0,
         delta: float = 1e-5,
         accountant: str = DEFAULT_ACCOUNTANT,
+        clients: Mapping[str, Client] | None = None,
     ) -> None:
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -98,6 +114,7 @@ class EdgeNode:
             accountant=accountant,
         )
         self.client = client
+        self.clients = dict(clients or {})
         self._trained: dict[str, _Trained] = {}
 
     # -- data
@@ -109,21 +126,13 @@ class EdgeNode:
     # -- keys and versions
 
     def _key(self, user_id: str) -> Ed25519PrivateKey:
-        p = self.dir / "keys" / f"{user_id}.key"
-        p.parent.mkdir(exist_ok=True)
-        if not p.exists():
-            save_signing_key(Ed25519PrivateKey.generate(), p)
-        return load_signing_key(p)
+        key = self.store.signing_key(user_id)
+        assert key is not None
+        return key
 
-    def _versions(self) -> dict[str, int]:
-        p = self.dir / "versions.json"
-        return json.loads(p.read_text("utf-8")) if p.exists() else {}
-
-    def _bump(self, user_id: str) -> int:
-        v = self._versions()
-        v[user_id] = v.get(user_id, 0) + 1
-        (self.dir / "versions.json").write_text(json.dumps(v), "utf-8")
-        return v[user_id]
+    def _version(self, user_id: str) -> int:
+        doc = self.store.setting(user_id, _VERSION)
+        return int(doc["version"]) if doc else 0  # type: ignore[call-overload]
 
     # -- training
 
@@ -135,8 +144,9 @@ class EdgeNode:
             (nothing changes then).
         """
         events = self.store.events(user_id)  # decrypted in memory only
+        _check_user(user_id)
         init = new_adapter(self.model.cfg, self.acfg, torch.Generator().manual_seed(0))
-        version = self._versions().get(user_id, 0) + 1
+        version = self._version(user_id) + 1
         res = train_and_seal(
             self.model,
             self.table,
@@ -152,20 +162,24 @@ class EdgeNode:
             now=now,
             consent=self.consent(user_id),
         )
-        self._bump(user_id)
+        self.store.set_setting(user_id, _VERSION, {"version": version})
         self._trained[user_id] = _Trained(res, version)
         return {"version": version, "services": sorted(res.packages), **res.metrics}
+
+    def _client(self, service: str) -> Client | None:
+        """The client of ``service``'s tenant key (else the one shared client, if any)."""
+        return self.clients.get(service, self.client)
 
     def upload(self, user_id: str) -> dict[str, int]:
         """Enroll the user's key and upload the last trained adapter to each of their services.
 
-        Returns service -> stored version.
+        Each service's package goes through that service's client. Returns
+        service -> stored version.
 
         Raises:
-            EdgeError: no client, or nothing trained since this node started.
+            EdgeError: no client for one of the services, or nothing trained since this
+                node started.
         """
-        if self.client is None:
-            raise EdgeError("this EdgeNode has no API client to upload with")
         t = self._trained.get(user_id)
         if t is None:
             raise EdgeError(f"nothing trained for {user_id} to upload: call train() first")
@@ -174,9 +188,14 @@ class EdgeNode:
             .public_key()
             .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         )
+        missing = sorted(s for s in t.result.packages if self._client(s) is None)
+        if missing:
+            raise EdgeError(f"this EdgeNode has no API client for {missing} to upload with")
         for service, package in t.result.packages.items():
-            self.client.enroll_signer(user_id, pub, service)
-            t.uploaded[service] = self.client.upload_adapter(user_id, package, service).version
+            client = self._client(service)
+            assert client is not None
+            client.enroll_signer(user_id, pub, service)
+            t.uploaded[service] = client.upload_adapter(user_id, package, service).version
         return dict(t.uploaded)
 
     # -- privacy
@@ -226,22 +245,30 @@ class EdgeNode:
         """Forget the user here (events, ledger, key) and in the cloud (each service).
 
         ``services``: where to forget them in the cloud (default: those their
-        events were in, read before the local data is erased).
+        events were in, read before the local data is erased). Each service is
+        asked through its own client; what a key may not delete (or no client
+        reaches) is listed under ``cloud_not_deleted`` with the reason, and the
+        local erasure happens regardless.
         """
         svcs = set(services) or {e.service.value for e in self.store.events(user_id)}
         cloud: dict[str, int] = {}
-        if self.client is not None:
-            for s in sorted(svcs):
-                try:
-                    cloud[s] = self.client.forget(user_id, s).deleted_versions
-                except NotFoundError:
-                    cloud[s] = 0
-        report = self.store.forget(user_id)
+        refused: dict[str, str] = {}
+        for s in sorted(svcs):
+            client = self._client(s)
+            if client is None:
+                refused[s] = "no API client for this service"
+                continue
+            try:
+                cloud[s] = client.forget(user_id, s).deleted_versions
+            except NotFoundError:
+                cloud[s] = 0
+            except (AuthError, UnavailableError) as e:
+                refused[s] = str(e)
+        report = self.store.forget(user_id)  # with their signing key and version
         self.ledger.forget(user_id)
-        (self.dir / "keys" / f"{user_id}.key").unlink(missing_ok=True)
         self._trained.pop(user_id, None)
         local = {"events_deleted": report.events_deleted, "kek_rotated": report.kek_rotated}
-        return {"local": local, "cloud": cloud}
+        return {"local": local, "cloud": cloud, "cloud_not_deleted": refused}
 
     def close(self) -> None:
         """Close the store and the ledger."""

@@ -1,14 +1,17 @@
 """The encrypted profile store: a user's events, readable only with their data key.
 
 Embedded default: one SQLite file in WAL mode. Concurrent writers (threads
-or processes) each open their own :class:`ProfileStore`; SQLite serialises
-the write transactions and an append is acknowledged only after its commit.
+or processes, several backend workers) each open their own
+:class:`ProfileStore`; SQLite serialises the write transactions and an
+append is acknowledged only after its commit.
 
-Layout and wire format (schema ``userlayer.profile/1``)::
+Layout and wire format (schema ``userlayer.profile/2``)::
 
     meta(key TEXT PRIMARY KEY, value BLOB)
-        "format"      -> b"userlayer.profile/1"
-        "index_key"   -> kek_id, newline, wrapped 32-byte HMAC key (AAD b"userlayer.index/1")
+        "format"      -> b"userlayer.profile/2"
+        "generation"  -> a counter, bumped by every forget and KEK rotation
+        "index_key"   -> kek_id, newline, wrapped 32-byte HMAC key (AAD b"userlayer.index/1");
+                         replaced by a new random one at every forget
         "ledger_key"  -> kek_id, newline, wrapped 32-byte key of the privacy ledger's
                          pseudonyms (AAD b"userlayer.ledger-key/1"; made on first use)
     deks(user_ref BLOB PRIMARY KEY, kek_id TEXT, wrapped BLOB, uid BLOB)
@@ -22,20 +25,29 @@ Layout and wire format (schema ``userlayer.profile/1``)::
         AAD  = b"userlayer.profile/1|" service "|" user_id "|" rid "|1"
         payload = compact JSON list: [item_id, action, ts_ms, quantity, price,
                   mode, daypart, weekday, season, weather, geo_cell]
-
     settings(user_ref BLOB, name TEXT, blob BLOB)   (per-user settings, e.g. consent)
         blob = nonce(12) || AES-256-GCM(DEK, JSON object) || tag(16)
         AAD  = b"userlayer.profile/1|setting|" user_id "|" name "|1"
+    signing_keys(user_ref BLOB PRIMARY KEY, blob BLOB)   (the user's Ed25519 key)
+        blob = nonce(12) || AES-256-GCM(DEK, raw 32-byte private key) || tag(16)
+        AAD  = b"userlayer.profile/1|signing-key|" user_id "|1"
 
 So a ciphertext copied to another user, record or service fails to decrypt.
 Only the service name, the pseudonymous user reference and the row order are
-stored in clear; event times, items, prices and context are encrypted.
+stored in clear; event times, items, prices and context are encrypted. Format
+1 stores are upgraded in place when opened (the new tables are added).
 
-``forget(user)`` deletes the user's rows and wrapped DEK with SQLite's
-``secure_delete`` on, checkpoints the WAL, and rotates the KEK, destroying
-the old one: a copy of the file taken before still holds the old wrapped DEK,
-but nothing can unwrap it any more (crypto-shredding). Rotation re-wraps the
-other users' DEKs (one AES operation each), never re-encrypts events.
+``forget(user)`` deletes the user's rows, settings, signing key and wrapped
+DEK with SQLite's ``secure_delete`` on, then replaces the index key (every
+other user's reference is recomputed), so an old copy of the file can no
+longer be linked to anyone through the current key, checkpoints the WAL, and
+rotates the KEK, destroying the old one: a copy of the file taken before
+still holds the user's wrapped DEK, but nothing can unwrap it any more
+(crypto-shredding). Rotation re-wraps the other users' DEKs (one AES
+operation each), never re-encrypts events; a KEK is destroyed only inside a
+write transaction that finds no key still wrapped under it. Other store
+instances on the same file notice the new generation before their next
+operation and drop every cached key.
 """
 
 from __future__ import annotations
@@ -53,17 +65,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from userlayer.edge.exceptions import KeyProviderError, ProfileDecryptError, StoreError
-from userlayer.edge.keys import KeyProvider, LocalKeyFile, aead_decrypt, aead_encrypt
+from userlayer.sdk.crypto import KeyProvider, LocalKeyFile, aead_decrypt, aead_encrypt
+from userlayer.sdk.exceptions import DecryptError
 from userlayer.sdk.schemas import Action, Context, Daypart, Event, Mode, Season, Service, Weather
 
 __all__ = ["ForgetReport", "ProfileStore"]
 
 logger = logging.getLogger(__name__)
 
-FORMAT = b"userlayer.profile/1"
+FORMAT = b"userlayer.profile/2"
+_LEGACY = (b"userlayer.profile/1",)
+_AAD_PREFIX = b"userlayer.profile/1"  # inside every AAD; unchanged by format 2
 SCHEMA_VERSION = b"1"
 _BLOB_VERSION = 1
 _META_KEYS = {"index_key": b"userlayer.index/1", "ledger_key": b"userlayer.ledger-key/1"}
@@ -78,7 +95,20 @@ CREATE INDEX IF NOT EXISTS events_by_user ON events(user_ref, seq);
 CREATE TABLE IF NOT EXISTS settings(
     user_ref BLOB NOT NULL, name TEXT NOT NULL, blob BLOB NOT NULL,
     PRIMARY KEY(user_ref, name));
+CREATE TABLE IF NOT EXISTS signing_keys(user_ref BLOB PRIMARY KEY, blob BLOB NOT NULL);
 """
+_USER_TABLES = ("events", "settings", "signing_keys")  # rows keyed by user_ref besides deks
+
+
+@contextmanager
+def _decrypting() -> Iterator[None]:
+    """Key-provider and AEAD failures of stored data become ``ProfileDecryptError``."""
+    try:
+        yield
+    except ProfileDecryptError:
+        raise
+    except DecryptError as e:
+        raise ProfileDecryptError(str(e)) from e
 
 
 @dataclass(frozen=True)
@@ -161,10 +191,23 @@ class ProfileStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute("PRAGMA secure_delete=ON")
-            self._db.executescript(_SCHEMA)
             with self._tx():
+                tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+                if tables and "meta" not in tables:
+                    raise sqlite3.DatabaseError(f"tables {sorted(tables)[:5]} but no `meta`")
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB)"
+                )
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (FORMAT,))
-            fmt = self._db.execute("SELECT value FROM meta WHERE key='format'").fetchone()
+                fmt = self._db.execute("SELECT value FROM meta WHERE key='format'").fetchone()
+                if fmt is not None and bytes(fmt[0]) in _LEGACY:  # upgrade: add what is new
+                    self._db.execute("UPDATE meta SET value=? WHERE key='format'", (FORMAT,))
+                    fmt = (FORMAT,)
+                if fmt is not None and bytes(fmt[0]) == FORMAT:
+                    for stmt in _SCHEMA.split(";"):
+                        if stmt.strip():
+                            self._db.execute(stmt)
+                    self._db.execute("INSERT OR IGNORE INTO meta VALUES ('generation', 0)")
         except sqlite3.DatabaseError as e:
             self._db.close()
             raise StoreError(f"{self.path}: not a profile store ({e})") from e
@@ -178,13 +221,20 @@ class ProfileStore:
         except BaseException:
             self._db.close()
             raise
-        self._index_key = self._meta_key("index_key")
         self._deks: dict[bytes, bytes] = {}
+        self._gen = -1
+        self._index_key = b""
+        try:
+            self._sync()
+        except BaseException:
+            self._db.close()
+            raise
 
     @contextmanager
-    def _tx(self) -> Iterator[None]:
+    def _tx(self, write: bool = True) -> Iterator[None]:
+        """A transaction, without regard to the generation (set-up and key management)."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield
             except BaseException:
@@ -192,10 +242,54 @@ class ProfileStore:
                 raise
             self._db.execute("COMMIT")
 
+    def _generation(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key='generation'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _sync(self) -> None:
+        """Drop cached keys if another instance forgot a user or rotated keys (under the lock)."""
+        gen = self._generation()
+        if gen != self._gen:
+            self._deks.clear()
+            self._index_key = self._meta_key("index_key")
+            self._gen = gen
+
+    @contextmanager
+    def _op(self, write: bool) -> Iterator[None]:
+        """A transaction on the current keys: retried if another instance changed them."""
+        with self._lock:
+            for _ in range(10):
+                self._sync()
+                self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                if self._generation() == self._gen:
+                    break
+                self._db.execute("ROLLBACK")
+            else:  # pragma: no cover - ten forgets between two statements
+                raise StoreError("the store's keys keep changing; try again")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _bump(self, keys_current: bool) -> None:
+        """Advance the generation (inside a write transaction).
+
+        ``keys_current``: this instance's keys are the store's now (the caller
+        began on the current generation); otherwise they are re-read before
+        the next operation.
+        """
+        self._db.execute(
+            "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'"
+        )
+        self._gen = self._generation() if keys_current else -1
+
     def close(self) -> None:
         """Close the database connection and drop cached data keys."""
         with self._lock:
             self._deks.clear()
+            self._index_key = b""
             self._db.close()
 
     def __enter__(self) -> ProfileStore:
@@ -217,16 +311,22 @@ class ProfileStore:
                 self._db.execute("INSERT INTO meta VALUES (?, ?)", (name, value))
                 row = (value,)
         kek_id_b, _, wrapped = bytes(row[0]).partition(b"\n")
-        return self.keys.unwrap(kek_id_b.decode(), wrapped, aad)
+        with _decrypting():
+            return self.keys.unwrap(kek_id_b.decode(), wrapped, aad)
 
     def ledger_key(self) -> bytes:
         """The key of the privacy ledger's user pseudonyms (kept across KEK rotations)."""
         return self._meta_key("ledger_key")
 
+    @staticmethod
+    def _ref_of(index_key: bytes, user_id: str) -> bytes:
+        return hmac.new(index_key, user_id.encode(), hashlib.sha256).digest()[:16]
+
     def _ref(self, user_id: str) -> bytes:
-        return hmac.new(self._index_key, user_id.encode(), hashlib.sha256).digest()[:16]
+        return self._ref_of(self._index_key, user_id)
 
     def _dek(self, user_id: str, create: bool) -> bytes | None:
+        """The user's DEK (inside an ``_op`` transaction; a write one when ``create``)."""
         ref = self._ref(user_id)
         dek = self._deks.get(ref)
         if dek is not None:
@@ -240,14 +340,10 @@ class ProfileStore:
                 return None
             kek_id, wrapped = self.keys.wrap(secrets.token_bytes(32), aad)
             uid = aead_encrypt(self._index_key, user_id.encode(), b"userlayer.uid/1|" + ref)
-            # another writer may have created it meanwhile: theirs wins
-            self._db.execute(
-                "INSERT OR IGNORE INTO deks VALUES (?, ?, ?, ?)", (ref, kek_id, wrapped, uid)
-            )
-            row = self._db.execute(
-                "SELECT kek_id, wrapped FROM deks WHERE user_ref=?", (ref,)
-            ).fetchone()
-        dek = self.keys.unwrap(row[0], bytes(row[1]), aad)
+            self._db.execute("INSERT INTO deks VALUES (?, ?, ?, ?)", (ref, kek_id, wrapped, uid))
+            row = (kek_id, wrapped)
+        with _decrypting():
+            dek = self.keys.unwrap(row[0], bytes(row[1]), aad)
         self._deks[ref] = dek
         return dek
 
@@ -263,7 +359,7 @@ class ProfileStore:
         for i, e in enumerate(batch):
             if not isinstance(e, Event):
                 raise StoreError(f"events[{i}] is a {type(e).__name__}, not an Event")
-        with self._tx():
+        with self._op(write=True):
             rows = []
             per_user: dict[str, tuple[bytes, AESGCM]] = {}
             for e in batch:
@@ -283,7 +379,7 @@ class ProfileStore:
 
     @staticmethod
     def _aad(service: str, user_id: str, rid: bytes) -> bytes:
-        return b"|".join((FORMAT, service.encode(), user_id.encode(), rid, SCHEMA_VERSION))
+        return b"|".join((_AAD_PREFIX, service.encode(), user_id.encode(), rid, SCHEMA_VERSION))
 
     def events(
         self,
@@ -297,7 +393,7 @@ class ProfileStore:
         Raises:
             ProfileDecryptError: if any stored row fails authentication.
         """
-        with self._lock:
+        with self._op(write=False):
             dek = self._dek(user_id, create=False)
             if dek is None:
                 return []
@@ -315,7 +411,8 @@ class ProfileStore:
             what = f"event row {seq} of user {user_id!r}"
             if not blob or blob[0] != _BLOB_VERSION:
                 raise ProfileDecryptError(f"{what}: unknown blob version")
-            raw = aead_decrypt(aes, blob[1:], self._aad(service, user_id, bytes(rid)), what)
+            with _decrypting():
+                raw = aead_decrypt(aes, blob[1:], self._aad(service, user_id, bytes(rid)), what)
             try:
                 e = _event(user_id, service, raw)
             except (ValueError, TypeError) as err:  # authenticated but unreadable: a bug
@@ -324,6 +421,8 @@ class ProfileStore:
                 out.append(e)
         out.sort(key=lambda e: e.timestamp)  # stable: ties keep insertion order
         return out
+
+    # settings and the signing key --------------------------------------------
 
     def set_setting(self, user_id: str, name: str, value: dict[str, object]) -> None:
         """Store one of the user's settings (JSON), encrypted under their data key.
@@ -335,12 +434,13 @@ class ProfileStore:
             raw = json.dumps(value, sort_keys=True).encode()
         except (TypeError, ValueError) as e:
             raise StoreError(f"setting {name!r} is not JSON: {e}") from e
-        with self._tx():
+        with self._op(write=True):
             dek = self._dek(user_id, create=True)
             assert dek is not None
-            ref = self._ref(user_id)
             blob = aead_encrypt(dek, raw, self._setting_aad(user_id, name))
-            self._db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?, ?)", (ref, name, blob))
+            self._db.execute(
+                "INSERT OR REPLACE INTO settings VALUES (?, ?, ?)", (self._ref(user_id), name, blob)
+            )
 
     def setting(self, user_id: str, name: str) -> dict[str, object] | None:
         """One of the user's settings, or None if it was never set.
@@ -348,7 +448,7 @@ class ProfileStore:
         Raises:
             ProfileDecryptError: if the stored setting fails authentication.
         """
-        with self._lock:
+        with self._op(write=False):
             dek = self._dek(user_id, create=False)
             if dek is None:
                 return None
@@ -358,7 +458,8 @@ class ProfileStore:
         if row is None:
             return None
         what = f"setting {name!r} of user {user_id!r}"
-        raw = aead_decrypt(dek, bytes(row[0]), self._setting_aad(user_id, name), what)
+        with _decrypting():
+            raw = aead_decrypt(dek, bytes(row[0]), self._setting_aad(user_id, name), what)
         value = json.loads(raw)
         if not isinstance(value, dict):
             raise ProfileDecryptError(f"{what}: not a JSON object")
@@ -366,11 +467,48 @@ class ProfileStore:
 
     @staticmethod
     def _setting_aad(user_id: str, name: str) -> bytes:
-        return b"|".join((FORMAT, b"setting", user_id.encode(), name.encode(), SCHEMA_VERSION))
+        return b"|".join((_AAD_PREFIX, b"setting", user_id.encode(), name.encode(), SCHEMA_VERSION))
+
+    def signing_key(self, user_id: str, create: bool = True) -> Ed25519PrivateKey | None:
+        """The user's Ed25519 signing key, kept encrypted under their data key.
+
+        Made on first use when ``create`` (two writers racing keep one key).
+        Forgetting the user deletes it with their data.
+
+        Raises:
+            ProfileDecryptError: if the stored key fails authentication.
+        """
+        aad = b"|".join((_AAD_PREFIX, b"signing-key", user_id.encode(), SCHEMA_VERSION))
+        with self._op(write=create):
+            dek = self._dek(user_id, create=create)
+            if dek is None:
+                return None
+            ref = self._ref(user_id)
+            row = self._db.execute(
+                "SELECT blob FROM signing_keys WHERE user_ref=?", (ref,)
+            ).fetchone()
+            if row is None:
+                if not create:
+                    return None
+                key = Ed25519PrivateKey.generate()
+                raw = key.private_bytes(
+                    serialization.Encoding.Raw,
+                    serialization.PrivateFormat.Raw,
+                    serialization.NoEncryption(),
+                )
+                self._db.execute(
+                    "INSERT INTO signing_keys VALUES (?, ?)", (ref, aead_encrypt(dek, raw, aad))
+                )
+                return key
+        with _decrypting():
+            raw = aead_decrypt(dek, bytes(row[0]), aad, f"signing key of user {user_id!r}")
+        return Ed25519PrivateKey.from_private_bytes(raw)
+
+    # listing -------------------------------------------------------------------
 
     def count(self, user_id: str | None = None) -> int:
         """Number of stored events, of one user or of everyone."""
-        with self._lock:
+        with self._op(write=False):
             if user_id is None:
                 return int(self._db.execute("SELECT count(*) FROM events").fetchone()[0])
             return int(
@@ -381,14 +519,16 @@ class ProfileStore:
 
     def users(self) -> list[str]:
         """Ids of the users with a data key here, sorted."""
-        with self._lock:
+        with self._op(write=False):
             rows = self._db.execute("SELECT user_ref, uid FROM deks").fetchall()
-        return sorted(
-            aead_decrypt(
-                self._index_key, bytes(uid), b"userlayer.uid/1|" + bytes(ref), "user id"
-            ).decode()
-            for ref, uid in rows
-        )
+            index = self._index_key
+        with _decrypting():
+            return sorted(
+                aead_decrypt(
+                    index, bytes(uid), b"userlayer.uid/1|" + bytes(ref), "user id"
+                ).decode()
+                for ref, uid in rows
+            )
 
     def export(self, user_id: str) -> list[dict[str, object]]:
         """The user's own data, JSON-ready (data portability)."""
@@ -397,18 +537,20 @@ class ProfileStore:
     # deletion and rotation ---------------------------------------------------
 
     def forget(self, user_id: str, rotate: bool = True) -> ForgetReport:
-        """Crypto-shred a user: delete their rows and data key, then rotate the KEK.
+        """Crypto-shred a user: delete their rows and keys, replace the index key, rotate the KEK.
 
         With a provider that cannot rotate (``EnvKeyProvider``) the rows and the
-        wrapped key are still deleted and ``kek_rotated`` is False: an old copy
-        of the file then stays decryptable with that KEK.
+        wrapped key are still deleted and the index key replaced, and
+        ``kek_rotated`` is False: an old copy of the file then stays
+        decryptable with that KEK.
         """
-        ref = self._ref(user_id)
-        with self._tx():
+        with self._op(write=True):
+            ref = self._ref(user_id)
             n = self._db.execute("DELETE FROM events WHERE user_ref=?", (ref,)).rowcount
-            self._db.execute("DELETE FROM settings WHERE user_ref=?", (ref,))
-            self._db.execute("DELETE FROM deks WHERE user_ref=?", (ref,))
-        self._deks.pop(ref, None)
+            for table in ("settings", "signing_keys", "deks"):
+                self._db.execute(f"DELETE FROM {table} WHERE user_ref=?", (ref,))  # noqa: S608
+            self._replace_index_key()
+            self._bump(keys_current=True)
         with self._lock:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         rotated = False
@@ -420,38 +562,87 @@ class ProfileStore:
                 logger.warning("forget: KEK not rotated (%s)", e)
         return ForgetReport(int(n), rotated)
 
-    def rotate_kek(self, destroy_old: bool = False) -> str:
-        """Re-wrap every data key (and the index key) under a new KEK; returns its id.
+    def _replace_index_key(self) -> None:
+        """A new random index key: every user's reference and encrypted id redone (in a tx)."""
+        new = secrets.token_bytes(32)
+        for ref, kek_id, wrapped, uid in self._db.execute(
+            "SELECT user_ref, kek_id, wrapped, uid FROM deks"
+        ).fetchall():
+            ref = bytes(ref)
+            with _decrypting():
+                user = aead_decrypt(self._index_key, bytes(uid), b"userlayer.uid/1|" + ref, "uid")
+                dek = self.keys.unwrap(kek_id, bytes(wrapped), b"userlayer.dek/1|" + ref)
+            new_ref = self._ref_of(new, user.decode())
+            kid, w = self.keys.wrap(dek, b"userlayer.dek/1|" + new_ref)
+            new_uid = aead_encrypt(new, user, b"userlayer.uid/1|" + new_ref)
+            self._db.execute(
+                "UPDATE deks SET user_ref=?, kek_id=?, wrapped=?, uid=? WHERE user_ref=?",
+                (new_ref, kid, w, new_uid, ref),
+            )
+            for table in _USER_TABLES:
+                self._db.execute(
+                    f"UPDATE {table} SET user_ref=? WHERE user_ref=?",  # noqa: S608
+                    (new_ref, ref),
+                )
+        kid, w = self.keys.wrap(new, _META_KEYS["index_key"])
+        self._db.execute(
+            "UPDATE meta SET value=? WHERE key='index_key'", (kid.encode() + b"\n" + w,)
+        )
+        self._index_key = new
+        self._deks.clear()
 
-        Events are not touched. With ``destroy_old`` the KEKs no longer used
-        are destroyed once the re-wrapped keys are committed.
+    def rotate_kek(self, destroy_old: bool = False) -> str:
+        """Re-wrap every data key (and the store's own keys) under a new KEK; returns its id.
+
+        Events are not touched. With ``destroy_old`` every other KEK the
+        provider holds is destroyed once nothing is wrapped under it any more;
+        that check runs inside a write transaction, so another instance cannot
+        wrap a key under a KEK in the middle of its destruction.
         """
         with self._lock:
-            old_ids = {r[0] for r in self._db.execute("SELECT DISTINCT kek_id FROM deks")}
+            with self._tx(write=False):
+                before = self._referenced()
             new = self.keys.rotate()
             with self._tx():
-                for ref, kek_id, wrapped in self._db.execute(
-                    "SELECT user_ref, kek_id, wrapped FROM deks"
-                ).fetchall():
-                    aad = b"userlayer.dek/1|" + bytes(ref)
-                    dek = self.keys.unwrap(kek_id, bytes(wrapped), aad)
-                    kid, w = self.keys.wrap(dek, aad)
-                    self._db.execute(
-                        "UPDATE deks SET kek_id=?, wrapped=? WHERE user_ref=?", (kid, w, ref)
-                    )
-                for name, aad in _META_KEYS.items():
-                    row = self._db.execute("SELECT value FROM meta WHERE key=?", (name,)).fetchone()
-                    if row is None:
-                        continue
-                    old_kid, _, old_wrapped = bytes(row[0]).partition(b"\n")
-                    old_ids.add(old_kid.decode())
-                    key = self.keys.unwrap(old_kid.decode(), old_wrapped, aad)
-                    kid, w = self.keys.wrap(key, aad)
-                    self._db.execute(
-                        "UPDATE meta SET value=? WHERE key=?", (kid.encode() + b"\n" + w, name)
-                    )
+                self._rewrap(new)
+                self._bump(keys_current=False)  # another instance may have forgotten meanwhile
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        if destroy_old:
-            for kid in old_ids - {new}:
-                self.keys.destroy(kid)
+            if destroy_old:
+                with self._tx():
+                    self._rewrap(self.keys.current_id)  # a key wrapped by a late writer
+                    old = before | set(getattr(self.keys, "key_ids", ()))
+                    for kid in old - self._referenced() - {self.keys.current_id}:
+                        self.keys.destroy(kid)
         return new
+
+    def _referenced(self) -> set[str]:
+        ids = {r[0] for r in self._db.execute("SELECT DISTINCT kek_id FROM deks")}
+        for name in _META_KEYS:
+            row = self._db.execute("SELECT value FROM meta WHERE key=?", (name,)).fetchone()
+            if row is not None:
+                ids.add(bytes(row[0]).partition(b"\n")[0].decode())
+        return ids
+
+    def _rewrap(self, current: str) -> None:
+        """Re-wrap every DEK and store key not under ``current`` (inside a write tx)."""
+        for ref, kek_id, wrapped in self._db.execute(
+            "SELECT user_ref, kek_id, wrapped FROM deks WHERE kek_id != ?", (current,)
+        ).fetchall():
+            aad = b"userlayer.dek/1|" + bytes(ref)
+            with _decrypting():
+                dek = self.keys.unwrap(kek_id, bytes(wrapped), aad)
+            kid, w = self.keys.wrap(dek, aad)
+            self._db.execute("UPDATE deks SET kek_id=?, wrapped=? WHERE user_ref=?", (kid, w, ref))
+        for name, aad in _META_KEYS.items():
+            row = self._db.execute("SELECT value FROM meta WHERE key=?", (name,)).fetchone()
+            if row is None:
+                continue
+            old_kid, _, old_wrapped = bytes(row[0]).partition(b"\n")
+            if old_kid.decode() == current:
+                continue
+            with _decrypting():
+                key = self.keys.unwrap(old_kid.decode(), old_wrapped, aad)
+            kid, w = self.keys.wrap(key, aad)
+            self._db.execute(
+                "UPDATE meta SET value=? WHERE key=?", (kid.encode() + b"\n" + w, name)
+            )

@@ -1,12 +1,14 @@
 r"""A service backend: record events on the edge, train and upload, ask for recommendations.
 
-After `userlayer demo --quick --out artifacts/demo` (which stops its API when done), start the
-API yourself, e.g.
+Least privilege: Samokat's backend holds a Samokat tenant key only (it can
+recommend, upload and delete for Samokat's users, nothing else). After
+`userlayer demo --quick --out artifacts/demo` (which stops its API when done):
 
-    USERLAYER_ADMIN_KEY=ul_admin_<32+ random chars> userlayer serve \\
-        --model artifacts/demo/model --registry artifacts/demo/registry/registry.db
+    userlayer keys create --tenant samokat --scopes recommend,upload,delete --file keys.json
+    USERLAYER_API_KEYS_FILE=keys.json userlayer serve \\
+        --model artifacts/demo/model --registry artifacts/demo/fl/registry/registry.db
 
-then `USERLAYER_URL=http://127.0.0.1:8000 USERLAYER_KEY=<that key> python \
+then `USERLAYER_URL=http://127.0.0.1:8000 USERLAYER_SAMOKAT_KEY=<that key> python \
 examples/service_backend.py`.
 """
 
@@ -23,7 +25,7 @@ from userlayer.sdk.semantic_ids import SemanticIdTable
 
 MODEL = os.environ.get("USERLAYER_MODEL_DIR", "artifacts/demo/model")
 client = Client(
-    os.environ.get("USERLAYER_URL", "http://127.0.0.1:8000"), os.environ["USERLAYER_KEY"]
+    os.environ.get("USERLAYER_URL", "http://127.0.0.1:8000"), os.environ["USERLAYER_SAMOKAT_KEY"]
 )
 items = [
     i
@@ -32,7 +34,12 @@ items = [
 ]
 
 # 1. the backend records what the user does; events stay encrypted on this machine
-node = EdgeNode("artifacts/example-node", MODEL, client, LocalTrainConfig(epochs=4, epsilon=2.0))
+node = EdgeNode(
+    "artifacts/example-node",
+    MODEL,
+    train=LocalTrainConfig(epochs=4, epsilon=2.0),
+    clients={"samokat": client},  # one tenant key per service this backend runs
+)
 t0 = datetime.now(UTC) - timedelta(days=60)
 events = [
     Event(
@@ -59,3 +66,6 @@ r = client.recommend(
 print("personalized:", r.personalized, "version:", r.adapter_version)
 for it in r.items:
     print(f"  {it.item_id}  {it.score:.3f}")
+
+# 4. erasure: here and in Samokat's cloud records; what this key may not delete is listed
+print("forgotten:", node.forget("alice"))

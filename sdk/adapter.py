@@ -84,6 +84,7 @@ MAGIC = b"ULAP"
 VERSION = 1
 KIND_PLAIN, KIND_SEALED = 0, 1
 SIG_LEN = 64
+MAX_VERSION = (1 << 31) - 1
 MAX_MANIFEST = 64 * 1024
 _DTYPES = {"F32": np.dtype(np.float32), "F16": np.dtype(np.float16)}
 _ST_NAME = {v: k for k, v in _DTYPES.items()}
@@ -211,8 +212,10 @@ class Manifest:
         """
         try:
             doc = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, ValueError) as e:  # also too many digits in an integer
             raise AdapterError(f"manifest is not UTF-8 JSON: {e}") from e
+        except RecursionError as e:
+            raise AdapterError("manifest JSON is nested too deeply") from e
         if not isinstance(doc, dict):
             raise AdapterError("manifest should be a JSON object")
         need = {
@@ -238,8 +241,8 @@ class Manifest:
             v = doc[name]
             if not 0 < len(v) <= 128 or not set(v) <= _ID_CHARS:
                 raise AdapterError(f"manifest field `{name}` has invalid characters or length")
-        if doc["version"] < 1:
-            raise AdapterError("manifest field `version` should be >= 1")
+        if not 1 <= doc["version"] <= MAX_VERSION:
+            raise AdapterError(f"manifest field `version` should be in [1, {MAX_VERSION}]")
         tensors = {}
         for n, spec in doc["tensors"].items():
             ok = (
@@ -492,8 +495,8 @@ def _signed_manifest(
     # far enough to find the key, then verify before trusting anything else
     try:
         signer = json.loads(raw.decode("utf-8")).get("signer")
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
-        raise AdapterError("manifest is not a JSON object") from e
+    except (UnicodeDecodeError, ValueError, AttributeError, RecursionError) as e:
+        raise AdapterError("manifest is not a JSON object (or nested too deeply)") from e
     if not isinstance(signer, str) or signer not in trusted:
         raise AdapterError(f"package signer {signer!r} is not a trusted key")
     try:

@@ -24,8 +24,10 @@ __all__ = [
     "RecommendRequest",
     "RecommendResponse",
     "RecommendedItem",
+    "RevokeResponse",
     "SignerRequest",
     "SignerResponse",
+    "SignersResponse",
 ]
 
 MAX_K = 100
@@ -95,16 +97,40 @@ class AdapterMetadata(_Body):
     privacy: dict[str, float | int | str] | None
 
 
+ENDORSEMENT = r"^[0-9a-f]{128}$"
+
+
 class SignerRequest(_Body):
-    """Enroll a user's Ed25519 public key (32 bytes, hex) as the signer of their adapters."""
+    """Enroll a user's Ed25519 public key (32 bytes, hex) as a signer of their adapters.
+
+    A user who has a signer already needs ``endorsement``: an existing signer's
+    Ed25519 signature (hex) over ``userlayer.sdk.signers.enrollment_message``
+    (or an admin key).
+    """
 
     public_key: str = Field(pattern=r"^[0-9a-f]{64}$")
+    endorsement: str | None = Field(default=None, pattern=ENDORSEMENT)
 
 
 class SignerResponse(_Body):
     """The enrolled key's id."""
 
     key_id: str
+
+
+class SignersResponse(_Body):
+    """The key ids of a user's signers."""
+
+    user_id: str
+    service: Service
+    key_ids: list[str]
+
+
+class RevokeResponse(_Body):
+    """Whether the key was a signer of the user (it is not any more)."""
+
+    key_id: str
+    revoked: bool
 
 
 class ForgetResponse(_Body):

@@ -20,22 +20,27 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
 from userlayer.sdk.api import (
+    ID_PATTERN,
     AdapterMetadata,
     ForgetResponse,
     Health,
     RecommendRequest,
     RecommendResponse,
+    RevokeResponse,
     SignerRequest,
     SignerResponse,
+    SignersResponse,
 )
 from userlayer.sdk.exceptions import UserLayerError
 from userlayer.sdk.schemas import Context, Service, describe_validation_error
@@ -129,18 +134,36 @@ def _parse(resp: httpx.Response, model: type[M]) -> M:
     return model.model_validate(resp.json())
 
 
-def _params(service: Service | str | None) -> dict[str, str]:
-    return {} if service is None else {"service": Service(service).value}
+def _params(service: Service | str | None, **extra: str | None) -> dict[str, str]:
+    out = {} if service is None else {"service": Service(service).value}
+    return out | {k: v for k, v in extra.items() if v is not None}
 
 
-def _recommend_body(
+def _user(user_id: str, suffix: str = "") -> str:
+    """The user's path, the id checked against the API's pattern and percent-quoted."""
+    if not isinstance(user_id, str) or not re.fullmatch(ID_PATTERN, user_id):
+        raise RequestError(f"user id {user_id!r} does not match {ID_PATTERN}")
+    return f"/v1/users/{quote(user_id, safe='')}{suffix}"
+
+
+@dataclass(frozen=True)
+class _Call(Generic[M]):
+    """One API call, the same for the sync and the async client."""
+
+    method: str
+    path: str
+    model: type[M]
+    kw: dict[str, Any] = field(default_factory=dict)
+
+
+def _recommend(
     user_id: str,
     service: Service | str,
     session: Sequence[str],
     context: Context | None,
     k: int,
     exclude: Sequence[str],
-) -> dict[str, Any]:
+) -> _Call[RecommendResponse]:
     try:
         req = RecommendRequest(
             user_id=user_id,
@@ -153,7 +176,45 @@ def _recommend_body(
     except (ValidationError, ValueError) as e:
         what = describe_validation_error(e, "request") if isinstance(e, ValidationError) else e
         raise RequestError(str(what)) from e
-    return req.model_dump(mode="json")
+    return _Call("POST", "/v1/recommend", RecommendResponse, {"json": req.model_dump(mode="json")})
+
+
+def _enroll(
+    user_id: str, public_key: bytes, service: Service | str | None, endorsement: str | None
+) -> _Call[SignerResponse]:
+    body = SignerRequest(public_key=public_key.hex(), endorsement=endorsement).model_dump()
+    kw = {"json": body, "params": _params(service)}
+    return _Call("PUT", _user(user_id, "/signer"), SignerResponse, kw)
+
+
+def _signers(user_id: str, service: Service | str | None) -> _Call[SignersResponse]:
+    return _Call("GET", _user(user_id, "/signers"), SignersResponse, {"params": _params(service)})
+
+
+def _revoke(
+    user_id: str, key_id: str, service: Service | str | None, endorsement: str | None
+) -> _Call[RevokeResponse]:
+    if not re.fullmatch(r"[0-9a-f]{16}", key_id):
+        raise RequestError(f"key id {key_id!r} is not 16 hex characters")
+    kw = {"params": _params(service, endorsement=endorsement)}
+    return _Call("DELETE", _user(user_id, f"/signers/{key_id}"), RevokeResponse, kw)
+
+
+def _upload(user_id: str, package: bytes, service: Service | str | None) -> _Call[AdapterMetadata]:
+    kw = {
+        "content": package,
+        "headers": {"Content-Type": "application/octet-stream"},
+        "params": _params(service),
+    }
+    return _Call("PUT", _user(user_id, "/adapter"), AdapterMetadata, kw)
+
+
+def _adapter(user_id: str, service: Service | str | None) -> _Call[AdapterMetadata]:
+    return _Call("GET", _user(user_id, "/adapter"), AdapterMetadata, {"params": _params(service)})
+
+
+def _forget(user_id: str, service: Service | str | None) -> _Call[ForgetResponse]:
+    return _Call("DELETE", _user(user_id), ForgetResponse, {"params": _params(service)})
 
 
 class _Base:
@@ -198,6 +259,9 @@ class Client(_Base):
             time.sleep(self.retry.delay(attempt, resp.headers.get("retry-after"), self.rng))
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _call(self, c: _Call[M]) -> M:
+        return _parse(self._send(c.method, c.path, **c.kw), c.model)
+
     def recommend(
         self,
         user_id: str,
@@ -208,39 +272,49 @@ class Client(_Base):
         exclude: Sequence[str] = (),
     ) -> RecommendResponse:
         """Top-``k`` items for the user in this context (their adapter if they have one)."""
-        body = _recommend_body(user_id, service, session, context, k, exclude)
-        return _parse(self._send("POST", "/v1/recommend", json=body), RecommendResponse)
+        return self._call(_recommend(user_id, service, session, context, k, exclude))
 
     def enroll_signer(
-        self, user_id: str, public_key: bytes, service: Service | str | None = None
+        self,
+        user_id: str,
+        public_key: bytes,
+        service: Service | str | None = None,
+        endorsement: str | None = None,
     ) -> SignerResponse:
-        """Enroll the user's Ed25519 public key (32 raw bytes) as their adapters' signer."""
-        body = SignerRequest(public_key=public_key.hex()).model_dump()
-        resp = self._send("PUT", f"/v1/users/{user_id}/signer", json=body, params=_params(service))
-        return _parse(resp, SignerResponse)
+        """Enroll the user's Ed25519 public key (32 raw bytes) as a signer of their adapters.
+
+        A user who has a signer needs ``endorsement`` by it
+        (:func:`userlayer.sdk.signers.endorse` of ``enrollment_message``).
+        """
+        return self._call(_enroll(user_id, public_key, service, endorsement))
+
+    def signers(self, user_id: str, service: Service | str | None = None) -> SignersResponse:
+        """The key ids of the user's signers."""
+        return self._call(_signers(user_id, service))
+
+    def revoke_signer(
+        self,
+        user_id: str,
+        key_id: str,
+        service: Service | str | None = None,
+        endorsement: str | None = None,
+    ) -> RevokeResponse:
+        """Revoke a signer, endorsed by one of the user's signers (``revocation_message``)."""
+        return self._call(_revoke(user_id, key_id, service, endorsement))
 
     def upload_adapter(
         self, user_id: str, package: bytes, service: Service | str | None = None
     ) -> AdapterMetadata:
         """Upload a sealed adapter package; :class:`RequestError` says why one is refused."""
-        resp = self._send(
-            "PUT",
-            f"/v1/users/{user_id}/adapter",
-            content=package,
-            headers={"Content-Type": "application/octet-stream"},
-            params=_params(service),
-        )
-        return _parse(resp, AdapterMetadata)
+        return self._call(_upload(user_id, package, service))
 
     def adapter(self, user_id: str, service: Service | str | None = None) -> AdapterMetadata:
         """Metadata of the user's newest adapter (:class:`NotFoundError` if none)."""
-        resp = self._send("GET", f"/v1/users/{user_id}/adapter", params=_params(service))
-        return _parse(resp, AdapterMetadata)
+        return self._call(_adapter(user_id, service))
 
     def forget(self, user_id: str, service: Service | str | None = None) -> ForgetResponse:
         """Forget the user in the cloud (every adapter version, key and cached copy)."""
-        resp = self._send("DELETE", f"/v1/users/{user_id}", params=_params(service))
-        return _parse(resp, ForgetResponse)
+        return self._call(_forget(user_id, service))
 
     def health(self) -> Health:
         """Liveness."""
@@ -293,6 +367,9 @@ class AsyncClient(_Base):
             await asyncio.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _call(self, c: _Call[M]) -> M:
+        return _parse(await self._send(c.method, c.path, **c.kw), c.model)
+
     async def recommend(
         self,
         user_id: str,
@@ -303,45 +380,53 @@ class AsyncClient(_Base):
         exclude: Sequence[str] = (),
     ) -> RecommendResponse:
         """See :meth:`Client.recommend`."""
-        body = _recommend_body(user_id, service, session, context, k, exclude)
-        return _parse(await self._send("POST", "/v1/recommend", json=body), RecommendResponse)
+        return await self._call(_recommend(user_id, service, session, context, k, exclude))
 
     async def enroll_signer(
-        self, user_id: str, public_key: bytes, service: Service | str | None = None
+        self,
+        user_id: str,
+        public_key: bytes,
+        service: Service | str | None = None,
+        endorsement: str | None = None,
     ) -> SignerResponse:
         """See :meth:`Client.enroll_signer`."""
-        body = SignerRequest(public_key=public_key.hex()).model_dump()
-        resp = await self._send(
-            "PUT", f"/v1/users/{user_id}/signer", json=body, params=_params(service)
-        )
-        return _parse(resp, SignerResponse)
+        return await self._call(_enroll(user_id, public_key, service, endorsement))
+
+    async def signers(self, user_id: str, service: Service | str | None = None) -> SignersResponse:
+        """See :meth:`Client.signers`."""
+        return await self._call(_signers(user_id, service))
+
+    async def revoke_signer(
+        self,
+        user_id: str,
+        key_id: str,
+        service: Service | str | None = None,
+        endorsement: str | None = None,
+    ) -> RevokeResponse:
+        """See :meth:`Client.revoke_signer`."""
+        return await self._call(_revoke(user_id, key_id, service, endorsement))
 
     async def upload_adapter(
         self, user_id: str, package: bytes, service: Service | str | None = None
     ) -> AdapterMetadata:
         """See :meth:`Client.upload_adapter`."""
-        resp = await self._send(
-            "PUT",
-            f"/v1/users/{user_id}/adapter",
-            content=package,
-            headers={"Content-Type": "application/octet-stream"},
-            params=_params(service),
-        )
-        return _parse(resp, AdapterMetadata)
+        return await self._call(_upload(user_id, package, service))
 
     async def adapter(self, user_id: str, service: Service | str | None = None) -> AdapterMetadata:
         """See :meth:`Client.adapter`."""
-        resp = await self._send("GET", f"/v1/users/{user_id}/adapter", params=_params(service))
-        return _parse(resp, AdapterMetadata)
+        return await self._call(_adapter(user_id, service))
 
     async def forget(self, user_id: str, service: Service | str | None = None) -> ForgetResponse:
         """See :meth:`Client.forget`."""
-        resp = await self._send("DELETE", f"/v1/users/{user_id}", params=_params(service))
-        return _parse(resp, ForgetResponse)
+        return await self._call(_forget(user_id, service))
 
     async def health(self) -> Health:
         """Liveness."""
         return _parse(await self._send("GET", "/healthz"), Health)
+
+    async def ready(self) -> Health:
+        """See :meth:`Client.ready`."""
+        return _parse(await self._send("GET", "/readyz"), Health)
 
     async def close(self) -> None:
         """Close the connection pool."""

@@ -10,6 +10,9 @@ from __future__ import annotations
 __all__ = [
     "AdapterError",
     "CatalogError",
+    "CryptoError",
+    "DecryptError",
+    "KeyProviderError",
     "PrivacyError",
     "SchemaError",
     "SemanticIdError",
@@ -39,3 +42,15 @@ class AdapterError(UserLayerError, ValueError):
 
 class PrivacyError(UserLayerError, ValueError):
     """A privacy mechanism or its accounting is misconfigured (the message names the value)."""
+
+
+class CryptoError(UserLayerError):
+    """Base of the envelope-encryption errors (``userlayer.sdk.crypto``)."""
+
+
+class KeyProviderError(CryptoError):
+    """A key provider cannot do what was asked (missing key file, no rotation...)."""
+
+
+class DecryptError(CryptoError, ValueError):
+    """Data does not decrypt: tampered, truncated, moved, or the wrong key."""

@@ -22,6 +22,7 @@ from rich.table import Table
 from userlayer.sdk.exceptions import UserLayerError
 from userlayer.sdk.schemas import Action, Service
 from userlayer.tools.cli_bench import bench_app
+from userlayer.tools.cli_privacy import register as register_privacy
 from userlayer.tools.cli_serving import register as register_serving
 
 __all__ = ["app", "main"]
@@ -40,6 +41,7 @@ fl_app = typer.Typer(help="Federated rounds with Flower under DP.", no_args_is_h
 app.add_typer(fl_app, name="fl")
 app.add_typer(bench_app, name="bench")
 register_serving(app)
+register_privacy(app)
 
 
 @app.callback()

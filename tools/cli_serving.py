@@ -1,4 +1,4 @@
-"""Serving commands of the ``userlayer`` CLI: ``export``, ``serve``, ``keys create``."""
+"""Serving commands of the ``userlayer`` CLI: ``export``, ``serve``, ``keys create|init-kek``."""
 
 from __future__ import annotations
 
@@ -20,28 +20,6 @@ def register(app: typer.Typer) -> None:
     """Add the serving commands to ``app``."""
     keys_app = typer.Typer(help="API keys of the inference API.", no_args_is_help=True)
     app.add_typer(keys_app, name="keys")
-    registry_app = typer.Typer(help="The adapter registry.", no_args_is_help=True)
-    app.add_typer(registry_app, name="registry")
-
-    @registry_app.command("import")
-    def registry_import(
-        rounds: Annotated[Path, typer.Option(help="Federated work directory (registry/, trust/).")],
-        registry: Annotated[str, typer.Option(help="SQLite file or postgresql:// DSN.")],
-        model: Annotated[Path, typer.Option(help="The served base model directory.")],
-    ) -> None:
-        """Adopt the adapters federated rounds wrote into the serving registry (verified)."""
-        from userlayer.cloud.registry import AdapterRegistry, import_rounds
-        from userlayer.sdk.model import AdapterConfig, adapter_shapes
-        from userlayer.sdk.model.io import load_model
-
-        base = load_model(model)
-        setup = json.loads((rounds / "fl.json").read_text("utf-8"))
-        shapes = adapter_shapes(base.cfg, AdapterConfig.from_dict(setup["adapter"]))
-        from userlayer.sdk.model.io import fingerprint
-
-        reg = AdapterRegistry(registry, fingerprint(base), shapes)
-        counts = import_rounds(reg, rounds / "registry", rounds / "trust")
-        console.print(f"imported into {registry}: {counts}")
 
     @app.command("export")
     def export_cmd(
@@ -121,3 +99,48 @@ def register(app: typer.Typer) -> None:
 
         key = KeyStore(path=file).add(tenant, tuple(s for s in scopes.split(",") if s))
         console.print(key, soft_wrap=True, highlight=False)
+
+    @keys_app.command("init-kek")
+    def keys_init_kek(
+        file: Annotated[
+            Path,
+            typer.Option(help="The KEK file to create (0600).", envvar="USERLAYER_KEK_FILE"),
+        ],
+    ) -> None:
+        """Create the registry's key-encryption key file (never overwrites one)."""
+        from userlayer.sdk.crypto import init_key_file
+
+        kid = init_key_file(file)
+        console.print(f"created {file} (KEK {kid}); mount the same file on every replica")
+
+    @keys_app.command("rotate-registry")
+    def keys_rotate_registry(
+        registry: Annotated[str, typer.Option(help="SQLite file or postgresql:// DSN.")],
+        model: Annotated[Path, typer.Option(help="The served base model directory.")],
+        kek_file: Annotated[
+            Path | None,
+            typer.Option(
+                help="The registry's KEK file (default: next to SQLite).",
+                envvar="USERLAYER_KEK_FILE",
+            ),
+        ] = None,
+    ) -> None:
+        """Re-wrap every user's key under a new KEK and destroy the old ones (run daily).
+
+        Until then, a backup taken before a deletion can still be opened with the KEK.
+        """
+        from userlayer.cloud.registry import AdapterRegistry
+        from userlayer.sdk.crypto import LocalKeyFile
+        from userlayer.sdk.model import AdapterConfig, adapter_shapes
+        from userlayer.sdk.model.io import fingerprint, load_model
+
+        base = load_model(model)
+        keys = None if kek_file is None else LocalKeyFile(kek_file)
+        reg = AdapterRegistry(
+            registry, fingerprint(base), adapter_shapes(base.cfg, AdapterConfig()), keys=keys
+        )
+        try:
+            kid = reg.rotate_kek(destroy_old=True)
+        finally:
+            reg.close()
+        console.print(f"registry keys re-wrapped under KEK {kid}; older KEKs destroyed")

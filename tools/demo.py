@@ -1,8 +1,8 @@
 """``userlayer demo``: the whole product on the embedded defaults, in one command.
 
 Synthetic three-service world → Semantic IDs → pretrained base → ONNX export
-→ federated rounds with DP (Flower simulation) → the rounds' adapters
-imported into the serving registry → the API started on 127.0.0.1 → requests
+→ federated rounds with DP (Flower simulation) writing the adapters straight
+into the registry → the API started on 127.0.0.1 over that registry → requests
 through the SDK client for a sample of users in different modes → a report
 (quality, privacy, serving) and a figure. Every process it starts is
 stopped by its PID, also on errors.
@@ -135,9 +135,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run every stage; returns the report (also written to ``out/report.json``)."""
     from userlayer.cloud.engine.export import export_onnx
-    from userlayer.cloud.registry import AdapterRegistry, import_rounds
-    from userlayer.sdk.model import AdapterConfig, adapter_shapes
-    from userlayer.sdk.model.io import load_model
+    from userlayer.cloud.fl.server import open_registry
     from userlayer.sdk.privacy import DEFAULT_ACCOUNTANT, library
     from userlayer.tools.data.synth import SynthConfig, synthesize
     from userlayer.tools.eval.evaluate import EvalConfig, evaluate
@@ -197,16 +195,11 @@ def run_demo(
     quality = evaluate_registry(data, wd)
     ref = evaluate(data, model_dir, EvalConfig(baselines=(), max_users=cfg.eval_users))
     done()
-    done = timed("7/8 registry import and API on 127.0.0.1")
-    base = load_model(model_dir)
-    setup = json.loads((wd / "fl.json").read_text("utf-8"))
-    shapes = adapter_shapes(base.cfg, AdapterConfig.from_dict(setup["adapter"]))
-    fp = json.loads((model_dir / "config.json").read_text("utf-8"))["fingerprint"]
-    registry_path = out / "registry" / "registry.db"
-    reg = AdapterRegistry(registry_path, fp, shapes)
-    imported = import_rounds(reg, wd / "registry", wd / "trust")
+    done = timed("7/8 API on 127.0.0.1 over the registry the rounds wrote into")
+    reg = open_registry(wd)
     with_adapter = sorted({u for s in ("samokat", "megamarket", "kuper") for u in reg.users(s)})
     reg.close()
+    registry_path = wd / "registry" / "registry.db"
     api = ApiProcess(model_dir, registry_path, out / "api.log", {"USERLAYER_MAX_WAIT_MS": "10"})
     try:
         api.wait_ready()
@@ -237,7 +230,6 @@ def run_demo(
             "part's user-level Gaussian mechanism",
         },
         "serving": {k: v for k, v in serving.items() if k != "latencies_ms"},
-        "registry_import": imported,
         "timings_s": timings,
         "total_s": round(time.perf_counter() - t_start, 1),
         "artifacts": {

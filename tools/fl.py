@@ -119,7 +119,26 @@ def prepare_workdir(
         },
     }
     (wd / "fl.json").write_text(json.dumps(setup, indent=1))
+    _enroll(wd, users, by_user)
     return users
+
+
+def _enroll(wd: Path, users: list[str], by_user: dict[str, list[Any]]) -> None:
+    """Enroll each user's signing key in the registry for each service they use."""
+    from userlayer.cloud.fl.server import open_registry
+
+    reg = open_registry(wd, create=True)
+    try:
+        with ProfileStore(wd / "store.db") as store:
+            items = []
+            for u in users:
+                key = store.signing_key(u)
+                assert key is not None
+                for svc in sorted({e.service.value for e in by_user[u]}):
+                    items.append((svc, u, key.public_key()))
+        reg.enroll_many(items)
+    finally:
+        reg.close()
 
 
 def _read_progress(wd: Path) -> list[dict[str, Any]]:
@@ -260,17 +279,16 @@ def user_epsilons(workdir: str | Path, users: list[str]) -> dict[str, float]:
 def evaluate_registry(data_dir: str | Path, workdir: str | Path, beam: int = 20) -> dict[str, Any]:
     """Held-out next item of every user with a registered adapter: base alone vs with it.
 
-    Each user's latest package (for the service of the held-out event) is
-    verified like the server does, gathered into one slab, and the private
-    prompts are ranked with and without it.
+    Each user's newest adapter (for the service of the held-out event) is read
+    from the registry the rounds wrote into (decrypted and verified again),
+    gathered into one slab, and the private prompts are ranked with and
+    without it.
     """
-    from userlayer.cloud.fl.registry_fs import FileRegistry
-    from userlayer.cloud.fl.rounds import load_trusted
+    from userlayer.cloud.fl.server import open_registry
     from userlayer.edge.profile import build_profile
-    from userlayer.sdk.adapter import Expectation, open_package
     from userlayer.sdk.model.io import load_model
     from userlayer.sdk.model.prompt import pack_prompts
-    from userlayer.sdk.model.transformer import RowAdapters, adapter_shapes
+    from userlayer.sdk.model.transformer import RowAdapters
     from userlayer.sdk.semantic_ids import SemanticIdTable, SidTrie
     from userlayer.tools.eval.adapters import (
         private_prompt,
@@ -282,26 +300,26 @@ def evaluate_registry(data_dir: str | Path, workdir: str | Path, beam: int = 20)
     table = SemanticIdTable.load(wd / "model" / "sids.json")
     setup = json.loads((wd / "fl.json").read_text("utf-8"))
     acfg = AdapterConfig.from_dict(setup["adapter"])
-    fp = json.loads((wd / "model" / "config.json").read_text("utf-8"))["fingerprint"]
     det = ModeDetector.from_json((wd / "mode_detector.json").read_text("utf-8"))
-    reg, trusted = FileRegistry(wd / "registry"), load_trusted(wd / "trust")
     ds = Dataset.load(data_dir)
     cats = ds.categories()
     users = json.loads((wd / "nodes.json").read_text("utf-8")).values()
     by_user = ds.user_events(list(users))
-    shapes = adapter_shapes(model.cfg, acfg)
     held, slabs = [], []
-    for u in sorted(by_user):
-        evs = [e for e in build_profile(by_user[u]).events if e.item_id in table.codes]
-        if len(evs) < 3:
-            continue
-        h = private_prompt(evs, table, model.ctx_vocab, det, cats)
-        blob = reg.get(h.service, u)
-        if blob is None:
-            continue
-        pkg = open_package(blob, trusted, Expectation(fp, u, h.service, shapes))
-        held.append(h)
-        slabs.append({k: torch.from_numpy(v.copy()) for k, v in pkg.tensors.items()})
+    reg = open_registry(wd)
+    try:
+        for u in sorted(by_user):
+            evs = [e for e in build_profile(by_user[u]).events if e.item_id in table.codes]
+            if len(evs) < 3:
+                continue
+            h = private_prompt(evs, table, model.ctx_vocab, det, cats)
+            loaded = reg.get(h.service, u)
+            if loaded is None:
+                continue
+            held.append(h)
+            slabs.append({k: torch.from_numpy(v.copy()) for k, v in loaded.tensors.items()})
+    finally:
+        reg.close()
     if not held:
         raise ToolsError("no user has a registered adapter yet")
     tok, ctx = pack_prompts([(h.tokens, h.ctx) for h in held], len(model.ctx_vocab.sizes))

@@ -108,8 +108,8 @@ class ApiProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        """Wait until ``/readyz`` answers 200.
+    def wait_ready(self, timeout: float = 120.0, path: str = "/readyz") -> None:
+        """Wait until ``path`` answers 200 (``/healthz``: alive, even with the store down).
 
         Raises:
             ToolsError: the process exited or was not ready in time.
@@ -121,7 +121,7 @@ class ApiProcess:
             if self.proc.poll() is not None:
                 raise ToolsError(f"the API exited with {self.proc.returncode}; see {self.log}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{path}", timeout=2).status_code == 200:
                     return
             except httpx.TransportError:
                 pass

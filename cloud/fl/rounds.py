@@ -1,11 +1,25 @@
 """One federated round's server logic, independent of the transport.
 
 :class:`RoundServer` holds the state between rounds and turns the replies of
-a round into: validated personal packages written to the registry, rejected
-replies logged with their reason, the aggregated shared part (when at least
-``min_replies`` users replied validly), the round's user-level epsilon, and
-a checkpoint. The Flower ServerApp (:mod:`userlayer.cloud.fl.server`) only
-moves messages; everything that can be wrong with a reply is decided here.
+a round into: validated personal packages written straight into the adapter
+registry that serves them (the one registry: deleting a user there deletes
+what rounds wrote), rejected replies logged with their reason in the same
+registry, the aggregated shared part, the round's user-level epsilon, and a
+checkpoint.
+
+Trust is per (service, user): a reply for user ``u`` counts only if each of
+its packages verifies against a signer enrolled for ``u`` in that service
+in the registry (enrolled by the service backend through the API, never from
+a package), names ``u`` and the package's service, and carries the round as
+its version. User ids must match the API's pattern. The Flower ServerApp
+(:mod:`userlayer.cloud.fl.server`) only moves messages; everything that can
+be wrong with a reply is decided here.
+
+A refused package of a valid reply never aborts the round: packages are
+stored one by one, each refusal logged. What an attempt at a round stored is
+listed in ``pending.json`` until the round's checkpoint; a server restarted
+after dying in between discards exactly those versions and runs the round
+again.
 
 User-level DP of the shared part: users are sampled independently at rate
 ``q = users_per_round / population`` (nodes selected with probability
@@ -19,8 +33,10 @@ reproducible and NOT private (its summaries say so).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,15 +45,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from torch import Tensor
 
 from userlayer.cloud.exceptions import CloudError
 from userlayer.cloud.fl.aggregation import AggregationConfig, aggregate_updates, clip_update
-from userlayer.cloud.fl.registry_fs import FileRegistry
 from userlayer.cloud.fl.state import ServerState
-from userlayer.sdk.adapter import Expectation, open_package
-from userlayer.sdk.exceptions import AdapterError, PrivacyError
+from userlayer.cloud.registry import AdapterInfo, AdapterRegistry, RejectedError
+from userlayer.sdk.api import ID_PATTERN
+from userlayer.sdk.exceptions import PrivacyError
 from userlayer.sdk.privacy import (
     DEFAULT_ACCOUNTANT,
     DPRandom,
@@ -47,7 +62,7 @@ from userlayer.sdk.privacy import (
     node_probability,
 )
 
-__all__ = ["Reply", "RoundConfig", "RoundServer", "load_trusted"]
+__all__ = ["Reply", "RoundConfig", "RoundServer"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,51 +106,52 @@ class Reply:
     error: str | None = None
 
 
-def load_trusted(directory: str | Path) -> dict[str, Ed25519PublicKey]:
-    """Enrolled node keys: ``<key_id>.pub`` files holding the raw public key in hex."""
-    out = {}
-    for p in sorted(Path(directory).glob("*.pub")):
-        try:
-            out[p.stem] = Ed25519PublicKey.from_public_bytes(bytes.fromhex(p.read_text().strip()))
-        except ValueError:
-            logger.warning("ignoring unreadable enrolled key %s", p)
-    return out
-
-
 class RoundServer:
     """Server state plus the validation and aggregation of each round."""
 
     def __init__(
         self,
         cfg: RoundConfig,
-        base_fingerprint: str,
-        shapes: Mapping[str, tuple[int, ...]],
         init: dict[str, Tensor],
-        registry: FileRegistry,
+        registry: AdapterRegistry,
         state_dir: str | Path,
-        trust_dir: str | Path,
         rng: DPRandom | None = None,
     ) -> None:
         self.cfg = cfg
         self.rng = rng or dp_random(cfg.seed)
-        self.fingerprint = base_fingerprint
-        self.shapes = dict(shapes)
         self.registry = registry
+        self.fingerprint = registry.fingerprint
+        self.shapes = dict(registry.shapes)
         self.state_dir = Path(state_dir)
-        self.trust_dir = Path(trust_dir)
         loaded = ServerState.load(self.state_dir)
         self.state = loaded or ServerState(0, {k: v.clone() for k, v in init.items()})
         if set(self.state.shared) != set(self.shapes):
             raise CloudError("checkpointed shared adapter does not match the adapter shapes")
         self.resumed = loaded is not None
-        stale = registry.discard_after(self.state.round)
+        stale = self._discard_unfinished()
         if stale:
             logger.warning(
                 "discarded %d packages of the unfinished round %d (the server stopped before "
                 "its checkpoint; the round runs again)",
-                len(stale),
+                stale,
                 self.state.round + 1,
             )
+
+    @property
+    def _pending(self) -> Path:
+        return self.state_dir / "pending.json"
+
+    def _discard_unfinished(self) -> int:
+        """Remove what an attempt at a round stored before dying ahead of its checkpoint."""
+        if not self._pending.exists():
+            return 0
+        doc = json.loads(self._pending.read_text("utf-8"))
+        n = 0
+        if int(doc["round"]) > self.state.round:
+            for service, user, version, sha in doc["stored"]:
+                n += self.registry.discard(service, user, int(version), sha)
+        self._pending.unlink()
+        return n
 
     @property
     def done(self) -> bool:
@@ -188,25 +204,48 @@ class RoundServer:
             return f"shared-part update norm {norm:.3g} exceeds {self.cfg.max_update_norm}"
         return None
 
+    @staticmethod
+    def _check_user(user: str, seen: set[str], rnd: int) -> str | None:
+        if not re.fullmatch(ID_PATTERN, user):
+            return f"invalid user id {user[:40]!r}"
+        if user in seen:
+            return f"duplicate reply for user {user!r} in round {rnd} (one per user)"
+        return None
+
     def _check_packages(self, r: Reply, rnd: int) -> str | None:
         if not r.packages:
             return "no personal package"
-        trusted = load_trusted(self.trust_dir)
         for service, blob in r.packages.items():
-            exp = Expectation(
-                base_fingerprint=self.fingerprint,
-                user_id=r.user,
-                service=service,
-                shapes=self.shapes,
-                max_norm=self.cfg.max_package_norm,
-            )
             try:
-                pkg = open_package(blob, trusted, exp)
-            except AdapterError as e:
+                info = self.registry.verify(service, r.user, blob)
+            except RejectedError as e:
                 return f"package for {service}: {e}"
-            if pkg.manifest.version != rnd:
-                return f"package for {service} has version {pkg.manifest.version}, round is {rnd}"
+            if info.version != rnd:
+                return f"package for {service} has version {info.version}, round is {rnd}"
         return None
+
+    def _reject(self, rnd: int, r: Reply, reason: str) -> None:
+        service = next(iter(r.packages), "-")
+        who = r.user if re.fullmatch(ID_PATTERN, r.user) else "-"
+        self.registry.log_rejection(service, who, f"round {rnd}, node {r.node}: {reason}")
+        logger.warning("round %d: rejected reply of node %d: %s", rnd, r.node, reason)
+
+    def _store(self, rnd: int, valid: list[Reply]) -> int:
+        """Store the valid replies' packages one by one (a refusal never aborts the round)."""
+        items = [(svc, r.user, blob) for r in valid for svc, blob in r.packages.items()]
+        if not items:
+            return 0
+        pending: dict[str, Any] = {"round": rnd, "stored": []}
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._pending.write_text(json.dumps(pending), "utf-8")
+        out = self.registry.put_many(items)
+        stored = [o for o in out if isinstance(o, AdapterInfo)]
+        pending["stored"] = [[i.service, i.user_id, i.version, i.sha256] for i in stored]
+        self._pending.write_text(json.dumps(pending), "utf-8")
+        for (svc, user, _), o in zip(items, out, strict=True):
+            if isinstance(o, RejectedError):
+                logger.warning("round %d: package of %s for %s not stored: %s", rnd, user, svc, o)
+        return len(stored)
 
     def process(
         self, rnd: int, sampled: int, replies: list[Reply], population: int
@@ -223,14 +262,13 @@ class RoundServer:
                 dropped += 1
                 continue
             reason = (
-                f"duplicate reply for user {r.user!r} in round {rnd} (one per user)"
-                if r.user in seen
-                else self._check_arrays(r.arrays) or self._check_packages(r, rnd)
+                self._check_user(r.user, seen, rnd)
+                or self._check_arrays(r.arrays)
+                or self._check_packages(r, rnd)
             )
             if reason is not None:
                 rejected += 1
-                self.registry.reject(round=rnd, node=r.node, user=r.user, reason=reason)
-                logger.warning("round %d: rejected reply of node %d: %s", rnd, r.node, reason)
+                self._reject(rnd, r, reason)
                 continue
             seen.add(r.user)
             valid.append(r)
@@ -248,9 +286,7 @@ class RoundServer:
             "sample_rate": q,
             "rng": self.rng.source,
         }
-        for r in valid:
-            for service, blob in r.packages.items():
-                self.registry.put(service, r.user, rnd, blob)
+        summary["stored"] = self._store(rnd, valid)
         if agg_cfg.is_dp or len(valid) >= self.cfg.min_replies:
             updates = [
                 {k: r.arrays[k].float() - self.state.shared[k] for k in self.shapes}  # type: ignore[index]
@@ -281,4 +317,5 @@ class RoundServer:
         self.state.round = rnd
         self.state.rounds.append(summary)
         self.state.save(self.state_dir)
+        self._pending.unlink(missing_ok=True)
         return summary

@@ -2,10 +2,12 @@
 
 The server directory (``run_config["workdir"]`` or ``$USERLAYER_FL_WORKDIR``)
 holds ``fl.json`` (the run's settings, written by ``userlayer fl``),
-``model/``, ``trust/`` (enrolled node keys), ``registry/`` (personal packages
-written per round) and ``server/`` (the checkpoint). A restarted server
-resumes after its last complete round. Each round's summary is appended to
-``progress.jsonl`` as it finishes.
+``model/`` and ``server/`` (the checkpoint). Personal packages go straight
+into the adapter registry that serves them: ``fl.json``'s ``registry``
+(``{"url": <SQLite file or postgresql:// DSN>, "kek_file": ...}``; default
+``registry/registry.db`` here), whose enrolled signers are the only keys
+trusted for each user. A restarted server resumes after its last complete
+round. Each round's summary is appended to ``progress.jsonl`` as it finishes.
 
 Sampling: the server asks every node once how many users it hosts (a
 ``query`` message; ``rounds.users_per_node`` in ``fl.json`` skips that where
@@ -30,16 +32,33 @@ from flwr.serverapp import Grid, ServerApp
 
 from userlayer.cloud.exceptions import CloudError
 from userlayer.cloud.fl.aggregation import AggregationConfig
-from userlayer.cloud.fl.registry_fs import FileRegistry
 from userlayer.cloud.fl.rounds import Reply, RoundConfig, RoundServer
+from userlayer.cloud.registry import AdapterRegistry
+from userlayer.sdk.crypto import LocalKeyFile
 from userlayer.sdk.model.config import AdapterConfig
 from userlayer.sdk.model.io import load_model
 from userlayer.sdk.model.transformer import adapter_shapes, new_adapter
 from userlayer.sdk.privacy import DEFAULT_ACCOUNTANT
 
-__all__ = ["app", "parse_reply", "round_server", "sync_progress"]
+__all__ = ["app", "open_registry", "parse_reply", "round_server", "sync_progress"]
 
 logger = logging.getLogger(__name__)
+
+
+def open_registry(workdir: str | Path, create: bool = False) -> AdapterRegistry:
+    """The adapter registry a federated directory writes to (see the module docstring)."""
+    wd = Path(workdir)
+    setup = json.loads((wd / "fl.json").read_text("utf-8"))
+    model = load_model(wd / "model")
+    shapes = adapter_shapes(model.cfg, AdapterConfig.from_dict(setup["adapter"]))
+    fp = json.loads((wd / "model" / "config.json").read_text("utf-8"))["fingerprint"]
+    where = setup.get("registry") or {}
+    url = str(where.get("url") or wd / "registry" / "registry.db")
+    kek = where.get("kek_file")
+    keys = None if kek is None else LocalKeyFile(kek, create=create)
+    if keys is None and not create and not Path(url).exists():
+        raise CloudError(f"no adapter registry at {url}: prepare the directory first")
+    return AdapterRegistry(url, fp, shapes, keys=keys)
 
 
 def round_server(workdir: str | Path) -> tuple[RoundServer, dict[str, Any]]:
@@ -61,17 +80,7 @@ def round_server(workdir: str | Path) -> tuple[RoundServer, dict[str, Any]]:
     )
     # the shared initialisation is public: seeded, it is no DP randomness
     init = new_adapter(model.cfg, acfg, torch.Generator().manual_seed(int(rc.get("init_seed", 0))))
-    fp = json.loads((wd / "model" / "config.json").read_text("utf-8"))["fingerprint"]
-    server = RoundServer(
-        cfg,
-        fp,
-        adapter_shapes(model.cfg, acfg),
-        init,
-        FileRegistry(wd / "registry"),
-        wd / "server",
-        wd / "trust",
-    )
-    return server, setup
+    return RoundServer(cfg, init, open_registry(wd), wd / "server"), setup
 
 
 def parse_reply(msg: Message, node: int) -> list[Reply]:
@@ -170,6 +179,13 @@ def main(grid: Grid, context: Context) -> None:
     """Run the configured rounds, resuming from the checkpoint."""
     wd = _workdir(context)
     server, setup = round_server(wd)
+    try:
+        _run(grid, wd, server, setup)
+    finally:
+        server.registry.close()
+
+
+def _run(grid: Grid, wd: Path, server: RoundServer, setup: dict[str, Any]) -> None:
     sync_progress(wd, server.state.rounds)
     expected = int(setup["rounds"].get("min_nodes", server.cfg.min_replies))
     node_ids = _wait_for_nodes(grid, expected, float(setup["rounds"].get("wait_nodes_s", 120)))

@@ -26,8 +26,9 @@ remove then add), the unit's guarantee follows from group privacy of
 (epsilon, delta)-DP: an (e, d)-DP mechanism is (k e, k exp((k - 1) e) d)-DP
 for datasets ``k`` records apart (Vadhan 2017, Lemma 2.2). :func:`epsilon`
 with ``group=k`` picks the record-level delta that makes the unit-level delta
-the one asked for and returns ``k e``; with ``k = 1`` it is the accountant's
-own value.
+the one asked for and returns ``k e``, bounded by RDP (the record-level deltas
+it needs are below PRV's numerical range); with ``k = 1`` it is the
+accountant's own value.
 """
 
 from __future__ import annotations
@@ -121,25 +122,47 @@ def _record_epsilon(
 ) -> float:
     if accountant == "prv" and min(h[0] for h in history) >= PRV_MIN_NOISE:
         try:
-            return _call_accountant("prv", history, delta)
+            return _prv_epsilon(history, delta)
         except (ValueError, FloatingPointError, MemoryError) as e:  # outside its numeric range
             logger.debug("PRV accountant failed (%s): bounded by RDP instead", e)
-    return _call_accountant("rdp", history, delta)
+    return _rdp_epsilon(history, delta)
 
 
-def _call_accountant(
-    accountant: str, history: tuple[tuple[float, float, int], ...], delta: float
-) -> float:
-    acc = _accountant_class(accountant)()
+def _prv_epsilon(history: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    acc = _accountant_class("prv")()
     acc.history = list(history)
     with warnings.catch_warnings(record=True) as caught, np.errstate(all="ignore"):
         warnings.simplefilter("always")
-        if accountant == "prv":
-            eps = acc.get_epsilon(delta, eps_error=PRV_EPS_ERROR)
-        else:
-            eps = acc.get_epsilon(delta, alphas=list(RDP_ORDERS))
+        eps = acc.get_epsilon(delta, eps_error=PRV_EPS_ERROR)
     for w in caught:
-        logger.debug("accountant %s: %s", accountant, w.message)
+        logger.debug("PRV accountant: %s", w.message)
+    return float(eps)
+
+
+@lru_cache(maxsize=4096)
+def _rdp_curve(history: tuple[tuple[float, float, int], ...]) -> tuple[float, ...]:
+    """The composed RDP at every order of :data:`RDP_ORDERS` (what RDPAccountant sums)."""
+    _accountant_class("rdp")
+    from opacus.accountants.analysis.rdp import compute_rdp
+
+    with np.errstate(all="ignore"):
+        rdp = sum(
+            compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=list(RDP_ORDERS))
+            for sigma, q, steps in history
+        )
+    return tuple(float(x) for x in np.atleast_1d(rdp))
+
+
+def _rdp_epsilon(history: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    """Opacus' RDP conversion at ``delta`` of the (cached) composed curve."""
+    from opacus.accountants.analysis.rdp import get_privacy_spent
+
+    curve = np.array(_rdp_curve(history))
+    with warnings.catch_warnings(record=True) as caught, np.errstate(all="ignore"):
+        warnings.simplefilter("always")
+        eps, _ = get_privacy_spent(orders=list(RDP_ORDERS), rdp=curve, delta=delta)
+    for w in caught:
+        logger.debug("RDP accountant: %s", w.message)
     return float(eps)
 
 
@@ -152,6 +175,9 @@ def _epsilon_cached(
 ) -> float:
     if group == 1:
         return _record_epsilon(history, delta, accountant)
+    # group privacy asks for record-level deltas far below PRV's numerical range (about
+    # 1e-12 and smaller): the conversion is bounded by RDP, whose curve is computed once
+    accountant = "rdp"
     # the record-level delta d with k exp((k - 1) e(d)) d <= delta: a fixed-point iteration
     # d <- delta / (k exp((k - 1) (e(d) + margin))); it stops once e(d) is within the margin
     margin = 1e-3

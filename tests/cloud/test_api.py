@@ -152,15 +152,21 @@ def _rec(live: Live, user: str, service: str, **over: Any) -> dict[str, Any]:
 
 
 def test_health_ready_openapi_metrics(live: Live) -> None:
-    c = live.client(None)
+    c, admin = live.client(None), live.client("admin")
     assert c.get("/healthz").json()["status"] == "ok"
-    ready = c.get("/readyz").json()
+    assert c.get("/readyz").json() == {"status": "ready", "checks": {}}  # nothing more to anyone
+    ready = admin.get("/readyz").json()
     assert ready["status"] == "ready" and ready["checks"]["model"] == live.fingerprint
-    spec = c.get("/openapi.json").json()
+    spec = admin.get("/openapi.json").json()
     assert {"/v1/recommend", "/v1/users/{user_id}/adapter", "/v1/users/{user_id}"} <= set(
         spec["paths"]
     )
-    assert "userlayer_requests_total" in c.get("/metrics").text
+    assert "userlayer_requests_total" in admin.get("/metrics").text
+    # defect: /metrics and /docs were open to anyone; now behind an admin key
+    for path in ("/metrics", "/openapi.json"):
+        assert c.get(path).status_code == 401
+        assert live.client("samokat").get(path).status_code == 403
+    assert c.get("/docs").status_code == 401
 
 
 def test_personalized_freshness_and_fallback(live: Live) -> None:
@@ -204,7 +210,7 @@ def test_concurrent_users_are_batched_and_each_gets_their_own_adapter(live: Live
     for i, u in enumerate(users):
         _onboard(live, c, u, "megamarket", 1, seed=100 + i)
     alone = {u: c.post("/v1/recommend", json=_rec(live, u, "megamarket")).json() for u in users}
-    before = _batches(c)
+    before = _batches(live.client("admin"))
     with ThreadPoolExecutor(12) as pool:
         together = list(
             pool.map(
@@ -219,14 +225,14 @@ def test_concurrent_users_are_batched_and_each_gets_their_own_adapter(live: Live
     for u, got in zip(users * 3, together, strict=True):
         assert got["user_id"] == u and got["personalized"] and got["adapter_version"] == 1
         assert [i["item_id"] for i in got["items"]] == [i["item_id"] for i in alone[u]["items"]]
-    rows, batches = (a - b for a, b in zip(_batches(c), before, strict=True))
+    rows, batches = (a - b for a, b in zip(_batches(live.client("admin")), before, strict=True))
     assert rows == 36 and batches < 36  # several requests shared a forward pass
     distinct = {tuple(i["item_id"] for i in a["items"]) for a in alone.values()}
     assert len(distinct) > 1  # the adapters make a difference
 
 
 def _batches(c: httpx.Client) -> tuple[float, float]:
-    text = c.get("/metrics").text
+    text = c.get("/metrics").text  # an admin client
     vals = {}
     for line in text.splitlines():
         for name in ("userlayer_batch_rows_sum", "userlayer_batch_rows_count"):

@@ -25,7 +25,7 @@ from tests.cloud.conftest import PgServer
 from userlayer.cloud.engine.engine import Engine, EngineConfig
 from userlayer.cloud.registry import AdapterRegistry
 from userlayer.cloud.service import UNAVAILABLE
-from userlayer.edge.keys import LocalKeyFile
+from userlayer.sdk.crypto import LocalKeyFile
 from userlayer.tools.bench.adapters import random_adapter, register_users
 from userlayer.tools.bench.api import request_bodies
 from userlayer.tools.procs import ApiProcess
@@ -59,7 +59,9 @@ def test_store_outage_under_load_falls_back_and_recovers(
 ) -> None:
     e = Engine(tiny_model_dir, EngineConfig(backend="torch", slots=1))
     kek = tmp_path / "kek.json"
-    reg = AdapterRegistry(postgres.dsn, e.fingerprint, e.shapes, keys=LocalKeyFile(kek))
+    reg = AdapterRegistry(
+        postgres.dsn, e.fingerprint, e.shapes, keys=LocalKeyFile(kek, create=True)
+    )
     register_users(reg, USERS, random_adapter(e.shapes, 0), e.fingerprint, e.acfg)
     reg.close()
     bodies = request_bodies(e.table, 400, USERS, 0.0, 3)  # every user has an adapter

@@ -268,36 +268,6 @@ def test_signer_cannot_be_enrolled_for_two_users(reg: AdapterRegistry) -> None:
         reg.enroll("samokat", "bob", key.public_key())
 
 
-def test_import_what_federated_rounds_wrote(tmp_path: Path) -> None:
-    from cryptography.hazmat.primitives import serialization
-
-    from userlayer.cloud.fl.registry_fs import FileRegistry
-    from userlayer.cloud.registry import import_rounds
-    from userlayer.sdk.adapter import key_id
-
-    rounds = FileRegistry(tmp_path / "rounds")
-    (tmp_path / "trust").mkdir()
-    keys = {u: Ed25519PrivateKey.generate() for u in ("a", "b")}
-    for u, k in keys.items():
-        raw = k.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-        (tmp_path / "trust" / f"{key_id(k.public_key())}.pub").write_text(raw.hex())
-        rounds.put("samokat", u, 1, make_package(k, u, 1))
-        rounds.put("samokat", u, 2, make_package(k, u, 2, seed=2))
-    stranger = Ed25519PrivateKey.generate()  # not enrolled with the rounds
-    rounds.put("samokat", "c", 1, make_package(stranger, "c", 1))
-    reg = AdapterRegistry(tmp_path / "registry.db", FP, SHAPES)
-    counts = import_rounds(reg, tmp_path / "rounds", tmp_path / "trust")
-    assert counts == {"stored": 2, "refused": 0, "unknown_signer": 1}
-    for u in ("a", "b"):
-        got = reg.get("samokat", u)
-        assert got is not None and got.info.version == 2  # the newest of the rounds
-    assert reg.get("samokat", "c") is None
-    again = import_rounds(reg, tmp_path / "rounds", tmp_path / "trust")
-    assert again["stored"] == 0 and again["refused"] == 2  # not newer: nothing changes
-
-
 def test_stored_metadata_and_the_api_schema_name_the_same_fields() -> None:
     # the registry's record and the wire schema are kept apart on purpose (storage vs API);
     # this keeps them from drifting

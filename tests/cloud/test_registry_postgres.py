@@ -15,11 +15,11 @@ from userlayer.cloud.registry import (
     RejectedError,
     StoreUnavailableError,
 )
-from userlayer.edge.keys import LocalKeyFile
+from userlayer.sdk.crypto import LocalKeyFile
 
 
 def test_two_replicas_on_postgres(postgres: PgServer, tmp_path: Path) -> None:
-    keys = LocalKeyFile(tmp_path / "kek.json")  # both replicas get the same KEK
+    keys = LocalKeyFile(tmp_path / "kek.json", create=True)  # both replicas get the same KEK
     a = AdapterRegistry(postgres.dsn, FP, SHAPES, keys=keys)
     b = AdapterRegistry(postgres.dsn, FP, SHAPES, keys=keys)
     key = Ed25519PrivateKey.generate()
@@ -44,7 +44,9 @@ def test_two_replicas_on_postgres(postgres: PgServer, tmp_path: Path) -> None:
 
 
 def test_store_outage_is_reported_and_recovers(postgres: PgServer, tmp_path: Path) -> None:
-    reg = AdapterRegistry(postgres.dsn, FP, SHAPES, keys=LocalKeyFile(tmp_path / "kek.json"))
+    reg = AdapterRegistry(
+        postgres.dsn, FP, SHAPES, keys=LocalKeyFile(tmp_path / "kek.json", create=True)
+    )
     key = Ed25519PrivateKey.generate()
     reg.enroll("samokat", "pg-bob", key.public_key())
     reg.put("samokat", "pg-bob", make_package(key, "pg-bob", 1))

@@ -65,3 +65,33 @@ def test_edge_node_flow(live: Live, synth_data_dir: Path, tmp_path: Path) -> Non
         node.upload(users[1])
     node.close()
     client.close()
+
+
+def test_forget_with_tenant_keys_deletes_what_it_may_and_says_what_not(
+    live: Live,  # noqa: F811
+    synth_data_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """Defect: EdgeNode acted with one key on every service, and a refusal aborted the
+    forget before the local data was erased."""
+    by_user = Dataset.load(synth_data_dir).user_events()
+    user = next(
+        u
+        for u, ev in sorted(by_user.items())
+        if {"samokat", "kuper"} <= {e.service.value for e in ev}
+    )
+    clients = {  # least privilege: each service's own tenant key; kuper's may only recommend
+        "samokat": Client(live.url, live.keys["samokat"]),
+        "kuper": Client(live.url, live.keys["kuper"]),
+    }
+    node = EdgeNode(tmp_path / "node", live.model_dir, clients=clients)
+    node.record(*by_user[user])
+    out = node.forget(user)
+    assert out["cloud"].get("samokat") == 0  # allowed (nothing stored there yet)
+    assert "kuper" in out["cloud_not_deleted"] and "403" in out["cloud_not_deleted"]["kuper"]
+    other = {e.service.value for e in by_user[user]} - {"samokat", "kuper"}
+    assert all("no API client" in out["cloud_not_deleted"][s] for s in other)
+    assert node.store.events(user) == []  # erased here regardless
+    node.close()
+    for c in clients.values():
+        c.close()

@@ -16,8 +16,8 @@ import pytest
 
 from tests.edge.conftest import make_events
 from userlayer.edge.exceptions import KeyProviderError, ProfileDecryptError, StoreError
-from userlayer.edge.keys import EnvKeyProvider, LocalKeyFile
 from userlayer.edge.store import ProfileStore
+from userlayer.sdk.crypto import EnvKeyProvider, LocalKeyFile
 from userlayer.sdk.schemas import Event
 
 CANARY = "CANARYzq8x7"
@@ -115,7 +115,7 @@ def test_crypto_negative_table(tmp_path: Path) -> None:
     _update(db, "UPDATE events SET service='samokat' WHERE seq=?", (seq_b,))
     # wrong key: another KEK file
     with pytest.raises(ProfileDecryptError):
-        ProfileStore(db, keys=LocalKeyFile(tmp_path / "other.keks"))
+        ProfileStore(db, keys=LocalKeyFile(tmp_path / "other.keks", create=True))
     # all restored: still readable
     with ProfileStore(db) as s:
         assert len(s.events("alice")) == 3 and len(s.events("bob")) == 3
@@ -126,11 +126,12 @@ def test_rotation_rewraps_without_touching_events(tmp_path: Path) -> None:
     with ProfileStore(db) as s:
         s.append(make_events("alice", 4))
         before = _rows(db)
+        old = s.keys.current_id
         new = s.rotate_kek(destroy_old=True)
-        assert new == "k2"
+        assert new != old and len(new) == 17 and new.startswith("k")  # a random id
     assert _rows(db) == before  # events untouched
     keks = LocalKeyFile(tmp_path / "p.db.keks")
-    assert keks.key_ids == ["k2"]  # k1 destroyed
+    assert keks.key_ids == [new]  # the old one destroyed
     with ProfileStore(db, keys=keks) as s:
         assert len(s.events("alice")) == 4
 
@@ -166,7 +167,7 @@ def test_env_provider(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_key_file_permissions(tmp_path: Path) -> None:
     p = tmp_path / "k.keks"
-    LocalKeyFile(p)
+    LocalKeyFile(p, create=True)
     assert p.stat().st_mode & 0o777 == 0o600
     os.chmod(p, 0o644)
     with pytest.raises(KeyProviderError, match="too open"):
@@ -239,3 +240,157 @@ def test_concurrent_processes_lose_nothing(tmp_path: Path) -> None:
         assert len({e.item_id for e in ev}) == 300
         assert isinstance(ev[0], Event) and ev[0].timestamp.tzinfo is not None
         assert ev[0].timestamp >= datetime(2024, 1, 1, tzinfo=UTC)
+
+
+# -- issue 18: KEK races, identifiable forgotten users, stale caches, signing keys -----------
+
+
+def test_two_instances_forgetting_on_one_key_file_keep_the_store_readable(
+    tmp_path: Path,
+) -> None:
+    """Defect: rotate/destroy acted on a stale in-memory key set with sequential ids, so two
+    stores on one file (several backend workers) overwrote each other's newest KEK."""
+    db = tmp_path / "p.db"
+    users = ["alice", "bob", "carol", "dave"]
+    with ProfileStore(db) as s:
+        for u in users:
+            s.append(make_events(u, 3))
+    a, b = ProfileStore(db), ProfileStore(db)  # both loaded the key file now
+    assert a.events("carol") and b.events("dave")
+    a.forget("alice")
+    b.forget("bob")  # b's key set is stale: it must re-read, mint a new id, keep a's key
+    a.append(make_events("erin", 2))
+    a.close()
+    b.close()
+    with ProfileStore(db) as fresh:
+        assert fresh.users() == ["carol", "dave", "erin"]
+        assert [len(fresh.events(u)) for u in ("carol", "dave", "erin")] == [3, 3, 2]
+        assert len(fresh.keys.key_ids) == 1  # every old KEK destroyed, the current kept
+
+
+def test_concurrent_forgets_and_appends_on_two_instances(tmp_path: Path) -> None:
+    db = tmp_path / "p.db"
+    with ProfileStore(db) as s:
+        for i in range(8):
+            s.append(make_events(f"u{i}", 2))
+    stores = [ProfileStore(db), ProfileStore(db)]
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            for i in range(k, 8, 2):
+                if i < 4:
+                    stores[k].forget(f"u{i}")
+                stores[k].append(make_events(f"new{i}", 1))
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for s in stores:
+        s.close()
+    with ProfileStore(db) as fresh:
+        kept = [f"u{i}" for i in range(4, 8)] + [f"new{i}" for i in range(8)]
+        assert fresh.users() == sorted(kept)
+        assert all(fresh.events(u) for u in kept)
+
+
+def test_kek_ids_are_random_and_never_reused(tmp_path: Path) -> None:
+    p = tmp_path / "k.keks"
+    a = LocalKeyFile(p, create=True)
+    b = LocalKeyFile(p)
+    first = a.current_id
+    ids = {first, a.rotate(), b.rotate(), a.rotate()}
+    assert len(ids) == 4 and all(len(i) == 17 for i in ids)
+    assert set(LocalKeyFile(p).key_ids) == ids  # nothing overwritten
+    assert b.current_id == a.current_id  # b re-read the file
+
+
+def test_a_forgotten_user_cannot_be_linked_in_an_old_copy(tmp_path: Path) -> None:
+    """Defect: forget re-wrapped the index key instead of replacing it, so an old copy of the
+    database and today's store (and key file) still showed which rows were the user's."""
+    db = tmp_path / "p.db"
+    with ProfileStore(db) as s:
+        s.append(make_events("alice", 5) + make_events("bob", 2))
+        s._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    shutil.copy(db, tmp_path / "copy.db")
+    with ProfileStore(db) as s:
+        s.forget("alice")
+        today = s._ref("alice")  # what today's keys say alice's reference would be
+        assert s.events("bob") and len(s.events("bob")) == 2
+    old = sqlite3.connect(tmp_path / "copy.db")
+    refs = {bytes(r[0]) for r in old.execute("SELECT user_ref FROM events")}
+    old.close()
+    assert len(refs) == 2 and today not in refs
+
+
+def test_other_instances_drop_cached_keys_after_forget(tmp_path: Path) -> None:
+    """Defect: another store instance kept the forgotten user's data key and reference in
+    RAM, and its next append went under a key that no longer existed (the events were lost)."""
+    db = tmp_path / "p.db"
+    with ProfileStore(db) as s:
+        s.append(make_events("alice", 3) + make_events("bob", 1))
+    a, b = ProfileStore(db), ProfileStore(db)
+    assert len(b.events("alice")) == 3  # b caches alice's key
+    a.forget("alice")
+    assert b.events("alice") == []
+    b.append(make_events("alice", 2, start_day=9))  # she comes back, through b
+    a.close()
+    b.close()
+    with ProfileStore(db) as fresh:
+        assert len(fresh.events("alice")) == 2 and len(fresh.events("bob")) == 1
+
+
+def test_signing_keys_live_encrypted_in_the_store(tmp_path: Path) -> None:
+    """Defect: edge signing keys were raw hex files named after the user."""
+    from cryptography.hazmat.primitives import serialization
+
+    db = tmp_path / "p.db"
+    with ProfileStore(db) as s:
+        assert s.signing_key("alice", create=False) is None
+        k = s.signing_key("alice")
+        assert k is not None
+        again = s.signing_key("alice")
+        assert again is not None
+        raw = k.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        pub = k.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        assert (
+            again.public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            )
+            == pub
+        )
+        s._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        disk = b"".join(p.read_bytes() for p in tmp_path.glob("p.db*") if p.is_file())
+        assert raw not in disk and raw.hex().encode() not in disk and b"alice" not in disk
+        s.forget("alice")
+        assert s.signing_key("alice", create=False) is None
+
+
+def test_format_1_stores_are_upgraded(tmp_path: Path) -> None:
+    db = tmp_path / "p.db"
+    with ProfileStore(db) as s:
+        s.append(make_events("alice", 2))
+    con = sqlite3.connect(db)
+    con.execute("UPDATE meta SET value=? WHERE key='format'", (b"userlayer.profile/1",))
+    con.execute("DROP TABLE signing_keys")
+    con.execute("DELETE FROM meta WHERE key='generation'")
+    con.commit()
+    con.close()
+    with ProfileStore(db) as s:
+        assert len(s.events("alice")) == 2 and s.signing_key("alice") is not None
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT value FROM meta WHERE key='format'").fetchone()[0] == (
+        b"userlayer.profile/2"
+    )
+    con.close()

@@ -17,6 +17,7 @@ import struct
 from typing import Any
 
 import numpy as np
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given
@@ -103,12 +104,21 @@ def test_mutated_packages_are_refused(blob: bytes) -> None:
 _json = json_values(text_size=20, key_size=12, max_leaves=12)
 
 
+def _hostile(base: dict[str, object], kind: str, field: str) -> bytes:
+    """Nesting past the recursion limit, or an integer with too many digits, in one field."""
+    raw = json.dumps(base)
+    value = "[" * 20_000 + "]" * 20_000 if kind == "deep" else "9" * 5000  # < 64 KiB
+    return raw.replace(f'"{field}": ', f'"{field}": {value}, "_": ', 1).encode()
+
+
 @st.composite
 def _manifest(draw: st.DrawFn) -> bytes:
     base = json.loads(VALID[10 : 10 + struct.unpack(">I", VALID[6:10])[0]])
-    kind = draw(st.sampled_from(["edit", "random", "bytes"]))
+    kind = draw(st.sampled_from(["edit", "random", "bytes", "deep", "bigint"]))
     if kind == "bytes":
         return draw(st.binary(max_size=512))
+    if kind in ("deep", "bigint"):  # both used to escape as RecursionError / ValueError
+        return _hostile(base, kind, draw(st.sampled_from(["signer", "version", "privacy"])))
     if kind == "random":
         return json.dumps(draw(_json)).encode()
     for _ in range(draw(st.integers(1, 3))):
@@ -137,6 +147,18 @@ def _tensor_bytes(draw: st.DrawFn) -> bytes:
     elif kind == "huge":
         arrays["prefix"][:] = 1e30
     return bytes(st_save(arrays))
+
+
+@pytest.mark.parametrize("kind", ["deep", "bigint"])
+@pytest.mark.parametrize("field", ["signer", "version", "adapter_config", "privacy"])
+def test_deep_nesting_and_huge_integers_are_adapter_errors(kind: str, field: str) -> None:
+    base = json.loads(VALID[10 : 10 + struct.unpack(">I", VALID[6:10])[0]])
+    manifest = _hostile(base, kind, field)
+    body = MAGIC + b"\x01\x00" + struct.pack(">I", len(manifest)) + manifest
+    tensors = bytes(st_save(TENSORS))
+    body += struct.pack(">I", len(tensors)) + tensors
+    with pytest.raises(AdapterError):
+        open_package(body + KEY.sign(body), TRUSTED, EXPECT)
 
 
 @FUZZ

@@ -42,7 +42,7 @@ def test_quick_demo(tmp_path: Path) -> None:
     s = rep["serving"]
     assert s["requests"] == 200 and s["requests_per_s"] > 0 and 0 < s["p50_ms"] <= s["p99_ms"]
     assert 0 < s["personalized_share"] < 1  # users with and without adapters were asked
-    assert rep["registry_import"]["stored"] > 0
+    assert "registry_import" not in rep  # the rounds write straight into the served registry
     assert (out / "demo.png").stat().st_size > 5000
     assert "quality: held-out next item" in r.output and "serving:" in r.output
     assert not _live_serve_processes(out)

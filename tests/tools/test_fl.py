@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from userlayer.cloud.fl.server import open_registry
 from userlayer.tools.fl import SimulationConfig, evaluate_registry, plot_rounds, simulate
 
 
@@ -38,8 +39,16 @@ def test_simulation_with_dropouts_then_resume(
     state = json.loads((wd / "server" / "state.json").read_text())
     assert state["round"] == 2
     valid = sum(r["valid"] for r in res["rounds"])
-    packages = list((wd / "registry" / "adapters").rglob("*.ulap"))
-    assert valid > 0 and len(packages) >= valid  # one package per service of each valid user
+    reg = open_registry(wd)  # the rounds wrote straight into the serving registry
+    versions = [
+        v
+        for s in ("samokat", "megamarket", "kuper")
+        for u in reg.users(s)
+        for v in reg.versions(s, u)
+    ]
+    reg.close()
+    assert valid > 0 and len(versions) >= valid  # one package per service of each valid user
+    assert not (wd / "trust").exists() and not (wd / "keys").exists()
     for r in res["rounds"]:
         if r["valid"]:
             assert 0 < r["epsilon_user_max"] <= 2.0 + 1e-6  # per-user DP-SGD, 1.0 per round

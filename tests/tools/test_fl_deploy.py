@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from userlayer.cloud.fl.registry_fs import FileRegistry
+from userlayer.cloud.fl.server import open_registry
 from userlayer.tools.exceptions import ToolsError
 from userlayer.tools.fl import SimulationConfig, prepare_workdir
 from userlayer.tools.fl_deploy import LocalFederation, NodeSpec, write_app
@@ -54,8 +54,9 @@ def test_two_rounds_on_superlink_and_two_supernodes(
         assert r["sampled"] == 2 and r["valid"] + r["rejected"] + r["dropped"] >= 2
         assert r["valid"] >= 2 and r["rejected"] == 0
     assert json.loads((wd / "server" / "state.json").read_text())["round"] == 2
-    reg = FileRegistry(wd / "registry")
+    reg = open_registry(wd)
     stored = {u for svc in ("samokat", "megamarket", "kuper") for u in reg.users(svc)}
+    reg.close()
     assert stored and stored <= set(users)
 
 

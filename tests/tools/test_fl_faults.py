@@ -30,11 +30,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from userlayer.cloud.fl.registry_fs import FileRegistry
-from userlayer.cloud.fl.rounds import load_trusted
+from userlayer.cloud.fl.server import open_registry
 from userlayer.edge.privacy import PrivacyLedger
 from userlayer.edge.store import ProfileStore
-from userlayer.sdk.adapter import open_package
 from userlayer.sdk.privacy import Mechanism, epsilon
 from userlayer.tools.procs import console_script, group_members, stop_groups
 
@@ -100,7 +98,7 @@ def test_dropouts_and_a_killed_server_lose_nothing(
     assert all(r["valid"] + r["dropped"] + r["rejected"] == r["sampled"] for r in rounds)
 
     # registry: exactly the valid replies of each round, as that round's version
-    reg = FileRegistry(wd / "registry")
+    reg = open_registry(wd)
     by_version: dict[int, set[str]] = {}
     packages = []
     for service in ("samokat", "megamarket", "kuper"):
@@ -121,15 +119,16 @@ def test_dropouts_and_a_killed_server_lose_nothing(
     # each user's edge ledger against the packages stored for them
     with ProfileStore(wd / "store.db") as store:
         ledger = PrivacyLedger(wd / "ledger.db", store.ledger_key())
-    trusted = load_trusted(wd / "trust")
     try:
-        for service, user, v in packages:
+        for service, user, _ in packages:
             entries = ledger.entries(user)
             assert len(entries) >= len({x for s, u, x in packages if u == user and s == service})
-            pkg = open_package(reg.get(service, user, v) or b"", trusted)
-            assert pkg.manifest.privacy is not None
-            assert any(
-                abs(e.epsilon_after - pkg.manifest.privacy.epsilon) < 1e-9 for e in entries
-            ), (user, v)
+            info = reg.info(service, user)  # the newest version, as stored and verified
+            assert info is not None and info.privacy is not None
+            assert any(abs(e.epsilon_after - info.privacy["epsilon"]) < 1e-9 for e in entries), (
+                user,
+                info.version,
+            )
     finally:
         ledger.close()
+        reg.close()

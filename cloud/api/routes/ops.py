@@ -1,0 +1,83 @@
+"""Operations: ``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json`` (and ``/docs``).
+
+Anyone may ask whether the API is alive or ready; only an admin key learns
+why it is not (the store's error can name hosts and users), reads the
+metrics, or the OpenAPI document, unless ``metrics_public`` / ``docs_public``
+open them (behind a private network or a separate port).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from userlayer.cloud.api.deps import (
+    MaybeKey,
+    MetricsDep,
+    RegistryDep,
+    SettingsDep,
+    in_store,
+    is_admin,
+)
+from userlayer.cloud.api.errors import ForbiddenError
+from userlayer.cloud.auth import AuthError
+from userlayer.cloud.registry import StoreUnavailableError
+from userlayer.sdk.api import Health
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["ops"])
+
+
+def _admin_unless(public: bool, k: Any) -> None:
+    if public:
+        return
+    if k is None:
+        raise AuthError("an admin key is needed here")
+    if not is_admin(k):
+        raise ForbiddenError("only an admin key may read this")
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    """Liveness (never touches the store)."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
+async def readyz(request: Request, k: MaybeKey, registry: RegistryDep) -> Any:
+    """Readiness: the store answers. The checks are shown to admin keys only."""
+    checks = {"model": request.app.state.serving.engine.fingerprint}
+    try:
+        checks["registry"] = f"{await in_store(request, registry.ping) * 1000:.1f} ms"
+        status, code = "ready", 200
+    except StoreUnavailableError as e:
+        checks["registry"] = f"unreachable: {e}"
+        status, code = "unready", 503
+    body = Health(status=status, checks=checks if is_admin(k) else {})
+    return JSONResponse(body.model_dump(), code)
+
+
+@router.get("/metrics", response_class=Response)
+async def prometheus(k: MaybeKey, metrics: MetricsDep, settings: SettingsDep) -> Response:
+    """Prometheus metrics (an admin key, unless ``metrics_public``)."""
+    _admin_unless(settings.metrics_public, k)
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/openapi.json", include_in_schema=False)
+async def openapi(request: Request, k: MaybeKey, settings: SettingsDep) -> JSONResponse:
+    """The OpenAPI document (an admin key, unless ``docs_public``)."""
+    _admin_unless(settings.docs_public, k)
+    return JSONResponse(request.app.openapi())
+
+
+@router.get("/docs", include_in_schema=False)
+async def docs(settings: SettingsDep) -> HTMLResponse:
+    """Swagger UI, only with ``docs_public``."""
+    _admin_unless(settings.docs_public, None)
+    return get_swagger_ui_html(openapi_url="/openapi.json", title="userlayer API")

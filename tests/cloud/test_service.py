@@ -1,0 +1,84 @@
+"""Serving across replicas: deletions and returning users are seen at the next request.
+
+Defects (issue 18): the RAM tier and the engine slots were keyed by version alone, so a
+replica kept serving a user deleted through another replica until its cache aged out, and a
+user deleted and back with a new adapter under a reused version number got the old one. A
+batch holding more distinct users than slots could silently serve a reloaded slot.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from userlayer.cloud.engine.engine import Engine, EngineConfig
+from userlayer.cloud.registry import AdapterRegistry, RegistryError
+from userlayer.cloud.service import NO_ADAPTER, Metrics, Serving
+from userlayer.sdk.adapter import seal_package
+from userlayer.sdk.api import RecommendRequest
+from userlayer.tools.bench.adapters import random_adapter
+
+
+def _replica(model: Path, db: Path, slots: int = 4) -> Serving:
+    e = Engine(model, EngineConfig(backend="torch", slots=slots))
+    return Serving(e, AdapterRegistry(db, e.fingerprint, e.shapes), Metrics())
+
+
+def _package(s: Serving, user: str, version: int, seed: int, key: Ed25519PrivateKey) -> bytes:
+    fields = {
+        "base_fingerprint": s.engine.fingerprint,
+        "adapter_config": s.engine.acfg.to_dict(),
+        "service": "samokat",
+        "user_id": user,
+        "version": version,
+    }
+    return seal_package(fields, random_adapter(s.engine.shapes, seed, scale=0.5), key)
+
+
+def _served(s: Serving, user: str) -> tuple[bool, list[str], np.ndarray | None]:
+    (r,) = s.run_batch([RecommendRequest(user_id=user, service="samokat")])
+    got = [x for k, x in s.engine.slab._keys.items() if k[:2] == ("samokat", user)]
+    prefix = None if not got else s.engine.slab.arrays["prefix"][got[-1]].copy()
+    return r.personalized, [i.item_id for i in r.items], prefix
+
+
+def test_a_user_deleted_elsewhere_is_not_served_and_a_reused_version_is_not_stale(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "registry.db"
+    a = _replica(tiny_model_dir, db)
+    b = _replica(tiny_model_dir, db)  # another API replica on the same store
+    key = Ed25519PrivateKey.generate()
+    b.registry.enroll("samokat", "alice", key.public_key())
+    b.registry.put("samokat", "alice", _package(b, "alice", 1, seed=1, key=key))
+    personalized, _, first = _served(a, "alice")  # replica a loads her adapter (RAM + slot)
+    assert personalized and first is not None
+    b.registry.delete_user("samokat", "alice")  # deleted through replica b
+    (r,) = a.run_batch([RecommendRequest(user_id="alice", service="samokat")])
+    assert not r.personalized and r.reason == NO_ADAPTER  # a sees it at once
+    # she comes back through b: a new key, a new adapter, the same version number 1
+    key2 = Ed25519PrivateKey.generate()
+    b.registry.enroll("samokat", "alice", key2.public_key())
+    b.registry.put("samokat", "alice", _package(b, "alice", 1, seed=2, key=key2))
+    personalized, _, second = _served(a, "alice")
+    want = random_adapter(a.engine.shapes, 2, scale=0.5)["prefix"]
+    assert personalized and second is not None
+    np.testing.assert_array_equal(second, want)  # the new adapter, not the old slot's
+    assert not np.array_equal(second, first)
+    assert (
+        a.registry.get("samokat", "alice").info.sha256
+        == b.registry.info(  # type: ignore[union-attr]
+            "samokat", "alice"
+        ).sha256
+    )  # type: ignore[union-attr]
+
+
+def test_a_batch_never_holds_more_users_than_slots(tiny_model_dir: Path, tmp_path: Path) -> None:
+    s = _replica(tiny_model_dir, tmp_path / "r.db", slots=2)
+    reqs = [RecommendRequest(user_id=f"u{i}", service="samokat") for i in range(3)]
+    with pytest.raises(RegistryError, match="3 distinct users needs as many adapter slots"):
+        s.run_batch(reqs)
+    assert len(s.run_batch(reqs[:2] + reqs[:1])) == 3  # two users, three rows: fine
