@@ -107,11 +107,13 @@ class Serving:
         self.store_deadline_s = store_deadline_s
         self._io = ThreadPoolExecutor(4, thread_name_prefix="userlayer-registry")
         self._lock = threading.Lock()
+        self._deletions: dict[tuple[str, str], int] = {}  # deletions seen, per user
         registry.on_delete(self._evict)
 
     def _evict(self, service: str, user_id: str) -> None:
         with self._lock:  # waits for a running batch that may read the user's slot
             self.engine.slab.evict((service, user_id))
+            self._deletions[(service, user_id)] = self._deletions.get((service, user_id), 0) + 1
 
     def _fetch(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], LoadedAdapter | str]:
         """Each user's newest adapter (or why none), within the store deadline.
@@ -163,8 +165,12 @@ class Serving:
                 f"a batch of {len(keys)} distinct users needs as many adapter slots; the engine "
                 f"has {self.engine.slab.size} (raise slots or lower max_batch)"
             )
+        seen = {key: self._deletions.get(key, 0) for key in keys}
         fetched = self._fetch(keys)  # one resolution per user per batch
         with self._lock:
+            for key in keys:  # deleted through this replica while being fetched: not served
+                if self._deletions.get(key, 0) != seen[key]:
+                    fetched[key] = NO_ADAPTER
             rows = {key: self._slot(key, fetched[key]) for key in keys}
             ers = [
                 EngineRequest(

@@ -132,6 +132,7 @@ def user_examples(
     cfg: ExampleConfig | None = None,
     detector: ModeDetector | None = None,
     categories: Mapping[str, Sequence[str]] | None = None,
+    allow_empty: bool = False,
 ) -> UserExamples:
     """One example per event of the profile (but the held-out ones).
 
@@ -140,8 +141,12 @@ def user_examples(
     Events of items missing from the Semantic ID table are skipped as targets
     and as history.
 
+    ``allow_empty`` returns zero examples instead of raising (DP training then
+    takes noise-only steps: whether a user gets an adapter must not depend on
+    their events).
+
     Raises:
-        TrainingError: if no example can be made.
+        TrainingError: if no example can be made (and not ``allow_empty``).
     """
     cfg = cfg or ExampleConfig()
     evs = [e for e in profile.events if e.item_id in table.codes]
@@ -157,6 +162,15 @@ def user_examples(
         weights.append(profile.weight(e))
         modes.append(mode_weights(e, evs[:i] if session else [], detector, categories))
         targets.append(e.item_id)
+    if not rows_t and allow_empty:
+        return UserExamples(
+            torch.zeros((0, 1), dtype=torch.long),
+            torch.zeros((0, 1, len(vocab.sizes)), dtype=torch.long),
+            torch.zeros(0),
+            torch.zeros((0, len(MODES))),
+            [],
+            cfg.group,
+        )
     if not rows_t:
         raise TrainingError(
             f"user {profile.user_id!r} has no training example ({len(evs)} usable events)"

@@ -49,7 +49,7 @@ from flwr.clientapp import ClientApp
 
 from userlayer.edge.consent import SETTING, Consent
 from userlayer.edge.exceptions import BudgetExceededError, EdgeError, TrainingError
-from userlayer.edge.local import LocalTrainConfig, train_and_seal
+from userlayer.edge.local import ALL_SERVICES, LocalTrainConfig, train_and_seal
 from userlayer.edge.privacy import PrivacyLedger
 from userlayer.edge.profile import ModeDetector
 from userlayer.edge.store import ProfileStore
@@ -92,7 +92,7 @@ class NodeRuntime:
         self.store = ProfileStore(self.workdir / "store.db")
         self.ledger = PrivacyLedger(
             self.workdir / "ledger.db",
-            self.store.ledger_key(),
+            self.store.ledger_key,
             budget=float(setup.get("budget", 8.0)),
             delta=float(setup.get("delta", 1e-5)),
             accountant=str(setup.get("accountant", DEFAULT_ACCOUNTANT)),
@@ -103,6 +103,9 @@ class NodeRuntime:
         self.categories: dict[str, list[str]] | None = (
             json.loads(cats.read_text("utf-8")) if cats.exists() else None
         )
+        # the services the node's users are customers of (packaged whatever their events)
+        svcs = setup.get("services")
+        self.services = tuple(svcs) if svcs else ALL_SERVICES
 
     def users_for(self, context: Context) -> list[str]:
         """The users this node hosts (see the module docstring)."""
@@ -150,11 +153,13 @@ class NodeRuntime:
                 self.categories,
                 now,
                 consent,
+                self.services,
             )
         except BudgetExceededError as e:
             return UserUpdate(user, None, {}, {}, f"over budget: {e}")
         except TrainingError as e:
-            return UserUpdate(user, None, {}, {}, f"no examples: {e}")
+            return UserUpdate(user, None, {}, {}, f"not trained: {e}")
+        logger.debug("user trained: %s", {k: round(v, 3) for k, v in res.local.items()})
         return UserUpdate(user, res.adapter, res.packages, res.metrics)
 
 
@@ -196,6 +201,10 @@ def train(msg: Message, context: Context) -> Message:
     arrays = msg.content.array_records["arrays"]
     shared = {k: v.float() for k, v in arrays.to_torch_state_dict().items()}
     users = rt.users_for(context)
+    if "hosted" in cfg and int(cfg["hosted"]) != len(users):
+        # the server selected this node for a count it does not have: the users' sampling
+        # rate would not be the one accounted for, so nobody takes part
+        raise EdgeError(f"this node hosts {len(users)} users, the server assumed {cfg['hosted']}")
     if "sample-rate" in cfg:  # this node was selected: which of its users take part
         take = sample_given_selected(len(users), float(cfg["sample-rate"]), SecureRandom())
         users = [u for u, t in zip(users, take, strict=True) if t]

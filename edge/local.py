@@ -4,7 +4,16 @@ Shared by the Flower ClientApp and :class:`~userlayer.edge.node.EdgeNode`.
 The training clock (``now``) is the wall clock unless the caller gives one
 (a simulation's clock): time-decay weights and the data horizon are measured
 against it, never against one of the user's own events, so that one event
-cannot change the weights of the others.
+cannot change the weights of the others. The data horizon is the ledger's
+period (events strictly newer than ``now - period_days``), so every training
+that saw an event is inside one accounting window.
+
+What is released does not depend on the user's events beyond the DP
+adapter tensors: the services packaged are the caller's (the services the
+user is a customer of, which their backend knows), filtered by consent, not
+those the user happens to have events in; a group without events still gets
+a (noise-only) adapter; and the metrics returned for the cloud are only the
+epsilon (the loss and the example count stay local).
 """
 
 from __future__ import annotations
@@ -21,15 +30,17 @@ from userlayer.edge.consent import Consent
 from userlayer.edge.examples import PROMPTS, ExampleConfig, user_examples
 from userlayer.edge.exceptions import TrainingError
 from userlayer.edge.privacy import PrivacyLedger
-from userlayer.edge.profile import ModeDetector, build_profile
+from userlayer.edge.profile import ModeDetector, ProfileConfig, build_profile
 from userlayer.edge.training import DPConfig, TrainConfig, train_adapter
 from userlayer.sdk.adapter import PrivacyRecord, seal_package
 from userlayer.sdk.model.config import AdapterConfig
 from userlayer.sdk.model.transformer import Recommender
-from userlayer.sdk.schemas import Event
+from userlayer.sdk.schemas import Event, Service
 from userlayer.sdk.semantic_ids import SemanticIdTable
 
-__all__ = ["LocalResult", "LocalTrainConfig", "train_and_seal"]
+__all__ = ["ALL_SERVICES", "LocalResult", "LocalTrainConfig", "train_and_seal"]
+
+ALL_SERVICES = tuple(s.value for s in Service)
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,7 @@ class LocalTrainConfig:
     lr: float = 5e-3
     batch_size: int = 16
     epsilon: float = 2.0  # DP-SGD target epsilon of this training, per event
+    sample_rate: float = 0.1  # public: the same for every user (see userlayer.edge.training)
     holdout: int = 0  # events kept out (evaluation); 0 in production
     prompt: str = "event"  # see userlayer.edge.examples
     seed: int | None = None  # test hook only: a seeded run is NOT private
@@ -64,6 +76,7 @@ class LocalResult:
     packages: dict[str, bytes]
     metrics: dict[str, float] = field(default_factory=dict)
     adapters: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    local: dict[str, float] = field(default_factory=dict)
 
 
 def train_and_seal(
@@ -82,29 +95,30 @@ def train_and_seal(
     categories: Mapping[str, Sequence[str]] | None = None,
     now: datetime | None = None,
     consent: Consent | None = None,
+    services: tuple[str, ...] = ALL_SERVICES,
 ) -> LocalResult:
     """Build the user's examples, train with DP-SGD (budget reserved first), sign per service.
 
-    One adapter is trained per group of services that share their allowed
+    One adapter is trained per group of ``services`` that share their allowed
     sources under ``consent`` (one group by default), each only on the events
-    of those sources, and sealed for each service of the group that the user
-    has events in. Every training is charged to the user's ledger.
+    of those sources, and sealed for each service of the group. Every training
+    is charged to the user's ledger.
 
     Raises:
-        TrainingError: no usable examples; BudgetExceededError: over the privacy budget
-            (trainings of earlier groups stay recorded).
+        TrainingError: consent allows no service; BudgetExceededError: over the privacy
+            budget (trainings of earlier groups stay recorded).
     """
     t0 = time.perf_counter()
     now = now or datetime.now(UTC)
     consent = consent or Consent()
-    targets = sorted({e.service.value for e in events})
-    groups = consent.groups(targets)
+    groups = consent.groups(services)
     if not groups:
         raise TrainingError(f"user {user_id!r}: consent allows no service's adapter")
     tcfg = TrainConfig(
         epochs=cfg.epochs,
         lr=cfg.lr,
         batch_size=cfg.batch_size,
+        sample_rate=cfg.sample_rate,
         seed=cfg.seed,
         dp=DPConfig(target_epsilon=cfg.epsilon),
     )
@@ -114,9 +128,12 @@ def train_and_seal(
     record: PrivacyRecord | None = None
     losses: list[float] = []
     n_examples = 0
-    for sources, services in groups:
+    for sources, targets in groups:
         allowed = [e for e in events if e.service.value in sources]
-        profile = build_profile(allowed, now=now, categories=categories)
+        horizon = ProfileConfig(
+            short_term_days=min(7.0, ledger.period_days), long_term_days=ledger.period_days
+        )
+        profile = build_profile(allowed, now=now, config=horizon, categories=categories)
         ex = user_examples(
             profile,
             table,
@@ -124,6 +141,7 @@ def train_and_seal(
             ExampleConfig(holdout=cfg.holdout, prompt=cfg.prompt),
             detector,
             categories,
+            allow_empty=True,
         )
         res = train_adapter(model, acfg, ex, dict(init), tcfg, ledger, user_id, now)
         assert res.privacy is not None
@@ -139,16 +157,15 @@ def train_and_seal(
             "privacy": res.privacy,
         }
         tensors = {k: v.numpy() for k, v in res.adapter.items()}
-        for s in services:
+        for s in targets:
             packages[s] = seal_package({**fields, "service": s}, tensors, key)
             adapters[s] = res.adapter
     assert first is not None
     assert record is not None
-    metrics = {
+    local = {
         "loss": float(sum(losses) / max(len(losses), 1)),
-        "epsilon_user": record.epsilon,
         "examples": float(n_examples),
         "trainings": float(len(groups)),
         "seconds": time.perf_counter() - t0,
     }
-    return LocalResult(first, record, packages, metrics, adapters)
+    return LocalResult(first, record, packages, {"epsilon_user": record.epsilon}, adapters, local)

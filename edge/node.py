@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from userlayer.edge.consent import SETTING, Consent
 from userlayer.edge.exceptions import EdgeError
-from userlayer.edge.local import LocalResult, LocalTrainConfig, train_and_seal
+from userlayer.edge.local import ALL_SERVICES, LocalResult, LocalTrainConfig, train_and_seal
 from userlayer.edge.privacy import PrivacyLedger
 from userlayer.edge.store import ProfileStore
 from userlayer.sdk.api import ID_PATTERN
@@ -108,13 +108,16 @@ class EdgeNode:
         self.store = ProfileStore(self.dir / "store.db")
         self.ledger = PrivacyLedger(
             self.dir / "ledger.db",
-            self.store.ledger_key(),
+            self.store.ledger_key,  # re-read when another instance re-keyed it
             budget=budget,
             delta=delta,
             accountant=accountant,
         )
         self.client = client
         self.clients = dict(clients or {})
+        # the services its users are customers of (public to each service): one adapter
+        # package for each, whatever events the user happens to have
+        self.services = tuple(sorted(self.clients)) if self.clients else ALL_SERVICES
         self._trained: dict[str, _Trained] = {}
 
     # -- data
@@ -161,10 +164,11 @@ class EdgeNode:
             self._key(user_id),
             now=now,
             consent=self.consent(user_id),
+            services=self.services,
         )
         self.store.set_setting(user_id, _VERSION, {"version": version})
         self._trained[user_id] = _Trained(res, version)
-        return {"version": version, "services": sorted(res.packages), **res.metrics}
+        return {"version": version, "services": sorted(res.packages), **res.metrics, **res.local}
 
     def _client(self, service: str) -> Client | None:
         """The client of ``service``'s tenant key (else the one shared client, if any)."""
@@ -266,6 +270,8 @@ class EdgeNode:
                 refused[s] = str(e)
         report = self.store.forget(user_id)  # with their signing key and version
         self.ledger.forget(user_id)
+        # a new pseudonym key: an old copy of the ledger cannot be searched for this user
+        self.ledger.rekey(self.store.users(), self.store.replace_ledger_key())
         self._trained.pop(user_id, None)
         local = {"events_deleted": report.events_deleted, "kek_rotated": report.kek_rotated}
         return {"local": local, "cloud": cloud, "cloud_not_deleted": refused}

@@ -25,8 +25,13 @@ never overspent, at worst a little is lost.
 
 Pseudonyms. Users appear as HMAC-SHA256(key, user id) (32 hex chars); the
 key comes from the profile store (wrapped by its KEK; a dictionary of user
-ids does not reverse it). Ledgers of format 1 used an unkeyed SHA-256: their
-rows are moved to the keyed pseudonym the first time the user is looked up.
+ids does not reverse it). When a user is forgotten the key is replaced and
+every other user's rows re-keyed (:meth:`PrivacyLedger.rekey`), so an old
+copy of the ledger cannot be searched for the forgotten user with today's
+key. The ledger records its key's id (``meta.key_id``): an instance whose key
+is stale re-reads it from its source before every transaction. Ledgers of
+format 1 used an unkeyed SHA-256: their rows are moved to the keyed
+pseudonym the first time the user is looked up.
 
 Schema (format ``userlayer.ledger/2``)::
 
@@ -42,7 +47,7 @@ import hashlib
 import hmac
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -134,7 +139,8 @@ class PrivacyLedger:
 
     Args:
         path: SQLite file (created if missing).
-        key: the 32-byte pseudonym key (``ProfileStore.ledger_key()``).
+        key: the 32-byte pseudonym key, or where to read the current one
+            (``ProfileStore.ledger_key``, re-read when another instance re-keyed).
         budget: epsilon allowed per ``period_days``, per event.
         delta: the delta every epsilon is stated at.
         period_days: the rolling period (and the data horizon of training).
@@ -147,7 +153,7 @@ class PrivacyLedger:
     def __init__(
         self,
         path: str | Path,
-        key: bytes,
+        key: bytes | Callable[[], bytes],
         budget: float = 8.0,
         delta: float = 1e-5,
         period_days: float = 365.0,
@@ -155,12 +161,11 @@ class PrivacyLedger:
     ) -> None:
         if budget <= 0 or not 0 < delta < 1 or period_days <= 0:
             raise TrainingError("`budget` and `period_days` should be > 0 and `delta` in (0, 1)")
-        if not isinstance(key, bytes) or len(key) != 32:
-            raise TrainingError("`key` should be 32 bytes (ProfileStore.ledger_key())")
+        self._source = key if callable(key) else None
+        self._key = self._check_key(key() if callable(key) else key)
         epsilon([], delta, accountant)  # validates the accountant's name
         self.budget, self.delta, self.period_days = budget, delta, period_days
         self.accountant = accountant
-        self._key = key
         self._lock = threading.RLock()
         self._db = sqlite3.connect(
             str(path), timeout=60.0, isolation_level=None, check_same_thread=False
@@ -174,7 +179,7 @@ class PrivacyLedger:
             raise StoreError(f"{path}: not a privacy ledger ({e})") from e
 
     def _setup(self) -> None:
-        with self._tx():
+        with self._tx(check_key=False):
             tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
             if "ledger" in tables and "meta" not in tables:  # format 1
                 self._db.execute("ALTER TABLE ledger RENAME TO ledger_v1")
@@ -191,24 +196,51 @@ class PrivacyLedger:
                 "lib TEXT NOT NULL, rng TEXT NOT NULL)"
             )
             self._db.execute("CREATE INDEX IF NOT EXISTS entries_user ON entries(user, time)")
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('key_id', ?)", (self._key_id(self._key),)
+            )
             tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
         self._legacy = "ledger_v1" in tables
 
+    @staticmethod
+    def _check_key(key: object) -> bytes:
+        if not isinstance(key, bytes) or len(key) != 32:
+            raise TrainingError("`key` should be 32 bytes (ProfileStore.ledger_key())")
+        return key
+
+    @staticmethod
+    def _key_id(key: bytes) -> str:
+        return hmac.new(key, b"userlayer.ledger/key-id", "sha256").hexdigest()[:16]
+
+    def _current_key(self) -> None:
+        """Inside a transaction: make sure rows are named with the ledger's key of now."""
+        want = self._db.execute("SELECT value FROM meta WHERE key='key_id'").fetchone()[0]
+        if want == self._key_id(self._key):
+            return
+        if self._source is not None:
+            self._key = self._check_key(self._source())
+        if want != self._key_id(self._key):
+            raise StoreError("the ledger was re-keyed with a key this instance cannot read")
+
     @contextmanager
-    def _tx(self) -> Iterator[None]:
+    def _tx(self, check_key: bool = True) -> Iterator[None]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                if check_key:
+                    self._current_key()
                 yield
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
 
+    @staticmethod
+    def _pseudonym(key: bytes, user_id: str) -> str:
+        return hmac.new(key, b"userlayer.ledger/2|" + user_id.encode(), "sha256").hexdigest()[:32]
+
     def _who(self, user_id: str) -> str:
-        return hmac.new(self._key, b"userlayer.ledger/2|" + user_id.encode(), "sha256").hexdigest()[
-            :32
-        ]
+        return self._pseudonym(self._key, user_id)
 
     def _migrate(self, user_id: str) -> None:
         """Move a format-1 user's rows (unkeyed pseudonym) to the keyed one; inside a write tx."""
@@ -286,7 +318,7 @@ class PrivacyLedger:
                 now, *mechanism.as_tuple(), group, "reserved", 0.0, self.delta, "", "", rng
             )
             after = self._epsilon([*window, planned])
-            if after > self.budget:
+            if not after <= self.budget:  # NaN is never within the budget
                 raise BudgetExceededError(
                     f"user {user_id!r}: training would bring epsilon from {before:.3f} to "
                     f"{after:.3f}, over the budget {self.budget} (per event, delta "
@@ -319,3 +351,34 @@ class PrivacyLedger:
         with self._tx():
             self._migrate(user_id)
             self._db.execute("DELETE FROM entries WHERE user=?", (self._who(user_id),))
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def rekey(self, users: Iterable[str], new_key: bytes) -> int:
+        """Name every user's rows with ``new_key``; rows of anyone else are deleted.
+
+        ``users`` are the users the profile store still holds. Returns the rows kept.
+        """
+        new_key = self._check_key(new_key)
+        kept: set[int] = set()
+        with self._tx():
+            for u in users:
+                self._migrate(u)
+                old, new = (
+                    self._who(u),
+                    hmac.new(new_key, b"userlayer.ledger/2|" + u.encode(), "sha256").hexdigest()[
+                        :32
+                    ],
+                )
+                ids = [
+                    r[0] for r in self._db.execute("SELECT id FROM entries WHERE user=?", (old,))
+                ]
+                self._db.execute("UPDATE entries SET user=? WHERE user=?", (new, old))
+                kept.update(ids)
+            gone = [r[0] for r in self._db.execute("SELECT id FROM entries") if r[0] not in kept]
+            self._db.executemany("DELETE FROM entries WHERE id=?", [(i,) for i in gone])
+            self._db.execute("UPDATE meta SET value=? WHERE key='key_id'", (self._key_id(new_key),))
+            self._key = new_key
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return len(kept)

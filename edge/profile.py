@@ -171,7 +171,7 @@ def build_profile(
     evs = [
         _fill_context(e)
         for e in evs
-        if ref - timedelta(days=cfg.long_term_days) <= e.timestamp <= ref
+        if ref - timedelta(days=cfg.long_term_days) < e.timestamp <= ref  # as the ledger's window
     ]
     by_service: dict[Service, list[Event]] = defaultdict(list)
     for e in evs:

@@ -318,6 +318,17 @@ class ProfileStore:
         """The key of the privacy ledger's user pseudonyms (kept across KEK rotations)."""
         return self._meta_key("ledger_key")
 
+    def replace_ledger_key(self) -> bytes:
+        """A new ledger key (after a forget: the ledger is then re-keyed with it)."""
+        new = secrets.token_bytes(32)
+        kid, wrapped = self.keys.wrap(new, _META_KEYS["ledger_key"])
+        with self._tx():
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('ledger_key', ?)",
+                (kid.encode() + b"\n" + wrapped,),
+            )
+        return new
+
     @staticmethod
     def _ref_of(index_key: bytes, user_id: str) -> bytes:
         return hmac.new(index_key, user_id.encode(), hashlib.sha256).digest()[:16]

@@ -8,15 +8,22 @@ vmap; the cost is one batched forward and backward, like non-private
 training. (``tests/edge/test_training.py`` checks these gradients against
 Opacus' ``GradSampleModule`` on the peft-wrapped base.)
 
-DP-SGD step: Poisson sampling with rate ``q = batch_size / N`` (each example
-in each step independently, uniforms from the OS CSPRNG), then Opacus'
-``DPOptimizer`` fed with those per-example gradients (``p.grad_sample``):
-every example's gradient clipped to L2 norm ``clip`` over all trained tensors
-together, the sum plus Gaussian noise ``N(0, (noise_multiplier * clip)^2)``
-drawn from the OS CSPRNG (:class:`userlayer.sdk.privacy.SecureRandom`, with
-the sum-of-four defence against floating-point attacks), divided by the
-expected batch size ``q * N``, then an Adam step. An empty batch still takes a
-noise-only step. The base model never changes.
+DP-SGD step: Poisson sampling with rate ``q`` (each example in each step
+independently, uniforms from the OS CSPRNG), then Opacus' ``DPOptimizer`` fed
+with those per-example gradients (``p.grad_sample``): every example's gradient
+clipped to L2 norm ``clip`` over all trained tensors together, the sum plus
+Gaussian noise ``N(0, (noise_multiplier * clip)^2)`` drawn from the OS CSPRNG
+(:class:`userlayer.sdk.privacy.SecureRandom`, with the sum-of-four defence
+against floating-point attacks), divided by ``batch_size``, then an Adam step.
+An empty batch still takes a noise-only step. The base model never changes.
+
+Nothing of the mechanism depends on the user's data: the sample rate ``q``,
+the number of steps (``epochs / q``), the divisor ``batch_size`` and so the
+noise multiplier are public constants of the configuration, the same for
+every user. (With ``q = batch_size / N`` they would reveal the number of
+examples, and so whether one event exists, through the manifest.) A user
+with few events trains on small batches; one with none takes noise-only
+steps and still gets an adapter.
 
 Privacy unit: the event. The examples come with the number of examples one
 event can change (``UserExamples.group``); the ledger charges for that many
@@ -96,8 +103,9 @@ class DPConfig:
 class TrainConfig:
     """Optimisation of one user's adapter; validated on creation."""
 
-    epochs: float = 8.0  # expected passes over the user's examples (steps = epochs / q)
-    batch_size: int = 16  # expected batch size (Poisson: it varies)
+    epochs: float = 8.0  # expected passes over each example (steps = epochs / sample_rate)
+    sample_rate: float = 0.1  # q: an example's chance per step (public, the same for all users)
+    batch_size: int = 16  # divisor of the noisy sum (DP); the mini-batch size without DP
     lr: float = 5e-3
     max_steps: int = 400
     seed: int | None = None  # test hook only: a seeded run is NOT private
@@ -111,12 +119,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size < 1 or self.max_steps < 1:
             raise TrainingError("`epochs`, `batch_size` and `max_steps` should be positive")
+        if not 0 < self.sample_rate <= 1:
+            raise TrainingError(f"`sample_rate` should be in (0, 1], got {self.sample_rate}")
         if not 0 < self.lr < 1:
             raise TrainingError(f"`lr` should be in (0, 1), got {self.lr}")
 
-    def plan(self, n: int) -> tuple[float, int]:
-        """Sample rate and number of steps for ``n`` examples."""
-        q = min(1.0, self.batch_size / n)
+    def plan(self) -> tuple[float, int]:
+        """Sample rate and number of steps: public constants, never the user's data."""
+        q = self.sample_rate
         return q, max(1, min(self.max_steps, math.ceil(self.epochs / q)))
 
 
@@ -225,15 +235,15 @@ def train_adapter(
         trainable: names of the tensors to train (default: all).
 
     Raises:
-        TrainingError: bad settings, no examples, or a target epsilon no noise reaches;
-            BudgetExceededError: over budget.
+        TrainingError: bad settings, no examples without DP, or a target epsilon no noise
+            reaches; BudgetExceededError: over budget.
     """
     cfg = cfg or TrainConfig()
     dp = cfg.dp
     n = len(examples)
-    if n == 0:
+    if n == 0 and not dp.enabled:
         raise TrainingError("no examples to train on")
-    q, steps = cfg.plan(n)
+    q, steps = cfg.plan()
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -245,7 +255,8 @@ def train_adapter(
         raise TrainingError(f"{unknown} are not adapter tensor names")
     if not names:
         raise TrainingError(f"none of the trainable tensors {trainable} is in this adapter")
-    if not dp.enabled:
+    if not dp.enabled:  # the comparison: `epochs` passes over this user's examples
+        steps = max(1, min(cfg.max_steps, math.ceil(cfg.epochs * n / cfg.batch_size)))
         t0 = time.perf_counter()
         out, losses, sizes = _train_plain(model, acfg, examples, init, names, cfg, steps)
         return TrainResult(out, losses, sizes, steps, time.perf_counter() - t0, None)
@@ -341,7 +352,7 @@ def _train_dp(
         torch.optim.Adam([params[k] for k in names], lr=cfg.lr),
         mech.noise_multiplier,
         cfg.dp.clip,
-        mech.sample_rate * n,
+        cfg.batch_size,  # public: never the data-dependent q * n
         rng,
     )
     losses: list[float] = []

@@ -33,10 +33,12 @@ Two attacks see the released adapter and the public base model:
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -262,6 +264,17 @@ def _slot_losses(
     return losses.numpy().astype(np.float64)
 
 
+@contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return math.sqrt(sum(float(((a[k] - b[k]).double() ** 2).sum()) for k in a))
 
@@ -338,7 +351,8 @@ def audit_membership(
                         seed = cfg.replay_seed if cfg.train_seed is None else cfg.train_seed
                         for item, out in ((t.member, replay_in), (t.other, replay_out)):
                             ex = examples(t, t.with_item(item))
-                            again = train(t, ex, eps, seed, ledger)
+                            with _quiet("userlayer.sdk.privacy.rng"):  # the attacker's seed
+                                again = train(t, ex, eps, seed, ledger)
                             out.append(-_distance(res.adapter, again.adapter))
                         exact += replay_in[-1] == 0.0
                 ledger.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -117,6 +118,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.keys = _keys(settings)
     app.state.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
     app.state.batcher = batcher
+    app.state.ready_lock = asyncio.Lock()
+    app.state.ready_cache = None
     install_handlers(app)
     for r in (recommend.router, users.router, ops.router):
         app.include_router(r)

@@ -25,10 +25,15 @@ User-level DP of the shared part: users are sampled independently at rate
 ``q = users_per_round / population`` (nodes selected with probability
 ``1 - (1 - q)^m`` for ``m`` hosted users, see
 :mod:`userlayer.sdk.privacy.sampling`), at most one reply per user and round
-is used (later duplicates are rejected), and the aggregate divides by the
-fixed ``q * population``. All of its randomness (node selection, noise) comes
-from the OS CSPRNG; ``RoundConfig.seed`` is a test hook that makes a run
-reproducible and NOT private (its summaries say so).
+is used (later duplicates are rejected; a user's replies must all come from
+one node), and the aggregate divides by the fixed ``q * population``. The
+round's ``epsilon`` counts the amplification by sampling, which holds against
+parties that do not learn who took part; ``epsilon_participation_known`` is
+the bound against one that does (a service backend sees its users' packages
+of each round): no amplification, as if the user took part every round. All
+of its randomness (node selection, noise) comes from the OS CSPRNG;
+``RoundConfig.seed`` is a test hook that makes a run reproducible and NOT
+private (its summaries say so).
 """
 
 from __future__ import annotations
@@ -128,6 +133,7 @@ class RoundServer:
         if set(self.state.shared) != set(self.shapes):
             raise CloudError("checkpointed shared adapter does not match the adapter shapes")
         self.resumed = loaded is not None
+        self._homes: dict[str, int] = {}  # user -> the node their replies come from
         stale = self._discard_unfinished()
         if stale:
             logger.warning(
@@ -184,8 +190,16 @@ class RoundServer:
             return None
         return self._epsilon() if population else 0.0
 
-    def _epsilon(self) -> float:
-        mechs = [Mechanism(s, q, n) for s, q, n in self.state.dp_history]
+    def _epsilon(self, participation_known: bool = False) -> float:
+        """The shared part's epsilon per user.
+
+        With ``participation_known``: no amplification by sampling (against a party
+        that learns who took part, e.g. a service backend that sees its users'
+        packages of each round), as if the user took part in every round.
+        """
+        mechs = [
+            Mechanism(s, 1.0 if participation_known else q, n) for s, q, n in self.state.dp_history
+        ]
         return epsilon(mechs, self.cfg.delta, self.cfg.accountant)
 
     def _check_arrays(self, arrays: dict[str, Tensor] | None) -> str | None:
@@ -204,18 +218,25 @@ class RoundServer:
             return f"shared-part update norm {norm:.3g} exceeds {self.cfg.max_update_norm}"
         return None
 
-    @staticmethod
-    def _check_user(user: str, seen: set[str], rnd: int) -> str | None:
-        if not re.fullmatch(ID_PATTERN, user):
-            return f"invalid user id {user[:40]!r}"
-        if user in seen:
-            return f"duplicate reply for user {user!r} in round {rnd} (one per user)"
+    def _check_user(self, r: Reply, seen: set[str], rnd: int) -> str | None:
+        if not re.fullmatch(ID_PATTERN, r.user):
+            return f"invalid user id {r.user[:40]!r}"
+        if r.user in seen:
+            return f"duplicate reply for user {r.user!r} in round {rnd} (one per user)"
+        # a user hosted by two nodes would be sampled (and budgeted) twice
+        home = self._homes.setdefault(r.user, r.node)
+        if home != r.node:
+            return f"user {r.user!r} replied from node {r.node}, but is hosted by node {home}"
         return None
 
     def _check_packages(self, r: Reply, rnd: int) -> str | None:
-        if not r.packages:
-            return "no personal package"
-        for service, blob in r.packages.items():
+        # a node packages every service its users may be customers of; only those where
+        # the user has an enrolled signer count (the others are left out, not refused)
+        enrolled = {s: b for s, b in r.packages.items() if self.registry.signers.list(s, r.user)}
+        if not enrolled:
+            return "no package for a service in which the user has an enrolled signer"
+        r.packages = enrolled
+        for service, blob in enrolled.items():
             try:
                 info = self.registry.verify(service, r.user, blob)
             except RejectedError as e:
@@ -262,7 +283,7 @@ class RoundServer:
                 dropped += 1
                 continue
             reason = (
-                self._check_user(r.user, seen, rnd)
+                self._check_user(r, seen, rnd)
                 or self._check_arrays(r.arrays)
                 or self._check_packages(r, rnd)
             )
@@ -298,6 +319,7 @@ class RoundServer:
             if agg_cfg.is_dp:
                 self.state.dp_history.append((agg_cfg.noise_multiplier, q, 1))
                 summary["epsilon"] = self._epsilon()
+                summary["epsilon_participation_known"] = self._epsilon(participation_known=True)
                 summary["accountant"] = self.cfg.accountant
         else:
             logger.warning(

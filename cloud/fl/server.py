@@ -33,7 +33,7 @@ from flwr.serverapp import Grid, ServerApp
 from userlayer.cloud.exceptions import CloudError
 from userlayer.cloud.fl.aggregation import AggregationConfig
 from userlayer.cloud.fl.rounds import Reply, RoundConfig, RoundServer
-from userlayer.cloud.registry import AdapterRegistry
+from userlayer.cloud.registry import AdapterRegistry, RegistryConfig
 from userlayer.sdk.crypto import LocalKeyFile
 from userlayer.sdk.model.config import AdapterConfig
 from userlayer.sdk.model.io import load_model
@@ -58,7 +58,9 @@ def open_registry(workdir: str | Path, create: bool = False) -> AdapterRegistry:
     keys = None if kek is None else LocalKeyFile(kek, create=create)
     if keys is None and not create and not Path(url).exists():
         raise CloudError(f"no adapter registry at {url}: prepare the directory first")
-    return AdapterRegistry(url, fp, shapes, keys=keys)
+    # the same policy as the API's: packages need a DP record made with OS randomness
+    cfg = RegistryConfig(require_privacy=bool(where.get("require_privacy", True)))
+    return AdapterRegistry(url, fp, shapes, keys=keys, cfg=cfg)
 
 
 def round_server(workdir: str | Path) -> tuple[RoundServer, dict[str, Any]]:
@@ -200,11 +202,13 @@ def _run(grid: Grid, wd: Path, server: RoundServer, setup: dict[str, Any]) -> No
         rnd = server.state.round + 1
         t0 = time.perf_counter()
         sampled = server.sample(node_ids, population, hosted)
-        cfg = ConfigRecord({**server.cfg.client, "round": rnd, "fingerprint": fp, "sample-rate": q})
+        base = {**server.cfg.client, "round": rnd, "fingerprint": fp, "sample-rate": q}
         arrays = ArrayRecord(torch_state_dict=server.state.copy_shared())
-        msgs = [
+        msgs = [  # each node is told how many users the server's sampling assumed it hosts
             Message(
-                RecordDict({"arrays": arrays, "config": cfg}),
+                RecordDict(
+                    {"arrays": arrays, "config": ConfigRecord({**base, "hosted": hosted[n]})}
+                ),
                 dst_node_id=n,
                 message_type=MessageType.TRAIN,
                 group_id=str(rnd),

@@ -323,6 +323,7 @@ class AdapterRegistry:
     def _store(self, cur: Cursor, info: AdapterInfo, plain: bytes, signer: Signer) -> str | None:
         """Write one verified version; returns why it cannot be, if it cannot."""
         service, user_id, version = info.service, info.user_id, info.version
+        self.sql.lock_user(cur, service, user_id)
         if not self.signers.still(cur, service, user_id, signer):
             return "the user was deleted or the signer revoked while the package was verified"
         row = cur.execute(
@@ -461,11 +462,12 @@ class AdapterRegistry:
         of versions removed.
         """
         with self.sql.tx() as cur:
+            self.sql.lock_user(cur, service, user_id)
             n = cur.execute(
                 "SELECT COUNT(*) FROM ul_adapters WHERE service = ? AND user_id = ?",
                 (service, user_id),
             ).fetchone()[0]
-            for table in ("ul_adapters", "ul_users", "ul_signers", "ul_rejected"):
+            for table in ("ul_adapters", "ul_users", "ul_signers", "ul_rejected", "ul_revoked"):
                 cur.execute(
                     f"DELETE FROM {table} WHERE service = ? AND user_id = ?",  # noqa: S608
                     (service, user_id),
@@ -483,31 +485,38 @@ class AdapterRegistry:
         """Re-wrap every user's data key under a new KEK; returns its id.
 
         With ``destroy_old`` every other KEK the provider holds is destroyed
-        once nothing is wrapped under it (checked inside a write transaction).
+        once nothing is wrapped under it, inside a write transaction that first
+        blocks new keys (PostgreSQL: a table lock) and re-wraps any a late writer
+        made under an old KEK.
         """
         new = self.keys.rotate()
         with self.sql.tx() as cur:
-            rows = cur.execute(
-                "SELECT service, user_id, kek_id, dek FROM ul_users WHERE kek_id != ?", (new,)
-            ).fetchall()
-            for service, user_id, kek_id, wrapped in rows:
-                aad = _aad("userlayer.registry.dek", service, user_id)
-                dek = self.keys.unwrap(kek_id, bytes(wrapped), aad)
-                kid, w = self.keys.wrap(dek, aad)
-                cur.execute(
-                    "UPDATE ul_users SET kek_id = ?, dek = ? WHERE service = ? AND user_id = ?",
-                    (kid, w, service, user_id),
-                )
+            self._rewrap(cur, new)
         self.sql.checkpoint()
         if destroy_old:
             with self.sql.tx() as cur:
+                self.sql.lock_keys(cur)
+                current = self.keys.current_id
+                self._rewrap(cur, current)
                 used = {
                     r[0] for r in cur.execute("SELECT DISTINCT kek_id FROM ul_users").fetchall()
                 }
-                current = self.keys.current_id
                 for kid in set(getattr(self.keys, "key_ids", ())) - used - {current}:
                     self.keys.destroy(kid)
         return new
+
+    def _rewrap(self, cur: Cursor, current: str) -> None:
+        rows = cur.execute(
+            "SELECT service, user_id, kek_id, dek FROM ul_users WHERE kek_id != ?", (current,)
+        ).fetchall()
+        for service, user_id, kek_id, wrapped in rows:
+            aad = _aad("userlayer.registry.dek", service, user_id)
+            dek = self.keys.unwrap(kek_id, bytes(wrapped), aad)
+            kid, w = self.keys.wrap(dek, aad)
+            cur.execute(
+                "UPDATE ul_users SET kek_id = ?, dek = ? WHERE service = ? AND user_id = ?",
+                (kid, w, service, user_id),
+            )
 
     # -- housekeeping
 

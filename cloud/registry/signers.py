@@ -8,6 +8,9 @@ Rules (the messages are in :mod:`userlayer.sdk.signers`):
 - revoking a signer needs an endorsement by one of the user's signers (the
   revoked one included), or ``admin``;
 - at most ``RegistryConfig.max_signers`` per user and service;
+- a revoked key stays refused for that user (an old endorsement of it cannot
+  be replayed), unless an admin key enrolls it again; deleting the user
+  clears the list;
 - every enrollment gets a random id: a package verified against an
   enrollment is stored only if that very enrollment still exists when the
   write transaction runs (so a delete, or a delete and a new enrollment, in
@@ -91,6 +94,13 @@ class SignerBook:
             rows.append((key_id(pub), service, user_id, raw))
         with self.sql.tx() as cur:
             for kid, service, user_id, raw in rows:
+                self.sql.lock_user(cur, service, user_id)
+                revoked = cur.execute(
+                    "SELECT 1 FROM ul_revoked WHERE key_id = ? AND service = ? AND user_id = ?",
+                    (kid, service, user_id),
+                ).fetchone()
+                if revoked and not admin:
+                    raise EnrollmentError(f"signer {kid} was revoked for this user")
                 row = cur.execute(
                     "SELECT user_id FROM ul_signers WHERE key_id = ? AND service = ?",
                     (kid, service),
@@ -140,6 +150,7 @@ class SignerBook:
                 (and without ``admin``).
         """
         with self.sql.tx() as cur:
+            self.sql.lock_user(cur, service, user_id)
             have = self.of(cur, service, user_id)
             if kid not in have:
                 return False
@@ -153,6 +164,10 @@ class SignerBook:
                     )
             cur.execute(
                 "DELETE FROM ul_signers WHERE key_id = ? AND service = ? AND user_id = ?",
+                (kid, service, user_id),
+            )
+            cur.execute(
+                "INSERT INTO ul_revoked (key_id, service, user_id) VALUES (?, ?, ?)",
                 (kid, service, user_id),
             )
         return True

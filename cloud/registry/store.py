@@ -35,6 +35,8 @@ _SCHEMA = [
     "CREATE INDEX IF NOT EXISTS ul_signers_user ON ul_signers (service, user_id)",
     "CREATE TABLE IF NOT EXISTS ul_rejected (ts TEXT NOT NULL, service TEXT NOT NULL,"
     " user_id TEXT NOT NULL, reason TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS ul_revoked (key_id TEXT NOT NULL, service TEXT NOT NULL,"
+    " user_id TEXT NOT NULL, PRIMARY KEY (key_id, service, user_id))",
 ]
 # columns added after format 1; each enrollment gets a random id, so a package verified
 # against an enrollment that was deleted (or deleted and made again) meanwhile is refused
@@ -127,6 +129,8 @@ class SqlStore:
     def _ensure_schema(self, cur: Any) -> None:
         if self._schema_ready:
             return
+        if self.pg:  # replicas starting together would deadlock on their DDL locks
+            cur.execute("SELECT pg_advisory_xact_lock(7733205)")
         for stmt in _SCHEMA:
             cur.execute(stmt.format(blob="BYTEA" if self.pg else "BLOB"))
         for table, column, decl in _UPGRADES:
@@ -213,6 +217,23 @@ class SqlStore:
             cur = conn.cursor()
             self._ensure_schema(cur)
             yield Cursor(cur, self._q)
+
+    def lock_user(self, cur: Cursor, service: str, user_id: str) -> None:
+        """Serialise changes to one user's rows until the transaction ends.
+
+        PostgreSQL: a transaction-scoped advisory lock (read-committed would let two
+        check-then-insert transactions both pass); SQLite's write transaction is
+        exclusive already.
+        """
+        if self.pg:
+            cur.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (f"{service}|{user_id}",)
+            )
+
+    def lock_keys(self, cur: Cursor) -> None:
+        """Block new wrapped keys until the transaction ends (before destroying a KEK)."""
+        if self.pg:
+            cur.execute("LOCK TABLE ul_users IN SHARE ROW EXCLUSIVE MODE")
 
     @property
     def for_update(self) -> str:

@@ -123,7 +123,7 @@ def _record_epsilon(
     if accountant == "prv" and min(h[0] for h in history) >= PRV_MIN_NOISE:
         try:
             return _prv_epsilon(history, delta)
-        except (ValueError, FloatingPointError, MemoryError) as e:  # outside its numeric range
+        except (ValueError, RuntimeError, FloatingPointError, MemoryError) as e:  # out of range
             logger.debug("PRV accountant failed (%s): bounded by RDP instead", e)
     return _rdp_epsilon(history, delta)
 

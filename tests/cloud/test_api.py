@@ -30,7 +30,7 @@ from userlayer.cloud.api import create_app
 from userlayer.cloud.auth import KeyStore
 from userlayer.cloud.engine.export import export_onnx
 from userlayer.cloud.settings import Settings
-from userlayer.sdk.adapter import PrivacyRecord, seal_package
+from userlayer.sdk.adapter import PrivacyRecord, key_id, seal_package
 from userlayer.sdk.model import AdapterConfig, ModelConfig, new_adapter
 from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.procs import free_port
@@ -418,12 +418,16 @@ def test_full_tenant_matrix(live: Live) -> None:
                 "signer": c.put(f"/v1/users/{user}/signer", params=q, json={"public_key": raw}),
                 "upload": c.put(f"/v1/users/{user}/adapter", params=q, content=package),
                 "metadata": c.get(f"/v1/users/{user}/adapter", params=q),
+                "signers": c.get(f"/v1/users/{user}/signers", params=q),
+                "revoke": c.delete(
+                    f"/v1/users/{user}/signers/{key_id(keys[owner].public_key())}", params=q
+                ),
                 "forget": c.delete(f"/v1/users/{user}", params=q),
             }
             for endpoint, r in answers.items():
                 assert r.status_code == 403, (caller, owner, endpoint, r.status_code, r.text)
                 tried += 1
-    assert tried == 5 * 4  # 3 callers x the owners of the other services x 5 endpoints
+    assert tried == 7 * 4  # 3 callers x the owners of the other services x 7 endpoints
     for owner, user in owners.items():  # every owner's adapter is untouched
         meta = live.client(owner).get(f"/v1/users/{user}/adapter").json()
         assert meta["version"] == 1

@@ -131,3 +131,23 @@ def test_recommend_with_a_bad_id_in_the_path_is_a_4xx(live: Live) -> None:  # no
     c = live.client("samokat")
     assert c.get("/v1/users/%2e%2e%2fvictim/adapter").status_code in (404, 422)
     assert httpx.get(f"{live.url}/healthz").status_code == 200
+
+
+def test_anonymous_readiness_probes_cannot_load_the_store(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Defect (review): every anonymous /readyz pinged the store, so a flood could exhaust its
+    pool and trip the circuit breaker for everyone."""
+    from fastapi.testclient import TestClient
+
+    s = _settings(tmp_path, tiny_model_dir, tmp_path / "k.json", backend="torch", env="development")
+    app = create_app(s)
+    pings = []
+    real = app.state.registry.ping
+    app.state.registry.ping = lambda: (pings.append(1), real())[1]
+    with TestClient(app) as c:
+        t0 = time.monotonic()
+        answers = [c.get("/readyz") for _ in range(50)]
+        elapsed = time.monotonic() - t0
+    assert all(r.status_code == 200 for r in answers)
+    assert len(pings) <= 2 + elapsed / 1.0  # at most one store ping per second

@@ -65,3 +65,44 @@ def test_store_outage_is_reported_and_recovers(postgres: PgServer, tmp_path: Pat
 def test_postgres_registry_needs_a_key_provider(postgres: PgServer) -> None:
     with pytest.raises(RegistryError, match="key provider"):
         AdapterRegistry(postgres.dsn, FP, SHAPES)
+
+
+def test_concurrent_first_enrollments_let_one_key_in(postgres: PgServer, tmp_path: Path) -> None:
+    """Defect (review): under read-committed, concurrent first enrollments of different keys
+    all passed the "no signer yet" check; an advisory lock per user serialises them."""
+    import threading
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from userlayer.cloud.registry import EnrollmentError
+
+    regs = [
+        AdapterRegistry(
+            postgres.dsn, FP, SHAPES, keys=LocalKeyFile(tmp_path / "kek.json", create=True)
+        )
+        for _ in range(6)
+    ]
+    for r in regs:
+        r.ping()  # connected: the race is the enrollments', not the connects'
+    ok: list[str] = []
+    start = threading.Barrier(len(regs))
+
+    def enroll(reg: AdapterRegistry, user: str) -> None:
+        start.wait()
+        try:
+            reg.enroll("kuper", user, Ed25519PrivateKey.generate().public_key())
+            ok.append(user)
+        except EnrollmentError:
+            pass
+
+    users = [f"race-{i}" for i in range(20)]
+    for user in users:
+        threads = [threading.Thread(target=enroll, args=(r, user)) for r in regs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert sorted(ok) == sorted(users)  # exactly one key got in for each user
+    assert all(len(regs[0].signers.list("kuper", u)) == 1 for u in users)
+    for r in regs:
+        r.close()

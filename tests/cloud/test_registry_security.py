@@ -104,6 +104,25 @@ def test_signers_are_capped_listed_and_revoked_only_with_consent(tmp_path: Path)
     assert not reg.signers.revoke("kuper", "bob", ka, admin=True)  # already gone
 
 
+def test_a_revoked_key_cannot_be_enrolled_again_with_its_old_endorsement(
+    reg: AdapterRegistry,
+) -> None:
+    """Defect (review): a stolen key's enrollment endorsement could be replayed after the
+    user revoked it."""
+    own, stolen = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    reg.enroll("samokat", "carol", own.public_key())
+    ks = key_id(stolen.public_key())
+    old = endorse(own, enrollment_message("samokat", "carol", ks))
+    reg.enroll("samokat", "carol", stolen.public_key(), old)
+    reg.signers.revoke(
+        "samokat", "carol", ks, endorse(own, revocation_message("samokat", "carol", ks))
+    )
+    with pytest.raises(EnrollmentError, match="was revoked"):
+        reg.enroll("samokat", "carol", stolen.public_key(), old)
+    reg.delete_user("samokat", "carol")  # a fresh start clears the list
+    reg.enroll("samokat", "carol", stolen.public_key())
+
+
 def test_versions_are_bounded(reg: AdapterRegistry) -> None:
     key = Ed25519PrivateKey.generate()
     reg.enroll("samokat", "alice", key.public_key())

@@ -82,3 +82,25 @@ def test_a_batch_never_holds_more_users_than_slots(tiny_model_dir: Path, tmp_pat
     with pytest.raises(RegistryError, match="3 distinct users needs as many adapter slots"):
         s.run_batch(reqs)
     assert len(s.run_batch(reqs[:2] + reqs[:1])) == 3  # two users, three rows: fine
+
+
+def test_a_user_deleted_while_being_fetched_is_not_served(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect (review): the fetch ran outside the lock; a delete landing in between put the
+    deleted adapter into a slot and served it after DELETE had returned."""
+    s = _replica(tiny_model_dir, tmp_path / "r.db")
+    key = Ed25519PrivateKey.generate()
+    s.registry.enroll("samokat", "dave", key.public_key())
+    s.registry.put("samokat", "dave", _package(s, "dave", 1, seed=3, key=key))
+    real = s.registry.get
+
+    def get_then_deleted(service: str, user: str):  # type: ignore[no-untyped-def]
+        got = real(service, user)
+        s.registry.delete_user(service, user)  # lands while the batch resolves adapters
+        return got
+
+    monkeypatch.setattr(s.registry, "get", get_then_deleted)
+    (r,) = s.run_batch([RecommendRequest(user_id="dave", service="samokat")])
+    assert not r.personalized and r.reason == NO_ADAPTER
+    assert not [k for k in s.engine.slab._keys if k[:2] == ("samokat", "dave")]

@@ -220,13 +220,13 @@ def test_poisson_sampling_varies_batch_sizes(setup: tuple[Recommender, UserExamp
     init = new_adapter(CFG, ACFG)
     cfg = TrainConfig(
         epochs=50,
-        batch_size=10,
+        sample_rate=0.25,
         max_steps=200,
         dp=DPConfig(noise_multiplier=1.0, target_epsilon=None),
     )
     res = train_adapter(model, ACFG, ex, init, cfg, ledger(budget=float("inf")), "a")
     sizes = torch.tensor(res.batch_sizes, dtype=torch.float32)
-    q = 10 / len(ex)
+    q = 0.25  # public: the same for every user, never batch / examples
     assert len(set(res.batch_sizes)) > 4  # not a fixed batch size
     assert abs(float(sizes.mean()) - q * len(ex)) < 1.0
     assert abs(float(sizes.var()) - len(ex) * q * (1 - q)) < 3.0  # binomial variance

@@ -8,6 +8,7 @@ open them (behind a private network or a separate port).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -48,18 +49,31 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
+READY_TTL_S = 1.0
+
+
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 async def readyz(request: Request, k: MaybeKey, registry: RegistryDep) -> Any:
-    """Readiness: the store answers. The checks are shown to admin keys only."""
-    checks = {"model": request.app.state.serving.engine.fingerprint}
-    try:
-        checks["registry"] = f"{await in_store(request, registry.ping) * 1000:.1f} ms"
-        status, code = "ready", 200
-    except StoreUnavailableError as e:
-        checks["registry"] = f"unreachable: {e}"
-        status, code = "unready", 503
-    body = Health(status=status, checks=checks if is_admin(k) else {})
-    return JSONResponse(body.model_dump(), code)
+    """Readiness: the store answers. The checks are shown to admin keys only.
+
+    The store is pinged at most once per second, whoever asks (a flood of
+    anonymous probes cannot load the database or trip its circuit breaker).
+    """
+    state = request.app.state
+    async with state.ready_lock:
+        cached = state.ready_cache
+        if cached is None or time.monotonic() - cached[0] > READY_TTL_S:
+            checks = {"model": state.serving.engine.fingerprint}
+            try:
+                checks["registry"] = f"{await in_store(request, registry.ping) * 1000:.1f} ms"
+                ok = True
+            except StoreUnavailableError as e:
+                checks["registry"] = f"unreachable: {e}"
+                ok = False
+            cached = state.ready_cache = (time.monotonic(), ok, checks)
+    _, ok, checks = cached
+    body = Health(status="ready" if ok else "unready", checks=checks if is_admin(k) else {})
+    return JSONResponse(body.model_dump(), 200 if ok else 503)
 
 
 @router.get("/metrics", response_class=Response)

@@ -222,7 +222,7 @@ def test_a_node_cannot_write_adapters_for_another_user(tmp_path: Path) -> None:
     assert s.registry.versions("kuper", "alice") == [] == s.registry.versions("kuper", "bob")
     assert s.registry.users("kuper") == ["mallory"]
     reasons = {r["user_id"]: r["reason"] for r in s.registry.rejected()}
-    assert "not a trusted key" in reasons["alice"] and "no signer" in reasons["bob"]
+    assert "not a trusted key" in reasons["alice"] and "enrolled signer" in reasons["bob"]
     # no key was enrolled from a package
     assert s.registry.signers.list("kuper", "bob") == []
     assert s.registry.signers.list("kuper", "alice") == [key_id(KEYS["alice"].public_key())]
@@ -261,6 +261,28 @@ def test_deleting_a_user_deletes_what_rounds_wrote(tmp_path: Path) -> None:
     assert files and all(b"gone" not in p.read_bytes() for p in files)  # registry included
     s2 = _server(tmp_path)  # a restarted server brings nothing back
     assert s2.registry.versions("kuper", "gone") == []
+
+
+def test_a_user_replies_from_one_node_only(tmp_path: Path) -> None:
+    """Defect (review): a user enrolled on two nodes was sampled by both (twice the rate)."""
+    s = _server(tmp_path)
+    s.process(1, 4, [_reply(s, "u0", 1, node=7)], population=10)
+    summary = s.process(2, 4, [_reply(s, "u0", 2, node=8)], population=10)
+    assert summary["valid"] == 0 and summary["rejected"] == 1
+    assert "hosted by node 7" in s.registry.rejected()[0]["reason"]
+
+
+def test_the_shared_part_also_states_its_epsilon_without_amplification(tmp_path: Path) -> None:
+    """Defect (review): a service backend sees which rounds its users' packages came from, so
+    against it the sampling does not amplify; the summary says what holds then."""
+    s = _server(tmp_path, aggregation=AggregationConfig(noise_multiplier=2.0))
+    summary = s.process(1, 4, [_reply(s, "u0", 1)], population=40)
+    from userlayer.sdk.privacy import Mechanism, epsilon
+
+    assert summary["epsilon_participation_known"] == pytest.approx(
+        epsilon([Mechanism(2.0, 1.0, 1)], 1e-5), rel=1e-9
+    )
+    assert summary["epsilon_participation_known"] > summary["epsilon"]
 
 
 def test_restarted_server_resumes(tmp_path: Path) -> None:

@@ -24,3 +24,20 @@ def test_progress_log_follows_the_checkpoint(tmp_path: Path) -> None:
     fresh.mkdir()
     sync_progress(fresh, [])  # a new run: nothing to log yet
     assert not (fresh / "progress.jsonl").exists()
+
+
+def test_the_round_server_keeps_the_apis_privacy_policy(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Defect (review): the federated server opened the registry without the API's policy,
+    so a package without a DP record (or with seeded noise) was stored from a round."""
+    import shutil
+
+    from userlayer.cloud.fl.server import open_registry
+    from userlayer.sdk.model import AdapterConfig
+
+    shutil.copytree(tiny_model_dir, tmp_path / "model")
+    (tmp_path / "fl.json").write_text(json.dumps({"adapter": AdapterConfig().to_dict()}))
+    reg = open_registry(tmp_path, create=True)
+    assert reg.cfg.require_privacy
+    reg.close()
