@@ -231,16 +231,22 @@ class ProfileStore:
             raise
 
     @contextmanager
+    def _ending(self) -> Iterator[None]:
+        """Commit the open transaction, or roll it back on an exception."""
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    @contextmanager
     def _tx(self, write: bool = True) -> Iterator[None]:
         """A transaction, without regard to the generation (set-up and key management)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
+            with self._ending():
                 yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
     def _generation(self) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key='generation'").fetchone()
@@ -266,12 +272,8 @@ class ProfileStore:
                 self._db.execute("ROLLBACK")
             else:  # pragma: no cover - ten forgets between two statements
                 raise StoreError("the store's keys keep changing; try again")
-            try:
+            with self._ending():
                 yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
     def _bump(self, keys_current: bool) -> None:
         """Advance the generation (inside a write transaction).

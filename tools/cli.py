@@ -469,7 +469,6 @@ def fl_simulate_cmd(
             progress.console.print(
                 f"round {r['round']}: {r['valid']}/{r['sampled']} valid "
                 f"({r['dropped']} dropped, {r['rejected']} rejected), "
-                f"loss {r.get('loss_median', float('nan')):.3f}, "
                 f"shared eps {'-' if eps is None else f'{eps:.2f}'}, "
                 f"user eps median {r.get('epsilon_user_median', float('nan')):.2f}, "
                 f"{r.get('wall_seconds', 0):.1f} s"

@@ -116,8 +116,12 @@ def _figure(rounds: list[dict[str, Any]], serving: dict[str, Any], out: Path) ->
 
     fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
     r = [x["round"] for x in rounds]
-    ax[0].plot(r, [x.get("loss_median", float("nan")) for x in rounds], marker="o")
-    ax[0].set(title="local training loss (median)", xlabel="round")
+    ax[0].plot(r, [x.get("sampled", 0) for x in rounds], marker="o", label="sampled")
+    ax[0].plot(r, [x.get("valid", 0) for x in rounds], marker="s", label="valid replies")
+    ax[0].set(title="users per round (nodes send no loss)", xlabel="round")
+    ax[0].legend()
+    for a in ax[:2]:
+        a.xaxis.get_major_locator().set_params(integer=True)
     ax[1].plot(r, [x.get("epsilon") or 0 for x in rounds], marker="o", label="shared part")
     ax[1].plot(r, [x.get("epsilon_user_max", 0) for x in rounds], marker="s", label="user max")
     ax[1].set(title="epsilon (delta 1e-5)", xlabel="round")

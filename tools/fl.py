@@ -222,7 +222,11 @@ def simulate(
 
 
 def plot_rounds(rounds: list[dict[str, Any]], out: str | Path) -> Path:
-    """PNG of loss, epsilon (user-level shared part and per-user median) and wall time per round."""
+    """PNG of replies, epsilon (shared part and per-user median) and wall time per round.
+
+    Nodes send no training loss (a function of the user's data); the first panel shows
+    the valid replies beside the users sampled.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -230,8 +234,10 @@ def plot_rounds(rounds: list[dict[str, Any]], out: str | Path) -> Path:
 
     x = [r["round"] for r in rounds]
     fig, ax = plt.subplots(1, 3, figsize=(12, 3.2))
-    ax[0].plot(x, [r.get("loss_median", float("nan")) for r in rounds], marker="o")
-    ax[0].set_title("median client loss")
+    ax[0].plot(x, [r.get("sampled", 0) for r in rounds], marker="o", label="sampled")
+    ax[0].plot(x, [r.get("valid", 0) for r in rounds], marker="s", label="valid replies")
+    ax[0].set_title("users per round")
+    ax[0].legend()
     ax[1].plot(
         x,
         [r.get("epsilon") or float("nan") for r in rounds],
@@ -250,6 +256,7 @@ def plot_rounds(rounds: list[dict[str, Any]], out: str | Path) -> Path:
     ax[2].set_title("round wall time (s)")
     for a in ax:
         a.set_xlabel("round")
+        a.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     p = Path(out)
     fig.savefig(p, dpi=100)

@@ -328,7 +328,7 @@ class RoundServer:
                 len(valid),
                 self.cfg.min_replies,
             )
-        for key in ("loss", "epsilon_user", "seconds"):
+        for key in ("epsilon_user", "seconds"):  # nodes send nothing else (no loss)
             vals = [
                 r.metrics[key] for r in valid if key in r.metrics and math.isfinite(r.metrics[key])
             ]

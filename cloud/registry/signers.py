@@ -52,6 +52,11 @@ def _public(key: Ed25519PublicKey | bytes) -> Ed25519PublicKey:
         raise EnrollmentError(f"not an Ed25519 public key: {e}") from e
 
 
+def _endorsed(have: dict[str, Signer], message: bytes, endorsement: str | None) -> bool:
+    keys = {k: s.public_key for k, s in have.items()}
+    return verify_endorsement(keys, message, endorsement) is not None
+
+
 class SignerBook:
     """Enrollments of one registry (see the module docstring)."""
 
@@ -110,14 +115,12 @@ class SignerBook:
                 if row:
                     continue  # enrolled already: nothing to do
                 have = self.of(cur, service, user_id)
-                if have and not admin:
-                    keys = {k: s.public_key for k, s in have.items()}
-                    msg = enrollment_message(service, user_id, kid)
-                    if verify_endorsement(keys, msg, endorsement) is None:
-                        raise EnrollmentError(
-                            f"user {user_id} has a signer in {service}: adding {kid} needs an "
-                            "endorsement by it (userlayer.sdk.signers) or an admin key"
-                        )
+                msg = enrollment_message(service, user_id, kid)
+                if have and not admin and not _endorsed(have, msg, endorsement):
+                    raise EnrollmentError(
+                        f"user {user_id} has a signer in {service}: adding {kid} needs an "
+                        "endorsement by it (userlayer.sdk.signers) or an admin key"
+                    )
                 if len(have) >= self.cfg.max_signers:
                     raise EnrollmentError(
                         f"user {user_id} has {len(have)} signers in {service}, the most allowed;"
@@ -154,14 +157,12 @@ class SignerBook:
             have = self.of(cur, service, user_id)
             if kid not in have:
                 return False
-            if not admin:
-                keys = {k: s.public_key for k, s in have.items()}
-                msg = revocation_message(service, user_id, kid)
-                if verify_endorsement(keys, msg, endorsement) is None:
-                    raise EnrollmentError(
-                        f"revoking {kid} needs an endorsement by one of the user's signers "
-                        "(userlayer.sdk.signers) or an admin key"
-                    )
+            msg = revocation_message(service, user_id, kid)
+            if not admin and not _endorsed(have, msg, endorsement):
+                raise EnrollmentError(
+                    f"revoking {kid} needs an endorsement by one of the user's signers "
+                    "(userlayer.sdk.signers) or an admin key"
+                )
             cur.execute(
                 "DELETE FROM ul_signers WHERE key_id = ? AND service = ? AND user_id = ?",
                 (kid, service, user_id),

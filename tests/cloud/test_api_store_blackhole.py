@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from tests.cloud.conftest import PgServer
+from tests.cloud.load import RecommendLoad
 from tests.netproxy import TcpProxy
 from userlayer.cloud.engine.engine import Engine, EngineConfig
 from userlayer.cloud.registry import AdapterRegistry
@@ -69,11 +70,17 @@ def test_a_blackholed_store_never_freezes_the_api(
         "USERLAYER_STORE_CONNECT_TIMEOUT_S": "2",
     }
     proxy.blackhole()  # the database is unreachable before the API even starts
-    answers: list[tuple[float, float, int, dict[str, object]]] = []
     probes: list[tuple[float, float]] = []
-    errors: list[str] = []
-    lock = threading.Lock()
     stop = threading.Event()
+
+    def prober(url: str) -> None:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            while not stop.is_set():
+                t = time.monotonic()
+                assert http.get("/healthz").status_code == 200
+                probes.append((t, time.monotonic() - t))
+                time.sleep(0.05)
+
     try:
         with ApiProcess(tiny_model_dir, proxied, tmp_path / "api.log", env) as api:
             t0 = time.monotonic()
@@ -82,53 +89,26 @@ def test_a_blackholed_store_never_freezes_the_api(
             assert httpx.get(f"{api.url}/readyz", timeout=10).status_code == 503
             proxy.restore()
             api.wait_ready(timeout=60)
-            headers = {"Authorization": f"Bearer {api.key}"}
-
-            def client(c: int) -> None:
-                with httpx.Client(base_url=api.url, headers=headers, timeout=30) as http:
-                    i = c
-                    while not stop.is_set():
-                        t = time.monotonic()
-                        try:
-                            r = http.post("/v1/recommend", json=bodies[i % len(bodies)])
-                        except httpx.TransportError as ex:
-                            with lock:
-                                errors.append(f"{type(ex).__name__}: {ex}")
-                            continue
-                        body = r.json() if r.status_code == 200 else {}
-                        with lock:
-                            answers.append((t, time.monotonic() - t, r.status_code, body))
-                        i += CLIENTS
-
-            def prober() -> None:
-                with httpx.Client(base_url=api.url, timeout=30) as http:
-                    while not stop.is_set():
-                        t = time.monotonic()
-                        assert http.get("/healthz").status_code == 200
-                        with lock:
-                            probes.append((t, time.monotonic() - t))
-                        time.sleep(0.05)
-
-            threads = [threading.Thread(target=client, args=(c,)) for c in range(CLIENTS)]
-            threads.append(threading.Thread(target=prober))
-            for th in threads:
-                th.start()
+            probe = threading.Thread(target=prober, args=(api.url,))
+            probe.start()
             try:
-                time.sleep(PHASE_S)
-                hole = time.monotonic()
-                proxy.blackhole()
-                time.sleep(HOLE_S)
-                back = time.monotonic()
-                proxy.restore()
-                api.wait_ready(timeout=60)
-                up = time.monotonic()
-                time.sleep(PHASE_S)
+                with RecommendLoad(api.url, api.key, bodies, CLIENTS) as load:
+                    time.sleep(PHASE_S)
+                    hole = time.monotonic()
+                    proxy.blackhole()
+                    time.sleep(HOLE_S)
+                    back = time.monotonic()
+                    proxy.restore()
+                    api.wait_ready(timeout=60)
+                    up = time.monotonic()
+                    time.sleep(PHASE_S)
             finally:
                 stop.set()
-                for th in threads:
-                    th.join(60)
+                probe.join(60)
     finally:
         proxy.close()
+    errors = load.errors
+    answers = [(a.sent, a.seconds, a.status, a.body) for a in load.answers]
     assert not errors, errors[:5]
     during = [a for a in answers if hole < a[0] and a[0] + a[1] < back]
     after = [a for a in answers if a[0] > up + 1.0]

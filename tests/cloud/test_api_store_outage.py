@@ -13,15 +13,14 @@ without a restart of the API.
 
 from __future__ import annotations
 
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.cloud.conftest import PgServer
+from tests.cloud.load import RecommendLoad
 from userlayer.cloud.engine.engine import Engine, EngineConfig
 from userlayer.cloud.registry import AdapterRegistry
 from userlayer.cloud.service import UNAVAILABLE
@@ -33,15 +32,6 @@ from userlayer.tools.procs import ApiProcess
 USERS = 40
 CLIENTS = 6
 PHASE_S = 4.0
-
-
-@dataclass(frozen=True)
-class _Answer:
-    sent: float
-    status: int
-    personalized: bool | None
-    reason: str | None
-    retry_after: bool
 
 
 def _wait_ready(api: ApiProcess, want: int, timeout: float = 60.0) -> float:
@@ -66,57 +56,23 @@ def test_store_outage_under_load_falls_back_and_recovers(
     reg.close()
     bodies = request_bodies(e.table, 400, USERS, 0.0, 3)  # every user has an adapter
     env = {"USERLAYER_BACKEND": "torch", "USERLAYER_KEK_FILE": str(kek), "USERLAYER_SLOTS": "64"}
-    answers: list[_Answer] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    stop = threading.Event()
     with ApiProcess(tiny_model_dir, postgres.dsn, tmp_path / "api.log", env) as api:
         api.wait_ready()
-        headers = {"Authorization": f"Bearer {api.key}"}
-
-        def client(c: int) -> None:
-            with httpx.Client(base_url=api.url, headers=headers, timeout=30) as http:
-                i = c
-                while not stop.is_set():
-                    t = time.monotonic()
-                    try:
-                        r = http.post("/v1/recommend", json=bodies[i % len(bodies)])
-                    except httpx.TransportError as ex:
-                        with lock:
-                            errors.append(f"{type(ex).__name__}: {ex}")
-                        continue
-                    body = r.json() if r.status_code == 200 else {}
-                    with lock:
-                        answers.append(
-                            _Answer(
-                                t,
-                                r.status_code,
-                                body.get("personalized"),
-                                body.get("reason"),
-                                "retry-after" in r.headers,
-                            )
-                        )
-                    i += CLIENTS
-
-        threads = [threading.Thread(target=client, args=(c,)) for c in range(CLIENTS)]
-        for th in threads:
-            th.start()
         try:
-            time.sleep(PHASE_S)
-            postgres.stop()
-            down = time.monotonic()
-            _wait_ready(api, 503)
-            time.sleep(PHASE_S)
-            postgres.start()
-            back = time.monotonic()
-            up = _wait_ready(api, 200)
-            time.sleep(PHASE_S)
+            with RecommendLoad(api.url, api.key, bodies, CLIENTS) as load:
+                time.sleep(PHASE_S)
+                postgres.stop()
+                down = time.monotonic()
+                _wait_ready(api, 503)
+                time.sleep(PHASE_S)
+                postgres.start()
+                back = time.monotonic()
+                up = _wait_ready(api, 200)
+                time.sleep(PHASE_S)
         finally:
-            stop.set()
-            for th in threads:
-                th.join(60)
             if postgres.proc is None:
                 postgres.start()  # the session's other tests need it
+    answers, errors = load.answers, load.errors
     assert not errors, errors[:5]  # no request lost
     assert {a.status for a in answers} <= {200, 503}
     assert all(a.retry_after for a in answers if a.status == 503)
