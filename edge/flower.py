@@ -131,6 +131,7 @@ class NodeRuntime:
                 epsilon=float(cfg.get("epsilon-per-round", 2.0)),
                 holdout=int(cfg.get("holdout", 1)),
                 prompt=str(cfg.get("prompt", "event")),
+                way=str(cfg.get("way", "dp-sgd")),
             )
             now = datetime.fromisoformat(str(clock)) if clock else datetime.now(UTC)
             consent = Consent.from_dict(self.store.setting(user, SETTING))

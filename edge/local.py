@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from userlayer.edge.consent import Consent
+from userlayer.edge.encoder import release_profile
 from userlayer.edge.examples import PROMPTS, ExampleConfig, user_examples
 from userlayer.edge.exceptions import TrainingError
 from userlayer.edge.privacy import PrivacyLedger
-from userlayer.edge.profile import ModeDetector, ProfileConfig, build_profile
+from userlayer.edge.profile import ModeDetector, Profile, ProfileConfig, build_profile
 from userlayer.edge.training import DPConfig, TrainConfig, train_adapter
 from userlayer.sdk.adapter import PrivacyRecord, seal_package
 from userlayer.sdk.model.config import AdapterConfig
@@ -38,9 +39,10 @@ from userlayer.sdk.model.transformer import Recommender
 from userlayer.sdk.schemas import Event, Service
 from userlayer.sdk.semantic_ids import SemanticIdTable
 
-__all__ = ["ALL_SERVICES", "LocalResult", "LocalTrainConfig", "train_and_seal"]
+__all__ = ["ALL_SERVICES", "WAYS", "LocalResult", "LocalTrainConfig", "train_and_seal"]
 
 ALL_SERVICES = tuple(s.value for s in Service)
+WAYS = ("auto", "dp-sgd", "profile", "both")
 
 
 @dataclass(frozen=True)
@@ -55,12 +57,22 @@ class LocalTrainConfig:
     holdout: int = 0  # events kept out (evaluation); 0 in production
     prompt: str = "event"  # see userlayer.edge.examples
     seed: int | None = None  # test hook only: a seeded run is NOT private
+    # how the layer is made (DESIGN.md, docs/personalization.md): "dp-sgd" (a),
+    # "profile" (b: the encoder's Gaussian release, userlayer.edge.encoder), "both"
+    # (the release at `profile_share` of the epsilon, then DP-SGD from it at the
+    # rest), "auto" (profile when the base has an encoder, else dp-sgd)
+    way: str = "auto"
+    profile_share: float = 0.5
 
     def __post_init__(self) -> None:
         if self.prompt not in PROMPTS:
             raise TrainingError(f"`prompt` should be one of {PROMPTS}, got {self.prompt!r}")
         if not self.epsilon > 0:
             raise TrainingError(f"`epsilon` should be positive, got {self.epsilon}")
+        if self.way not in WAYS:
+            raise TrainingError(f"`way` should be one of {WAYS}, got {self.way!r}")
+        if not 0 < self.profile_share < 1:
+            raise TrainingError(f"`profile_share` should be in (0, 1), got {self.profile_share}")
 
 
 @dataclass
@@ -77,6 +89,61 @@ class LocalResult:
     metrics: dict[str, float] = field(default_factory=dict)
     adapters: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     local: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Layer:
+    adapter: dict[str, torch.Tensor]
+    privacy: PrivacyRecord
+    losses: list[float]
+    examples: int
+
+
+def _make_layer(
+    model: Recommender,
+    table: SemanticIdTable,
+    acfg: AdapterConfig,
+    events: Sequence[Event],
+    profile: Profile,
+    init: Mapping[str, torch.Tensor],
+    cfg: LocalTrainConfig,
+    tcfg: TrainConfig,
+    ledger: PrivacyLedger,
+    user_id: str,
+    now: datetime,
+    detector: ModeDetector | None,
+    categories: Mapping[str, Sequence[str]] | None,
+) -> _Layer:
+    """One consent group's layer, made the configured way and charged to the ledger."""
+    start = dict(init)
+    way = cfg.way
+    if way == "auto":
+        way = "profile" if model.profile is not None else "dp-sgd"
+    if way in ("profile", "both"):
+        share = 1.0 if way == "profile" else cfg.profile_share
+        seen = events[: len(events) - cfg.holdout]
+        rel = release_profile(
+            model, acfg, table, seen, cfg.epsilon * share, ledger, user_id, start, now, cfg.seed
+        )
+        if way == "profile":
+            return _Layer(rel.adapter, rel.record, [], rel.events)
+        start = rel.adapter
+        tcfg = replace(tcfg, dp=DPConfig(target_epsilon=cfg.epsilon * (1 - cfg.profile_share)))
+    ex = user_examples(
+        profile,
+        table,
+        model.ctx_vocab,
+        ExampleConfig(holdout=cfg.holdout, prompt=cfg.prompt),
+        detector,
+        categories,
+        allow_empty=True,
+    )
+    res = train_adapter(model, acfg, ex, start, tcfg, ledger, user_id, now)
+    assert res.privacy is not None
+    record = res.privacy
+    if way == "both":
+        record = replace(record, mechanism="profile+dp-sgd")
+    return _Layer(res.adapter, record, res.losses, len(ex))
 
 
 def train_and_seal(
@@ -134,27 +201,31 @@ def train_and_seal(
             short_term_days=min(7.0, ledger.period_days), long_term_days=ledger.period_days
         )
         profile = build_profile(allowed, now=now, config=horizon, categories=categories)
-        ex = user_examples(
-            profile,
+        res = _make_layer(
+            model,
             table,
-            model.ctx_vocab,
-            ExampleConfig(holdout=cfg.holdout, prompt=cfg.prompt),
+            acfg,
+            allowed,
+            profile,
+            init,
+            cfg,
+            tcfg,
+            ledger,
+            user_id,
+            now,
             detector,
             categories,
-            allow_empty=True,
         )
-        res = train_adapter(model, acfg, ex, dict(init), tcfg, ledger, user_id, now)
-        assert res.privacy is not None
         record = res.privacy
         first = first if first is not None else res.adapter
         losses.extend(res.losses[-10:])
-        n_examples += len(ex)
+        n_examples += res.examples
         fields = {
             "base_fingerprint": fingerprint,
             "adapter_config": acfg.to_dict(),
             "user_id": user_id,
             "version": version,
-            "privacy": res.privacy,
+            "privacy": record,
         }
         tensors = {k: v.numpy() for k, v in res.adapter.items()}
         for s in targets:

@@ -140,8 +140,12 @@ class PrivacyRecord:
     format-1 records, whose unit was one training example). ``examples_per_unit``
     is how many training examples one unit can change (charged by group
     privacy); ``rng`` where the mechanism's randomness came from (``os-csprng``
-    in production; a seeded test run says "not private"). The last four fields
-    are the raw mechanism of this release.
+    in production; a seeded test run says "not private"). ``steps`` to ``clip``
+    are the raw mechanism of this release; ``mechanism`` says which it was:
+    DP-SGD of the adapter (``dp-sgd``), the profile encoder's Gaussian release
+    (``profile``: one step at sample rate 1, sensitivity 1 per event), or the
+    release followed by DP-SGD from it (``profile+dp-sgd``; the raw fields are
+    then the DP-SGD's and ``epsilon`` composes both from the ledger).
     """
 
     epsilon: float
@@ -155,6 +159,7 @@ class PrivacyRecord:
     unit: str = "event"
     examples_per_unit: int = 1
     rng: str = "os-csprng"
+    mechanism: str = "dp-sgd"  # dp-sgd | profile | profile+dp-sgd (userlayer.edge.encoder)
 
     @property
     def private(self) -> bool:
@@ -270,6 +275,7 @@ class Manifest:
         )
 
 
+MECHANISMS = ("dp-sgd", "profile", "profile+dp-sgd")
 _PRIVACY_FIELDS: dict[str, Any] = {
     "epsilon": float,
     "delta": float,
@@ -282,6 +288,7 @@ _PRIVACY_FIELDS: dict[str, Any] = {
     "unit": ("event", "user", "example"),
     "library": str,
     "rng": str,
+    "mechanism": MECHANISMS,
 }
 
 

@@ -24,6 +24,7 @@ from userlayer.sdk.schemas import Action, Service
 from userlayer.tools.cli_bench import bench_app
 from userlayer.tools.cli_privacy import register as register_privacy
 from userlayer.tools.cli_serving import register as register_serving
+from userlayer.tools.exceptions import ToolsError
 
 __all__ = ["app", "main"]
 
@@ -214,6 +215,12 @@ def pretrain_cmd(
     valid_users: Annotated[
         int, typer.Option(help="Users sampled for the per-epoch validation loss (0: none).")
     ] = 2000,
+    min_steps: Annotated[
+        int, typer.Option(help="Raise the epochs until the run takes at least this many steps.")
+    ] = 1000,
+    profile_dim: Annotated[
+        int, typer.Option(help="Width of the profile encoder's release (0: no encoder).")
+    ] = 32,
 ) -> None:
     """Pretrain the base model (next Semantic ID) on all users' training sequences."""
     from userlayer.tools.train.pretrain import PretrainConfig, pretrain
@@ -225,7 +232,9 @@ def pretrain_cmd(
         seed=seed,
         max_steps=max_steps,
         valid_users=valid_users,
+        min_steps=min_steps,
         model={
+            "profile_dim": profile_dim,
             "d_model": d_model,
             "n_layers": layers,
             "n_heads": heads,
@@ -356,6 +365,69 @@ def eval_adapters_cmd(
             f"delta {eps['delta']}, {eps['accountant']}"
         )
     console.print(f"{res['seconds']} s")
+
+
+@app.command("eval-privacy")
+def eval_privacy_cmd(
+    data: Annotated[Path, typer.Option(help="Dataset directory.")],
+    model: Annotated[Path, typer.Option(help="Model directory (a base with a profile encoder).")],
+    epsilons: Annotated[
+        str, typer.Option(help="Comma-separated per-event epsilons of the curve.")
+    ] = "0.5,1,2,4,8",
+    ways: Annotated[
+        str,
+        typer.Option(help="Ways to make the user layer: profile, dp-sgd, both (comma-separated)."),
+    ] = "profile",
+    users: Annotated[int, typer.Option(help="Users to evaluate (0: every user).")] = 0,
+    sasrec: Annotated[bool, typer.Option(help="Train SASRec for the full-history line.")] = True,
+    seed: Annotated[int, typer.Option(help="Picks users and initialisations; never DP noise.")] = 0,
+    out: Annotated[Path, typer.Option(help="Directory for privacy.json and privacy.png.")] = Path(
+        "eval-privacy"
+    ),
+) -> None:
+    """Privacy-utility curve: the private regime with each way of making the user layer."""
+    from userlayer.tools.eval.privacy import PrivacyEvalConfig, evaluate_privacy, plot_privacy
+
+    try:
+        cfg = PrivacyEvalConfig(
+            epsilons=tuple(float(e) for e in epsilons.split(",")),
+            ways=tuple(w.strip() for w in ways.split(",")),
+            users=users,
+            sasrec=sasrec,
+            seed=seed,
+        )
+    except (ToolsError, ValueError) as e:
+        raise typer.BadParameter(str(e)) from e
+    with _progress() as progress:
+        task = progress.add_task("eval-privacy", total=None)
+
+        def tick(stage: str, done: int, total: int) -> None:
+            progress.update(task, description=stage, completed=done, total=total)
+
+        res = evaluate_privacy(data, model, cfg, tick)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "privacy.json").write_text(json.dumps(res, indent=2), "utf-8")
+    png = plot_privacy(res, out / "privacy.png")
+    t = Table(title=f"held-out next item (test), {res['users']} users, the same for every row")
+    for col in ("row", "epsilon / event", "HR@10", "NDCG@10", "specificity", "ms per user"):
+        t.add_column(col)
+    for name, m in res["references"].items():
+        t.add_row(name, "", f"{m['R@10']:.4f}", f"{m['N@10']:.4f}", "", "")
+    for r in res["rows"]:
+        t.add_row(
+            f"private + {r['way']}",
+            "no DP" if r["epsilon"] is None else f"{r['epsilon']:g}",
+            f"{r['R@10']:.4f}",
+            f"{r['N@10']:.4f}",
+            f"{r['specificity']:.1%}",
+            f"{1000 * r['seconds_per_user']:.1f}",
+        )
+    console.print(t)
+    p = res["privacy"]
+    console.print(
+        f"epsilon per {p['unit']}, delta {p['delta']}, {p['accountant']}, noise {p['noise']}; "
+        f"{res['seconds']} s; {out / 'privacy.json'}, {png}"
+    )
 
 
 @app.command("audit")
@@ -528,10 +600,14 @@ def demo(
         rep = run_demo(out, cfg, step)
     q = rep["quality"]
     n = q["users with an adapter"]
-    t = Table(title=f"quality: held-out next item ({n} users with an adapter)")
+    t = Table(title=f"quality: held-out next item, the same {n} users with an adapter in every row")
     for col in ("regime", "HR@10", "NDCG@10"):
         t.add_column(col)
-    for name in ("private, base only", "private, with adapters", "full history (reference)"):
+    for name in (
+        "private, base only",
+        "private, with adapters",
+        "full history, same users (reference, not private)",
+    ):
         t.add_row(name, f"{q[name]['R@10']:.4f}", f"{q[name]['N@10']:.4f}")
     console.print(t)
     p, sv = rep["privacy"], rep["serving"]

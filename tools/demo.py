@@ -221,8 +221,9 @@ def run_demo(
             "private, base only": quality["base only"],
             "private, with adapters": quality["with adapter"],
             "users with an adapter": quality["users"],
-            "full history (reference)": ref["results"]["generative"]["full"]["all"],
-            "private, all users (base)": ref["results"]["generative"]["private"]["all"],
+            "full history, same users (reference, not private)": quality["full history"],
+            "all users, full history (base)": ref["results"]["generative"]["full"]["all"],
+            "all users, private (base)": ref["results"]["generative"]["private"]["all"],
         },
         "privacy": {
             "epsilon_user_median": statistics.median(eps) if eps else None,

@@ -289,9 +289,11 @@ def evaluate_registry(data_dir: str | Path, workdir: str | Path, beam: int = 20)
     Each user's newest adapter (for the service of the held-out event) is read
     from the registry the rounds wrote into (decrypted and verified again),
     gathered into one slab, and the private prompts are ranked with and
-    without it.
+    without it; the same users' full-history prompts (the last 20 events, not
+    private) by the base alone are the reference.
     """
     from userlayer.cloud.fl.server import open_registry
+    from userlayer.edge.examples import encode_prompt
     from userlayer.edge.profile import build_profile
     from userlayer.sdk.model.io import load_model
     from userlayer.sdk.model.prompt import pack_prompts
@@ -312,7 +314,7 @@ def evaluate_registry(data_dir: str | Path, workdir: str | Path, beam: int = 20)
     cats = ds.categories()
     users = json.loads((wd / "nodes.json").read_text("utf-8")).values()
     by_user = ds.user_events(list(users))
-    held, slabs = [], []
+    held, slabs, full = [], [], []
     reg = open_registry(wd)
     try:
         for u in sorted(by_user):
@@ -324,6 +326,7 @@ def evaluate_registry(data_dir: str | Path, workdir: str | Path, beam: int = 20)
             if loaded is None:
                 continue
             held.append(h)
+            full.append(encode_prompt(evs[-21:-1], evs[-1], table, model.ctx_vocab))
             slabs.append({k: torch.from_numpy(v.copy()) for k, v in loaded.tensors.items()})
     finally:
         reg.close()
@@ -335,8 +338,10 @@ def evaluate_registry(data_dir: str | Path, workdir: str | Path, beam: int = 20)
     slab = {k: torch.stack([s[k] for s in slabs]) for k in slabs[0]}
     rows = RowAdapters.gather(acfg, slab, torch.arange(len(held)), modes)
     trie = SidTrie(table)
+    ftok, fctx = pack_prompts(full, len(model.ctx_vocab.sizes))
     return {
         "users": len(held),
         "base only": rank_with_adapters(model, trie, tok, ctx, services, targets, None, beam),
         "with adapter": rank_with_adapters(model, trie, tok, ctx, services, targets, rows, beam),
+        "full history": rank_with_adapters(model, trie, ftok, fctx, services, targets, None, beam),
     }

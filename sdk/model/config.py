@@ -36,9 +36,31 @@ class ModelConfig:
     dropout: float = 0.1
     attn_bias: bool = False  # Qwen2 has q/k/v biases
     geo_buckets: int = 64
+    # the profile encoder (userlayer.sdk.model.encoder); profile_dim 0: none
+    profile_dim: int = 0
+    profile_half_lives: tuple[float, ...] = (0.0, 30.0)  # days; 0: no decay
+    profile_prefix: int = 2  # prefix vectors it outputs (the adapter's n_prefix)
+    profile_hidden: int = 256
+    profile_histogram: bool = True  # release a histogram of the top-level codes too
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "level_sizes", tuple(int(s) for s in self.level_sizes))
+        object.__setattr__(
+            self, "profile_half_lives", tuple(float(h) for h in self.profile_half_lives)
+        )
+        if self.profile_dim < 0:
+            raise ModelError(f"`profile_dim` should be >= 0, got {self.profile_dim}")
+        if self.profile_dim and (
+            not self.profile_half_lives
+            or any(not (h >= 0 and h < float("inf")) for h in self.profile_half_lives)
+            or self.profile_prefix < 1
+            or self.profile_hidden < 1
+        ):
+            raise ModelError(
+                "a profile encoder needs finite `profile_half_lives` >= 0 (at least one) and "
+                f"positive `profile_prefix` and `profile_hidden`, got "
+                f"{list(self.profile_half_lives)}, {self.profile_prefix}, {self.profile_hidden}"
+            )
         if not self.level_sizes or any(s < 1 for s in self.level_sizes):
             raise ModelError(f"`level_sizes` should be positive, got {list(self.level_sizes)}")
         for name in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_items"):
@@ -82,6 +104,14 @@ class ModelConfig:
         """JSON-ready dict."""
         d = asdict(self)
         d["level_sizes"] = list(self.level_sizes)
+        d["profile_half_lives"] = list(self.profile_half_lives)
+        # fields added later are left out at their old meaning, so the fingerprints
+        # (which hash this dict) of models saved before them stay valid
+        if not self.profile_dim:
+            for k in [k for k in d if k.startswith("profile_")]:
+                del d[k]
+        elif not self.profile_histogram:
+            del d["profile_histogram"]
         return d
 
     @classmethod
@@ -94,6 +124,8 @@ class ModelConfig:
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ModelError(f"unknown model config field(s) {sorted(unknown)}")
+        if d.get("profile_dim") and "profile_histogram" not in d:
+            d = {**d, "profile_histogram": False}  # encoders saved before the histogram
         try:
             return cls(**d)
         except TypeError as e:

@@ -25,6 +25,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from userlayer.sdk.model.config import AdapterConfig, ModelConfig, ModelError
+from userlayer.sdk.model.encoder import ProfileEncoder
 from userlayer.sdk.model.tokens import CTX, FIRST_CODE, PAD, ContextVocab, level_offsets
 
 __all__ = ["KVCache", "Recommender", "RowAdapters", "adapter_shapes", "new_adapter"]
@@ -407,6 +408,8 @@ class Recommender(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        # the shared profile encoder (way (b)); not part of forward: its output is a prefix
+        self.profile = ProfileEncoder(cfg) if cfg.profile_dim else None
         hd = cfg.head_dim
         inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
         ang = torch.outer(torch.arange(cfg.max_len + 64, dtype=torch.float32), inv)

@@ -35,7 +35,11 @@ def test_quick_demo(tmp_path: Path) -> None:
     rep = json.loads((out / "report.json").read_text())
     q = rep["quality"]
     assert q["users with an adapter"] > 0
-    for name in ("private, base only", "private, with adapters", "full history (reference)"):
+    for name in (
+        "private, base only",
+        "private, with adapters",
+        "full history, same users (reference, not private)",
+    ):
         assert 0 <= q[name]["N@10"] <= q[name]["R@10"] <= 1
     p = rep["privacy"]
     assert 0 < p["epsilon_user_median"] <= p["epsilon_user_max"] <= 8.0 and p["delta"] == 1e-5

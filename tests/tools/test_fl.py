@@ -58,5 +58,5 @@ def test_simulation_with_dropouts_then_resume(
     assert png.stat().st_size > 1000
     q = evaluate_registry(data_dir, wd, beam=10)
     assert q["users"] >= 1
-    for name in ("base only", "with adapter"):
-        assert 0 <= q[name]["N@10"] <= q[name]["R@10"] <= 1
+    for name in ("base only", "with adapter", "full history"):  # the same users in each
+        assert 0 <= q[name]["N@10"] <= q[name]["R@10"] <= 1 and q[name]["n"] == q["users"]

@@ -13,6 +13,9 @@
   clipping, noise and the accountant; its batches are Poisson (``q * n``
   expected) where the plain run's are ``batch_size``, so the time per
   example processed is reported beside the time per user.
+- Way (b), when the base has a profile encoder: the Gaussian release of a
+  user's profile (:mod:`userlayer.edge.encoder`) over their whole history and
+  for a new user's first 5 events, ledger included (no training at all).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 
 import torch
 
+from userlayer.edge.encoder import release_profile
 from userlayer.edge.examples import user_examples
 from userlayer.edge.privacy import PrivacyLedger
 from userlayer.edge.profile import build_profile
@@ -81,7 +85,16 @@ def _local(data: Path, model_dir: Path, cfg: FlBenchConfig, tmp: Path) -> dict[s
     per_example: dict[str, list[float]] = {k: [] for k in variants}
     steps: list[int] = []
     cats = ds.categories()
+    release: list[float] = []
+    cold: list[float] = []
     for i, u in enumerate(users):
+        if model.profile is not None:  # way (b): the whole history, then the first 5 events
+            evs = by_user[u]
+            now = evs[-1].timestamp
+            rel = release_profile(model, acfg, table, evs, cfg.epsilon, ledger, u, now=now)
+            release.append(rel.seconds)
+            rel = release_profile(model, acfg, table, evs[:5], cfg.epsilon, ledger, u, now=now)
+            cold.append(rel.seconds)
         ex = user_examples(build_profile(by_user[u], categories=cats), table, model.ctx_vocab)
         init = new_adapter(model.cfg, acfg, torch.Generator().manual_seed(cfg.seed + i))
         n_steps = []
@@ -106,6 +119,8 @@ def _local(data: Path, model_dir: Path, cfg: FlBenchConfig, tmp: Path) -> dict[s
         "per_example_ratio_median": statistics.median(
             a / b for a, b in zip(per_example["dp"], per_example["plain"], strict=True)
         ),
+        "profile_release_median_s": statistics.median(release) if release else None,
+        "profile_cold_start_median_s": statistics.median(cold) if cold else None,
     }
 
 
@@ -163,6 +178,15 @@ def bench_fl(
     rows.append(
         ["DP / no DP per example processed", f"{local['per_example_ratio_median']:.2f}x", "", ""]
     )
+    if local["profile_release_median_s"] is not None:
+        rows.append(
+            ["profile release, whole history (median user)", local["profile_release_median_s"],
+             "", "< 0.05 s"]
+        )  # fmt: skip
+        rows.append(
+            ["profile release, new user with 5 events", local["profile_cold_start_median_s"],
+             "", "< 0.1 s"]
+        )  # fmt: skip
     notes = [
         "rounds: Flower simulation engine, one virtual node per user with 1 CPU; the round's "
         "wall time from the ServerApp; process start-up (Ray) not included: "

@@ -26,7 +26,7 @@ import torch
 
 from userlayer.sdk.model.decoding import beam_search
 from userlayer.sdk.model.io import load_model
-from userlayer.sdk.model.transformer import Recommender
+from userlayer.sdk.model.transformer import Recommender, RowAdapters
 from userlayer.sdk.semantic_ids import SemanticIdTable, SidTrie
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.eval.metrics import Accumulator
@@ -39,7 +39,7 @@ from userlayer.tools.train.examples import (
     target_offset,
 )
 
-__all__ = ["EvalConfig", "evaluate", "rank_generative"]
+__all__ = ["EvalConfig", "evaluate", "rank_generative", "sasrec_results"]
 
 REGIMES = ("full", "private")
 logger = logging.getLogger(__name__)
@@ -64,20 +64,66 @@ def rank_generative(
     prompts: list[Prompt],
     cfg: EvalConfig,
     tick: Callable[[int], None] | None = None,
+    adapters: RowAdapters | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Metrics of the model's beam-search top-k on ``prompts``, per group (``all``, services)."""
+    """Metrics of the model's beam-search top-k on ``prompts``, per group (``all``, services).
+
+    ``adapters`` (one row per prompt) personalizes each prompt's row.
+    """
     acc = Accumulator()
     for s in range(0, len(prompts), cfg.batch_size):
         chunk = prompts[s : s + cfg.batch_size]
         tok, ctx = pack_prompts(chunk)
+        rows = None if adapters is None else adapters.select(torch.arange(s, s + len(chunk)))
         recs = beam_search(
-            model, trie, tok, ctx, k=cfg.k, beam=cfg.beam, services=[p.service for p in chunk]
+            model,
+            trie,
+            tok,
+            ctx,
+            k=cfg.k,
+            beam=cfg.beam,
+            services=[p.service for p in chunk],
+            adapters=rows,
         )
         for p, r in zip(chunk, recs, strict=True):
             acc.add([x.item_id for x in r], p.target, p.service)
         if tick is not None:
             tick(len(chunk))
     return acc.result()
+
+
+def sasrec_results(
+    seqs: UserSequences,
+    table: SemanticIdTable,
+    prompts: dict[str, list[Prompt]],
+    cfg: EvalConfig,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Train SASRec on every user's training part and rank each regime's prompts with it."""
+    back = target_offset(cfg.split)
+    train = [items[: len(items) - back - 1] for items in seqs.items]
+    item_ids = sorted(table.codes)
+    index = {i: n + 1 for n, i in enumerate(item_ids)}
+    service_of = table.services
+    sasrec = train_sasrec(
+        [[index[i] for i in s] for s in train],
+        len(item_ids),
+        cfg.sasrec,
+        lambda ep, loss: logger.info("SASRec epoch %d: loss %.4f", ep, loss),
+    )
+    svc_mask = {
+        s: torch.tensor([False] + [service_of[i].value == s for i in item_ids])
+        for s in {p.service for ps in prompts.values() for p in ps}
+    }
+    out = {}
+    for r, ps in prompts.items():
+        hist = [[index[i] for i in p.history] for p in ps]
+        allowed = torch.stack([svc_mask[p.service] for p in ps])
+        ranked = rank_sasrec(sasrec, hist, cfg.k, allowed)
+        acc = Accumulator()
+        for p, rk in zip(ps, ranked, strict=True):
+            acc.add([item_ids[j - 1] for j in rk], p.target, p.service)
+        out[r] = acc.result()
+    return out
 
 
 def evaluate(
@@ -120,8 +166,6 @@ def evaluate(
     # baselines see the same training part: all but the last two events (one for test)
     back = target_offset(cfg.split)
     train = [items[: len(items) - back - 1] for items in seqs.items]
-    item_ids = sorted(table.codes)
-    index = {i: n + 1 for n, i in enumerate(item_ids)}
     service_of = table.services
     if "popularity" in cfg.baselines:
         t0 = time.perf_counter()
@@ -140,25 +184,7 @@ def evaluate(
         timings["popularity"] = time.perf_counter() - t0
     if "sasrec" in cfg.baselines:
         t0 = time.perf_counter()
-        sasrec = train_sasrec(
-            [[index[i] for i in s] for s in train],
-            len(item_ids),
-            cfg.sasrec,
-            lambda ep, loss: logger.info("SASRec epoch %d: loss %.4f", ep, loss),
-        )
-        svc_mask = {
-            s: torch.tensor([False] + [service_of[i].value == s for i in item_ids])
-            for s in {p.service for ps in prompts.values() for p in ps}
-        }
-        results["sasrec"] = {}
-        for r in REGIMES:
-            hist = [[index[i] for i in p.history] for p in prompts[r]]
-            allowed = torch.stack([svc_mask[p.service] for p in prompts[r]])
-            ranked = rank_sasrec(sasrec, hist, cfg.k, allowed)
-            acc = Accumulator()
-            for p, rk in zip(prompts[r], ranked, strict=True):
-                acc.add([item_ids[j - 1] for j in rk], p.target, p.service)
-            results["sasrec"][r] = acc.result()
+        results["sasrec"] = sasrec_results(seqs, table, prompts, cfg)
         timings["sasrec"] = time.perf_counter() - t0
     return {
         "protocol": {

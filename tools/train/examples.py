@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from userlayer.sdk.model.tokens import CTX, ContextVocab, item_tokens
+from userlayer.sdk.model.tokens import CTX, FIRST_CODE, ContextVocab, item_tokens
 from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.data.format import Dataset
 
@@ -31,6 +31,9 @@ __all__ = [
     "build_prompts",
     "pack_prompts",
     "pack_scored",
+    "private_rows",
+    "profile_inputs",
+    "session_begin",
     "target_offset",
     "training_windows",
 ]
@@ -196,18 +199,91 @@ def build_prompts(
             continue
         if regime == "full":
             begin = max(0, ti - max_history)
-        elif seqs.timestamps_real:
-            horizon = times[ti] - int(session_hours * 3_600_000)
-            begin = ti
-            while begin > 0 and times[begin - 1] >= horizon and ti - begin < session_items:
-                begin -= 1
         else:
-            begin = max(0, ti - order_session_items)
+            begin = session_begin(
+                times, ti, seqs.timestamps_real, session_hours, session_items, order_session_items
+            )
         t, c = _steps(tok[begin:ti], ctx[begin:ti])
         t = np.concatenate([t, [CTX]])
         c = np.concatenate([c, ctx[ti][None]])
         out.append(Prompt(u, t, c, svc[ti], items[ti], items[begin:ti]))
     return out
+
+
+def session_begin(
+    times: np.ndarray,
+    ti: int,
+    timestamps_real: bool,
+    session_hours: float = 3.0,
+    session_items: int = 5,
+    order_session_items: int = 3,
+) -> int:
+    """First index of the current session before event ``ti`` (the private regime's prompt).
+
+    The events of the last ``session_hours`` (at most ``session_items``); with
+    order-only timestamps the last ``order_session_items`` events.
+    """
+    if not timestamps_real:
+        return max(0, ti - order_session_items)
+    horizon = times[ti] - int(session_hours * 3_600_000)
+    begin = ti
+    while begin > 0 and times[begin - 1] >= horizon and ti - begin < session_items:
+        begin -= 1
+    return begin
+
+
+def private_rows(
+    seqs: UserSequences, pairs: Sequence[tuple[int, int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Private-regime rows ``session + target context + target codes`` for (user, target) pairs.
+
+    Left-padded tokens (B, T) and ctx (B, T, 7); score them with
+    ``last_item_only=True``.
+    """
+    rows_t, rows_c = [], []
+    for u, ti in pairs:
+        tok, ctx = seqs.tokens[u], seqs.ctx[u]
+        begin = session_begin(seqs.times[u], ti, seqs.timestamps_real)
+        t, c = _steps(tok[begin : ti + 1], ctx[begin : ti + 1])
+        rows_t.append(t)
+        rows_c.append(c)
+    t_len = max(len(t) for t in rows_t)
+    out_t = np.zeros((len(pairs), t_len), dtype=np.int64)
+    out_c = np.zeros((len(pairs), t_len, 7), dtype=np.int64)
+    for i, (t, c) in enumerate(zip(rows_t, rows_c, strict=True)):
+        out_t[i, t_len - len(t) :] = t
+        out_c[i, t_len - len(t) :] = c
+    return torch.from_numpy(out_t), torch.from_numpy(out_c)
+
+
+def profile_inputs(
+    seqs: UserSequences, pairs: Sequence[tuple[int, int]], horizon_days: float = 365.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The profile encoder's inputs for (user, cutoff) pairs: every event before the cutoff.
+
+    Each row's events are those strictly before index ``cutoff`` and within
+    ``horizon_days`` of the cutoff event's time (the release clock). Returns
+    flat codes (B, M, L), ages in days (B, M) and the valid mask (B, M).
+    """
+    levels = seqs.n_levels
+    spans = []
+    for u, ti in pairs:
+        times = seqs.times[u]
+        now = times[ti] if ti < len(times) else times[-1]
+        first = int(np.searchsorted(times[:ti], now - int(horizon_days * 86_400_000), "left"))
+        spans.append((u, first, ti, now))
+    m = max(1, max(ti - first for _, first, ti, _ in spans))
+    codes = np.zeros((len(pairs), m, levels), dtype=np.int64)
+    ages = np.zeros((len(pairs), m), dtype=np.float32)
+    mask = np.zeros((len(pairs), m), dtype=bool)
+    for i, (u, first, ti, now) in enumerate(spans):
+        n = ti - first
+        if n <= 0:
+            continue
+        codes[i, :n] = seqs.tokens[u][first:ti] - FIRST_CODE
+        ages[i, :n] = (now - seqs.times[u][first:ti]) / 86_400_000.0
+        mask[i, :n] = True
+    return torch.from_numpy(codes), torch.from_numpy(ages), torch.from_numpy(mask)
 
 
 def pack_prompts(prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,6 +8,16 @@ output directory resumes from the last checkpoint; the batch order is a pure
 function of ``(seed, epoch)``, so an interrupted and resumed run ends with the
 same weights as an uninterrupted one.
 
+With a profile encoder (``profile_dim`` > 0, the default), every step also
+trains on private-regime rows: a random training event as the target, the
+current session before it as the prompt, and the prefix the encoder makes
+from every earlier event (:mod:`userlayer.sdk.model.encoder`), released with
+Gaussian noise at a random noise multiplier (log-uniform over
+``profile_noise``; exact for a ``profile_exact`` share of rows) or absent
+(``profile_absent``), so the base learns to read a DP profile at any budget
+and to do without one. This noise trains robustness; it is not a privacy
+mechanism (pretraining data are public or consented) and uses torch's RNG.
+
 After every epoch the run measures the validation loss: the mean code
 cross-entropy of each sampled user's held-out validation item (the one before
 the test item, never trained on) given their last 20 items (fewer if the
@@ -31,11 +41,12 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch import Tensor
 
-from userlayer.sdk.model.config import ModelConfig
+from userlayer.sdk.model.config import AdapterConfig, ModelConfig
 from userlayer.sdk.model.io import save_model
 from userlayer.sdk.model.tokens import PAD
-from userlayer.sdk.model.transformer import Recommender
+from userlayer.sdk.model.transformer import Recommender, RowAdapters
 from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.exceptions import ToolsError
@@ -44,6 +55,8 @@ from userlayer.tools.train.examples import (
     build_prompts,
     epoch_batches,
     pack_scored,
+    private_rows,
+    profile_inputs,
     training_windows,
 )
 
@@ -68,7 +81,11 @@ class PretrainConfig:
     max_steps: int | None = None  # stop early (leaving a checkpoint), e.g. to test resume
     valid_users: int = 2000  # users sampled for the per-epoch validation loss (0: none)
     threads: int | None = None  # runtime only; not stored in the model
+    min_steps: int = 0  # raise the epochs until the run takes at least this many steps
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides
+    profile_absent: float = 0.15  # share of private rows without a prefix
+    profile_exact: float = 0.2  # share of private rows with an exact (noise-free) profile
+    profile_noise: tuple[float, float] = (0.3, 8.0)  # noise multipliers of the others
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "checkpoint_every"):
@@ -80,6 +97,15 @@ class PretrainConfig:
             raise ToolsError(f"`lr` should be in (0, 1), got {self.lr}")
         if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip <= 0:
             raise ToolsError("`warmup_steps`, `weight_decay` should be >= 0 and `grad_clip` > 0")
+        if self.min_steps < 0:
+            raise ToolsError(f"`min_steps` should be >= 0, got {self.min_steps}")
+        lo, hi = self.profile_noise
+        if not (0 <= self.profile_absent <= 1 and 0 <= self.profile_exact <= 1 and 0 < lo <= hi):
+            raise ToolsError(
+                "`profile_absent` and `profile_exact` should be in [0, 1] and `profile_noise` "
+                f"an increasing positive range, got {self.profile_absent}, "
+                f"{self.profile_exact}, {self.profile_noise}"
+            )
 
 
 @dataclass
@@ -182,6 +208,40 @@ def _load_checkpoint(
     return int(meta["step"]), list(meta["losses"]), list(meta.get("valid_losses", []))
 
 
+def _private_targets(seqs: UserSequences, holdout: int = 2) -> np.ndarray:
+    """Every (user, event) that can be a private row's target: not held out, not the first."""
+    pairs = [(u, t) for u, tok in enumerate(seqs.tokens) for t in range(1, len(tok) - holdout)]
+    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+def _private_loss(
+    model: Recommender,
+    seqs: UserSequences,
+    pairs: np.ndarray,
+    cfg: PretrainConfig,
+    step: int,
+    batch: int,
+) -> Tensor:
+    """Loss of a batch of private rows with noisy, exact or absent profile prefixes."""
+    enc = model.profile
+    assert enc is not None
+    rng = np.random.default_rng([cfg.seed, step, 7])
+    pick = [(int(u), int(t)) for u, t in pairs[rng.integers(0, len(pairs), batch)]]
+    tok, ctx = private_rows(seqs, pick)
+    codes, ages, mask = profile_inputs(seqs, pick)
+    lo, hi = cfg.profile_noise
+    z = np.exp(rng.uniform(math.log(lo), math.log(hi), batch))
+    z[rng.uniform(size=batch) < cfg.profile_exact] = 0.0
+    absent = rng.uniform(size=batch) < cfg.profile_absent
+    zt = torch.from_numpy(z).float()
+    stats = enc.stats(codes, ages, mask)
+    released = stats + zt[:, None] * torch.randn_like(stats)
+    prefix = enc(released, zt)
+    acfg = AdapterConfig(n_prefix=model.cfg.profile_prefix, film=False, n_modes=0, targets=())
+    rows = RowAdapters(acfg, torch.from_numpy(~absent), {"prefix": prefix})
+    return model.loss(tok, ctx, rows, last_item_only=True)
+
+
 def pretrain(
     data_dir: str | Path,
     out: str | Path,
@@ -211,7 +271,7 @@ def pretrain(
         raise ToolsError(f"{data_dir} has no sids.json: run `userlayer sids build` first")
     table = SemanticIdTable.load(sids_path)
     ds = Dataset.load(data_dir)
-    mcfg = ModelConfig(level_sizes=table.level_sizes, **cfg.model)
+    mcfg = ModelConfig(level_sizes=table.level_sizes, **{"profile_dim": 32, **cfg.model})
     seqs = UserSequences.from_dataset(ds, table, mcfg.geo_buckets)
     tokens, ctx = training_windows(seqs, mcfg.max_items)
     if len(tokens) == 0:
@@ -230,7 +290,9 @@ def pretrain(
     )
     lengths = (tokens != PAD).sum(1).numpy()
     per_epoch = len(epoch_batches(lengths, cfg.batch_size, cfg.seed, 0))
-    total = per_epoch * cfg.epochs
+    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / per_epoch))
+    total = per_epoch * epochs
+    pairs = _private_targets(seqs) if model.profile is not None else None
     step, losses, valid = 0, list[float](), list[float]()
     valid_rows = _validation_rows(
         seqs, table, cfg.valid_users, cfg.seed, min(20, mcfg.max_items - 1)
@@ -252,6 +314,8 @@ def pretrain(
         for g in opt.param_groups:
             g["lr"] = _lr(cfg, step, total)
         loss = model.loss(tokens[idx, -width:], ctx[idx, -width:])
+        if pairs is not None and len(pairs):
+            loss = loss + _private_loss(model, seqs, pairs, cfg, step, len(idx))
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -279,6 +343,7 @@ def pretrain(
             **asdict(cfg),
             "threads": None,
             "steps": step,
+            "epochs_run": epochs,
             "examples": len(tokens),
             "final_loss": losses[-1] if losses else None,
             "valid_losses": valid,

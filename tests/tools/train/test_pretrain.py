@@ -140,3 +140,40 @@ def test_epoch_batches_cover_every_window_once_and_group_lengths() -> None:
     assert any((a != b).any() for a, b in zip(batches, other, strict=False))
     spread = np.mean([np.ptp(lengths[b]) for b in batches])
     assert spread < np.ptp(lengths) / 4  # batches hold windows of similar length
+
+
+def test_private_rows_and_profiles_never_see_the_target(synth_data_dir: Path) -> None:
+    from userlayer.sdk import SemanticIdTable
+    from userlayer.sdk.model.tokens import CTX, FIRST_CODE
+    from userlayer.tools.data.format import Dataset
+    from userlayer.tools.train.examples import private_rows, profile_inputs
+
+    table = SemanticIdTable.load(synth_data_dir / "sids.json")
+    seqs = UserSequences.from_dataset(Dataset.load(synth_data_dir), table)
+    pairs = [(u, t) for u in range(5) for t in (1, 7, len(seqs.tokens[u]) - 3)]
+    codes, ages, mask = profile_inputs(seqs, pairs)
+    tok, _ = private_rows(seqs, pairs)
+    for row, (u, t) in enumerate(pairs):
+        n = int(mask[row].sum())
+        assert n == t  # every event before the cutoff (a year's horizon covers the data)
+        assert torch.equal(codes[row, :n], torch.from_numpy(seqs.tokens[u][:t] - FIRST_CODE))
+        assert float(ages[row, :n].min()) >= 0
+        # the row ends with the target's context and codes: the target is scored, never input
+        levels = seqs.n_levels
+        assert tok[row, -levels - 1] == CTX and torch.equal(
+            tok[row, -levels:], torch.from_numpy(seqs.tokens[u][t])
+        )
+
+
+def test_a_base_with_an_encoder_pretrains_and_reloads(tmp_path: Path, synth_data_dir: Path) -> None:
+    out = tmp_path / "m"
+    res = pretrain(
+        synth_data_dir,
+        out,
+        PretrainConfig(epochs=1, batch_size=32, model={**TINY, "profile_dim": 8}, min_steps=3),
+    )
+    model = load_model(out)
+    assert model.profile is not None and model.cfg.profile_dim == 8
+    assert fingerprint(model) == res.fingerprint
+    with pytest.raises(ToolsError, match="profile_absent"):
+        PretrainConfig(profile_absent=2.0)
