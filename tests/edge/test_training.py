@@ -194,8 +194,14 @@ def test_clipping_bound_and_noise_scale(
             return super().step(closure)
 
     monkeypatch.setattr(torch.optim, "Adam", Spy)
+    # sample rate 0.5: an empty Poisson batch (0.5^39) cannot make the check vacuous; at the
+    # default 0.1 it happened 1.6% of the time (0.9^39), failing `b > 0` at random
     cfg = TrainConfig(
-        epochs=1, batch_size=8, max_steps=1, dp=DPConfig(noise_multiplier=1e-6, target_epsilon=None)
+        epochs=1,
+        batch_size=8,
+        max_steps=1,
+        sample_rate=0.5,
+        dp=DPConfig(noise_multiplier=1e-6, target_epsilon=None),
     )
     led = ledger(budget=float("inf"))
     res = train_adapter(model, ACFG, ex, init, cfg, led, "alice")
