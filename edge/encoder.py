@@ -67,7 +67,7 @@ def profile_inputs(
     keep = [e for e in events if e.item_id in table.codes and oldest < e.timestamp <= now]
     m = max(1, len(keep))
     codes = np.zeros((1, m, table.n_levels), dtype=np.int64)
-    ages = np.zeros((1, m), dtype=np.float32)
+    ages = np.zeros((1, m), dtype=np.float64)
     mask = np.zeros((1, m), dtype=bool)
     for i, e in enumerate(keep):
         codes[0, i] = (
@@ -109,6 +109,19 @@ def release_profile(
             f"the adapter has {acfg.n_prefix} prefix vectors, the encoder makes "
             f"{model.cfg.profile_prefix}"
         )
+    # checks that hold or fail for every user alike, before any event is read: an error
+    # raised only for some users would tell whoever sees it something about their data
+    if not bool(torch.isfinite(enc.code.weight).all()) or not all(
+        bool(torch.isfinite(p).all()) for p in enc.mlp.parameters()
+    ):
+        raise TrainingError("the base's profile encoder has non-finite weights")
+    if tuple(table.level_sizes) != tuple(model.cfg.level_sizes):
+        raise TrainingError(
+            f"the Semantic ID table's levels {list(table.level_sizes)} are not the base's "
+            f"{list(model.cfg.level_sizes)}"
+        )
+    if now is not None and now.tzinfo is None:
+        raise TrainingError("the release clock `now` needs a timezone")
     now = now or datetime.now(UTC)
     rng = dp_random(seed)
     try:
@@ -118,7 +131,7 @@ def release_profile(
         raise TrainingError(str(e)) from e
     codes, ages, mask = profile_inputs(events, table, now, ledger.period_days)
     with ledger.reserve(user_id, mech, 1, now, rng.source) as reservation, torch.no_grad():
-        stats = enc.stats(codes, ages, mask).double()
+        stats = enc.stats(codes, ages, mask, dtype=torch.float64)
         noise = torch.from_numpy(rng.gaussian(tuple(stats.shape), z))
         released = (stats + noise).float()
         prefix = enc(released, torch.tensor([z]))[0]

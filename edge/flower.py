@@ -134,6 +134,8 @@ class NodeRuntime:
                 way=str(cfg.get("way", "dp-sgd")),
             )
             now = datetime.fromisoformat(str(clock)) if clock else datetime.now(UTC)
+            if now.tzinfo is None:  # else comparing with events fails only for some users
+                raise ValueError(f"the round's clock {clock!r} has no timezone")
             consent = Consent.from_dict(self.store.setting(user, SETTING))
         except (EdgeError, ValueError) as e:
             return UserUpdate(user, None, {}, {}, f"bad round config: {e}")

@@ -34,8 +34,10 @@ from userlayer.edge.privacy import PrivacyLedger
 from userlayer.edge.profile import ModeDetector, Profile, ProfileConfig, build_profile
 from userlayer.edge.training import DPConfig, TrainConfig, train_adapter
 from userlayer.sdk.adapter import PrivacyRecord, seal_package
+from userlayer.sdk.exceptions import PrivacyError
 from userlayer.sdk.model.config import AdapterConfig
 from userlayer.sdk.model.transformer import Recommender
+from userlayer.sdk.privacy import Mechanism, noise_multiplier
 from userlayer.sdk.schemas import Event, Service
 from userlayer.sdk.semantic_ids import SemanticIdTable
 
@@ -119,16 +121,6 @@ def _make_layer(
     way = cfg.way
     if way == "auto":
         way = "profile" if model.profile is not None else "dp-sgd"
-    if way in ("profile", "both"):
-        share = 1.0 if way == "profile" else cfg.profile_share
-        seen = events[: len(events) - cfg.holdout]
-        rel = release_profile(
-            model, acfg, table, seen, cfg.epsilon * share, ledger, user_id, start, now, cfg.seed
-        )
-        if way == "profile":
-            return _Layer(rel.adapter, rel.record, [], rel.events)
-        start = rel.adapter
-        tcfg = replace(tcfg, dp=DPConfig(target_epsilon=cfg.epsilon * (1 - cfg.profile_share)))
     ex = user_examples(
         profile,
         table,
@@ -138,12 +130,46 @@ def _make_layer(
         categories,
         allow_empty=True,
     )
+    profile_z = 0.0
+    if way in ("profile", "both"):
+        share = 1.0 if way == "profile" else cfg.profile_share
+        if way == "both":  # both releases checked together before the first is reserved
+            tcfg = replace(tcfg, dp=DPConfig(target_epsilon=cfg.epsilon * (1 - share)))
+            _check_both(ledger, user_id, cfg.epsilon * share, tcfg, ex.group, now)
+        seen = events[: len(events) - cfg.holdout]
+        rel = release_profile(
+            model, acfg, table, seen, cfg.epsilon * share, ledger, user_id, start, now, cfg.seed
+        )
+        if way == "profile":
+            return _Layer(rel.adapter, rel.record, [], rel.events)
+        start = rel.adapter
+        profile_z = rel.record.noise_multiplier
     res = train_adapter(model, acfg, ex, start, tcfg, ledger, user_id, now)
     assert res.privacy is not None
     record = res.privacy
     if way == "both":
-        record = replace(record, mechanism="profile+dp-sgd")
+        record = replace(record, mechanism="profile+dp-sgd", profile_noise_multiplier=profile_z)
     return _Layer(res.adapter, record, res.losses, len(ex))
+
+
+def _check_both(
+    ledger: PrivacyLedger,
+    user_id: str,
+    profile_epsilon: float,
+    tcfg: TrainConfig,
+    group: int,
+    now: datetime,
+) -> None:
+    """Refuse (BudgetExceededError) before spending anything if the two releases do not fit."""
+    q, steps = tcfg.plan()
+    try:
+        z_p = noise_multiplier(profile_epsilon, ledger.delta, 1.0, 1, ledger.accountant)
+        target = float(tcfg.dp.target_epsilon or 0)
+        z_s = noise_multiplier(target, ledger.delta, q, steps, ledger.accountant, group)
+        planned = [(Mechanism(z_p, 1.0, 1), 1), (Mechanism(z_s, q, steps), group)]
+    except PrivacyError as e:
+        raise TrainingError(str(e)) from e
+    ledger.check(user_id, planned, now)
 
 
 def train_and_seal(

@@ -47,7 +47,7 @@ import hashlib
 import hmac
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -294,6 +294,39 @@ class PrivacyLedger:
         """
         window = self._window(self.entries(user_id), now or datetime.now(UTC))
         return self._epsilon(window, accountant)
+
+    def check(
+        self,
+        user_id: str,
+        planned: Sequence[tuple[Mechanism, int]],
+        now: datetime | None = None,
+    ) -> float:
+        """The user's epsilon after the planned releases ``(mechanism, group)``, writing nothing.
+
+        For a layer made of several releases (the profile, then DP-SGD): check
+        them together before the first is reserved, so that a refusal of a
+        later one does not spend the earlier one's budget for nothing. Each
+        release is still reserved atomically on its own.
+
+        Raises:
+            BudgetExceededError: the planned releases together would pass the budget.
+        """
+        now = now or datetime.now(UTC)
+        with self._tx():
+            self._migrate(user_id)
+            window = self._window(self._entries(user_id), now)
+        plan = [
+            LedgerEntry(now, *m.as_tuple(), g, "reserved", 0.0, self.delta, "", "", OS_SOURCE)
+            for m, g in planned
+        ]
+        before, after = self._epsilon(window), self._epsilon([*window, *plan])
+        if not after <= self.budget:
+            raise BudgetExceededError(
+                f"user {user_id!r}: the planned releases would bring epsilon from {before:.3f} "
+                f"to {after:.3f}, over the budget {self.budget} (per event, delta {self.delta}, "
+                f"{self.period_days:g} days, {self.accountant} accountant)"
+            )
+        return after
 
     def reserve(
         self,

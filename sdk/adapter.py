@@ -145,7 +145,8 @@ class PrivacyRecord:
     DP-SGD of the adapter (``dp-sgd``), the profile encoder's Gaussian release
     (``profile``: one step at sample rate 1, sensitivity 1 per event), or the
     release followed by DP-SGD from it (``profile+dp-sgd``; the raw fields are
-    then the DP-SGD's and ``epsilon`` composes both from the ledger).
+    then the DP-SGD's, ``profile_noise_multiplier`` is the release's
+    ``Mechanism(z, 1, 1)``, and ``epsilon`` composes both from the ledger).
     """
 
     epsilon: float
@@ -160,6 +161,7 @@ class PrivacyRecord:
     examples_per_unit: int = 1
     rng: str = "os-csprng"
     mechanism: str = "dp-sgd"  # dp-sgd | profile | profile+dp-sgd (userlayer.edge.encoder)
+    profile_noise_multiplier: float = 0.0  # profile+dp-sgd: the release's Mechanism(z, 1, 1)
 
     @property
     def private(self) -> bool:
@@ -289,6 +291,7 @@ _PRIVACY_FIELDS: dict[str, Any] = {
     "library": str,
     "rng": str,
     "mechanism": MECHANISMS,
+    "profile_noise_multiplier": float,
 }
 
 

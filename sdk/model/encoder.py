@@ -45,6 +45,7 @@ from userlayer.sdk.model.config import ModelConfig, ModelError
 __all__ = ["ProfileEncoder", "event_ages"]
 
 _MS_PER_DAY = 86_400_000.0
+_MARGIN = 1.0 - 1e-6  # every event vector's norm stays below 1 after rounding
 
 
 class ProfileEncoder(nn.Module):
@@ -90,17 +91,28 @@ class ProfileEncoder(nn.Module):
         """``c = sqrt(1 - share)``: the histogram's part of the norm bound 1."""
         return math.sqrt(1.0 - self._share)
 
-    def event_vectors(self, codes: Tensor, age_days: Tensor) -> Tensor:
-        """Per-event vectors (..., release_dim), each of L2 norm <= 1.
+    def event_vectors(
+        self, codes: Tensor, age_days: Tensor, dtype: torch.dtype | None = None
+    ) -> Tensor:
+        """Per-event vectors (..., release_dim), each of L2 norm <= 1 - 1e-6.
+
+        Every vector is divided by ``max(1, its norm)`` and scaled by
+        ``1 - 1e-6``: the bound holds after rounding, not only in exact
+        arithmetic. Releases compute in float64 (``dtype``), where summing
+        even millions of events rounds by far less than that margin; float32
+        (the default: the module's dtype) is for training only.
 
         Args:
             codes: (..., L) flat code indices (token id minus ``FIRST_CODE``).
             age_days: (...) each event's age in days at the release (>= 0).
+            dtype: the computation's dtype (float64 for a release).
         """
         if codes.shape[-1] != self.cfg.n_levels:
             raise ModelError(f"`codes` should end in {self.cfg.n_levels} levels, got {codes.shape}")
-        u = F.normalize(self.code(codes).sum(-2), dim=-1, eps=1e-6)
-        age = age_days.clamp(min=0).unsqueeze(-1)
+        emb = self.code(codes).sum(-2)
+        dtype = dtype or emb.dtype
+        u = F.normalize(emb.to(dtype), dim=-1, eps=1e-6)
+        age = age_days.to(dtype).clamp(min=0).unsqueeze(-1)
         blocks = []
         weights = []
         for h in self.cfg.profile_half_lives:
@@ -108,20 +120,25 @@ class ProfileEncoder(nn.Module):
             weights.append(w)
             blocks.extend([w * u, w])
         out = torch.cat(blocks, -1) * self.scale_weight
-        if not self.bins:
-            return out
-        top = F.one_hot(codes[..., 0].clamp(0, self.bins - 1), self.bins).to(out.dtype)
-        return torch.cat([out, top * weights[0] * self.histogram_weight], -1)
+        if self.bins:
+            top = F.one_hot(codes[..., 0].clamp(0, self.bins - 1), self.bins).to(out.dtype)
+            out = torch.cat([out, top * weights[0] * self.histogram_weight], -1)
+        norm = out.detach().norm(dim=-1, keepdim=True).clamp(min=1.0)
+        bounded: Tensor = out / norm * _MARGIN
+        return bounded
 
-    def stats(self, codes: Tensor, age_days: Tensor, mask: Tensor) -> Tensor:
+    def stats(
+        self, codes: Tensor, age_days: Tensor, mask: Tensor, dtype: torch.dtype | None = None
+    ) -> Tensor:
         """Sum of the event vectors over each row's valid events: (B, release_dim).
 
         Args:
             codes: (B, M, L) flat code indices.
             age_days: (B, M) ages in days.
             mask: (B, M) bool, the events that count.
+            dtype: the computation's dtype (float64 for a release).
         """
-        v = self.event_vectors(codes, age_days)
+        v = self.event_vectors(codes, age_days, dtype)
         return (v * mask.unsqueeze(-1).to(v.dtype)).sum(1)
 
     def forward(self, released: Tensor, noise_multiplier: Tensor) -> Tensor:

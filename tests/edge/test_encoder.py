@@ -174,3 +174,46 @@ def test_auto_trains_with_dp_sgd_when_the_base_has_no_encoder() -> None:
         now=events[-1].timestamp, services=("samokat",),
     )  # fmt: skip
     assert res.privacy.mechanism == "dp-sgd"
+
+
+def test_setup_errors_are_the_same_for_every_user(model: Recommender) -> None:
+    # review finding: a poisoned code row made only its holders' releases fail (NaN),
+    # a mismatched table only some users' (IndexError), a naive clock only users with events
+    import copy
+
+    events = make_events("ivy", 6)
+    now = events[-1].timestamp
+    bad = copy.deepcopy(model)
+    assert bad.profile is not None
+    with torch.no_grad():
+        bad.profile.code.weight[3] = float("nan")
+    for evs in (events, []):
+        with pytest.raises(TrainingError, match="non-finite"):
+            release_profile(bad, ACFG, TABLE, evs, 8.0, ledger(), "ivy", now=now)
+        other = SemanticIdTable(codes={}, services={}, level_sizes=(4, 4))
+        with pytest.raises(TrainingError, match="levels"):
+            release_profile(model, ACFG, other, evs, 8.0, ledger(), "ivy", now=now)
+        with pytest.raises(TrainingError, match="timezone"):
+            release_profile(
+                model, ACFG, TABLE, evs, 8.0, ledger(), "ivy", now=now.replace(tzinfo=None)
+            )
+
+
+def test_both_ways_spend_nothing_when_the_second_release_would_not_fit(
+    model: Recommender,
+) -> None:
+    # review finding: the profile's share was spent before DP-SGD was refused
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from userlayer.edge.local import LocalTrainConfig, train_and_seal
+    from userlayer.sdk.model import new_adapter
+
+    events = make_events("jo", 20)
+    led = ledger(budget=4.0)
+    cfg = LocalTrainConfig(epochs=1, epsilon=4.0, way="both", prompt="session")  # group 11
+    with pytest.raises(BudgetExceededError, match="planned releases"):
+        train_and_seal(
+            model, TABLE, ACFG, events, new_adapter(CFG, ACFG), cfg, led, "jo", 1, "fp",
+            Ed25519PrivateKey.generate(), now=events[-1].timestamp, services=("samokat",),
+        )  # fmt: skip
+    assert led.entries("jo") == []

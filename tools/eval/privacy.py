@@ -261,6 +261,7 @@ def _trained_rows(
     settings: list[float | None] = [None, *cfg.epsilons]
     slabs: dict[tuple[str, float | None], list[dict[str, Tensor]]] = {}
     secs: dict[tuple[str, float | None], float] = {}
+    spent: dict[tuple[str, float | None], list[float]] = {}
     total = len(private) * len(ways) * len(settings)
     done = 0
     with tempfile.TemporaryDirectory(prefix="userlayer-eval-privacy-") as tmp:
@@ -307,7 +308,13 @@ def _trained_rows(
                     if len(ex) == 0 and sgd_eps is None:
                         out = start
                     else:
-                        out = train_adapter(model, acfg, ex, start, tcfg, ledger, p.user).adapter
+                        out = train_adapter(
+                            model, acfg, ex, start, tcfg, ledger, p.user, now=target_time
+                        ).adapter
+                    if eps is not None:  # what the ledger composed, both releases included
+                        spent.setdefault((way, eps), []).append(
+                            ledger.spent(p.user, now=target_time)
+                        )
                     ledger.close()
                     slabs.setdefault((way, eps), []).append(out)
                     secs[(way, eps)] = secs.get((way, eps), 0.0) + time.perf_counter() - t0
@@ -322,7 +329,8 @@ def _trained_rows(
         ad = RowAdapters.gather(acfg, slab, torch.arange(n))
         m = rank_generative(model, trie, private, ecfg, adapters=ad)["all"]
         spec = _specificity(model, acfg, slab, private, table, cfg.seed)
-        rows.append(_row(way, eps, m, spec, secs[(way, eps)] / n))
+        eps_max = max(spent[(way, eps)]) if (way, eps) in spent else None
+        rows.append(_row(way, eps, m, spec, secs[(way, eps)] / n, epsilon_spent_max=eps_max))
     return rows
 
 

@@ -31,6 +31,9 @@ def test_the_curve_has_every_way_and_epsilon_over_the_same_users(
         assert 0 <= m["N@10"] <= m["R@10"] <= 1
     for r in res["rows"]:
         assert 0 <= r["specificity"] <= 1 and r["seconds_per_user"] >= 0
+    for r in res["rows"]:  # the ledger's composition of every release of the row
+        if r["way"] != "profile" and r["epsilon"] is not None:
+            assert 0.5 * r["epsilon"] < r["epsilon_spent_max"] <= r["epsilon"] + 1e-6
     noise = {r["epsilon"]: r["noise_multiplier"] for r in res["rows"] if r["way"] == "profile"}
     assert noise[None] == 0 and noise[1.0] > noise[8.0] > 0
     assert res["privacy"]["unit"] == "event" and res["privacy"]["noise"] == "os-csprng"
