@@ -121,6 +121,12 @@ def _make_layer(
     way = cfg.way
     if way == "auto":
         way = "profile" if model.profile is not None else "dp-sgd"
+    seen = events[: len(events) - cfg.holdout]
+    if way == "profile":  # no examples needed: the release is the whole layer
+        rel = release_profile(
+            model, acfg, table, seen, cfg.epsilon, ledger, user_id, start, now, cfg.seed
+        )
+        return _Layer(rel.adapter, rel.record, [], rel.events)
     ex = user_examples(
         profile,
         table,
@@ -131,17 +137,13 @@ def _make_layer(
         allow_empty=True,
     )
     profile_z = 0.0
-    if way in ("profile", "both"):
-        share = 1.0 if way == "profile" else cfg.profile_share
-        if way == "both":  # both releases checked together before the first is reserved
-            tcfg = replace(tcfg, dp=DPConfig(target_epsilon=cfg.epsilon * (1 - share)))
-            _check_both(ledger, user_id, cfg.epsilon * share, tcfg, ex.group, now)
-        seen = events[: len(events) - cfg.holdout]
+    if way == "both":  # both releases checked together before the first is reserved
+        share = cfg.profile_share
+        tcfg = replace(tcfg, dp=DPConfig(target_epsilon=cfg.epsilon * (1 - share)))
+        _check_both(ledger, user_id, cfg.epsilon * share, tcfg, ex.group, now)
         rel = release_profile(
             model, acfg, table, seen, cfg.epsilon * share, ledger, user_id, start, now, cfg.seed
         )
-        if way == "profile":
-            return _Layer(rel.adapter, rel.record, [], rel.events)
         start = rel.adapter
         profile_z = rel.record.noise_multiplier
     res = train_adapter(model, acfg, ex, start, tcfg, ledger, user_id, now)

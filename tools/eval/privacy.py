@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from userlayer.edge.encoder import release_profile, zero_adapter
+from userlayer.edge.encoder import release_profile
 from userlayer.edge.examples import ExampleConfig, user_examples
 from userlayer.edge.privacy import PrivacyLedger
 from userlayer.edge.profile import build_profile
@@ -190,10 +190,9 @@ def evaluate_privacy(
     stages = 2 + (1 + len(cfg.epsilons)) * len(cfg.ways)
     done = 0
     tick("base", done, stages)
-    refs["base, full history"] = rank_generative(model, table.trie(), full, ecfg)["all"]
-    refs["base, private (session only)"] = rank_generative(model, table.trie(), private, ecfg)[
-        "all"
-    ]
+    trie = table.trie()
+    refs["base, full history"] = rank_generative(model, trie, full, ecfg)["all"]
+    refs["base, private (session only)"] = rank_generative(model, trie, private, ecfg)["all"]
     done += 2
     if cfg.sasrec:
         tick("SASRec", done, stages)
@@ -201,7 +200,6 @@ def evaluate_privacy(
             "all"
         ]
     rows: list[dict[str, Any]] = []
-    trie = table.trie()
     pcfg = AdapterConfig(n_prefix=model.cfg.profile_prefix, film=False, n_modes=0, targets=())
     settings: list[float | None] = [None, *cfg.epsilons]
     if "profile" in cfg.ways:
@@ -284,7 +282,7 @@ def _trained_rows(
                     start = dict(init)
                     sgd_eps = eps
                     if way == "both" and eps is None:
-                        start = _exact_profile(model, acfg, seqs, pairs[i], init, cfg)
+                        start = _exact_profile(model, seqs, pairs[i], init, cfg)
                     elif way == "both" and eps is not None:
                         b_eps = eps * cfg.both_share
                         start = release_profile(
@@ -336,13 +334,12 @@ def _trained_rows(
 
 def _exact_profile(
     model: Recommender,
-    acfg: AdapterConfig,
     seqs: UserSequences,
     pair: tuple[int, int],
     init: dict[str, Tensor],
     cfg: PrivacyEvalConfig,
 ) -> dict[str, Tensor]:
-    out = dict(init) if init else zero_adapter(model, acfg)
+    out = dict(init)
     out["prefix"] = _profile_prefixes(model, seqs, [pair], 0.0, cfg)[0]
     return out
 
