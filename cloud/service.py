@@ -81,6 +81,7 @@ class _Row:
     slot: int
     version: int | None
     reason: str | None
+    favourites: tuple[str, ...] = ()
 
 
 class Serving:
@@ -154,7 +155,7 @@ class Serving:
         if slot < 0:
             slot = self.engine.slab.load(skey, got.tensors)
             self.metrics.slot_loads.inc()
-        return _Row(slot, got.info.version, None)
+        return _Row(slot, got.info.version, None, got.favourites)
 
     def run_batch(self, reqs: Sequence[RecommendRequest]) -> list[RecommendResponse]:
         """Recommend for a batch of requests (one engine call)."""
@@ -180,6 +181,7 @@ class Serving:
                     k=r.k,
                     exclude=tuple(r.exclude),
                     slot=rows[(r.service.value, r.user_id)].slot,
+                    favourites=rows[(r.service.value, r.user_id)].favourites,
                 )
                 for r in reqs
             ]

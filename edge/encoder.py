@@ -11,12 +11,23 @@ reserved in the user's ledger before the noise is drawn, like a DP-SGD
 training, and charged as ``Mechanism(z, sample_rate=1, steps=1)``. The
 prefix is post-processing of the release by the public encoder.
 
+With ``favourites`` the same release also carries the user's favourite
+items (:mod:`userlayer.sdk.privacy.favourites`): each event's vector is the
+profile block scaled by ``sqrt(1 - share)`` beside its item's one-hot count
+scaled by ``sqrt(share)``, still of norm <= 1, and the noise N(0, z^2) covers
+both blocks (the count block over the whole catalog). Dividing each block by
+its scale is post-processing, so the profile is read at noise multiplier
+``z / sqrt(1 - share)`` and the counts at standard deviation
+``z / sqrt(share)``; the ledger is charged ``Mechanism(z, 1, 1)`` once, as
+without favourites.
+
 No training, no round: a new user with a handful of events gets a layer at
 once (measured with ``userlayer bench`` and ``userlayer eval-privacy``).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +45,7 @@ from userlayer.sdk.model.config import AdapterConfig
 from userlayer.sdk.model.tokens import FIRST_CODE, item_tokens
 from userlayer.sdk.model.transformer import Recommender, adapter_shapes
 from userlayer.sdk.privacy import Mechanism, dp_random, noise_multiplier
+from userlayer.sdk.privacy.favourites import FavouritesConfig, select_favourites
 from userlayer.sdk.schemas import Event
 from userlayer.sdk.semantic_ids import SemanticIdTable
 
@@ -48,6 +60,7 @@ class ProfileRelease:
     record: PrivacyRecord
     seconds: float
     events: int  # events inside the release (stays on the device)
+    favourites: tuple[str, ...] = ()  # released favourite items, least frequent first
 
 
 def zero_adapter(model: Recommender, acfg: AdapterConfig) -> dict[str, Tensor]:
@@ -89,12 +102,14 @@ def release_profile(
     init: Mapping[str, Tensor] | None = None,
     now: datetime | None = None,
     seed: int | None = None,
+    favourites: FavouritesConfig | None = None,
 ) -> ProfileRelease:
     """Release the user's profile prefix at ``epsilon`` per event (see the module docstring).
 
     ``init`` is the adapter whose ``prefix`` the release replaces (all zeros
     by default); ``seed`` is the test hook of :func:`userlayer.sdk.privacy.dp_random`
-    (a seeded release is NOT private).
+    (a seeded release is NOT private); ``favourites`` also releases the user's
+    favourite items in the same mechanism (the module docstring).
 
     Raises:
         TrainingError: the model has no profile encoder or the adapter's prefix does
@@ -129,12 +144,20 @@ def release_profile(
         mech = Mechanism(z, 1.0, 1)
     except PrivacyError as e:
         raise TrainingError(str(e)) from e
+    share = 0.0 if favourites is None else favourites.share
+    z_profile = z / math.sqrt(1.0 - share)
+    catalog = sorted(table.codes) if favourites is not None else []
     codes, ages, mask = profile_inputs(events, table, now, ledger.period_days)
     with ledger.reserve(user_id, mech, 1, now, rng.source) as reservation, torch.no_grad():
         stats = enc.stats(codes, ages, mask, dtype=torch.float64)
-        noise = torch.from_numpy(rng.gaussian(tuple(stats.shape), z))
+        noise = torch.from_numpy(rng.gaussian(tuple(stats.shape), z_profile))
         released = (stats + noise).float()
-        prefix = enc(released, torch.tensor([z]))[0]
+        prefix = enc(released, torch.tensor([z_profile]))[0]
+        favs: list[str] = []
+        if favourites is not None:
+            oldest = now - timedelta(days=ledger.period_days)
+            inside = [e.item_id for e in events if oldest < e.timestamp <= now]
+            favs = select_favourites(inside, catalog, z / math.sqrt(share), favourites, rng)
     entry = reservation.entry
     adapter = {k: v.detach().clone() for k, v in (init or zero_adapter(model, acfg)).items()}
     adapter["prefix"] = prefix.detach().clone()
@@ -151,5 +174,6 @@ def release_profile(
         examples_per_unit=1,
         rng=rng.source,
         mechanism="profile",
+        favourites_noise=0.0 if favourites is None else z / math.sqrt(share),
     )
-    return ProfileRelease(adapter, record, time.perf_counter() - t0, int(mask.sum()))
+    return ProfileRelease(adapter, record, time.perf_counter() - t0, int(mask.sum()), tuple(favs))

@@ -27,17 +27,18 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from userlayer.edge.consent import Consent
-from userlayer.edge.encoder import release_profile
+from userlayer.edge.encoder import ProfileRelease, release_profile
 from userlayer.edge.examples import PROMPTS, ExampleConfig, user_examples
 from userlayer.edge.exceptions import TrainingError
 from userlayer.edge.privacy import PrivacyLedger
 from userlayer.edge.profile import ModeDetector, Profile, ProfileConfig, build_profile
 from userlayer.edge.training import DPConfig, TrainConfig, train_adapter
-from userlayer.sdk.adapter import PrivacyRecord, seal_package
+from userlayer.sdk.adapter import MAX_FAVOURITES, PrivacyRecord, seal_package
 from userlayer.sdk.exceptions import PrivacyError
 from userlayer.sdk.model.config import AdapterConfig
 from userlayer.sdk.model.transformer import Recommender
 from userlayer.sdk.privacy import Mechanism, noise_multiplier
+from userlayer.sdk.privacy.favourites import FavouritesConfig
 from userlayer.sdk.schemas import Event, Service
 from userlayer.sdk.semantic_ids import SemanticIdTable
 
@@ -65,6 +66,9 @@ class LocalTrainConfig:
     # rest), "auto" (profile when the base has an encoder, else dp-sgd)
     way: str = "auto"
     profile_share: float = 0.5
+    # favourite items the profile release also carries (userlayer.sdk.privacy.favourites;
+    # ways "profile" and "both"); 0: none
+    favourites: int = 10
 
     def __post_init__(self) -> None:
         if self.prompt not in PROMPTS:
@@ -75,6 +79,10 @@ class LocalTrainConfig:
             raise TrainingError(f"`way` should be one of {WAYS}, got {self.way!r}")
         if not 0 < self.profile_share < 1:
             raise TrainingError(f"`profile_share` should be in (0, 1), got {self.profile_share}")
+        if not 0 <= self.favourites <= MAX_FAVOURITES:
+            raise TrainingError(
+                f"`favourites` should be in [0, {MAX_FAVOURITES}], got {self.favourites}"
+            )
 
 
 @dataclass
@@ -99,6 +107,7 @@ class _Layer:
     privacy: PrivacyRecord
     losses: list[float]
     examples: int
+    favourites: tuple[str, ...] = ()
 
 
 def _make_layer(
@@ -122,11 +131,12 @@ def _make_layer(
     if way == "auto":
         way = "profile" if model.profile is not None else "dp-sgd"
     seen = events[: len(events) - cfg.holdout]
+    favs = FavouritesConfig(k=cfg.favourites) if cfg.favourites else None
     if way == "profile":  # no examples needed: the release is the whole layer
-        rel = release_profile(
-            model, acfg, table, seen, cfg.epsilon, ledger, user_id, start, now, cfg.seed
+        only = release_profile(
+            model, acfg, table, seen, cfg.epsilon, ledger, user_id, start, now, cfg.seed, favs
         )
-        return _Layer(rel.adapter, rel.record, [], rel.events)
+        return _Layer(only.adapter, only.record, [], only.events, only.favourites)
     ex = user_examples(
         profile,
         table,
@@ -136,22 +146,36 @@ def _make_layer(
         categories,
         allow_empty=True,
     )
-    profile_z = 0.0
+    rel: ProfileRelease | None = None
     if way == "both":  # both releases checked together before the first is reserved
         share = cfg.profile_share
         tcfg = replace(tcfg, dp=DPConfig(target_epsilon=cfg.epsilon * (1 - share)))
         _check_both(ledger, user_id, cfg.epsilon * share, tcfg, ex.group, now)
         rel = release_profile(
-            model, acfg, table, seen, cfg.epsilon * share, ledger, user_id, start, now, cfg.seed
+            model,
+            acfg,
+            table,
+            seen,
+            cfg.epsilon * share,
+            ledger,
+            user_id,
+            start,
+            now,
+            cfg.seed,
+            favs,
         )
         start = rel.adapter
-        profile_z = rel.record.noise_multiplier
     res = train_adapter(model, acfg, ex, start, tcfg, ledger, user_id, now)
     assert res.privacy is not None
-    record = res.privacy
-    if way == "both":
-        record = replace(record, mechanism="profile+dp-sgd", profile_noise_multiplier=profile_z)
-    return _Layer(res.adapter, record, res.losses, len(ex))
+    if rel is None:
+        return _Layer(res.adapter, res.privacy, res.losses, len(ex))
+    record = replace(
+        res.privacy,
+        mechanism="profile+dp-sgd",
+        profile_noise_multiplier=rel.record.noise_multiplier,
+        favourites_noise=rel.record.favourites_noise,
+    )
+    return _Layer(res.adapter, record, res.losses, len(ex), rel.favourites)
 
 
 def _check_both(
@@ -254,6 +278,7 @@ def train_and_seal(
             "user_id": user_id,
             "version": version,
             "privacy": record,
+            "favourites": res.favourites,
         }
         tensors = {k: v.numpy() for k, v in res.adapter.items()}
         for s in targets:

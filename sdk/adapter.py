@@ -85,6 +85,7 @@ VERSION = 1
 KIND_PLAIN, KIND_SEALED = 0, 1
 SIG_LEN = 64
 MAX_VERSION = (1 << 31) - 1
+MAX_FAVOURITES = 64
 MAX_MANIFEST = 64 * 1024
 _DTYPES = {"F32": np.dtype(np.float32), "F16": np.dtype(np.float16)}
 _ST_NAME = {v: k for k, v in _DTYPES.items()}
@@ -147,6 +148,10 @@ class PrivacyRecord:
     release followed by DP-SGD from it (``profile+dp-sgd``; the raw fields are
     then the DP-SGD's, ``profile_noise_multiplier`` is the release's
     ``Mechanism(z, 1, 1)``, and ``epsilon`` composes both from the ledger).
+    ``favourites_noise`` is the standard deviation, in counts, of the noise on
+    the favourites' histogram when the profile release carried one (the joint
+    release's per-event vector still has norm <= 1; see
+    :func:`userlayer.edge.encoder.release_profile`).
     """
 
     epsilon: float
@@ -162,6 +167,7 @@ class PrivacyRecord:
     rng: str = "os-csprng"
     mechanism: str = "dp-sgd"  # dp-sgd | profile | profile+dp-sgd (userlayer.edge.encoder)
     profile_noise_multiplier: float = 0.0  # profile+dp-sgd: the release's Mechanism(z, 1, 1)
+    favourites_noise: float = 0.0  # std of the favourites' count noise (0: none released)
 
     @property
     def private(self) -> bool:
@@ -191,6 +197,9 @@ class Manifest:
     privacy: PrivacyRecord | None = None
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     format: str = ADAPTER_FORMAT
+    # the user's released favourite items (:mod:`userlayer.sdk.privacy.favourites`),
+    # least frequent first; the cloud puts them before the session in the prompt
+    favourites: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
         """Canonical JSON bytes (sorted keys)."""
@@ -208,6 +217,8 @@ class Manifest:
             "privacy": None if self.privacy is None else self.privacy.to_dict(),
             "created": self.created,
         }
+        if self.favourites:  # absent when empty: packages without favourites keep their bytes
+            doc["favourites"] = list(self.favourites)
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
@@ -239,7 +250,7 @@ class Manifest:
         for name, typ in need.items():
             if not isinstance(doc.get(name), typ) or isinstance(doc.get(name), bool):
                 raise AdapterError(f"manifest field `{name}` should be a {typ.__name__}")
-        extra = set(doc) - set(need) - {"privacy"}
+        extra = set(doc) - set(need) - {"privacy", "favourites"}
         if extra:
             raise AdapterError(f"manifest has unknown fields {sorted(extra)}")
         if doc["format"] != ADAPTER_FORMAT and doc["format"] not in LEGACY_FORMATS:
@@ -274,7 +285,23 @@ class Manifest:
             privacy=_privacy(doc.get("privacy"), legacy=doc["format"] in LEGACY_FORMATS),
             created=doc["created"],
             format=doc["format"],
+            favourites=_favourites(doc.get("favourites", [])),
         )
+
+
+def _favourites(v: Any) -> tuple[str, ...]:
+    """Validate the manifest's favourites: at most 64 distinct item ids."""
+    ok = (
+        isinstance(v, list)
+        and len(v) <= MAX_FAVOURITES
+        and all(isinstance(i, str) and 0 < len(i) <= 128 and set(i) <= _ID_CHARS for i in v)
+        and len(set(v)) == len(v)
+    )
+    if not ok:
+        raise AdapterError(
+            f"manifest field `favourites` should be at most {MAX_FAVOURITES} distinct item ids"
+        )
+    return tuple(v)
 
 
 MECHANISMS = ("dp-sgd", "profile", "profile+dp-sgd")
@@ -292,6 +319,7 @@ _PRIVACY_FIELDS: dict[str, Any] = {
     "rng": str,
     "mechanism": MECHANISMS,
     "profile_noise_multiplier": float,
+    "favourites_noise": float,
 }
 
 

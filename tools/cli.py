@@ -381,6 +381,9 @@ def eval_privacy_cmd(
     users: Annotated[int, typer.Option(help="Users to evaluate (0: every user).")] = 0,
     sasrec: Annotated[bool, typer.Option(help="Train SASRec for the full-history line.")] = True,
     seed: Annotated[int, typer.Option(help="Picks users and initialisations; never DP noise.")] = 0,
+    favourites: Annotated[
+        int, typer.Option(help="Favourite items the profile release carries (0: none).")
+    ] = 10,
     out: Annotated[Path, typer.Option(help="Directory for privacy.json and privacy.png.")] = Path(
         "eval-privacy"
     ),
@@ -395,6 +398,7 @@ def eval_privacy_cmd(
             users=users,
             sasrec=sasrec,
             seed=seed,
+            favourites=favourites,
         )
     except (ToolsError, ValueError) as e:
         raise typer.BadParameter(str(e)) from e

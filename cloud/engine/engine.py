@@ -69,6 +69,7 @@ class EngineRequest:
     k: int = 10
     exclude: tuple[str, ...] = ()
     slot: int = -1
+    favourites: tuple[str, ...] = ()  # the user layer's released favourites (prompt steps)
 
 
 class Slab:
@@ -195,7 +196,13 @@ class Engine:
             raise EngineError(f"slots {bad} out of range [-1, {self.slab.size})")
         prompts = [
             encode_request(
-                r.service, r.context, r.session, self.table, self.vocab, self.cfg.max_session_items
+                r.service,
+                r.context,
+                r.session,
+                self.table,
+                self.vocab,
+                self.cfg.max_session_items,
+                r.favourites if r.slot >= 0 else (),
             )
             for r in reqs
         ]

@@ -50,7 +50,6 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -206,7 +205,7 @@ class AdapterRegistry:
 
     def _verify(
         self, service: str, user_id: str, blob: bytes, signers: dict[str, Signer]
-    ) -> tuple[AdapterInfo, dict[str, np.ndarray], bytes, Signer]:
+    ) -> tuple[LoadedAdapter, bytes, Signer]:
         if len(blob) > self.cfg.max_package_bytes:
             raise RejectedError(f"package of {len(blob)} bytes exceeds the limit")
         if not signers:
@@ -236,7 +235,7 @@ class AdapterRegistry:
             sha256=hashlib.sha256(plain).hexdigest(),
             privacy=None if m.privacy is None else m.privacy.to_dict(),
         )
-        return info, pkg.tensors, plain, signers[m.signer]
+        return LoadedAdapter(info, pkg.tensors, m.favourites), plain, signers[m.signer]
 
     def verify(self, service: str, user_id: str, blob: bytes) -> AdapterInfo:
         """Verify a package as :meth:`put` would, against the user's enrolled signers.
@@ -249,7 +248,7 @@ class AdapterRegistry:
         """
         with self.sql.tx() as cur:
             signers = self.signers.of(cur, service, user_id)
-        return self._verify(service, user_id, blob, signers)[0]
+        return self._verify(service, user_id, blob, signers)[0].info
 
     def discard(self, service: str, user_id: str, version: int, sha256: str) -> bool:
         """Remove one stored version if it is still the package with ``sha256``.
@@ -288,20 +287,20 @@ class AdapterRegistry:
         with self.sql.tx() as cur:
             signers = {(s, u): self.signers.of(cur, s, u) for s, u, _ in items}
         out: list[AdapterInfo | RejectedError] = []
-        ok: list[tuple[int, AdapterInfo, dict[str, np.ndarray], bytes, Signer]] = []
+        ok: list[tuple[int, LoadedAdapter, bytes, Signer]] = []
         for i, (service, user_id, blob) in enumerate(items):
             try:
-                info, tensors, plain, signer = self._verify(
+                loaded, plain, signer = self._verify(
                     service, user_id, blob, signers[(service, user_id)]
                 )
             except RejectedError as e:
                 out.append(e)
                 continue
-            out.append(info)
-            ok.append((i, info, tensors, plain, signer))
+            out.append(loaded.info)
+            ok.append((i, loaded, plain, signer))
         with self.sql.tx() as cur:
-            for i, info, _, plain, signer in ok:
-                why = self._store(cur, info, plain, signer)
+            for i, loaded, plain, signer in ok:
+                why = self._store(cur, loaded.info, plain, signer)
                 if why:
                     out[i] = RejectedError(why)
         self._log_rejections(
@@ -312,10 +311,10 @@ class AdapterRegistry:
             ]
         )
         with self._cache_lock:  # the next request is served the new version
-            for i, info, tensors, _, _ in ok:
+            for i, loaded, _, _ in ok:
                 if not isinstance(out[i], RejectedError):
-                    key = (info.service, info.user_id)
-                    self._cache[key] = LoadedAdapter(info, tensors)
+                    key = (loaded.info.service, loaded.info.user_id)
+                    self._cache[key] = loaded
                     self._cache.move_to_end(key)
             self._trim()
         return out
@@ -442,7 +441,8 @@ class AdapterRegistry:
         except (CryptoError, AdapterError) as e:
             self.stats["load_failures"] += 1
             raise RegistryError(f"stored adapter does not verify: {e}") from e
-        return LoadedAdapter(AdapterInfo(**json.loads(row[0])), pkg.tensors)
+        info = AdapterInfo(**json.loads(row[0]))
+        return LoadedAdapter(info, pkg.tensors, pkg.manifest.favourites)
 
     def _trim(self) -> None:
         while len(self._cache) > self.cfg.cache_size:

@@ -124,6 +124,7 @@ class LoadedAdapter:
 
     info: AdapterInfo
     tensors: dict[str, np.ndarray]
+    favourites: tuple[str, ...] = ()  # the manifest's released favourite items
 
     @property
     def nbytes(self) -> int:

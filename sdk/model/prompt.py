@@ -3,7 +3,9 @@
 The private regime's prompt (see :mod:`userlayer.sdk.model.tokens`): one step
 per session item (its context position carries the request's context and the
 item's own service), then the context position of the item to generate. Items
-the catalog does not know are skipped and reported.
+the catalog does not know are skipped and reported. A user layer's released
+favourites (:mod:`userlayer.sdk.privacy.favourites`) come first, as history
+steps of the same kind.
 """
 
 from __future__ import annotations
@@ -37,12 +39,19 @@ def encode_request(
     table: SemanticIdTable,
     vocab: ContextVocab,
     max_items: int | None = None,
+    favourites: Sequence[str] = (),
 ) -> Prompt:
-    """The prompt of a request: the last ``max_items`` known session items, then CTX."""
+    """The prompt of a request: favourites, the last ``max_items`` session items, CTX.
+
+    ``favourites`` are the user layer's released items; those the catalog does
+    not know (an older catalog's) are left out silently: they are the layer's,
+    not the request's.
+    """
     known = [i for i in session if i in table.codes]
     unknown = tuple(i for i in session if i not in table.codes)
     if max_items is not None:
         known = known[-max_items:] if max_items > 0 else []
+    known = [i for i in favourites if i in table.codes] + known
     zero = [0] * len(vocab.sizes)
     toks: list[int] = []
     ctx: list[list[int]] = []

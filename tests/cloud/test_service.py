@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from userlayer.cloud.engine.engine import Engine, EngineConfig
+from userlayer.cloud.engine.engine import Engine, EngineConfig, EngineRequest
 from userlayer.cloud.registry import AdapterRegistry, RegistryError
 from userlayer.cloud.service import NO_ADAPTER, Metrics, Serving
 from userlayer.sdk.adapter import seal_package
@@ -104,3 +104,36 @@ def test_a_user_deleted_while_being_fetched_is_not_served(
     (r,) = s.run_batch([RecommendRequest(user_id="dave", service="samokat")])
     assert not r.personalized and r.reason == NO_ADAPTER
     assert not [k for k in s.engine.slab._keys if k[:2] == ("samokat", "dave")]
+
+
+def test_a_layers_favourites_reach_the_prompt_from_both_registry_tiers(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The manifest's favourites are served from the RAM tier and from the store alike."""
+    db = tmp_path / "registry.db"
+    a = _replica(tiny_model_dir, db)
+    key = Ed25519PrivateKey.generate()
+    a.registry.enroll("samokat", "bea", key.public_key())
+    favs = tuple(sorted(a.engine.table.codes)[:3])
+    fields = {
+        "base_fingerprint": a.engine.fingerprint,
+        "adapter_config": a.engine.acfg.to_dict(),
+        "service": "samokat",
+        "user_id": "bea",
+        "version": 1,
+        "favourites": favs,
+    }
+    blob = seal_package(fields, random_adapter(a.engine.shapes, 4, scale=0.5), key)
+    a.registry.put("samokat", "bea", blob)
+    assert a.registry.get("samokat", "bea").favourites == favs  # type: ignore[union-attr]
+    cold = _replica(tiny_model_dir, db)  # another replica: read from the store
+    assert cold.registry.get("samokat", "bea").favourites == favs  # type: ignore[union-attr]
+    req = RecommendRequest(user_id="bea", service="samokat", session=["x-unknown"])
+    (r,) = cold.run_batch([req])
+    sha = cold.registry.get("samokat", "bea").info.sha256  # type: ignore[union-attr]
+    slot = cold.engine.slab.lookup(("samokat", "bea", sha))
+    [expect] = cold.engine.recommend(
+        [EngineRequest(service=req.service, context=req.context, session=favs, slot=slot)]
+    )
+    assert r.personalized and [i.item_id for i in r.items] == [x.item_id for x in expect]
+    assert r.ignored_items == ["x-unknown"]  # favourites are never reported as ignored

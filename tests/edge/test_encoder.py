@@ -217,3 +217,53 @@ def test_both_ways_spend_nothing_when_the_second_release_would_not_fit(
             Ed25519PrivateKey.generate(), now=events[-1].timestamp, services=("samokat",),
         )  # fmt: skip
     assert led.entries("jo") == []
+
+
+def _repeat_heavy(user: str) -> list:  # type: ignore[type-arg]
+    """30 events: item i3 bought 20 times, ten other items once each."""
+    events = make_events(user, 30)
+    return [e.model_copy(update={"item_id": "i3" if k < 20 else e.item_id}) for k, e in
+            enumerate(events)]  # fmt: skip
+
+
+def test_favourites_ride_in_the_same_mechanism_at_the_stated_noise(model: Recommender) -> None:
+    from userlayer.sdk.privacy.favourites import FavouritesConfig
+
+    events = _repeat_heavy("hal")
+    now = events[-1].timestamp + timedelta(hours=1)
+    plain_led, fav_led = ledger(budget=8.0), ledger(budget=8.0)
+    plain = release_profile(model, ACFG, TABLE, events, 8.0, plain_led, "hal", now=now)
+    fcfg = FavouritesConfig(k=5, share=0.5)
+    rel = release_profile(model, ACFG, TABLE, events, 8.0, fav_led, "hal", now=now, favourites=fcfg)
+    z = noise_multiplier(8.0, fav_led.delta, 1.0, 1, fav_led.accountant)
+    # one Gaussian mechanism of sensitivity 1 per event, charged once, as without favourites
+    assert [e.mechanism for e in fav_led.entries("hal")] == [Mechanism(z, 1.0, 1)]
+    assert rel.record.epsilon == pytest.approx(plain.record.epsilon)
+    assert rel.record.favourites_noise == pytest.approx(z / 0.5**0.5)
+    assert plain.favourites == () and plain.record.favourites_noise == 0.0
+    # 20 purchases against noise of std 0.85 over a 40-item catalog: i3 comes out last
+    assert rel.favourites and rel.favourites[-1] == "i3"
+
+
+def test_the_sealed_package_carries_the_favourites(model: Recommender) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from userlayer.edge.local import LocalTrainConfig, train_and_seal
+    from userlayer.sdk.adapter import key_id, open_package
+    from userlayer.sdk.model import new_adapter
+
+    events = _repeat_heavy("ivy")
+    key = Ed25519PrivateKey.generate()
+    now = events[-1].timestamp + timedelta(hours=1)
+    trusted = {key_id(key.public_key()): key.public_key()}
+    for k, expect in ((10, True), (0, False)):
+        cfg = LocalTrainConfig(epsilon=8.0, way="profile", favourites=k)
+        res = train_and_seal(
+            model, TABLE, ACFG, events, new_adapter(CFG, ACFG), cfg, ledger(budget=8.0), "ivy",
+            1, "fp", key, now=now, services=("samokat",),
+        )  # fmt: skip
+        m = open_package(res.packages["samokat"], trusted).manifest
+        assert ("i3" in m.favourites) is expect
+        assert m.privacy is not None and (m.privacy.favourites_noise > 0) is expect
+    with pytest.raises(TrainingError, match="favourites"):
+        LocalTrainConfig(favourites=65)

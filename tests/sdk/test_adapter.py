@@ -280,3 +280,17 @@ def test_peft_export_loads_on_the_torch_base(tmp_path: Path) -> None:
     base_only, _ = base(tokens, ctx)
     assert not torch.allclose(ours, base_only, atol=1e-4)  # the adapter does something
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+
+
+def test_favourites_round_trip_and_are_validated(key: Ed25519PrivateKey, trusted: dict) -> None:
+    favs = ("i7", "sku:00-12", "i3")
+    pkg = open_package(seal_package(_fields(favourites=favs), _tensors(), key), trusted)
+    assert pkg.manifest.favourites == favs
+    none = open_package(seal_package(_fields(), _tensors(), key), trusted)
+    assert none.manifest.favourites == ()
+    assert "favourites" not in json.loads(none.manifest.to_json())  # absent when empty
+    good = json.loads(pkg.manifest.to_json())
+    for bad in (["i1"] * 2, [f"i{k}" for k in range(65)], ["a b"], [""], [3], "i1", ["x" * 129]):
+        doc = {**good, "favourites": bad}
+        with pytest.raises(AdapterError, match="favourites"):
+            type(pkg.manifest).from_json(json.dumps(doc).encode())

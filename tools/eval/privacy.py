@@ -12,7 +12,10 @@ target; ``../shared/data/README.md``), in one run:
   - ``profile`` (way b): the profile encoder's Gaussian release of every
     event before the target (:mod:`userlayer.edge.encoder`; the noise
     multiplier calibrated to the epsilon by the accountant, noise from the OS
-    CSPRNG), its prefix as the user's layer; "no DP" is the exact profile;
+    CSPRNG), its prefix as the user's layer and, with ``favourites`` > 0, the
+    favourite items released in the same mechanism put before the session
+    (:mod:`userlayer.sdk.privacy.favourites`); "no DP" is the exact profile
+    (and the items bought at least twice);
   - ``dp-sgd`` (way a): the personal tensors trained with DP-SGD on the
     user's events (event prompts, :mod:`userlayer.edge.training`);
   - ``both`` (a+b): the profile released at ``both_share`` of the epsilon,
@@ -46,8 +49,10 @@ from userlayer.edge.profile import build_profile
 from userlayer.edge.training import DPConfig, TrainConfig, train_adapter
 from userlayer.sdk.model.config import AdapterConfig
 from userlayer.sdk.model.io import load_model
+from userlayer.sdk.model.tokens import ContextVocab
 from userlayer.sdk.model.transformer import Recommender, RowAdapters, new_adapter
 from userlayer.sdk.privacy import DEFAULT_ACCOUNTANT, dp_random, library, noise_multiplier
+from userlayer.sdk.privacy.favourites import FavouritesConfig, select_favourites
 from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.eval.evaluate import EvalConfig, rank_generative, sasrec_results
@@ -56,6 +61,7 @@ from userlayer.tools.train.examples import (
     Prompt,
     UserSequences,
     build_prompts,
+    favourite_prompt,
     pack_scored,
     profile_inputs,
 )
@@ -78,6 +84,7 @@ class PrivacyEvalConfig:
     sasrec: bool = True
     both_share: float = 0.5  # share of the epsilon spent on the profile in "both"
     horizon_days: float = 365.0  # the ledger's period: events older are left out
+    favourites: int = 10  # favourite items in the profile release (0: the prefix only)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -89,6 +96,8 @@ class PrivacyEvalConfig:
             raise ToolsError(f"`epsilons` should be positive, got {list(self.epsilons)}")
         if self.users < 0 or not 0 < self.both_share < 1:
             raise ToolsError("`users` should be >= 0 and `both_share` in (0, 1)")
+        if not 0 <= self.favourites <= 64:
+            raise ToolsError(f"`favourites` should be in [0, 64], got {self.favourites}")
 
 
 def _profile_prefixes(
@@ -109,6 +118,25 @@ def _profile_prefixes(
     return torch.cat(out)
 
 
+def _favourites(
+    seqs: UserSequences,
+    table: SemanticIdTable,
+    pairs: list[tuple[int, int]],
+    sigma: float,
+    fcfg: FavouritesConfig,
+    cfg: PrivacyEvalConfig,
+) -> list[list[str]]:
+    """Released favourites of each (user, target): the events before it, inside the horizon."""
+    catalog = sorted(table.codes)
+    rng = dp_random()
+    out = []
+    for u, ti in pairs:
+        times = seqs.times[u]
+        first = int(np.searchsorted(times[:ti], times[ti] - int(cfg.horizon_days * 86_400_000)))
+        out.append(select_favourites(seqs.items[u][first:ti], catalog, sigma, fcfg, rng))
+    return out
+
+
 def _specificity(
     model: Recommender,
     acfg: AdapterConfig,
@@ -116,15 +144,20 @@ def _specificity(
     prompts: list[Prompt],
     table: SemanticIdTable,
     seed: int,
+    with_layer: Callable[[int, int], Prompt] | None = None,
 ) -> float:
-    """Share of users whose target loss is lower with their own layer than another user's."""
-    tok, ctx = pack_scored(prompts, table)
+    """Share of users whose target loss is lower with their own layer than another user's.
+
+    ``with_layer(i, j)`` is user ``i``'s prompt as user ``j``'s layer makes
+    it (favourites); by default the layer leaves the prompt as it is.
+    """
     n = len(prompts)
     if n < 2:
         return float("nan")
     other = (
         torch.arange(n) + 1 + torch.from_numpy(np.random.default_rng(seed).integers(0, n - 1, n))
     ) % n
+    make = with_layer or (lambda i, j: prompts[i])
     own_l: list[Tensor] = []
     other_l: list[Tensor] = []
     with torch.no_grad():
@@ -132,7 +165,9 @@ def _specificity(
             sl = torch.arange(s, min(n, s + 256))
             for idx, acc in ((sl, own_l), (other[sl], other_l)):
                 rows = RowAdapters.gather(acfg, slab, idx)
-                acc.append(model.loss(tok[sl], ctx[sl], rows, "none", last_item_only=True))
+                scored = [make(int(i), int(j)) for i, j in zip(sl, idx, strict=True)]
+                tok, ctx = pack_scored(scored, table)
+                acc.append(model.loss(tok, ctx, rows, "none", last_item_only=True))
     return float((torch.cat(own_l) < torch.cat(other_l)).float().mean())
 
 
@@ -203,16 +238,40 @@ def evaluate_privacy(
     pcfg = AdapterConfig(n_prefix=model.cfg.profile_prefix, film=False, n_modes=0, targets=())
     settings: list[float | None] = [None, *cfg.epsilons]
     if "profile" in cfg.ways:
+        fcfg = FavouritesConfig(k=cfg.favourites) if cfg.favourites else None
+        vocab = ContextVocab(model.cfg.geo_buckets)
         for eps in settings:
             tick(f"profile, epsilon {eps or 'none'}", done, stages)
             t0 = time.perf_counter()
             z = 0.0 if eps is None else noise_multiplier(eps, DELTA, 1.0, 1)
-            slab = {"prefix": _profile_prefixes(model, seqs, pairs, z, cfg)}
+            # a joint release (edge.encoder): each block read at its scale's noise
+            share = 0.0 if fcfg is None else fcfg.share
+            slab = {"prefix": _profile_prefixes(model, seqs, pairs, z / math.sqrt(1 - share), cfg)}
+            favs = (
+                [[] for _ in pairs]
+                if fcfg is None
+                else _favourites(seqs, table, pairs, z / math.sqrt(share), fcfg, cfg)
+            )
             secs = (time.perf_counter() - t0) / n
+
+            def with_layer(i: int, j: int, favs: list[list[str]] = favs) -> Prompt:
+                return favourite_prompt(table, vocab, favs[j], private[i])
+
+            prompts = [with_layer(i, i) for i in range(n)]
             ad = RowAdapters.gather(pcfg, slab, torch.arange(n))
-            m = rank_generative(model, trie, private, ecfg, adapters=ad)["all"]
-            spec = _specificity(model, pcfg, slab, private, table, cfg.seed)
-            rows.append(_row("profile", eps, m, spec, secs, noise_multiplier=z))
+            m = rank_generative(model, trie, prompts, ecfg, adapters=ad)["all"]
+            spec = _specificity(model, pcfg, slab, private, table, cfg.seed, with_layer)
+            rows.append(
+                _row(
+                    "profile",
+                    eps,
+                    m,
+                    spec,
+                    secs,
+                    noise_multiplier=z,
+                    favourites_mean=float(np.mean([len(f) for f in favs])),
+                )
+            )
             done += 1
     trained = [w for w in cfg.ways if w != "profile"]
     if trained:
@@ -233,6 +292,7 @@ def evaluate_privacy(
             "ways": list(cfg.ways),
             "epsilons": list(cfg.epsilons),
             "both_share": cfg.both_share,
+            "favourites": cfg.favourites,
             "beam": cfg.beam,
             "users": cfg.users,
             "seed": cfg.seed,
@@ -258,6 +318,8 @@ def _trained_rows(
     cats = ds.categories()
     settings: list[float | None] = [None, *cfg.epsilons]
     slabs: dict[tuple[str, float | None], list[dict[str, Tensor]]] = {}
+    favs: dict[tuple[str, float | None], list[list[str]]] = {}
+    fcfg = FavouritesConfig(k=cfg.favourites) if cfg.favourites else None
     secs: dict[tuple[str, float | None], float] = {}
     spent: dict[tuple[str, float | None], list[float]] = {}
     total = len(private) * len(ways) * len(settings)
@@ -281,11 +343,14 @@ def _trained_rows(
                     )
                     start = dict(init)
                     sgd_eps = eps
+                    released: list[str] = []
                     if way == "both" and eps is None:
                         start = _exact_profile(model, seqs, pairs[i], init, cfg)
+                        if fcfg is not None:
+                            released = _favourites(seqs, table, [pairs[i]], 0.0, fcfg, cfg)[0]
                     elif way == "both" and eps is not None:
                         b_eps = eps * cfg.both_share
-                        start = release_profile(
+                        rel = release_profile(
                             model,
                             acfg,
                             table,
@@ -295,8 +360,11 @@ def _trained_rows(
                             p.user,
                             init,
                             now=target_time,
-                        ).adapter
+                            favourites=fcfg,
+                        )
+                        start, released = rel.adapter, list(rel.favourites)
                         sgd_eps = eps - b_eps
+                    favs.setdefault((way, eps), []).append(released)
                     dp = (
                         DPConfig(enabled=False)
                         if sgd_eps is None
@@ -322,13 +390,31 @@ def _trained_rows(
     trie = table.trie()
     ecfg = EvalConfig(beam=cfg.beam)
     n = len(private)
+    vocab = ContextVocab(model.cfg.geo_buckets)
     for (way, eps), adapters in slabs.items():
         slab = {k: torch.stack([a[k] for a in adapters]) for k in adapters[0]}
         ad = RowAdapters.gather(acfg, slab, torch.arange(n))
-        m = rank_generative(model, trie, private, ecfg, adapters=ad)["all"]
-        spec = _specificity(model, acfg, slab, private, table, cfg.seed)
+        layer_favs = favs[(way, eps)]
+
+        def with_layer(i: int, j: int, layer_favs: list[list[str]] = layer_favs) -> Prompt:
+            return favourite_prompt(table, vocab, layer_favs[j], private[i])
+
+        prompts = [with_layer(i, i) for i in range(n)]
+        m = rank_generative(model, trie, prompts, ecfg, adapters=ad)["all"]
+        spec = _specificity(model, acfg, slab, private, table, cfg.seed, with_layer)
         eps_max = max(spent[(way, eps)]) if (way, eps) in spent else None
-        rows.append(_row(way, eps, m, spec, secs[(way, eps)] / n, epsilon_spent_max=eps_max))
+        mean_favs = float(np.mean([len(f) for f in layer_favs]))
+        rows.append(
+            _row(
+                way,
+                eps,
+                m,
+                spec,
+                secs[(way, eps)] / n,
+                epsilon_spent_max=eps_max,
+                favourites_mean=mean_favs,
+            )
+        )
     return rows
 
 

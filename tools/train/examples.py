@@ -29,6 +29,7 @@ __all__ = [
     "Prompt",
     "UserSequences",
     "build_prompts",
+    "favourite_prompt",
     "pack_prompts",
     "pack_scored",
     "private_rows",
@@ -208,6 +209,34 @@ def build_prompts(
         c = np.concatenate([c, ctx[ti][None]])
         out.append(Prompt(u, t, c, svc[ti], items[ti], items[begin:ti]))
     return out
+
+
+def favourite_prompt(
+    table: SemanticIdTable, vocab: ContextVocab, favourites: Sequence[str], prompt: Prompt
+) -> Prompt:
+    """``prompt`` with the released favourites as history steps before it.
+
+    Each favourite is a step of its codes whose context position carries the
+    request's context (the prompt's last row) and the item's own service, as
+    a session item of a serving request does.
+    """
+    request = prompt.ctx[-1]
+    toks, ctxs = [], []
+    for item in favourites:
+        codes = item_tokens(table.level_sizes, table.codes[item])
+        c = np.zeros((1 + len(codes), len(request)), dtype=np.int64)
+        c[0] = request
+        c[0, 0] = vocab.encode(str(table.services[item]))[0]
+        toks.append(np.asarray([CTX, *codes], dtype=np.int64))
+        ctxs.append(c)
+    return Prompt(
+        prompt.user,
+        np.concatenate([*toks, prompt.tokens]),
+        np.concatenate([*ctxs, prompt.ctx]),
+        prompt.service,
+        prompt.target,
+        [*favourites, *prompt.history],
+    )
 
 
 def session_begin(

@@ -87,6 +87,28 @@ def test_results_respect_service_k_and_exclude(engines: tuple[Engine, Engine]) -
     assert all(eo.table.services[x.item_id] == req.service for x in first)
 
 
+def test_a_layers_favourites_come_before_the_session(engines: tuple[Engine, Engine]) -> None:
+    """Favourites are prompt steps before the session, for rows with a layer only."""
+    eo, _ = engines
+    slot = eo.slab.load(("samokat", "fav", 1), _adapter(eo, 9))
+    items = sorted(eo.table.codes)
+    [req] = _requests(eo, [slot])
+    favs = (items[3], items[11])
+    with_favs = EngineRequest(**{**req.__dict__, "favourites": (*favs, "not-in-catalog")})
+    as_session = EngineRequest(**{**req.__dict__, "session": (*favs, *req.session)})
+    got, expect = eo.recommend([with_favs, as_session])
+    assert [(x.item_id, x.score) for x in got] == [(x.item_id, x.score) for x in expect]
+    assert [(x.item_id, x.score) for x in got] != [
+        (x.item_id, x.score) for x in eo.recommend([req])[0]
+    ]
+    # a row served by the base (no layer) never reads favourites
+    base = EngineRequest(**{**with_favs.__dict__, "slot": -1})
+    plain = EngineRequest(**{**req.__dict__, "slot": -1})
+    assert [x.item_id for x in eo.recommend([base])[0]] == [
+        x.item_id for x in eo.recommend([plain])[0]
+    ]
+
+
 def test_slab_reuses_the_least_recently_used_slot() -> None:
     slab = Slab({"w": (2,)}, 2)
     a = slab.load(("s", "a", 1), {"w": np.ones(2, np.float32)})
