@@ -87,7 +87,7 @@ def main() -> None:
             # the joint release's count noise (edge.encoder): z / sqrt(share)
             favs = select_favourites(hist, catalog, z / math.sqrt(fcfg.share), fcfg, rng)
             sizes.append(len(favs))
-            prompts.append(favourite_prompt(table, vocab, favs, p))
+            prompts.append(favourite_prompt(table, vocab, favs, p, model.cfg.max_items - 1))
         run(f"private + favourites eps {eps or 'none'} (mean {np.mean(sizes):.1f})", prompts)
     print(json.dumps(out, default=float))
     if args.json:

@@ -221,6 +221,10 @@ def pretrain_cmd(
     profile_dim: Annotated[
         int, typer.Option(help="Width of the profile encoder's release (0: no encoder).")
     ] = 32,
+    favourites: Annotated[
+        int,
+        typer.Option(help="Favourites simulated before private rows' sessions (0: none)."),
+    ] = 10,
 ) -> None:
     """Pretrain the base model (next Semantic ID) on all users' training sequences."""
     from userlayer.tools.train.pretrain import PretrainConfig, pretrain
@@ -233,6 +237,7 @@ def pretrain_cmd(
         max_steps=max_steps,
         valid_users=valid_users,
         min_steps=min_steps,
+        favourites=favourites,
         model={
             "profile_dim": profile_dim,
             "d_model": d_model,

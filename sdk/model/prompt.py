@@ -41,17 +41,23 @@ def encode_request(
     max_items: int | None = None,
     favourites: Sequence[str] = (),
 ) -> Prompt:
-    """The prompt of a request: favourites, the last ``max_items`` session items, CTX.
+    """The prompt of a request: favourites, the last session items, then CTX.
 
-    ``favourites`` are the user layer's released items; those the catalog does
-    not know (an older catalog's) are left out silently: they are the layer's,
-    not the request's.
+    ``favourites`` are the user layer's released items, least frequent first;
+    those the catalog does not know (an older catalog's) are left out
+    silently: they are the layer's, not the request's. At most ``max_items``
+    items in all: the session's last ones first, then the most frequent
+    favourites that still fit.
     """
     known = [i for i in session if i in table.codes]
     unknown = tuple(i for i in session if i not in table.codes)
     if max_items is not None:
         known = known[-max_items:] if max_items > 0 else []
-    known = [i for i in favourites if i in table.codes] + known
+    favs = [i for i in favourites if i in table.codes]
+    if max_items is not None:  # the session first; the most frequent favourites fill the rest
+        room = max(0, max_items - len(known))
+        favs = favs[len(favs) - room :] if room else []
+    known = favs + known
     zero = [0] * len(vocab.sizes)
     toks: list[int] = []
     ctx: list[list[int]] = []

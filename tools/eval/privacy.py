@@ -240,6 +240,7 @@ def evaluate_privacy(
     if "profile" in cfg.ways:
         fcfg = FavouritesConfig(k=cfg.favourites) if cfg.favourites else None
         vocab = ContextVocab(model.cfg.geo_buckets)
+        room = model.cfg.max_items - 1
         for eps in settings:
             tick(f"profile, epsilon {eps or 'none'}", done, stages)
             t0 = time.perf_counter()
@@ -255,7 +256,7 @@ def evaluate_privacy(
             secs = (time.perf_counter() - t0) / n
 
             def with_layer(i: int, j: int, favs: list[list[str]] = favs) -> Prompt:
-                return favourite_prompt(table, vocab, favs[j], private[i])
+                return favourite_prompt(table, vocab, favs[j], private[i], room)
 
             prompts = [with_layer(i, i) for i in range(n)]
             ad = RowAdapters.gather(pcfg, slab, torch.arange(n))
@@ -391,13 +392,14 @@ def _trained_rows(
     ecfg = EvalConfig(beam=cfg.beam)
     n = len(private)
     vocab = ContextVocab(model.cfg.geo_buckets)
+    room = model.cfg.max_items - 1
     for (way, eps), adapters in slabs.items():
         slab = {k: torch.stack([a[k] for a in adapters]) for k in adapters[0]}
         ad = RowAdapters.gather(acfg, slab, torch.arange(n))
         layer_favs = favs[(way, eps)]
 
         def with_layer(i: int, j: int, layer_favs: list[list[str]] = layer_favs) -> Prompt:
-            return favourite_prompt(table, vocab, layer_favs[j], private[i])
+            return favourite_prompt(table, vocab, layer_favs[j], private[i], room)
 
         prompts = [with_layer(i, i) for i in range(n)]
         m = rank_generative(model, trie, prompts, ecfg, adapters=ad)["all"]

@@ -212,15 +212,24 @@ def build_prompts(
 
 
 def favourite_prompt(
-    table: SemanticIdTable, vocab: ContextVocab, favourites: Sequence[str], prompt: Prompt
+    table: SemanticIdTable,
+    vocab: ContextVocab,
+    favourites: Sequence[str],
+    prompt: Prompt,
+    max_items: int | None = None,
 ) -> Prompt:
     """``prompt`` with the released favourites as history steps before it.
 
     Each favourite is a step of its codes whose context position carries the
     request's context (the prompt's last row) and the item's own service, as
-    a session item of a serving request does.
+    a session item of a serving request does. With ``max_items``, only the
+    most frequent favourites that fit beside the prompt's items are kept (as
+    the cloud's :func:`userlayer.sdk.model.prompt.encode_request` does).
     """
     request = prompt.ctx[-1]
+    if max_items is not None:
+        room = max(0, max_items - prompt.n_history)
+        favourites = favourites[len(favourites) - room :] if room else []
     toks, ctxs = [], []
     for item in favourites:
         codes = item_tokens(table.level_sizes, table.codes[item])
@@ -262,18 +271,30 @@ def session_begin(
 
 
 def private_rows(
-    seqs: UserSequences, pairs: Sequence[tuple[int, int]]
+    seqs: UserSequences,
+    pairs: Sequence[tuple[int, int]],
+    before: Sequence[tuple[np.ndarray, np.ndarray] | None] | None = None,
+    max_items: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Private-regime rows ``session + target context + target codes`` for (user, target) pairs.
 
-    Left-padded tokens (B, T) and ctx (B, T, 7); score them with
-    ``last_item_only=True``.
+    ``before[i]``, when given, are (tokens, ctx) steps put before row ``i``'s
+    session (a user layer's favourites, least frequent first), the last of
+    them only when ``max_items`` limits the items before the target. Left-padded
+    tokens (B, T) and ctx (B, T, 7); score them with ``last_item_only=True``.
     """
     rows_t, rows_c = [], []
-    for u, ti in pairs:
+    step = 1 + seqs.n_levels
+    for i, (u, ti) in enumerate(pairs):
         tok, ctx = seqs.tokens[u], seqs.ctx[u]
         begin = session_begin(seqs.times[u], ti, seqs.timestamps_real)
         t, c = _steps(tok[begin : ti + 1], ctx[begin : ti + 1])
+        extra = None if before is None else before[i]
+        if extra is not None:
+            room = len(extra[0]) if max_items is None else max(0, max_items - (ti - begin))
+            keep = min(len(extra[0]), room * step)
+            t = np.concatenate([extra[0][len(extra[0]) - keep :], t])
+            c = np.concatenate([extra[1][len(extra[1]) - keep :], c])
         rows_t.append(t)
         rows_c.append(c)
     t_len = max(len(t) for t in rows_t)

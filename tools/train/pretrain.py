@@ -15,8 +15,13 @@ from every earlier event (:mod:`userlayer.sdk.model.encoder`), released with
 Gaussian noise at a random noise multiplier (log-uniform over
 ``profile_noise``; exact for a ``profile_exact`` share of rows) or absent
 (``profile_absent``), so the base learns to read a DP profile at any budget
-and to do without one. This noise trains robustness; it is not a privacy
-mechanism (pretraining data are public or consented) and uses torch's RNG.
+and to do without one. With ``favourites`` > 0 the rows that have a prefix
+also get the favourites the same release would carry
+(:mod:`userlayer.sdk.privacy.favourites`, the default share 0.5, so the
+counts' noise equals the row's profile noise multiplier) as prompt steps
+before the session, as the cloud serves them. This noise trains robustness;
+it is not a privacy mechanism (pretraining data are public or consented) and
+uses torch's and numpy's seeded RNGs.
 
 After every epoch the run measures the validation loss: the mean code
 cross-entropy of each sampled user's held-out validation item (the one before
@@ -33,7 +38,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,8 +50,9 @@ from torch import Tensor
 
 from userlayer.sdk.model.config import AdapterConfig, ModelConfig
 from userlayer.sdk.model.io import save_model
-from userlayer.sdk.model.tokens import PAD
+from userlayer.sdk.model.tokens import CTX, PAD, ContextVocab, item_tokens
 from userlayer.sdk.model.transformer import Recommender, RowAdapters
+from userlayer.sdk.privacy.favourites import FavouritesConfig, favourite_threshold
 from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.exceptions import ToolsError
@@ -86,6 +92,7 @@ class PretrainConfig:
     profile_absent: float = 0.15  # share of private rows without a prefix
     profile_exact: float = 0.2  # share of private rows with an exact (noise-free) profile
     profile_noise: tuple[float, float] = (0.3, 8.0)  # noise multipliers of the others
+    favourites: int = 10  # favourites simulated in private rows with a prefix (0: none)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "checkpoint_every"):
@@ -99,6 +106,8 @@ class PretrainConfig:
             raise ToolsError("`warmup_steps`, `weight_decay` should be >= 0 and `grad_clip` > 0")
         if self.min_steps < 0:
             raise ToolsError(f"`min_steps` should be >= 0, got {self.min_steps}")
+        if not 0 <= self.favourites <= 64:
+            raise ToolsError(f"`favourites` should be in [0, 64], got {self.favourites}")
         lo, hi = self.profile_noise
         if not (0 <= self.profile_absent <= 1 and 0 <= self.profile_exact <= 1 and 0 < lo <= hi):
             raise ToolsError(
@@ -214,6 +223,43 @@ def _private_targets(seqs: UserSequences, holdout: int = 2) -> np.ndarray:
     return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
 
 
+@dataclass(frozen=True)
+class _Catalog:
+    """The catalog as the favourites' simulation needs it: codes and service ids by index."""
+
+    index: dict[str, int]
+    tokens: np.ndarray  # (N, L) code token ids
+    service: np.ndarray  # (N,) context service ids
+
+    @classmethod
+    def of(cls, table: SemanticIdTable, vocab: ContextVocab) -> _Catalog:
+        items = sorted(table.codes)
+        return cls(
+            {item: i for i, item in enumerate(items)},
+            np.asarray([item_tokens(table.level_sizes, table.codes[i]) for i in items]),
+            np.asarray([vocab.encode(str(table.services[i]))[0] for i in items]),
+        )
+
+    def favourites(
+        self, items: Sequence[str], sigma: float, k: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Catalog indices a release at count noise ``sigma`` would carry, least frequent first."""
+        n = len(self.tokens)
+        counts = np.bincount([self.index[i] for i in items if i in self.index], minlength=n)
+        noisy = counts + sigma * rng.standard_normal(n) if sigma > 0 else counts.astype(float)
+        passed = np.flatnonzero(noisy >= favourite_threshold(sigma, n, FavouritesConfig(k=k)))
+        return passed[np.argsort(-noisy[passed], kind="stable")][:k][::-1]
+
+    def steps(self, fav: np.ndarray, request: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Prompt steps of favourites (tokens, ctx) with the request's context row."""
+        levels = self.tokens.shape[1]
+        tok = np.concatenate([np.full((len(fav), 1), CTX), self.tokens[fav]], 1).reshape(-1)
+        ctx = np.zeros((len(fav), 1 + levels, len(request)), dtype=np.int64)
+        ctx[:, 0] = request
+        ctx[:, 0, 0] = self.service[fav]
+        return tok, ctx.reshape(-1, len(request))
+
+
 def _private_loss(
     model: Recommender,
     seqs: UserSequences,
@@ -221,18 +267,30 @@ def _private_loss(
     cfg: PretrainConfig,
     step: int,
     batch: int,
+    catalog: _Catalog | None = None,
 ) -> Tensor:
     """Loss of a batch of private rows with noisy, exact or absent profile prefixes."""
     enc = model.profile
     assert enc is not None
     rng = np.random.default_rng([cfg.seed, step, 7])
     pick = [(int(u), int(t)) for u, t in pairs[rng.integers(0, len(pairs), batch)]]
-    tok, ctx = private_rows(seqs, pick)
     codes, ages, mask = profile_inputs(seqs, pick)
     lo, hi = cfg.profile_noise
     z = np.exp(rng.uniform(math.log(lo), math.log(hi), batch))
     z[rng.uniform(size=batch) < cfg.profile_exact] = 0.0
     absent = rng.uniform(size=batch) < cfg.profile_absent
+    before = None
+    if catalog is not None and cfg.favourites:
+        before = [
+            None
+            if absent[r]
+            else catalog.steps(
+                catalog.favourites(seqs.items[u][:t], float(z[r]), cfg.favourites, rng),
+                seqs.ctx[u][t],
+            )
+            for r, (u, t) in enumerate(pick)
+        ]
+    tok, ctx = private_rows(seqs, pick, before, model.cfg.max_items - 1)
     zt = torch.from_numpy(z).float()
     stats = enc.stats(codes, ages, mask)
     released = stats + zt[:, None] * torch.randn_like(stats)
@@ -293,6 +351,7 @@ def pretrain(
     epochs = max(cfg.epochs, math.ceil(cfg.min_steps / per_epoch))
     total = per_epoch * epochs
     pairs = _private_targets(seqs) if model.profile is not None else None
+    catalog = _Catalog.of(table, ContextVocab(mcfg.geo_buckets)) if cfg.favourites else None
     step, losses, valid = 0, list[float](), list[float]()
     valid_rows = _validation_rows(
         seqs, table, cfg.valid_users, cfg.seed, min(20, mcfg.max_items - 1)
@@ -315,7 +374,7 @@ def pretrain(
             g["lr"] = _lr(cfg, step, total)
         loss = model.loss(tokens[idx, -width:], ctx[idx, -width:])
         if pairs is not None and len(pairs):
-            loss = loss + _private_loss(model, seqs, pairs, cfg, step, len(idx))
+            loss = loss + _private_loss(model, seqs, pairs, cfg, step, len(idx), catalog)
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -23,14 +23,21 @@ def _step(item: str) -> list[int]:
 def test_favourites_come_first_then_the_last_session_items() -> None:
     ctx = Context(daypart="evening")
     p = encode_request(
-        "samokat", ctx, ["i1", "zz", "i2", "i3"], TABLE, VOCAB, 2, favourites=["i9", "gone", "i4"]
+        "samokat", ctx, ["i1", "zz", "i2", "i3"], TABLE, VOCAB, 5, favourites=["i9", "gone", "i4"]
     )
-    assert p.tokens == [*_step("i9"), *_step("i4"), *_step("i2"), *_step("i3"), CTX]
+    assert p.tokens == [*_step("i9"), *_step("i4"), *_step("i1"), *_step("i2"), *_step("i3"), CTX]
     assert p.unknown_items == ("zz",)  # favourites a newer catalog dropped are not reported
     # each item step carries the request's context and the item's own service
     assert p.ctx[0] == list(VOCAB.encode_context(Service.KUPER, ctx))
     assert p.ctx[-1] == list(VOCAB.encode_context("samokat", ctx))
-    assert encode_request("samokat", ctx, ["i2"], TABLE, VOCAB, 0, ["i4"]).tokens == [
+    # at most max_items in all: the session's last items first, then the most frequent favourites
+    p = encode_request("samokat", ctx, ["i1", "i2", "i3"], TABLE, VOCAB, 4, ["i9", "i5", "i4"])
+    assert p.tokens == [*_step("i4"), *_step("i1"), *_step("i2"), *_step("i3"), CTX]
+    assert encode_request("samokat", ctx, ["i2"], TABLE, VOCAB, 1, ["i4"]).tokens == [
+        *_step("i2"),
+        CTX,
+    ]
+    assert encode_request("samokat", ctx, [], TABLE, VOCAB, None, ["i4"]).tokens == [
         *_step("i4"),
         CTX,
     ]

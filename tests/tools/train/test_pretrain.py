@@ -177,3 +177,41 @@ def test_a_base_with_an_encoder_pretrains_and_reloads(tmp_path: Path, synth_data
     assert fingerprint(model) == res.fingerprint
     with pytest.raises(ToolsError, match="profile_absent"):
         PretrainConfig(profile_absent=2.0)
+
+
+def test_simulated_favourites_are_the_release_and_fit_the_window(synth_data_dir: Path) -> None:
+    """Pretraining's favourites are what the edge would release; rows keep the model's window."""
+    from userlayer.sdk import SemanticIdTable
+    from userlayer.sdk.model.tokens import CTX, ContextVocab
+    from userlayer.sdk.privacy import SecureRandom
+    from userlayer.sdk.privacy.favourites import FavouritesConfig, select_favourites
+    from userlayer.tools.data.format import Dataset
+    from userlayer.tools.train.examples import private_rows, session_begin
+    from userlayer.tools.train.pretrain import _Catalog
+
+    table = SemanticIdTable.load(synth_data_dir / "sids.json")
+    seqs = UserSequences.from_dataset(Dataset.load(synth_data_dir), table)
+    cat = _Catalog.of(table, ContextVocab())
+    items = sorted(table.codes)
+    rng = np.random.default_rng(0)
+    pairs = [(u, len(seqs.tokens[u]) - 3) for u in range(20)]
+    favs = [cat.favourites(seqs.items[u][:t], 0.0, 10, rng) for u, t in pairs]
+    for (u, t), f in zip(pairs, favs, strict=True):
+        exact = select_favourites(seqs.items[u][:t], items, 0.0, FavouritesConfig(), SecureRandom())
+        assert [items[i] for i in f] == exact
+    assert any(len(f) for f in favs)  # the synthetic users repeat items
+    before = [cat.steps(f, seqs.ctx[u][t]) for f, (u, t) in zip(favs, pairs, strict=True)]
+    step = 1 + seqs.n_levels
+    for cap in (None, 6):
+        tok, ctx = private_rows(seqs, pairs, before, cap)
+        for row, ((u, t), f) in enumerate(zip(pairs, favs, strict=True)):
+            n_session = t - session_begin(seqs.times[u], t, seqs.timestamps_real)
+            kept = len(f) if cap is None else min(len(f), max(0, cap - n_session))
+            n_items = int((tok[row] == CTX).sum()) - 1  # the target's step is not an input
+            assert n_items == n_session + kept
+            if kept:  # the most frequent favourites stay, with the target's context
+                first = tok.shape[1] - (n_session + kept + 1) * step
+                codes = tok[row, first + 1 : first + step].numpy()
+                assert (codes == cat.tokens[f[len(f) - kept]]).all()
+                assert ctx[row, first, 0] == cat.service[f[len(f) - kept]]
+                assert (ctx[row, first, 1:] == torch.from_numpy(seqs.ctx[u][t][1:])).all()
