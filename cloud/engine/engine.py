@@ -31,12 +31,14 @@ from userlayer.sdk.model.config import ModelConfig
 from userlayer.sdk.model.decoding import Recommendation, beam_search
 from userlayer.sdk.model.io import fingerprint, load_model
 from userlayer.sdk.model.prompt import encode_request, mode_one_hot, pack_prompts
+from userlayer.sdk.model.trie_search import TensorTrie, trie_beam_search
 from userlayer.sdk.schemas import Context, Service
 from userlayer.sdk.semantic_ids import SemanticIdTable
 
 __all__ = ["BACKENDS", "Engine", "EngineConfig", "EngineRequest", "Slab"]
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
+SEARCHES = ("tensor", "reference")
 
 
 @dataclass(frozen=True)
@@ -50,10 +52,15 @@ class EngineConfig:
     threads: int | None = None
     device: str = "cpu"  # the torch backend: cpu | cuda
     max_session_items: int = 20
+    # constrained decoding: "tensor" (the trie as tensors, userlayer.sdk.model.trie_search)
+    # or "reference" (userlayer.sdk.model.decoding.beam_search); both return the same
+    search: str = "tensor"
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise EngineError(f"`backend` should be one of {BACKENDS}, got {self.backend!r}")
+        if self.search not in SEARCHES:
+            raise EngineError(f"`search` should be one of {SEARCHES}, got {self.search!r}")
         for name in ("beam", "slots", "max_session_items"):
             if getattr(self, name) < 1:
                 raise EngineError(f"`{name}` should be at least 1, got {getattr(self, name)}")
@@ -158,6 +165,7 @@ class Engine:
         self.model_cfg: ModelConfig = model.cfg
         self.table = SemanticIdTable.load(d / "sids.json")
         self.trie = self.table.trie()
+        self.tensor_trie = TensorTrie(self.table)
         self.vocab = model.ctx_vocab
         backend: Backend
         if cfg.backend == "onnxruntime":
@@ -218,14 +226,11 @@ class Engine:
         ).reshape(len(reqs), n_modes)
         k = max(r.k for r in reqs)
         dec = self.backend.decoder(active, tensors, mw)
-        out = beam_search(
-            dec,
-            self.trie,
-            tok,
-            ctx,
-            k=k,
-            beam=max(self.cfg.beam, k),
-            services=[r.service for r in reqs],
-            exclude=[r.exclude for r in reqs],
-        )
+        services = [r.service for r in reqs]
+        exclude = [r.exclude for r in reqs]
+        beam = max(self.cfg.beam, k)
+        if self.cfg.search == "tensor":
+            out = trie_beam_search(dec, self.tensor_trie, tok, ctx, k, beam, services, exclude)
+        else:
+            out = beam_search(dec, self.trie, tok, ctx, k, beam, services, exclude)
         return [o[: r.k] for o, r in zip(out, reqs, strict=True)]

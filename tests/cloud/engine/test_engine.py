@@ -109,6 +109,29 @@ def test_a_layers_favourites_come_before_the_session(engines: tuple[Engine, Engi
     ]
 
 
+def test_the_tensor_search_serves_what_the_reference_serves(
+    engines: tuple[Engine, Engine], tiny_model_dir: Path
+) -> None:
+    eo, _ = engines
+    ref = Engine(
+        tiny_model_dir,
+        EngineConfig(backend="onnxruntime", onnx_dir=eo.cfg.onnx_dir, slots=16, search="reference"),
+    )
+    slots = [ref.slab.load(("samokat", f"r{u}", 1), _adapter(ref, u)) for u in range(3)]
+    for u in range(3):
+        eo.slab.load(("samokat", f"r{u}", 1), _adapter(eo, u))
+    reqs = _requests(ref, [slots[0], -1, slots[1], slots[2]])
+    reqs[1] = EngineRequest(**{**reqs[1].__dict__, "exclude": tuple(sorted(ref.table.codes)[:40])})
+    eo_slots = [eo.slab.lookup(("samokat", f"r{u}", 1)) for u in range(3)]
+    mine = [EngineRequest(**{**r.__dict__, "slot": s}) for r, s in
+            zip(reqs, [eo_slots[0], -1, eo_slots[1], eo_slots[2]], strict=True)]  # fmt: skip
+    for a, b in zip(eo.recommend(mine), ref.recommend(reqs), strict=True):
+        assert [x.item_id for x in a] == [x.item_id for x in b]
+        np.testing.assert_allclose([x.score for x in a], [x.score for x in b], atol=1e-5)
+    with pytest.raises(EngineError, match="search"):
+        EngineConfig(search="greedy")
+
+
 def test_slab_reuses_the_least_recently_used_slot() -> None:
     slab = Slab({"w": (2,)}, 2)
     a = slab.load(("s", "a", 1), {"w": np.ones(2, np.float32)})
