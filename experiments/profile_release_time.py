@@ -2,7 +2,8 @@
 
 For the first ``--users`` users of a dataset: the release over the whole
 history and over the first 5 events only (a new user), each including the
-ledger's reservation on SQLite, one torch thread. Used for
+ledger's reservation on SQLite, one torch thread, with the favourites (the
+default; ``--favourites 0`` for the prefix only). Used for
 docs/personalization.md::
 
     python experiments/profile_release_time.py --data synth --model p_synth --users 50
@@ -21,6 +22,7 @@ import torch
 from userlayer.edge.encoder import release_profile
 from userlayer.edge.privacy import PrivacyLedger
 from userlayer.sdk.model import AdapterConfig, load_model
+from userlayer.sdk.privacy.favourites import FavouritesConfig
 from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.data.format import Dataset
 
@@ -32,7 +34,9 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--users", type=int, default=50)
     ap.add_argument("--epsilon", type=float, default=2.0)
+    ap.add_argument("--favourites", type=int, default=10, help="0: the prefix only")
     args = ap.parse_args()
+    favs = FavouritesConfig(k=args.favourites) if args.favourites else None
     torch.set_num_threads(1)
     model = load_model(args.model).eval()
     table = SemanticIdTable.load(Path(args.model) / "sids.json")
@@ -44,7 +48,9 @@ def main() -> None:
         led = PrivacyLedger(Path(tmp) / "ledger.db", secrets.token_bytes(32), budget=1e6)
         for u in users:
             ev = by_user[u]
-            r = release_profile(model, acfg, table, ev, args.epsilon, led, u, now=ev[-1].timestamp)
+            r = release_profile(
+                model, acfg, table, ev, args.epsilon, led, u, now=ev[-1].timestamp, favourites=favs
+            )
             full.append(r.seconds)
             sizes.append(r.events)
             r = release_profile(
@@ -56,6 +62,7 @@ def main() -> None:
                 led,
                 u,
                 now=ev[min(4, len(ev) - 1)].timestamp,
+                favourites=favs,
             )
             cold.append(r.seconds)
         led.close()
