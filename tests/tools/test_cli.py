@@ -91,3 +91,25 @@ def test_beauty_precomputed(tmp_path: Path, beauty_dir: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert len(SemanticIdTable.load(tmp_path / "b" / "sids.json")) == 12101
+
+
+def test_progress_reports_to_a_log_when_not_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect (issue 23): a command's progress showed nothing in a log until it ended."""
+    import io
+
+    from rich.console import Console
+
+    from userlayer.tools import cli
+
+    monkeypatch.setattr(cli._Progress, "log_every", 0.0)
+    buf = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(file=buf, force_terminal=False, width=100))
+    with cli._progress() as progress:
+        task = progress.add_task("stage one", total=4)
+        for _ in range(4):
+            progress.advance(task)
+        progress.update(task, description="stage two", completed=1, total=3)
+    lines = [ln for ln in buf.getvalue().splitlines() if ln.startswith("stage")]
+    assert lines[0].startswith("stage one: 1/4") and "left" in " ".join(lines[:3])
+    assert sum(ln.startswith("stage one: 4/4") for ln in lines) == 1  # the end, once
+    assert any(ln.startswith("stage two: 1/3") for ln in lines)  # a task reused for a stage
