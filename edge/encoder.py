@@ -14,8 +14,10 @@ prefix is post-processing of the release by the public encoder.
 With ``favourites`` the same release also carries the user's favourite
 items (:mod:`userlayer.sdk.privacy.favourites`): each event's vector is the
 profile block scaled by ``sqrt(1 - share)`` beside its item's one-hot count
-scaled by ``sqrt(share)``, still of norm <= 1, and the noise N(0, z^2) covers
-both blocks (the count block over the whole catalog). Dividing each block by
+scaled by ``sqrt(share)``: an event moves the joint vector by at most 1 (its
+count block moves by at most ``sqrt(share)`` even though counts are days
+with an event, see :mod:`userlayer.sdk.privacy.favourites`), and the noise
+N(0, z^2) covers both blocks (the count block over the whole catalog). Dividing each block by
 its scale is post-processing, so the profile is read at noise multiplier
 ``z / sqrt(1 - share)`` and the counts at standard deviation
 ``z / sqrt(share)``; the ledger is charged ``Mechanism(z, 1, 1)`` once, as
@@ -45,7 +47,7 @@ from userlayer.sdk.model.config import AdapterConfig
 from userlayer.sdk.model.tokens import FIRST_CODE, item_tokens
 from userlayer.sdk.model.transformer import Recommender, adapter_shapes
 from userlayer.sdk.privacy import Mechanism, dp_random, noise_multiplier
-from userlayer.sdk.privacy.favourites import FavouritesConfig, select_favourites
+from userlayer.sdk.privacy.favourites import FavouritesConfig, occasions, select_favourites
 from userlayer.sdk.schemas import Event
 from userlayer.sdk.semantic_ids import SemanticIdTable
 
@@ -156,8 +158,10 @@ def release_profile(
         favs: list[str] = []
         if favourites is not None:
             oldest = now - timedelta(days=ledger.period_days)
-            inside = [e.item_id for e in events if oldest < e.timestamp <= now]
-            favs = select_favourites(inside, catalog, z / math.sqrt(share), favourites, rng)
+            inside = [e for e in events if e.item_id in table.codes and oldest < e.timestamp <= now]
+            days = [int(e.timestamp.timestamp() // 86_400) for e in inside]
+            once = occasions([e.item_id for e in inside], days)
+            favs = select_favourites(once, catalog, z / math.sqrt(share), favourites, rng)
     entry = reservation.entry
     adapter = {k: v.detach().clone() for k, v in (init or zero_adapter(model, acfg)).items()}
     adapter["prefix"] = prefix.detach().clone()

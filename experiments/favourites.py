@@ -29,7 +29,7 @@ import torch
 from userlayer.sdk.model.io import load_model
 from userlayer.sdk.model.tokens import ContextVocab
 from userlayer.sdk.privacy import dp_random, noise_multiplier
-from userlayer.sdk.privacy.favourites import FavouritesConfig, select_favourites
+from userlayer.sdk.privacy.favourites import FavouritesConfig, occasions, select_favourites
 from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.eval.evaluate import EvalConfig, rank_generative
@@ -85,7 +85,8 @@ def main() -> None:
             u = index[p.user]
             hist = seqs.items[u][:-1]
             # the joint release's count noise (edge.encoder): z / sqrt(share)
-            favs = select_favourites(hist, catalog, z / math.sqrt(fcfg.share), fcfg, rng)
+            once = occasions(hist, (seqs.times[u][: len(hist)] // 86_400_000).tolist())
+            favs = select_favourites(once, catalog, z / math.sqrt(fcfg.share), fcfg, rng)
             sizes.append(len(favs))
             prompts.append(favourite_prompt(table, vocab, favs, p, model.cfg.max_items - 1))
         run(f"private + favourites eps {eps or 'none'} (mean {np.mean(sizes):.1f})", prompts)

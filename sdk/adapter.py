@@ -285,12 +285,14 @@ class Manifest:
             privacy=_privacy(doc.get("privacy"), legacy=doc["format"] in LEGACY_FORMATS),
             created=doc["created"],
             format=doc["format"],
-            favourites=_favourites(doc.get("favourites", [])),
+            favourites=_favourites(doc.get("favourites", []), doc["format"]),
         )
 
 
-def _favourites(v: Any) -> tuple[str, ...]:
-    """Validate the manifest's favourites: at most 64 distinct item ids."""
+def _favourites(v: Any, fmt: str) -> tuple[str, ...]:
+    """Validate the manifest's favourites: at most 64 distinct item ids, format 2 only."""
+    if v and fmt != ADAPTER_FORMAT:
+        raise AdapterError(f"manifest field `favourites` is not part of format {fmt!r}")
     ok = (
         isinstance(v, list)
         and len(v) <= MAX_FAVOURITES

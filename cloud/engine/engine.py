@@ -166,6 +166,8 @@ class Engine:
         self.table = SemanticIdTable.load(d / "sids.json")
         self.trie = self.table.trie()
         self.tensor_trie = TensorTrie(self.table)
+        # items in a prompt (favourites and session): never past the model's trained window
+        self.max_items = min(cfg.max_session_items, model.cfg.max_items - 1)
         self.vocab = model.ctx_vocab
         backend: Backend
         if cfg.backend == "onnxruntime":
@@ -209,7 +211,7 @@ class Engine:
                 r.session,
                 self.table,
                 self.vocab,
-                self.cfg.max_session_items,
+                self.max_items,
                 r.favourites if r.slot >= 0 else (),
             )
             for r in reqs

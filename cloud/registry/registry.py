@@ -222,6 +222,15 @@ class AdapterRegistry:
             raise RejectedError(
                 f"package's DP randomness is {m.privacy.rng!r}, not the OS CSPRNG: not private"
             )
+        if m.favourites and (
+            m.privacy is None
+            or m.privacy.mechanism not in ("profile", "profile+dp-sgd")
+            or not m.privacy.favourites_noise > 0
+        ):  # favourites name items: only a release that noised their counts may carry them
+            raise RejectedError(
+                "package carries favourites without a DP release of them (mechanism profile "
+                "or profile+dp-sgd with favourites_noise > 0)"
+            )
         plain = unseal(blob, self.recipient_key)
         info = AdapterInfo(
             service=service,

@@ -1,17 +1,24 @@
 """The user's favourite items, released through a Gaussian count histogram.
 
-Each event adds 1 to its item's count, so adding or removing one event moves
-the count vector by 1 in L2: with N(0, sigma^2) noise on *every* catalog
-item's count (dense, so items the user never touched can come out too) the
-release is a Gaussian mechanism of sensitivity 1 per event, accounted like
-any other (``Mechanism(sigma, 1.0, 1)``, or as part of a joint release whose
-per-event vector has norm <= 1). Everything after the noisy counts is
+An item's count is the number of days (UTC) on which the user has at least
+one event of it (:func:`occasions`), so a view, a cart and a purchase of the
+same item in one shopping trip count once. Adding or removing one event
+changes at most one item's count, by at most 1: with N(0, sigma^2) noise on
+*every* catalog item's count (dense, so items the user never touched can come
+out too) the release is a Gaussian mechanism of sensitivity 1 per event,
+accounted like any other (``Mechanism(sigma, 1.0, 1)``, or as a block of a
+joint release whose other block moves by at most ``sqrt(1 - share)``, see
+:mod:`userlayer.edge.encoder`). Everything after the noisy counts is
 post-processing: the items whose noisy count passes the threshold
-``sigma * Phi^-1(1 - alpha / catalog)`` (so an item the user never touched is
-released with probability ``alpha / catalog``, about ``alpha`` such items
-per release) and at least ``min_count``, the ``k`` largest, least frequent
-first. On repeat-heavy data (groceries) the user's staples are exactly what
-a short session does not show.
+``max(min_count, sigma * Phi^-1(1 - alpha / catalog))`` (so an item the user
+never touched is released with probability at most ``alpha / catalog``:
+about ``alpha`` such items per release at most), the ``k`` largest, least
+frequent first. On repeat-heavy data (groceries) the user's staples are
+exactly what a short session does not show.
+
+The unit stays the event: an item bought on one day only is protected at
+epsilon per event for each of its events, so a day with ``m`` events of the
+same item still moves its count by 1 at most, whatever ``m``.
 
 Without noise (``sigma == 0``, not private) the items with count >=
 ``min_count`` are released: the reference of the measurements.
@@ -30,7 +37,7 @@ import numpy as np
 from userlayer.sdk.exceptions import PrivacyError
 from userlayer.sdk.privacy.rng import DPRandom
 
-__all__ = ["FavouritesConfig", "favourite_threshold", "select_favourites"]
+__all__ = ["FavouritesConfig", "favourite_threshold", "occasions", "select_favourites"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,7 @@ class FavouritesConfig:
 
     k: int = 10
     alpha: float = 0.1  # expected items released that the user never touched
-    min_count: float = 2.0  # a favourite is bought at least twice
+    min_count: float = 2.0  # a favourite: events of it on at least two days
     share: float = 0.5  # of a joint release's per-event squared norm (edge.encoder)
 
     def __post_init__(self) -> None:
@@ -57,8 +64,19 @@ def favourite_threshold(sigma: float, catalog: int, cfg: FavouritesConfig) -> fl
     """The noisy count a released item must pass (see the module docstring)."""
     if sigma < 0 or not math.isfinite(sigma) or catalog < 1:
         raise PrivacyError(f"bad favourites threshold inputs: sigma {sigma}, catalog {catalog}")
-    tail = 0.0 if sigma == 0 else sigma * NormalDist().inv_cdf(1.0 - cfg.alpha / catalog)
+    tail = 0.0 if sigma == 0 else -sigma * NormalDist().inv_cdf(cfg.alpha / catalog)
     return max(tail, cfg.min_count)
+
+
+def occasions(items: Sequence[str], days: Sequence[int]) -> list[str]:
+    """One item id per (item, day) with an event: the counts :func:`select_favourites` takes.
+
+    ``days`` are the events' day numbers (e.g. UTC days since the epoch),
+    aligned with ``items``.
+    """
+    if len(items) != len(days):
+        raise PrivacyError(f"{len(items)} items but {len(days)} days")
+    return [item for item, _ in dict.fromkeys(zip(items, days, strict=True))]
 
 
 def select_favourites(
@@ -68,9 +86,10 @@ def select_favourites(
     cfg: FavouritesConfig,
     rng: DPRandom,
 ) -> list[str]:
-    """The released favourites of one user's events (item ids), least frequent first.
+    """The released favourites of one user (item ids), least frequent first.
 
-    ``catalog`` is the public, sorted item list (the Semantic ID table's keys):
+    ``events`` holds one item id per occasion (:func:`occasions`); ``catalog``
+    is the public, sorted item list (the Semantic ID table's keys):
     the noise covers every item of it, whatever the user did; events of items
     outside it are left out. ``sigma`` is the noise's standard deviation in
     counts (0: exact, not private).

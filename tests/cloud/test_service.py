@@ -8,6 +8,7 @@ batch holding more distinct users than slots could silently serve a reloaded slo
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from userlayer.cloud.engine.engine import Engine, EngineConfig, EngineRequest
 from userlayer.cloud.registry import AdapterRegistry, RegistryError
 from userlayer.cloud.service import NO_ADAPTER, Metrics, Serving
-from userlayer.sdk.adapter import seal_package
+from userlayer.sdk.adapter import PrivacyRecord, seal_package
 from userlayer.sdk.api import RecommendRequest
 from userlayer.tools.bench.adapters import random_adapter
 
@@ -122,7 +123,24 @@ def test_a_layers_favourites_reach_the_prompt_from_both_registry_tiers(
         "user_id": "bea",
         "version": 1,
         "favourites": favs,
+        "privacy": PrivacyRecord(
+            8.0, 1e-5, "prv", "opacus 1.6.0", 1, 0.6, 1.0, 1.0, mechanism="profile"
+        ),
     }
+    unnoised = seal_package(
+        {**fields, "privacy": None}, random_adapter(a.engine.shapes, 4, scale=0.5), key
+    )
+    with pytest.raises(RegistryError, match="favourites"):  # exact favourites: raw data
+        a.registry.put("samokat", "bea", unnoised)
+    rec = fields["privacy"]
+    assert isinstance(rec, PrivacyRecord)
+    for bad in (replace(rec, mechanism="dp-sgd", favourites_noise=0.85), rec):  # no noise: 0
+        blob = seal_package(
+            {**fields, "privacy": bad}, random_adapter(a.engine.shapes, 4, scale=0.5), key
+        )
+        with pytest.raises(RegistryError, match="favourites"):
+            a.registry.put("samokat", "bea", blob)
+    fields["privacy"] = replace(rec, favourites_noise=0.85)
     blob = seal_package(fields, random_adapter(a.engine.shapes, 4, scale=0.5), key)
     a.registry.put("samokat", "bea", blob)
     assert a.registry.get("samokat", "bea").favourites == favs  # type: ignore[union-attr]

@@ -220,10 +220,15 @@ def test_both_ways_spend_nothing_when_the_second_release_would_not_fit(
 
 
 def _repeat_heavy(user: str) -> list:  # type: ignore[type-arg]
-    """30 events: item i3 bought 20 times, ten other items once each."""
-    events = make_events(user, 30)
-    return [e.model_copy(update={"item_id": "i3" if k < 20 else e.item_id}) for k, e in
-            enumerate(events)]  # fmt: skip
+    """33 events: item i3 on 20 days (one day with a view, a cart and a purchase of it),
+    then ten other items once each."""
+    events = make_events(user, 33)
+    out = []
+    for k, e in enumerate(events):
+        day = min(k, 19) if k < 22 else 20
+        t = events[0].timestamp + timedelta(days=day, hours=k)
+        out.append(e.model_copy(update={"item_id": "i3" if k < 22 else e.item_id, "timestamp": t}))
+    return out
 
 
 def test_favourites_ride_in_the_same_mechanism_at_the_stated_noise(model: Recommender) -> None:
@@ -241,7 +246,7 @@ def test_favourites_ride_in_the_same_mechanism_at_the_stated_noise(model: Recomm
     assert rel.record.epsilon == pytest.approx(plain.record.epsilon)
     assert rel.record.favourites_noise == pytest.approx(z / 0.5**0.5)
     assert plain.favourites == () and plain.record.favourites_noise == 0.0
-    # 20 purchases against noise of std 0.85 over a 40-item catalog: i3 comes out last
+    # i3 on 20 days (22 events) against noise of std 0.85 over a 40-item catalog
     assert rel.favourites and rel.favourites[-1] == "i3"
 
 

@@ -294,3 +294,6 @@ def test_favourites_round_trip_and_are_validated(key: Ed25519PrivateKey, trusted
         doc = {**good, "favourites": bad}
         with pytest.raises(AdapterError, match="favourites"):
             type(pkg.manifest).from_json(json.dumps(doc).encode())
+    legacy = {**good, "format": "userlayer.adapter/1", "privacy": None}
+    with pytest.raises(AdapterError, match="favourites"):  # not part of format 1
+        type(pkg.manifest).from_json(json.dumps(legacy).encode())

@@ -52,7 +52,7 @@ from userlayer.sdk.model.io import load_model
 from userlayer.sdk.model.tokens import ContextVocab
 from userlayer.sdk.model.transformer import Recommender, RowAdapters, new_adapter
 from userlayer.sdk.privacy import DEFAULT_ACCOUNTANT, dp_random, library, noise_multiplier
-from userlayer.sdk.privacy.favourites import FavouritesConfig, select_favourites
+from userlayer.sdk.privacy.favourites import FavouritesConfig, occasions, select_favourites
 from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.eval.evaluate import EvalConfig, rank_generative, sasrec_results
@@ -133,7 +133,9 @@ def _favourites(
     for u, ti in pairs:
         times = seqs.times[u]
         first = int(np.searchsorted(times[:ti], times[ti] - int(cfg.horizon_days * 86_400_000)))
-        out.append(select_favourites(seqs.items[u][first:ti], catalog, sigma, fcfg, rng))
+        days = (seqs.times[u][first:ti] // 86_400_000).tolist()
+        once = occasions(seqs.items[u][first:ti], days)
+        out.append(select_favourites(once, catalog, sigma, fcfg, rng))
     return out
 
 

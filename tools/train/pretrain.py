@@ -52,7 +52,7 @@ from userlayer.sdk.model.config import AdapterConfig, ModelConfig
 from userlayer.sdk.model.io import save_model
 from userlayer.sdk.model.tokens import CTX, PAD, ContextVocab, item_tokens
 from userlayer.sdk.model.transformer import Recommender, RowAdapters
-from userlayer.sdk.privacy.favourites import FavouritesConfig, favourite_threshold
+from userlayer.sdk.privacy.favourites import FavouritesConfig, favourite_threshold, occasions
 from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.exceptions import ToolsError
@@ -243,7 +243,10 @@ class _Catalog:
     def favourites(
         self, items: Sequence[str], sigma: float, k: int, rng: np.random.Generator
     ) -> np.ndarray:
-        """Catalog indices a release at count noise ``sigma`` would carry, least frequent first."""
+        """Catalog indices a release at count noise ``sigma`` would carry, least frequent first.
+
+        ``items`` holds one item id per occasion (``favourites.occasions``).
+        """
         n = len(self.tokens)
         counts = np.bincount([self.index[i] for i in items if i in self.index], minlength=n)
         noisy = counts + sigma * rng.standard_normal(n) if sigma > 0 else counts.astype(float)
@@ -285,7 +288,12 @@ def _private_loss(
             None
             if absent[r]
             else catalog.steps(
-                catalog.favourites(seqs.items[u][:t], float(z[r]), cfg.favourites, rng),
+                catalog.favourites(
+                    occasions(seqs.items[u][:t], (seqs.times[u][:t] // 86_400_000).tolist()),
+                    float(z[r]),
+                    cfg.favourites,
+                    rng,
+                ),
                 seqs.ctx[u][t],
             )
             for r, (u, t) in enumerate(pick)

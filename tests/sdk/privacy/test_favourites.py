@@ -11,6 +11,7 @@ from userlayer.sdk.privacy import SecureRandom, SeededRandom
 from userlayer.sdk.privacy.favourites import (
     FavouritesConfig,
     favourite_threshold,
+    occasions,
     select_favourites,
 )
 
@@ -76,3 +77,24 @@ def test_config_is_validated(kw: dict[str, float]) -> None:
         FavouritesConfig(**kw)  # type: ignore[arg-type]
     with pytest.raises(PrivacyError, match="sigma"):
         favourite_threshold(-1.0, 10, FavouritesConfig())
+
+
+def test_an_item_counts_once_per_day_whatever_its_events() -> None:
+    """A view, a cart and a purchase of one item in one trip are one occasion (review finding)."""
+    items = ["a", "a", "a", "b", "a", "b"]
+    days = [10, 10, 10, 10, 11, 12]
+    assert occasions(items, days) == ["a", "b", "a", "b"]
+    with pytest.raises(PrivacyError, match="days"):
+        occasions(items, days[:-1])
+    # removing any one event changes one item's count by at most 1
+    full = {i: occasions(items, days).count(i) for i in "ab"}
+    for drop in range(len(items)):
+        rest = occasions(items[:drop] + items[drop + 1 :], days[:drop] + days[drop + 1 :])
+        moved = [abs(full[i] - rest.count(i)) for i in "ab"]
+        assert sum(moved) <= 1
+
+
+def test_threshold_holds_for_huge_catalogs() -> None:
+    """The tail is computed from alpha / catalog, never from 1 - alpha / catalog (precision)."""
+    t = favourite_threshold(1.0, 10**18, FavouritesConfig())
+    assert t == pytest.approx(stats.norm.isf(0.1 / 10**18), rel=1e-9)
