@@ -10,10 +10,10 @@ accounted like any other (``Mechanism(sigma, 1.0, 1)``, or as a block of a
 joint release whose other block moves by at most ``sqrt(1 - share)``, see
 :mod:`userlayer.edge.encoder`). Everything after the noisy counts is
 post-processing: the items whose noisy count passes the threshold
-``max(min_count, sigma * Phi^-1(1 - alpha / catalog))`` (so an item the user
-never touched is released with probability at most ``alpha / catalog``:
-about ``alpha`` such items per release at most), the ``k`` largest, least
-frequent first. On repeat-heavy data (groceries) the user's staples are
+``min_count - 1 + sigma * Phi^-1(1 - alpha / catalog)`` (so an item with
+fewer than ``min_count`` occasions, one the user never touched included, is
+released with probability at most ``alpha / catalog``: at most about
+``alpha`` such items per release), the ``k`` largest, least frequent first. On repeat-heavy data (groceries) the user's staples are
 exactly what a short session does not show.
 
 The unit stays the event: an item bought on one day only is protected at
@@ -64,8 +64,11 @@ def favourite_threshold(sigma: float, catalog: int, cfg: FavouritesConfig) -> fl
     """The noisy count a released item must pass (see the module docstring)."""
     if sigma < 0 or not math.isfinite(sigma) or catalog < 1:
         raise PrivacyError(f"bad favourites threshold inputs: sigma {sigma}, catalog {catalog}")
-    tail = 0.0 if sigma == 0 else -sigma * NormalDist().inv_cdf(cfg.alpha / catalog)
-    return max(tail, cfg.min_count)
+    if sigma == 0:
+        return cfg.min_count
+    # an item with fewer than min_count occasions (never touched included) passes with
+    # probability at most alpha / catalog
+    return cfg.min_count - 1 - sigma * NormalDist().inv_cdf(cfg.alpha / catalog)
 
 
 def occasions(items: Sequence[str], days: Sequence[int]) -> list[str]:

@@ -38,6 +38,13 @@ def test_threshold_bounds_the_items_a_user_never_touched() -> None:
     assert favourite_threshold(3.0, len(CATALOG), cfg) == pytest.approx(
         3.0 * stats.norm.isf(0.5 / len(CATALOG))
     )
+    # with min_count 2, items seen on one day only are held back like untouched ones
+    once = [f"i{n:04d}" for n in range(1000)]
+    released = sum(
+        len(select_favourites(once, CATALOG, 1.0, FavouritesConfig(alpha=0.5), rng))
+        for _ in range(400)
+    )
+    assert stats.poisson(0.5 * 400 * 1000 / len(CATALOG)).sf(released) > 1e-4
 
 
 def test_noise_covers_the_whole_catalog_and_changes_one_count_by_one() -> None:
@@ -97,4 +104,4 @@ def test_an_item_counts_once_per_day_whatever_its_events() -> None:
 def test_threshold_holds_for_huge_catalogs() -> None:
     """The tail is computed from alpha / catalog, never from 1 - alpha / catalog (precision)."""
     t = favourite_threshold(1.0, 10**18, FavouritesConfig())
-    assert t == pytest.approx(stats.norm.isf(0.1 / 10**18), rel=1e-9)
+    assert t == pytest.approx(1 + stats.norm.isf(0.1 / 10**18), rel=1e-9)
