@@ -13,8 +13,9 @@ post-processing: the items whose noisy count passes the threshold
 ``min_count - 1 + sigma * Phi^-1(1 - alpha / catalog)`` (so an item with
 fewer than ``min_count`` occasions, one the user never touched included, is
 released with probability at most ``alpha / catalog``: at most about
-``alpha`` such items per release), the ``k`` largest, least frequent first. On repeat-heavy data (groceries) the user's staples are
-exactly what a short session does not show.
+``alpha`` such items per release), the ``k`` largest, least frequent first.
+On repeat-heavy data (groceries) the user's staples are exactly what a short
+session does not show.
 
 The unit stays the event: an item bought on one day only is protected at
 epsilon per event for each of its events, so a day with ``m`` events of the
