@@ -148,6 +148,7 @@ def release_profile(
         raise TrainingError(str(e)) from e
     share = 0.0 if favourites is None else favourites.share
     z_profile = z / math.sqrt(1.0 - share)
+    z_counts = 0.0 if favourites is None else z / math.sqrt(share)
     catalog = sorted(table.codes) if favourites is not None else []
     codes, ages, mask = profile_inputs(events, table, now, ledger.period_days)
     with ledger.reserve(user_id, mech, 1, now, rng.source) as reservation, torch.no_grad():
@@ -161,7 +162,7 @@ def release_profile(
             inside = [e for e in events if e.item_id in table.codes and oldest < e.timestamp <= now]
             days = [int(e.timestamp.timestamp() // 86_400) for e in inside]
             once = occasions([e.item_id for e in inside], days)
-            favs = select_favourites(once, catalog, z / math.sqrt(share), favourites, rng)
+            favs = select_favourites(once, catalog, z_counts, favourites, rng)
     entry = reservation.entry
     adapter = {k: v.detach().clone() for k, v in (init or zero_adapter(model, acfg)).items()}
     adapter["prefix"] = prefix.detach().clone()
@@ -178,6 +179,6 @@ def release_profile(
         examples_per_unit=1,
         rng=rng.source,
         mechanism="profile",
-        favourites_noise=0.0 if favourites is None else z / math.sqrt(share),
+        favourites_noise=z_counts,
     )
     return ProfileRelease(adapter, record, time.perf_counter() - t0, int(mask.sum()), tuple(favs))

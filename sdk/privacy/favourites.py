@@ -38,7 +38,13 @@ import numpy as np
 from userlayer.sdk.exceptions import PrivacyError
 from userlayer.sdk.privacy.rng import DPRandom
 
-__all__ = ["FavouritesConfig", "favourite_threshold", "occasions", "select_favourites"]
+__all__ = [
+    "FavouritesConfig",
+    "favourite_threshold",
+    "occasions",
+    "select_favourites",
+    "top_favourites",
+]
 
 
 @dataclass(frozen=True)
@@ -102,12 +108,19 @@ def select_favourites(
     counts = np.zeros(len(catalog), dtype=np.float64)
     for item, c in Counter(e for e in events if e in position).items():
         counts[position[item]] = c
-    threshold = favourite_threshold(sigma, len(catalog), cfg)
     if sigma > 0:
         counts = counts + rng.gaussian((len(catalog),), sigma)
-    passed = np.flatnonzero(counts >= threshold)
+    return [catalog[i] for i in top_favourites(counts, sigma, cfg)]
+
+
+def top_favourites(noisy: np.ndarray, sigma: float, cfg: FavouritesConfig) -> np.ndarray:
+    """Post-processing of noisy counts (one per catalog item, noise std ``sigma``).
+
+    Returns the catalog indices that pass :func:`favourite_threshold`, the
+    ``k`` largest (ties by catalog order), least frequent first.
+    """
+    passed = np.flatnonzero(noisy >= favourite_threshold(sigma, len(noisy), cfg))
     if cfg.k == 0 or passed.size == 0:
-        return []
-    # the k largest, ties by catalog order; returned least frequent first
-    top = passed[np.lexsort((passed, -counts[passed]))][: cfg.k]
-    return [catalog[i] for i in top[::-1]]
+        return passed[:0]
+    top: np.ndarray = passed[np.lexsort((passed, -noisy[passed]))][: cfg.k]
+    return top[::-1]

@@ -53,7 +53,7 @@ from userlayer.sdk.model.tokens import ContextVocab
 from userlayer.sdk.model.transformer import Recommender, RowAdapters, new_adapter
 from userlayer.sdk.privacy import DEFAULT_ACCOUNTANT, dp_random, library, noise_multiplier
 from userlayer.sdk.privacy.favourites import FavouritesConfig, occasions, select_favourites
-from userlayer.sdk.semantic_ids import SemanticIdTable
+from userlayer.sdk.semantic_ids import SemanticIdTable, SidTrie
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.eval.evaluate import EvalConfig, rank_generative, sasrec_results
 from userlayer.tools.exceptions import ToolsError
@@ -173,6 +173,35 @@ def _specificity(
     return float((torch.cat(own_l) < torch.cat(other_l)).float().mean())
 
 
+def _score_layers(
+    model: Recommender,
+    trie: SidTrie,
+    ecfg: EvalConfig,
+    acfg: AdapterConfig,
+    slab: dict[str, Tensor],
+    favs: list[list[str]],
+    private: list[Prompt],
+    table: SemanticIdTable,
+    seed: int,
+) -> tuple[dict[str, float], float]:
+    """Metrics and specificity of the private prompts with each user's layer.
+
+    Row ``i``'s layer is ``slab``'s row ``i`` and its favourites ``favs[i]``,
+    put before the session as the cloud serves them.
+    """
+    vocab = ContextVocab(model.cfg.geo_buckets)
+    room = model.cfg.max_items - 1
+
+    def with_layer(i: int, j: int) -> Prompt:
+        return favourite_prompt(table, vocab, favs[j], private[i], room)
+
+    n = len(private)
+    ad = RowAdapters.gather(acfg, slab, torch.arange(n))
+    prompts = [with_layer(i, i) for i in range(n)]
+    m = rank_generative(model, trie, prompts, ecfg, adapters=ad)["all"]
+    return m, _specificity(model, acfg, slab, private, table, seed, with_layer)
+
+
 def _row(
     way: str, eps: float | None, metrics: dict[str, float], spec: float, secs: float, **kw: Any
 ) -> dict[str, Any]:
@@ -241,8 +270,6 @@ def evaluate_privacy(
     settings: list[float | None] = [None, *cfg.epsilons]
     if "profile" in cfg.ways:
         fcfg = FavouritesConfig(k=cfg.favourites) if cfg.favourites else None
-        vocab = ContextVocab(model.cfg.geo_buckets)
-        room = model.cfg.max_items - 1
         for eps in settings:
             tick(f"profile, epsilon {eps or 'none'}", done, stages)
             t0 = time.perf_counter()
@@ -256,14 +283,7 @@ def evaluate_privacy(
                 else _favourites(seqs, table, pairs, z / math.sqrt(share), fcfg, cfg)
             )
             secs = (time.perf_counter() - t0) / n
-
-            def with_layer(i: int, j: int, favs: list[list[str]] = favs) -> Prompt:
-                return favourite_prompt(table, vocab, favs[j], private[i], room)
-
-            prompts = [with_layer(i, i) for i in range(n)]
-            ad = RowAdapters.gather(pcfg, slab, torch.arange(n))
-            m = rank_generative(model, trie, prompts, ecfg, adapters=ad)["all"]
-            spec = _specificity(model, pcfg, slab, private, table, cfg.seed, with_layer)
+            m, spec = _score_layers(model, trie, ecfg, pcfg, slab, favs, private, table, cfg.seed)
             rows.append(
                 _row(
                     "profile",
@@ -393,19 +413,10 @@ def _trained_rows(
     trie = table.trie()
     ecfg = EvalConfig(beam=cfg.beam)
     n = len(private)
-    vocab = ContextVocab(model.cfg.geo_buckets)
-    room = model.cfg.max_items - 1
     for (way, eps), adapters in slabs.items():
         slab = {k: torch.stack([a[k] for a in adapters]) for k in adapters[0]}
-        ad = RowAdapters.gather(acfg, slab, torch.arange(n))
         layer_favs = favs[(way, eps)]
-
-        def with_layer(i: int, j: int, layer_favs: list[list[str]] = layer_favs) -> Prompt:
-            return favourite_prompt(table, vocab, layer_favs[j], private[i], room)
-
-        prompts = [with_layer(i, i) for i in range(n)]
-        m = rank_generative(model, trie, prompts, ecfg, adapters=ad)["all"]
-        spec = _specificity(model, acfg, slab, private, table, cfg.seed, with_layer)
+        m, spec = _score_layers(model, trie, ecfg, acfg, slab, layer_favs, private, table, cfg.seed)
         eps_max = max(spent[(way, eps)]) if (way, eps) in spent else None
         mean_favs = float(np.mean([len(f) for f in layer_favs]))
         rows.append(

@@ -52,7 +52,7 @@ from userlayer.sdk.model.config import AdapterConfig, ModelConfig
 from userlayer.sdk.model.io import save_model
 from userlayer.sdk.model.tokens import CTX, PAD, ContextVocab, item_tokens
 from userlayer.sdk.model.transformer import Recommender, RowAdapters
-from userlayer.sdk.privacy.favourites import FavouritesConfig, favourite_threshold, occasions
+from userlayer.sdk.privacy.favourites import FavouritesConfig, occasions, top_favourites
 from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.exceptions import ToolsError
@@ -250,8 +250,7 @@ class _Catalog:
         n = len(self.tokens)
         counts = np.bincount([self.index[i] for i in items if i in self.index], minlength=n)
         noisy = counts + sigma * rng.standard_normal(n) if sigma > 0 else counts.astype(float)
-        passed = np.flatnonzero(noisy >= favourite_threshold(sigma, n, FavouritesConfig(k=k)))
-        return passed[np.argsort(-noisy[passed], kind="stable")][:k][::-1]
+        return top_favourites(noisy, sigma, FavouritesConfig(k=k))
 
     def steps(self, fav: np.ndarray, request: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Prompt steps of favourites (tokens, ctx) with the request's context row."""

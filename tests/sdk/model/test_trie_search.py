@@ -5,11 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.sdk.model.test_decoding import _table
 from userlayer.sdk import SemanticIdTable, Service
 from userlayer.sdk.model import (
     AdapterConfig,
-    ModelConfig,
     Recommender,
     RowAdapters,
     beam_search,
@@ -17,16 +15,6 @@ from userlayer.sdk.model import (
 )
 from userlayer.sdk.model.tokens import CTX, item_tokens
 from userlayer.sdk.model.trie_search import TensorTrie, trie_beam_search
-
-
-@pytest.fixture(scope="module")
-def setup() -> tuple[Recommender, SemanticIdTable]:
-    torch.manual_seed(1)
-    table = _table()
-    cfg = ModelConfig(
-        level_sizes=table.level_sizes, d_model=32, n_heads=4, n_kv_heads=2, d_ff=48, dropout=0.0
-    )
-    return Recommender(cfg).eval(), table
 
 
 def _batch(table: SemanticIdTable, b: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
