@@ -109,9 +109,10 @@ class Serving:
         self._io = ThreadPoolExecutor(4, thread_name_prefix="userlayer-registry")
         self._lock = threading.Lock()
         self._deletions: dict[tuple[str, str], int] = {}  # deletions seen, per user
-        registry.on_delete(self._evict)
+        registry.on_delete(self.evict)
 
-    def _evict(self, service: str, user_id: str) -> None:
+    def evict(self, service: str, user_id: str) -> None:
+        """Drop the user's engine slot (after a deletion), once no batch reads it."""
         with self._lock:  # waits for a running batch that may read the user's slot
             self.engine.slab.evict((service, user_id))
             self._deletions[(service, user_id)] = self._deletions.get((service, user_id), 0) + 1

@@ -54,6 +54,24 @@ class Settings(BaseSettings):
     keep_alive_s: int = Field(default=65, ge=1, le=3600)  # idle HTTP keep-alive (uvicorn: 5)
     rate_limit: float = Field(default=200.0, ge=0)  # requests/s per API key (0: off)
     rate_burst: int = Field(default=400, ge=1)  # bucket size per API key
+    # `userlayer serve`: the engine in its own process (default) fed by `workers` API processes
+    engine: Literal["process", "inline"] = "process"
+    workers: int = Field(default=1, ge=1, le=64)
+    engine_socket: Path | None = None  # set by `serve` for its workers; None: engine in-process
+    engine_connect_timeout_s: float = Field(default=300.0, gt=0)
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``USERLAYER_*`` variables (for a process that reads them back)."""
+        out = {}
+        for name, value in self:
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            out[f"USERLAYER_{name.upper()}"] = str(value)
+        return out
 
     @model_validator(mode="after")
     def _secrets(self) -> Settings:

@@ -118,8 +118,11 @@ def bench_adapters_cmd(
 @bench_app.command("api")
 def bench_api_cmd(
     model: ModelDir,
-    concurrency: Annotated[str, typer.Option(help="Comma list of client counts.")] = "1,8,32,64",
-    requests: Annotated[int, typer.Option(help="Requests per level (>= 20 per client).")] = 2_000,
+    concurrency: Annotated[str, typer.Option(help="Comma list of client counts.")] = "1,32,64,256",
+    setups: Annotated[
+        str, typer.Option(help="Comma list of inline | process:N (N API workers).")
+    ] = "inline,process:1,process:2",
+    requests: Annotated[int, typer.Option(help="Requests per level (>= 10 per client).")] = 2_000,
     users: Annotated[int, typer.Option(help="Users registered with adapters.")] = 2_000,
     backend: Annotated[str, typer.Option()] = "onnxruntime",
     json_out: JsonOut = None,
@@ -129,10 +132,14 @@ def bench_api_cmd(
     from userlayer.tools.bench.api import ApiBenchConfig, bench_api
 
     cfg = ApiBenchConfig(
-        concurrency=_ints(concurrency), requests=requests, users=users, backend=backend
+        concurrency=_ints(concurrency),
+        setups=tuple(s for s in setups.split(",") if s),
+        requests=requests,
+        users=users,
+        backend=backend,
     )
     cmd = (
-        f"userlayer bench api --model {model} --concurrency {concurrency} "
+        f"userlayer bench api --model {model} --concurrency {concurrency} --setups {setups} "
         f"--requests {requests} --users {users} --backend {backend}"
     )
     _emit(bench_api(model, cfg, cmd), json_out, markdown)

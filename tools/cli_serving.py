@@ -3,17 +3,43 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
 from userlayer.tools.exceptions import ToolsError
 
+if TYPE_CHECKING:
+    from userlayer.cloud.settings import Settings
+
 __all__ = ["register"]
 
 console = Console()
+
+
+def _run_api(settings: Settings, host: str, port: int) -> None:
+    """uvicorn: one app in this process, or ``settings.workers`` worker processes."""
+    import uvicorn
+
+    # keep-alive longer than a busy client's idle gaps: with uvicorn's 5 s a
+    # pooled connection could be closed just as a client reused it (a lost request)
+    common: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": "warning",
+        "timeout_keep_alive": settings.keep_alive_s,
+    }
+    if settings.workers == 1:
+        from userlayer.cloud.api import create_app
+
+        uvicorn.run(create_app(settings), **common)
+    else:  # workers read the same USERLAYER_* environment; uvicorn restarts a dead one
+        factory = "userlayer.cloud.api.app:app_from_env"
+        uvicorn.run(factory, factory=True, workers=settings.workers, **common)
 
 
 def register(app: typer.Typer) -> None:
@@ -55,33 +81,53 @@ def register(app: typer.Typer) -> None:
         host: Annotated[str, typer.Option()] = "127.0.0.1",
         port: Annotated[int, typer.Option()] = 8000,
         backend: Annotated[str, typer.Option(help="onnxruntime | torch | tensorrt")] = "",
+        workers: Annotated[
+            int, typer.Option(help="API worker processes (default: USERLAYER_WORKERS or 1).")
+        ] = 0,
+        engine: Annotated[
+            str, typer.Option(help="process (default) | inline: the engine in the API process.")
+        ] = "",
     ) -> None:
-        """Run the inference API (settings from USERLAYER_* variables; these options win)."""
-        import uvicorn
+        """Run the inference API (settings from USERLAYER_* variables; these options win).
 
-        from userlayer.cloud.api import create_app
-        from userlayer.cloud.settings import Settings
-
-        over: dict[str, object] = {"model_dir": model, "registry": registry}
-        if backend:
-            over["backend"] = backend
+        By default one engine core process owns the model and the batch loop and
+        ``workers`` uvicorn processes handle HTTP, fed to the core over a Unix
+        socket in a private temporary directory; a crashed core is restarted.
+        """
         from pydantic import ValidationError
 
+        from userlayer.cloud.settings import Settings
         from userlayer.sdk.schemas import describe_validation_error
 
+        over: dict[str, str] = {"MODEL_DIR": str(model), "REGISTRY": registry}
+        for name, value in (("BACKEND", backend), ("ENGINE", engine)):
+            if value:
+                over[name] = value
+        if workers:
+            over["WORKERS"] = str(workers)
+        os.environ.update({f"USERLAYER_{k}": v for k, v in over.items()})
+        os.environ.pop("USERLAYER_ENGINE_SOCKET", None)  # ours is made below
         try:
-            settings = Settings(**over)  # type: ignore[arg-type]
+            settings = Settings()  # type: ignore[call-arg]
         except ValidationError as e:
             raise ToolsError(describe_validation_error(e, "settings")) from e
-        # keep-alive longer than a busy client's idle gaps: with uvicorn's 5 s a
-        # pooled connection could be closed just as a client reused it (a lost request)
-        uvicorn.run(
-            create_app(settings),
-            host=host,
-            port=port,
-            log_level="warning",
-            timeout_keep_alive=settings.keep_alive_s,
-        )
+        if settings.engine == "inline":
+            if settings.workers > 1:
+                raise ToolsError("--workers above 1 needs the engine in its own process")
+            _run_api(settings, host, port)
+            return
+        from userlayer.cloud.core import EngineProcess
+        from userlayer.cloud.exceptions import CloudError
+
+        with tempfile.TemporaryDirectory(prefix="userlayer-engine-") as tmp:  # 0700
+            sock = Path(tmp) / "engine.sock"
+            with EngineProcess(sock) as core:
+                try:
+                    core.start(settings.engine_connect_timeout_s)
+                except CloudError as e:
+                    raise ToolsError(str(e)) from e
+                os.environ["USERLAYER_ENGINE_SOCKET"] = str(sock)
+                _run_api(Settings(), host, port)  # type: ignore[call-arg]
 
     @keys_app.command("create")
     def keys_create(

@@ -1,7 +1,9 @@
 """The inference API (FastAPI): recommendations, adapter uploads, signers, forgetting, ops.
 
-``create_app(settings)`` builds the engine, the registry and the batcher;
-``userlayer serve`` runs it with uvicorn. Every route but ``/healthz`` and
+``create_app(settings)`` builds the registry and reaches the engine: the
+engine core process at ``settings.engine_socket`` (what ``userlayer serve``
+runs: one core, ``workers`` uvicorn workers), else an engine and batcher in
+this process. Every route but ``/healthz`` and
 ``/readyz`` needs an API key (``Authorization: Bearer ul_<id>_<secret>`` or
 ``X-API-Key``) whose tenant is the request's service (or admin) and whose
 scopes include the route's. User routes act on the key's service; an admin
@@ -9,7 +11,7 @@ key names it with ``?service=``. ``/metrics`` and ``/openapi.json`` need an
 admin key (unless ``metrics_public`` / ``docs_public``), and ``/readyz``
 tells anyone only whether it is ready (its checks are for admin keys).
 Errors are JSON ``{"detail": ...}`` with a 4xx status; 503 (queue full,
-store down) carries ``Retry-After``.
+store or engine down) carries ``Retry-After``.
 
 Request bodies are counted as they arrive by a pure ASGI middleware, before
 authentication: a body past ``max_body_bytes`` (declared or chunked) gets 413

@@ -6,24 +6,22 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from fastapi import FastAPI
 
 from userlayer.cloud.api.errors import ERRORS, install_handlers
 from userlayer.cloud.api.middleware import BodyLimit, RequestMetrics
 from userlayer.cloud.api.routes import ops, recommend, users
 from userlayer.cloud.auth import SCOPES, ApiKey, KeyStore, RateLimiter
-from userlayer.cloud.batcher import Batcher, BatcherConfig
-from userlayer.cloud.engine.engine import Engine, EngineConfig
-from userlayer.cloud.registry import AdapterRegistry, RegistryConfig, StoreConfig
+from userlayer.cloud.batcher import BatcherConfig
+from userlayer.cloud.components import build_engine, build_registry
+from userlayer.cloud.core.client import EngineClient
+from userlayer.cloud.core.link import EngineLink, InlineEngine
+from userlayer.cloud.core.wire import hello
 from userlayer.cloud.service import Metrics, Serving
 from userlayer.cloud.settings import Settings
-from userlayer.sdk.api import RecommendRequest, RecommendResponse
-from userlayer.sdk.crypto import LocalKeyFile
 
-__all__ = ["create_app"]
+__all__ = ["app_from_env", "create_app"]
 
 
 def _keys(s: Settings) -> KeyStore:
@@ -37,68 +35,45 @@ def _keys(s: Settings) -> KeyStore:
     return store
 
 
-def _components(s: Settings) -> tuple[Engine, AdapterRegistry]:
-    engine = Engine(
-        s.model_dir,
-        EngineConfig(
-            backend=s.backend,
-            onnx_dir=None if s.onnx_dir is None else str(s.onnx_dir),
-            beam=s.beam,
-            slots=s.slots,
-            threads=s.threads,
-            device=s.device,
-        ),
-    )
-    recipient = None
-    if s.recipient_key_file is not None:
-        raw = bytes.fromhex(Path(s.recipient_key_file).read_text().strip())
-        recipient = X25519PrivateKey.from_private_bytes(raw)
-    # an explicit KEK file must exist: a replica whose volume is not mounted must not make one
-    keys = None if s.kek_file is None else LocalKeyFile(s.kek_file)
-    registry = AdapterRegistry(
-        s.registry,
-        engine.fingerprint,
-        engine.shapes,
-        keys=keys,
-        recipient_key=recipient,
-        cfg=RegistryConfig(
-            cache_size=s.cache_size,
-            max_package_bytes=s.max_body_bytes,
-            require_privacy=s.require_privacy,
-            shred_on_delete=s.shred_on_delete,
-        ),
-        store=StoreConfig(
-            connect_timeout_s=s.store_connect_timeout_s,
-            statement_timeout_ms=s.store_statement_timeout_ms,
-            pool_size=s.store_pool_size,
-        ),
-    )
-    return engine, registry
-
-
 def create_app(settings: Settings) -> FastAPI:
-    """The API app; its lifespan starts and stops the batcher."""
-    engine, registry = _components(settings)
+    """The API app; its lifespan connects to the engine (or starts the in-process one).
+
+    With ``settings.engine_socket`` the app is one API worker of the engine
+    core listening there (``userlayer serve``); without, the engine runs in
+    this process behind a batcher thread.
+    """
     metrics = Metrics()
-    serving = Serving(engine, registry, metrics, settings.store_deadline_ms / 1000)
 
     def on_batch(n: int, seconds: float) -> None:
         metrics.batch.observe(n)
         metrics.batch_seconds.observe(seconds)
 
-    batcher: Batcher[RecommendRequest, RecommendResponse] = Batcher(
-        serving.run_batch,
-        BatcherConfig(settings.max_batch, settings.max_wait_ms, settings.max_queue),
-        on_batch,
-    )
+    link: EngineLink
+    if settings.engine_socket is None:  # the engine in this process
+        engine = build_engine(settings)
+        registry = build_registry(settings, engine.fingerprint, engine.shapes)
+        serving = Serving(engine, registry, metrics, settings.store_deadline_ms / 1000)
+        cfg = BatcherConfig(settings.max_batch, settings.max_wait_ms, settings.max_queue)
+        link = InlineEngine(serving, cfg, on_batch)
+    else:  # the engine core process owns the model; this worker needs only its identity
+        info = hello(settings.engine_socket, settings.engine_connect_timeout_s)
+        shapes = {k: tuple(v) for k, v in info["shapes"].items()}
+        registry = build_registry(settings, info["fingerprint"], shapes)
+        link = EngineClient(
+            settings.engine_socket,
+            info["fingerprint"],
+            max_queue=settings.max_queue,
+            max_batch=settings.max_batch,
+            on_batch=on_batch,
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await batcher.start()
+        await link.start()
         try:
             yield
         finally:
-            await batcher.stop()
+            await link.stop()
             registry.close()
 
     app = FastAPI(
@@ -112,12 +87,11 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
-    app.state.serving = serving
+    app.state.engine = link
     app.state.registry = registry
     app.state.metrics = metrics
     app.state.keys = _keys(settings)
     app.state.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
-    app.state.batcher = batcher
     app.state.ready_lock = asyncio.Lock()
     app.state.ready_cache = None
     install_handlers(app)
@@ -126,3 +100,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # outermost
     return app
+
+
+def app_from_env() -> FastAPI:
+    """``create_app`` with settings from ``USERLAYER_*`` (uvicorn's factory for API workers)."""
+    return create_app(Settings())  # type: ignore[call-arg]

@@ -12,20 +12,19 @@ from starlette.concurrency import run_in_threadpool
 
 from userlayer.cloud.api.errors import ForbiddenError
 from userlayer.cloud.auth import ADMIN, ApiKey, AuthError, KeyStore, RateLimiter
-from userlayer.cloud.batcher import Batcher
+from userlayer.cloud.core.link import EngineLink
 from userlayer.cloud.registry import AdapterRegistry, StoreUnavailableError
-from userlayer.cloud.service import Metrics, Serving
+from userlayer.cloud.service import Metrics
 from userlayer.cloud.settings import Settings
-from userlayer.sdk.api import ID_PATTERN, RecommendRequest, RecommendResponse
+from userlayer.sdk.api import ID_PATTERN
 from userlayer.sdk.schemas import Service
 
 __all__ = [
-    "BatcherDep",
+    "EngineDep",
     "Key",
     "MaybeKey",
     "MetricsDep",
     "RegistryDep",
-    "ServingDep",
     "SettingsDep",
     "UserId",
     "in_store",
@@ -78,14 +77,9 @@ async def _registry(request: Request) -> AdapterRegistry:
     return reg
 
 
-async def _serving(request: Request) -> Serving:
-    s: Serving = request.app.state.serving
-    return s
-
-
-async def _batcher(request: Request) -> Batcher[RecommendRequest, RecommendResponse]:
-    b: Batcher[RecommendRequest, RecommendResponse] = request.app.state.batcher
-    return b
+async def _engine(request: Request) -> EngineLink:
+    e: EngineLink = request.app.state.engine
+    return e
 
 
 async def _settings(request: Request) -> Settings:
@@ -102,8 +96,7 @@ Key = Annotated[ApiKey, Depends(_key)]
 MaybeKey = Annotated[ApiKey | None, Depends(_maybe_key)]
 UserId = Annotated[str, PathParam(pattern=ID_PATTERN, max_length=128)]
 RegistryDep = Annotated[AdapterRegistry, Depends(_registry)]
-ServingDep = Annotated[Serving, Depends(_serving)]
-BatcherDep = Annotated[Batcher[RecommendRequest, RecommendResponse], Depends(_batcher)]
+EngineDep = Annotated[EngineLink, Depends(_engine)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from userlayer.cloud.auth import AuthError, RateLimitedError
 from userlayer.cloud.batcher import QueueFullError
+from userlayer.cloud.core.client import EngineUnavailableError
 from userlayer.cloud.exceptions import CloudError
 from userlayer.cloud.registry import (
     EnrollmentError,
@@ -77,6 +78,10 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(QueueFullError)
     async def _full(_: Request, e: QueueFullError) -> JSONResponse:
+        return _err(503, str(e), {"Retry-After": str(int(e.retry_after))})
+
+    @app.exception_handler(EngineUnavailableError)
+    async def _engine_down(_: Request, e: EngineUnavailableError) -> JSONResponse:
         return _err(503, str(e), {"Retry-After": str(int(e.retry_after))})
 
     @app.exception_handler(StoreUnavailableError)

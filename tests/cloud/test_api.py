@@ -9,7 +9,9 @@ queue answered 503 with Retry-After; deletion everywhere.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from userlayer.cloud.api import create_app
 from userlayer.cloud.auth import KeyStore
+from userlayer.cloud.core import EngineProcess
 from userlayer.cloud.engine.export import export_onnx
 from userlayer.cloud.settings import Settings
 from userlayer.sdk.adapter import PrivacyRecord, key_id, seal_package
@@ -54,10 +57,22 @@ class Live:
 
 
 class Server:
-    """uvicorn on 127.0.0.1 in a thread; stopped in teardown."""
+    """uvicorn on 127.0.0.1 in a thread; stopped in teardown.
 
-    def __init__(self, settings: Settings) -> None:
+    ``split`` (the default, as ``userlayer serve`` runs): the engine core in its
+    own process, this app one API worker of it; else the engine in-process.
+    """
+
+    def __init__(self, settings: Settings, split: bool = True) -> None:
         self.port = free_port()
+        self.core: EngineProcess | None = None
+        self.tmp: tempfile.TemporaryDirectory[str] | None = None
+        if split:
+            self.tmp = tempfile.TemporaryDirectory(prefix="ul-core-")
+            sock = Path(self.tmp.name) / "engine.sock"
+            self.core = EngineProcess(sock, {**os.environ, **settings.to_env()})
+            self.core.start(120)
+            settings = settings.model_copy(update={"engine_socket": sock})
         config = uvicorn.Config(
             create_app(settings), host="127.0.0.1", port=self.port, log_level="warning"
         )
@@ -76,6 +91,10 @@ class Server:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(30)
+        if self.core is not None:
+            self.core.stop()
+        if self.tmp is not None:
+            self.tmp.cleanup()
 
 
 def _settings(tmp: Path, model_dir: Path, keys_file: Path, **over: Any) -> Settings:

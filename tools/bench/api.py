@@ -2,7 +2,11 @@
 
 The API runs as its own process (``userlayer serve``, the ONNX Runtime
 backend by default) over a registry of ``users`` users holding adapters of
-the model's shape. For each concurrency level a fixed number of requests is
+the model's shape, in each of several set-ups side by side: the engine
+inside the HTTP process (``inline``) and the engine core in its own process
+fed by one or more API worker processes (``process:N``). Before any server
+starts, the engine alone is timed on a batch of 64 users with adapters: the
+most the API could deliver. For each concurrency level a fixed number of requests is
 sent by that many concurrent clients (asyncio + httpx, no retries, so every
 503 is counted), from many users: most with an adapter, some without (they
 are served by the base model and flagged). The load generator stops by
@@ -31,6 +35,7 @@ from userlayer.cloud.registry import AdapterRegistry, RegistryConfig
 from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.bench.adapters import random_adapter, register_users
 from userlayer.tools.bench.report import BenchReport
+from userlayer.tools.bench.serving import engine_rows_per_s
 from userlayer.tools.exceptions import ToolsError
 from userlayer.tools.procs import ApiProcess
 
@@ -43,8 +48,9 @@ _MODES = ("hungry", "shopping", "health", "unspecified")
 class ApiBenchConfig:
     """Size of the run."""
 
-    concurrency: tuple[int, ...] = (1, 8, 32, 64)
-    requests: int = 2_000  # per concurrency level (at least 20 per client)
+    concurrency: tuple[int, ...] = (1, 32, 64, 256)
+    setups: tuple[str, ...] = ("inline", "process:1", "process:2")
+    requests: int = 2_000  # per concurrency level (at least 10 per client)
     users: int = 2_000  # registered with adapters
     without_share: float = 0.2  # requests from users without an adapter
     overload_clients: int = 256
@@ -59,6 +65,24 @@ class ApiBenchConfig:
             raise ToolsError("`concurrency` levels and `requests` should be positive")
         if not 0 <= self.without_share <= 1:
             raise ToolsError("`without_share` should be in [0, 1]")
+        if not self.setups:
+            raise ToolsError("name at least one set-up")
+        for setup in self.setups:
+            _setup_env(setup)
+
+
+def _setup_env(setup: str) -> dict[str, str]:
+    """``inline`` or ``process:N`` as the server's environment.
+
+    Raises:
+        ToolsError: another name.
+    """
+    if setup == "inline":
+        return {"USERLAYER_ENGINE": "inline", "USERLAYER_WORKERS": "1"}
+    kind, _, n = setup.partition(":")
+    if kind != "process" or not (n or "1").isdigit() or int(n or "1") < 1:
+        raise ToolsError(f"set-up {setup!r}: use inline or process:N (N API workers)")
+    return {"USERLAYER_ENGINE": "process", "USERLAYER_WORKERS": n or "1"}
 
 
 def request_bodies(
@@ -164,57 +188,92 @@ def bench_api(model_dir: str | Path, cfg: ApiBenchConfig, command: str) -> Bench
     e = Engine(d, EngineConfig(backend=cfg.backend, slots=1))  # what the server will serve
     fp, shapes, acfg, table = e.fingerprint, e.shapes, e.acfg, e.table
     del e
-    results: dict[str, Any] = {}
-    rows: list[list[object]] = []
+    engine64 = engine_rows_per_s(d, cfg.backend, 64, seed=cfg.seed)  # before any server
+    results: dict[str, Any] = {"engine_rows_per_s_batch64": engine64}
+    rows: list[list[object]] = [["engine alone, batch 64", "", engine64, "", "", "", "", ""]]
     with tempfile.TemporaryDirectory(prefix="userlayer-bench-api-") as tmp:
         root = Path(tmp)
         reg = AdapterRegistry(root / "registry.db", fp, shapes, cfg=RegistryConfig())
         register_users(reg, cfg.users, random_adapter(shapes, cfg.seed), fp, acfg)
         reg.close()
-        env = {"USERLAYER_BACKEND": cfg.backend, "USERLAYER_MAX_WAIT_MS": str(cfg.max_wait_ms)}
-        with ApiProcess(d, root / "registry.db", root / "api.log", env) as api:
-            api.wait_ready()
-            warm = request_bodies(table, 64, cfg.users, cfg.without_share, cfg.seed + 99)
-            run_load(api.url, api.key, warm, 8)  # warm-up: sessions, caches, slots
-            for c in cfg.concurrency:
-                n = max(cfg.requests, 20 * c)
-                bodies = request_bodies(table, n, cfg.users, cfg.without_share, cfg.seed + c)
-                res = run_load(api.url, api.key, bodies, c)
-                results[f"c{c}"] = res
-                rows.append(_row(f"{c}", res))
-        env_over = {**env, "USERLAYER_MAX_QUEUE": str(cfg.overload_queue)}
+        base_env = {"USERLAYER_BACKEND": cfg.backend, "USERLAYER_MAX_WAIT_MS": str(cfg.max_wait_ms)}
+        warm = request_bodies(table, 64, cfg.users, cfg.without_share, cfg.seed + 99)
+        for setup in cfg.setups:
+            env = {**base_env, **_setup_env(setup)}
+            with ApiProcess(d, root / "registry.db", root / f"api-{setup}.log", env) as api:
+                api.wait_ready()
+                run_load(api.url, api.key, warm, 8)  # warm-up: sessions, caches, slots
+                for c in cfg.concurrency:
+                    n = max(cfg.requests, 10 * c)
+                    bodies = request_bodies(table, n, cfg.users, cfg.without_share, cfg.seed + c)
+                    res = run_load(api.url, api.key, bodies, c)
+                    results[f"{setup}/c{c}"] = res
+                    rows.append(_row(setup, f"{c}", res))
+        last = cfg.setups[-1]
+        env_over = {
+            **base_env,
+            **_setup_env(last),
+            "USERLAYER_MAX_QUEUE": str(cfg.overload_queue),
+        }
         with ApiProcess(d, root / "registry.db", root / "api-overload.log", env_over) as api:
             api.wait_ready()
             run_load(api.url, api.key, warm, 4)
             bodies = request_bodies(table, cfg.overload_requests, cfg.users, cfg.without_share, 7)
             res = run_load(api.url, api.key, bodies, cfg.overload_clients)
-            results["overload"] = {**res, "max_queue": cfg.overload_queue}
-            rows.append(_row(f"{cfg.overload_clients} (queue {cfg.overload_queue})", res))
-    bad = {k: v["status"] for k, v in results.items() if set(v["status"]) - {200, 503}}
+            results["overload"] = {**res, "max_queue": cfg.overload_queue, "setup": last}
+            label = f"{cfg.overload_clients} (queue {cfg.overload_queue})"
+            rows.append(_row(last, label, res))
+    levels = {k: v for k, v in results.items() if isinstance(v, dict)}
+    bad = {k: v["status"] for k, v in levels.items() if set(v["status"]) - {200, 503}}
     notes = [
         f"{cfg.users:,} users with adapters; {cfg.without_share:.0%} of requests from users "
-        f"without one; requests per level: max({cfg.requests:,}, 20 x clients); "
-        f"backend {cfg.backend}, batcher max wait {cfg.max_wait_ms} ms; "
-        "client and server share the machine",
-        "target: p99 under 100 ms at 32 concurrent clients",
+        f"without one; requests per level: max({cfg.requests:,}, 10 x clients); "
+        f"backend {cfg.backend}; inline: the engine in the HTTP process behind a batcher "
+        f"(max wait {cfg.max_wait_ms} ms); process:N: the engine core process fed by N API "
+        "worker processes over a Unix socket, batching continuously; client and server "
+        "share the machine",
         "every 503 carries Retry-After"
-        if all(v["missing_retry_after"] == 0 for v in results.values())
+        if all(v["missing_retry_after"] == 0 for v in levels.values())
         else "some 503 responses lacked Retry-After",
     ]
+    for setup in cfg.setups:
+        r = {c: results.get(f"{setup}/c{c}", {}).get("requests_per_s") for c in cfg.concurrency}
+        if r.get(64):
+            notes.append(
+                f"{setup}: 64 clients reach {r[64] / engine64:.0%} of the engine's rows/s at "
+                "batch 64 (target >= 80%)"
+            )
+        if r.get(32):
+            for c in (64, 256):
+                if r.get(c):
+                    notes.append(
+                        f"{setup}: {c} clients / 32 clients req/s {r[c] / r[32]:.2f} "
+                        "(target >= 0.90)"
+                    )
     if bad:
         notes.append(f"unexpected statuses: {bad}")
     return BenchReport(
         name="api: HTTP on 127.0.0.1 under concurrent clients",
         command=command,
-        columns=["clients", "req/s", "p50 ms", "p95 ms", "p99 ms", "personalized", "503 rate"],
+        columns=[
+            "set-up",
+            "clients",
+            "req/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "personalized",
+            "503 rate",
+        ],
         rows=rows,
         results=results,
         notes=notes,
     )
 
 
-def _row(label: str, r: dict[str, Any]) -> list[object]:
+def _row(setup: str, label: str, r: dict[str, Any]) -> list[object]:
     return [
+        setup,
         label,
         r["requests_per_s"],
         r["p50_ms"],

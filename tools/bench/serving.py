@@ -26,7 +26,11 @@ from userlayer.sdk.schemas import Context, Daypart, Mode
 from userlayer.tools.bench.naive import NaivePeftServer
 from userlayer.tools.bench.report import BenchReport
 
-__all__ = ["ServingBenchConfig", "bench_serving"]
+__all__ = [
+    "ServingBenchConfig",
+    "bench_serving",
+    "engine_rows_per_s",
+]
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,23 @@ def _time_naive(
             naive.recommend(req, ad)
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
+
+
+def engine_rows_per_s(
+    model_dir: str | Path, backend: str, batch: int, repeats: int = 10, seed: int = 0
+) -> float:
+    """Rows/s of the engine alone on a batch of ``batch`` users, each with their own adapter.
+
+    What the HTTP API can at best deliver with that backend and batch size
+    (the serving bench's adapters row, in the caller's run).
+    """
+    e = Engine(Path(model_dir), EngineConfig(backend=backend, slots=batch))
+    ads = _adapters(e, batch, seed)
+    reqs = [
+        EngineRequest(**{**r.__dict__, "k": 10, "slot": e.slab.load(("bench", u, 1), ads[u])})
+        for u, r in enumerate(_requests(e, batch, np.random.default_rng([seed, batch])))
+    ]
+    return batch / _time(e, reqs, repeats)
 
 
 def bench_serving(model_dir: str | Path, cfg: ServingBenchConfig, command: str) -> BenchReport:

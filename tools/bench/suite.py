@@ -61,6 +61,7 @@ def _quick_configs() -> dict[str, object]:
             overload_clients=48,
             overload_queue=4,
             overload_requests=150,
+            setups=("inline", "process:2"),
         ),
         "fl": FlBenchConfig(round_sizes=(2,), local_users=2, min_events=5),
     }

@@ -8,6 +8,7 @@ open them (behind a private network or a separate port).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -17,6 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from userlayer.cloud.api.deps import (
+    EngineDep,
     MaybeKey,
     MetricsDep,
     RegistryDep,
@@ -26,6 +28,9 @@ from userlayer.cloud.api.deps import (
 )
 from userlayer.cloud.api.errors import ForbiddenError
 from userlayer.cloud.auth import AuthError
+from userlayer.cloud.core.link import EngineLink
+from userlayer.cloud.core.server import EXPORTED_METRICS, select_families
+from userlayer.cloud.exceptions import CloudError
 from userlayer.cloud.registry import StoreUnavailableError
 from userlayer.sdk.api import Health
 
@@ -54,7 +59,7 @@ READY_TTL_S = 1.0
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 async def readyz(request: Request, k: MaybeKey, registry: RegistryDep) -> Any:
-    """Readiness: the store answers. The checks are shown to admin keys only.
+    """Readiness: the store and the engine answer. The checks are shown to admin keys only.
 
     The store is pinged at most once per second, whoever asks (a flood of
     anonymous probes cannot load the database or trip its circuit breaker).
@@ -63,12 +68,23 @@ async def readyz(request: Request, k: MaybeKey, registry: RegistryDep) -> Any:
     async with state.ready_lock:
         cached = state.ready_cache
         if cached is None or time.monotonic() - cached[0] > READY_TTL_S:
-            checks = {"model": state.serving.engine.fingerprint}
+            engine: EngineLink = state.engine
+            checks = {"model": engine.fingerprint}
             try:
                 checks["registry"] = f"{await in_store(request, registry.ping) * 1000:.1f} ms"
                 ok = True
             except StoreUnavailableError as e:
                 checks["registry"] = f"unreachable: {e}"
+                ok = False
+            try:
+                st = await asyncio.wait_for(engine.stats(), READY_TTL_S * 5)
+                checks["engine"] = f"pid {engine.engine_pid}, queue {st['queue']}"
+                store = st.get("store")  # the engine core's own view of the store
+                if store is not None:
+                    checks["engine"] += f", store {store['detail']}"
+                    ok = ok and bool(store["ok"])
+            except (CloudError, TimeoutError) as e:
+                checks["engine"] = f"unreachable: {e}"
                 ok = False
             cached = state.ready_cache = (time.monotonic(), ok, checks)
     _, ok, checks = cached
@@ -77,10 +93,23 @@ async def readyz(request: Request, k: MaybeKey, registry: RegistryDep) -> Any:
 
 
 @router.get("/metrics", response_class=Response)
-async def prometheus(k: MaybeKey, metrics: MetricsDep, settings: SettingsDep) -> Response:
-    """Prometheus metrics (an admin key, unless ``metrics_public``)."""
+async def prometheus(
+    k: MaybeKey, metrics: MetricsDep, settings: SettingsDep, engine: EngineDep
+) -> Response:
+    """Prometheus metrics (an admin key, unless ``metrics_public``).
+
+    This worker's own, and the engine core's slot and cache metrics when the
+    engine runs apart (with several workers, each reports the requests it saw).
+    """
     _admin_unless(settings.metrics_public, k)
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    text = generate_latest(metrics.registry).decode()
+    try:
+        extra = str((await asyncio.wait_for(engine.stats(), 2.0)).get("metrics", ""))
+    except (CloudError, TimeoutError):
+        extra = ""
+    if extra:  # those families are the core's; this worker's copies never count
+        text = select_families(text, EXPORTED_METRICS, keep=False) + extra
+    return Response(text.encode(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/openapi.json", include_in_schema=False)

@@ -6,12 +6,22 @@ slow database never blocks the event loop, and a hung one is answered 503.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from userlayer.cloud.api.deps import Key, RegistryDep, UserId, in_store, is_admin, tenant
+from userlayer.cloud.api.deps import (
+    EngineDep,
+    Key,
+    RegistryDep,
+    UserId,
+    in_store,
+    is_admin,
+    tenant,
+)
 from userlayer.cloud.api.errors import NotFoundError
+from userlayer.cloud.exceptions import CloudError
 from userlayer.cloud.registry import RejectedError
 from userlayer.sdk.api import (
     ENDORSEMENT,
@@ -23,6 +33,8 @@ from userlayer.sdk.api import (
     SignersResponse,
 )
 from userlayer.sdk.schemas import Service
+
+log = logging.getLogger(__name__)
 
 __all__ = ["router"]
 
@@ -127,9 +139,18 @@ async def adapter_info(
 
 @router.delete("/{user_id}", response_model=ForgetResponse)
 async def forget(
-    request: Request, user_id: UserId, k: Key, registry: RegistryDep, service: Service | None = None
+    request: Request,
+    user_id: UserId,
+    k: Key,
+    registry: RegistryDep,
+    engine: EngineDep,
+    service: Service | None = None,
 ) -> ForgetResponse:
     """Forget the user in the cloud: every version, data key, signer, refusal, cached copy."""
     svc = tenant(k, "delete", service)
     n = await in_store(request, registry.delete_user, svc, user_id)
+    try:  # the store no longer serves the user; drop the engine core's copy too
+        await engine.evict(svc, user_id)
+    except CloudError as e:  # a restarting core holds no slots; the next batch reads the store
+        log.warning("could not evict %s/%s from the engine core: %s", svc, user_id, e)
     return ForgetResponse(user_id=user_id, service=Service(svc), deleted_versions=n)
