@@ -7,26 +7,26 @@ inside the HTTP process (``inline``) and the engine core in its own process
 fed by one or more API worker processes (``process:N``). Before any server
 starts, the engine alone is timed on a batch of 64 users with adapters: the
 most the API could deliver. For each concurrency level a fixed number of requests is
-sent by that many concurrent clients (asyncio + httpx, no retries, so every
-503 is counted), from many users: most with an adapter, some without (they
-are served by the base model and flagged). The load generator stops by
-itself after its requests. Then, past capacity: a server with a short queue
-gets more concurrent clients than it can hold, and every 503 must carry
-``Retry-After``. The client shares the machine's cores with the server.
+sent by that many concurrent clients (:mod:`.loadgen`: keep-alive HTTP/1.1
+over asyncio streams, no retries, so every 503 is counted), from many users:
+most with an adapter, some without (they are served by the base model and
+flagged). The load generator stops by itself after its requests. Then,
+past capacity: a server with a short queue gets more concurrent clients
+than it can hold, and every 503 must carry ``Retry-After``. The client
+shares the machine's cores with the server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import tempfile
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 from userlayer.cloud.engine.engine import Engine, EngineConfig
@@ -34,6 +34,7 @@ from userlayer.cloud.engine.export import export_onnx
 from userlayer.cloud.registry import AdapterRegistry, RegistryConfig
 from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.bench.adapters import random_adapter, register_users
+from userlayer.tools.bench.loadgen import post_json_load
 from userlayer.tools.bench.report import BenchReport
 from userlayer.tools.bench.serving import engine_rows_per_s
 from userlayer.tools.exceptions import ToolsError
@@ -121,43 +122,21 @@ def request_bodies(
 
 
 async def _load(url: str, key: str, bodies: list[dict[str, Any]], clients: int) -> dict[str, Any]:
-    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    for b in bodies:
-        queue.put_nowait(b)
+    answers, wall = await post_json_load(url, "/v1/recommend", key, bodies, clients)
     lat: list[float] = []
     status: Counter[int] = Counter()
     personalized = 0
     missing_retry_after = 0
     errors: Counter[str] = Counter()
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=60) as c:
-
-        async def worker() -> None:
-            nonlocal personalized, missing_retry_after
-            while True:
-                try:
-                    body = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                t0 = time.perf_counter()
-                try:
-                    r = await c.post("/v1/recommend", json=body)
-                except httpx.TransportError as e:
-                    status[0] += 1
-                    errors[type(e).__name__] += 1
-                    continue
-                dt = time.perf_counter() - t0
-                status[r.status_code] += 1
-                if r.status_code == 200:
-                    lat.append(dt)
-                    personalized += bool(r.json()["personalized"])
-                elif r.status_code == 503 and "retry-after" not in r.headers:
-                    missing_retry_after += 1
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        wall = time.perf_counter() - t0
+    for a in answers:
+        status[a.status] += 1
+        if a.status == 0:
+            errors[a.error] += 1
+        elif a.status == 200:
+            lat.append(a.seconds)
+            personalized += bool(json.loads(a.body)["personalized"])
+        elif a.status == 503 and "retry-after" not in a.headers:
+            missing_retry_after += 1
     q = statistics.quantiles(lat, n=100) if len(lat) > 1 else [lat[0] if lat else 0.0] * 99
     return {
         "clients": clients,
