@@ -91,7 +91,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.registry = registry
     app.state.metrics = metrics
     app.state.keys = _keys(settings)
-    app.state.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
+    # each of `workers` processes holds its share of every key's bucket (the kernel spreads
+    # connections over them), so the limit stays about what the operator set
+    share = settings.workers if settings.engine_socket is not None else 1
+    app.state.limiter = RateLimiter(
+        settings.rate_limit / share, max(1, settings.rate_burst // share)
+    )
     app.state.ready_lock = asyncio.Lock()
     app.state.ready_cache = None
     install_handlers(app)

@@ -381,11 +381,18 @@ def test_settings_refuse_placeholders_outside_development(tmp_path: Path) -> Non
     Settings(**base, env="development", admin_key="ul_admin_changeme")  # allowed there
 
 
-def test_rate_limit_per_key(live: Live, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("workers", "burst"), [(1, 3), (2, 6)])
+def test_rate_limit_per_key(live: Live, tmp_path: Path, workers: int, burst: int) -> None:
+    """With N API workers each holds 1/N of a key's bucket (here: this worker of 2 allows 3)."""
     store = KeyStore(path=tmp_path / "keys.json")
     a, b = store.add("samokat", ("recommend",)), store.add("samokat", ("recommend",))
     settings = _settings(
-        tmp_path, live.model_dir, tmp_path / "keys.json", rate_limit=0.5, rate_burst=3
+        tmp_path,
+        live.model_dir,
+        tmp_path / "keys.json",
+        rate_limit=0.5 * workers,
+        rate_burst=burst,
+        workers=workers,
     )
     body = {"user_id": "rl", "service": "samokat", "session": live.items["samokat"][:1]}
     with Server(settings) as url:

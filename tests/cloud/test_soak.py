@@ -41,7 +41,12 @@ def test_soak(tmp_path: Path, tiny_model_dir: Path) -> None:
     reg = AdapterRegistry(tmp_path / "registry.db", e.fingerprint, e.shapes)
     register_users(reg, USERS, random_adapter(e.shapes, 0), e.fingerprint, e.acfg)
     reg.close()
-    env = {"USERLAYER_BACKEND": "torch", "USERLAYER_SLOTS": "128", "USERLAYER_CACHE_SIZE": "64"}
+    env = {
+        "USERLAYER_BACKEND": "torch",
+        "USERLAYER_SLOTS": "128",
+        "USERLAYER_CACHE_SIZE": "64",
+        "USERLAYER_RATE_LIMIT": "0",  # one key sends everything
+    }
     with ApiProcess(tiny_model_dir, tmp_path / "registry.db", tmp_path / "api.log", env) as api:
         api.wait_ready()
         server = psutil.Process(api.proc.pid)

@@ -175,7 +175,11 @@ def bench_api(model_dir: str | Path, cfg: ApiBenchConfig, command: str) -> Bench
         reg = AdapterRegistry(root / "registry.db", fp, shapes, cfg=RegistryConfig())
         register_users(reg, cfg.users, random_adapter(shapes, cfg.seed), fp, acfg)
         reg.close()
-        base_env = {"USERLAYER_BACKEND": cfg.backend, "USERLAYER_MAX_WAIT_MS": str(cfg.max_wait_ms)}
+        base_env = {  # one key sends everything here: no per-key rate limit
+            "USERLAYER_BACKEND": cfg.backend,
+            "USERLAYER_MAX_WAIT_MS": str(cfg.max_wait_ms),
+            "USERLAYER_RATE_LIMIT": "0",
+        }
         warm = request_bodies(table, 64, cfg.users, cfg.without_share, cfg.seed + 99)
         for setup in cfg.setups:
             env = {**base_env, **_setup_env(setup)}
