@@ -112,8 +112,14 @@ class Serving:
         registry.on_delete(self.evict)
 
     def evict(self, service: str, user_id: str) -> None:
-        """Drop the user's engine slot (after a deletion), once no batch reads it."""
-        with self._lock:  # waits for a running batch that may read the user's slot
+        """Drop the user's engine slot and cached adapter (after a deletion).
+
+        Waits for a running batch that may read the slot. Where the deletion
+        ran in this process's registry its cache is clear already; where it
+        ran in another (an API worker), this clears this process's copy.
+        """
+        self.registry.forget_cached(service, user_id)
+        with self._lock:
             self.engine.slab.evict((service, user_id))
             self._deletions[(service, user_id)] = self._deletions.get((service, user_id), 0) + 1
 

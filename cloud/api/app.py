@@ -58,7 +58,10 @@ def create_app(settings: Settings) -> FastAPI:
     else:  # the engine core process owns the model; this worker needs only its identity
         info = hello(settings.engine_socket, settings.engine_connect_timeout_s)
         shapes = {k: tuple(v) for k, v in info["shapes"].items()}
-        registry = build_registry(settings, info["fingerprint"], shapes)
+        # no RAM tier here: the core reads adapters; a worker only verifies and stores them
+        registry = build_registry(
+            settings.model_copy(update={"cache_size": 0}), info["fingerprint"], shapes
+        )
         link = EngineClient(
             settings.engine_socket,
             info["fingerprint"],
@@ -91,8 +94,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.registry = registry
     app.state.metrics = metrics
     app.state.keys = _keys(settings)
-    # each of `workers` processes holds its share of every key's bucket (the kernel spreads
-    # connections over them), so the limit stays about what the operator set
+    # each of `workers` processes holds its share of every key's bucket, so the limit stays
+    # about what the operator set; the kernel spreads connections (not requests) over the
+    # workers, so a key with a single keep-alive connection gets about 1/workers of it
     share = settings.workers if settings.engine_socket is not None else 1
     app.state.limiter = RateLimiter(
         settings.rate_limit / share, max(1, settings.rate_burst // share)

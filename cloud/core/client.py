@@ -100,19 +100,23 @@ class EngineClient:
                 )
             except (OSError, TimeoutError) as e:
                 raise EngineUnavailableError(f"the engine core is not reachable: {e}") from None
-            self._writer = writer
-            self._reader_task = asyncio.create_task(self._read_loop(reader))
-            info = await self._call({"op": "hello"}, ensure=False)  # before anyone else sends
-            if info.get("fingerprint") != self.fingerprint:
+            task = asyncio.create_task(self._read_loop(reader, writer))
+            try:  # published only once the core proved which base it serves
+                info = await self._exchange(writer, {"op": "hello"})
+                if info.get("fingerprint") != self.fingerprint:
+                    raise EngineUnavailableError(
+                        f"the engine core runs base {info.get('fingerprint')}, this worker "
+                        f"serves {self.fingerprint}: restart the workers with the new model"
+                    )
+                self.engine_pid = int(info["pid"])
+            except BaseException:  # a mismatch, a timeout, a cancelled caller
                 writer.close()
-                raise EngineUnavailableError(
-                    f"the engine core runs base {info.get('fingerprint')}, this worker serves "
-                    f"{self.fingerprint}: restart the workers with the new model"
-                )
-            self.engine_pid = int(info["pid"])
+                task.cancel()
+                raise
+            self._writer, self._reader_task = writer, task
             return writer
 
-    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+    async def _read_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         why = "the engine core closed the connection"
         try:
             while True:
@@ -131,8 +135,7 @@ class EngineClient:
         except ProtocolError as e:
             why = str(e)
         finally:
-            if self._writer is not None:
-                self._writer.close()
+            writer.close()
             self._fail_all(EngineUnavailableError(why or "the worker is stopping"))
             if why:
                 log.warning("engine client: %s", why)
@@ -143,26 +146,39 @@ class EngineClient:
             if not fut.done():
                 fut.set_exception(e)
 
-    async def _call(self, msg: dict[str, Any], ensure: bool = True) -> dict[str, Any]:
-        writer = await self._ensure() if ensure else self._writer
-        if writer is None or writer.is_closing():
+    async def _call(self, msg: dict[str, Any]) -> dict[str, Any]:
+        return await self._exchange(await self._ensure(), msg)
+
+    async def _exchange(self, writer: asyncio.StreamWriter, msg: dict[str, Any]) -> dict[str, Any]:
+        """Send ``msg`` and wait for its answer; sending and waiting share one deadline.
+
+        Raises:
+            EngineUnavailableError: the connection is closed or fails, the core did
+                not answer in time, or it failed the batch.
+        """
+        if writer.is_closing():
             raise EngineUnavailableError("the engine core connection is closed")
         mid = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[mid] = fut
-        writer.write(encode({**msg, "id": mid}))
         try:
-            if writer.transport.get_write_buffer_size() > 1 << 20:
-                await writer.drain()
-            out = await asyncio.wait_for(fut, self.call_timeout_s)
+            async with asyncio.timeout(self.call_timeout_s):  # a stopped core: never a hang
+                writer.write(encode({**msg, "id": mid}))
+                if writer.transport.get_write_buffer_size() > 1 << 20:
+                    await writer.drain()
+                out = await fut
         except TimeoutError:
             raise EngineUnavailableError(
                 f"the engine core did not answer within {self.call_timeout_s:g} s"
             ) from None
+        except OSError as e:
+            raise EngineUnavailableError(f"the engine core connection failed: {e}") from None
         finally:
             self._waiting.pop(mid, None)
         if "error" in out:
             err = out["error"]
+            if err.get("type") == "failed":  # a server fault, possibly passing: 503, retry
+                raise EngineUnavailableError(f"the engine failed this batch: {err.get('message')}")
             raise CloudError(f"engine core: {err.get('type')}: {err.get('message')}")
         return dict(out) if msg["op"] == "recommend" else out["ok"]
 

@@ -29,6 +29,9 @@ __all__ = ["EngineProcess"]
 
 log = logging.getLogger(__name__)
 
+PING_EVERY_S = 5.0
+HANG_S = 30.0  # a batch takes well under a second; this long without an answer is a hang
+
 
 class EngineProcess:
     """``python -m userlayer.cloud.core --socket PATH`` with settings from ``env``."""
@@ -48,13 +51,19 @@ class EngineProcess:
         self.info: dict[str, Any] = {}
         self.proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
+        self._spawn_lock = threading.Lock()
         self._supervisor: threading.Thread | None = None
 
-    def _spawn(self) -> None:
+    def _spawn(self) -> bool:
+        """Start the child unless :meth:`stop` was called; whether it started."""
         cmd = [sys.executable, "-m", "userlayer.cloud.core", "--socket", str(self.socket_path)]
-        self.proc = subprocess.Popen(  # noqa: S603 - our own module, no shell
-            cmd, env=self.env, stdout=self.log_file, stderr=self.log_file
-        )
+        with self._spawn_lock:
+            if self._stopping.is_set():
+                return False
+            self.proc = subprocess.Popen(  # noqa: S603 - our own module, no shell
+                cmd, env=self.env, stdout=self.log_file, stderr=self.log_file
+            )
+            return True
 
     def start(self, timeout: float = 300.0) -> dict[str, Any]:
         """Start the core, wait until it answers, then supervise it; returns its ``hello``.
@@ -74,20 +83,38 @@ class EngineProcess:
     def _wait(self, timeout: float) -> dict[str, Any]:
         assert self.proc is not None
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self._stopping.is_set():
             if self.proc.poll() is not None:
                 raise CloudError(f"the engine core exited with {self.proc.returncode}")
             with contextlib.suppress(CloudError):
                 return hello(self.socket_path, min(2.0, deadline - time.monotonic()))
         raise CloudError(f"the engine core did not answer within {timeout:g} s")
 
+    def _watch(self, proc: subprocess.Popen[bytes]) -> int:
+        """Wait for ``proc`` to exit, killing it once it has not answered for ``HANG_S``."""
+        last_answer = time.monotonic()
+        while True:
+            try:
+                return proc.wait(PING_EVERY_S)
+            except subprocess.TimeoutExpired:
+                pass
+            if self._stopping.is_set():
+                return proc.wait()
+            try:
+                hello(self.socket_path, PING_EVERY_S)
+                last_answer = time.monotonic()
+            except CloudError:
+                if time.monotonic() - last_answer > HANG_S:
+                    log.error("the engine core has not answered for %.0f s; killing it", HANG_S)
+                    proc.kill()
+
     def _supervise(self) -> None:
         backoff = 0.5
         while not self._stopping.is_set():
             assert self.proc is not None
             started = time.monotonic()
-            rc = self.proc.wait()
-            if self._stopping.is_set() or rc == 0:
+            rc = self._watch(self.proc)
+            if self._stopping.is_set():
                 return
             if time.monotonic() - started > 60:
                 backoff = 0.5
@@ -95,8 +122,9 @@ class EngineProcess:
             if self._stopping.wait(backoff):
                 return
             backoff = min(30.0, backoff * 2)
+            if not self._spawn():
+                return
             self.restarts += 1
-            self._spawn()
             try:
                 self.info = self._wait(300.0)
             except CloudError as e:
@@ -104,7 +132,8 @@ class EngineProcess:
 
     def stop(self, grace: float = 20.0) -> None:
         """SIGTERM, then SIGKILL after ``grace`` s; the supervisor restarts nothing after."""
-        self._stopping.set()
+        with self._spawn_lock:  # no new child after this
+            self._stopping.set()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:

@@ -175,7 +175,12 @@ class EngineCore:
             self._drop(conn)
             return
         for msg in frames:
-            self._handle(conn, msg)
+            try:
+                self._handle(conn, msg)
+            except Exception:  # one odd message costs its connection, never the core
+                log.exception("engine core: dropping a connection after a message it sent")
+                self._drop(conn)
+                return
 
     def _send(self, conn: _Conn, msg: dict[str, Any]) -> None:
         if not conn.alive:
@@ -220,7 +225,7 @@ class EngineCore:
                 "max_batch": self.max_batch,
             }
             self._send(conn, {"id": mid, "ok": info})
-        elif op == "evict":
+        elif op == "evict":  # the slot and this process's decrypted copy
             self.serving.evict(str(msg.get("service")), str(msg.get("user")))
             self._send(conn, {"id": mid, "ok": True})
         elif op == "stats":

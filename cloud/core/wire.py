@@ -41,8 +41,8 @@ def decode(data: bytes) -> dict[str, Any]:
     """
     try:
         msg = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ProtocolError(f"a frame is not JSON: {e}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: [[[[...
+        raise ProtocolError(f"a frame is not JSON: {type(e).__name__}: {e}") from None
     if not isinstance(msg, dict):
         raise ProtocolError(f"a frame should hold a JSON object, got {type(msg).__name__}")
     return msg

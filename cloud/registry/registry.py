@@ -459,6 +459,11 @@ class AdapterRegistry:
 
     # -- delete
 
+    def forget_cached(self, service: str, user_id: str) -> None:
+        """Drop the user's unpacked adapter from the RAM tier (deleted through another process)."""
+        with self._cache_lock:
+            self._cache.pop((service, user_id), None)
+
     def on_delete(self, fn: Callable[[str, str], None]) -> None:
         """Call ``fn(service, user_id)`` when a user is deleted (engine slabs evict)."""
         self._on_delete.append(fn)
@@ -481,8 +486,7 @@ class AdapterRegistry:
                     f"DELETE FROM {table} WHERE service = ? AND user_id = ?",  # noqa: S608
                     (service, user_id),
                 )
-        with self._cache_lock:
-            self._cache.pop((service, user_id), None)
+        self.forget_cached(service, user_id)
         self.sql.checkpoint()
         if self.cfg.shred_on_delete:
             self.rotate_kek(destroy_old=True)

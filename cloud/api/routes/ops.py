@@ -107,7 +107,7 @@ async def prometheus(
         extra = str((await asyncio.wait_for(engine.stats(), 2.0)).get("metrics", ""))
     except (CloudError, TimeoutError):
         extra = ""
-    if extra:  # those families are the core's; this worker's copies never count
+    if settings.engine_socket is not None:  # those families are the core's, never this worker's
         text = select_families(text, EXPORTED_METRICS, keep=False) + extra
     return Response(text.encode(), media_type=CONTENT_TYPE_LATEST)
 

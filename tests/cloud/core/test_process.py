@@ -95,6 +95,14 @@ def test_engine_core_crash_is_answered_503_then_restarted(api: ApiProcess) -> No
         (new_core,), _ = _roles(api)
         assert new_core != core
         assert {_post(api.url, api.key, i) for i in range(16)} == {200}
+        os.kill(new_core, signal.SIGTERM)  # a clean exit not asked by serve: restarted too
+        deadline = time.monotonic() + 60
+        while True:
+            cores, _ = _roles(api)
+            if cores and cores[0] != new_core and _post(api.url, api.key, 0) == 200:
+                break
+            assert time.monotonic() < deadline, "the engine core did not come back"
+            time.sleep(0.5)
     assert "restarting" in api.log.read_text()
 
 

@@ -142,6 +142,9 @@ def test_a_bad_peer_is_dropped_and_the_others_are_still_served(
     good, bad, gone = Peer(path), Peer(path), Peer(path)
     bad.sock.sendall(HEADER.pack(5) + b"[1,2]")  # not an object: that connection is closed
     assert bad.sock.recv(10) == b""
+    deep = Peer(path)  # deep enough to raise RecursionError in json: that connection only
+    deep.sock.sendall(HEADER.pack(100_000) + b"[" * 100_000)
+    assert deep.sock.recv(10) == b""
     for i in range(5):  # a worker dies with requests waiting: they are skipped, nothing breaks
         gone.send({"id": i, "op": "recommend", "body": _body(i)})
     gone.close()
@@ -167,4 +170,5 @@ def test_evict_drops_the_users_slot(core: tuple[EngineCore, Path]) -> None:
     peer.send({"id": 2, "op": "evict", "service": "samokat", "user": "u1"})
     assert peer.recv(1)[0]["ok"] is True
     assert not any(k[:2] == ("samokat", "u1") for k in c.serving.engine.slab._keys)
+    assert ("samokat", "u1") not in c.serving.registry._cache  # nor its decrypted copy
     peer.close()

@@ -23,6 +23,7 @@ def test_frames_survive_any_split_and_come_out_in_order() -> None:
         (b"[1, 2]", "JSON object"),
         (b"{not json", "not JSON"),
         (b"\xff\xfe", "not JSON"),
+        (b"[" * 100_000, "not JSON"),  # RecursionError inside json: must not escape
     ],
 )
 def test_a_frame_that_is_not_a_json_object_is_refused(payload: bytes, why: str) -> None:
