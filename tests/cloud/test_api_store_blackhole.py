@@ -68,6 +68,7 @@ def test_a_blackholed_store_never_freezes_the_api(
         "USERLAYER_STORE_DEADLINE_MS": "300",
         "USERLAYER_STORE_CALL_TIMEOUT_MS": "2000",
         "USERLAYER_STORE_CONNECT_TIMEOUT_S": "2",
+        "USERLAYER_RATE_LIMIT": "0",  # one key sends everything
     }
     proxy.blackhole()  # the database is unreachable before the API even starts
     probes: list[tuple[float, float]] = []

@@ -55,7 +55,12 @@ def test_store_outage_under_load_falls_back_and_recovers(
     register_users(reg, USERS, random_adapter(e.shapes, 0), e.fingerprint, e.acfg)
     reg.close()
     bodies = request_bodies(e.table, 400, USERS, 0.0, 3)  # every user has an adapter
-    env = {"USERLAYER_BACKEND": "torch", "USERLAYER_KEK_FILE": str(kek), "USERLAYER_SLOTS": "64"}
+    env = {
+        "USERLAYER_BACKEND": "torch",
+        "USERLAYER_KEK_FILE": str(kek),
+        "USERLAYER_SLOTS": "64",
+        "USERLAYER_RATE_LIMIT": "0",  # one key sends everything, faster than 200/s
+    }
     with ApiProcess(tiny_model_dir, postgres.dsn, tmp_path / "api.log", env) as api:
         api.wait_ready()
         try:
