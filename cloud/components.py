@@ -8,19 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from userlayer.cloud.engine.engine import Engine, EngineConfig
 from userlayer.cloud.registry import AdapterRegistry, RegistryConfig, StoreConfig
 from userlayer.cloud.settings import Settings
 from userlayer.sdk.crypto import LocalKeyFile
+
+if TYPE_CHECKING:
+    from userlayer.cloud.engine.engine import Engine
 
 __all__ = ["build_engine", "build_registry"]
 
 
 def build_engine(s: Settings) -> Engine:
     """The base model on the configured backend, with ``s.slots`` adapter slots."""
+    from userlayer.cloud.engine.engine import Engine, EngineConfig  # torch: engine side only
+
     return Engine(
         s.model_dir,
         EngineConfig(

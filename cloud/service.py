@@ -19,11 +19,10 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from dataclasses import dataclass
 
 from userlayer.cloud.engine.engine import Engine, EngineRequest
+from userlayer.cloud.metrics import Metrics
 from userlayer.cloud.registry import (
     AdapterRegistry,
     LoadedAdapter,
@@ -37,43 +36,6 @@ __all__ = ["Metrics", "Serving"]
 NO_ADAPTER = "no adapter"
 UNVERIFIED = "adapter failed verification"
 UNAVAILABLE = "adapter store unavailable"
-
-
-@dataclass
-class Metrics:
-    """Prometheus metrics of one app (its own collector registry)."""
-
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-
-    def __post_init__(self) -> None:
-        r = self.registry
-        self.requests = Counter(
-            "userlayer_requests", "HTTP requests", ["endpoint", "status"], registry=r
-        )
-        self.latency = Histogram(
-            "userlayer_request_seconds",
-            "Request latency",
-            ["endpoint"],
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-            registry=r,
-        )
-        self.batch = Histogram(
-            "userlayer_batch_rows",
-            "Rows per engine batch",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
-            registry=r,
-        )
-        self.batch_seconds = Histogram(
-            "userlayer_batch_seconds", "Engine time per batch", registry=r
-        )
-        self.fallbacks = Counter(
-            "userlayer_fallbacks", "Rows served by the base model", ["reason"], registry=r
-        )
-        self.slot_loads = Counter(
-            "userlayer_slot_loads", "Adapters copied into engine slots", registry=r
-        )
-        self.cache = Gauge("userlayer_registry_cache", "Registry RAM tier", ["kind"], registry=r)
-        self.queue = Gauge("userlayer_queue_depth", "Requests waiting", registry=r)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from userlayer.cloud.components import build_engine, build_registry
 from userlayer.cloud.core.client import EngineClient
 from userlayer.cloud.core.link import EngineLink, InlineEngine
 from userlayer.cloud.core.wire import hello
-from userlayer.cloud.service import Metrics, Serving
+from userlayer.cloud.metrics import Metrics
 from userlayer.cloud.settings import Settings
 
 __all__ = ["app_from_env", "create_app"]
@@ -50,6 +50,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     link: EngineLink
     if settings.engine_socket is None:  # the engine in this process
+        from userlayer.cloud.service import Serving  # the model code: only where it runs
+
         engine = build_engine(settings)
         registry = build_registry(settings, engine.fingerprint, engine.shapes)
         serving = Serving(engine, registry, metrics, settings.store_deadline_ms / 1000)

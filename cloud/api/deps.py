@@ -13,8 +13,8 @@ from starlette.concurrency import run_in_threadpool
 from userlayer.cloud.api.errors import ForbiddenError
 from userlayer.cloud.auth import ADMIN, ApiKey, AuthError, KeyStore, RateLimiter
 from userlayer.cloud.core.link import EngineLink
+from userlayer.cloud.metrics import Metrics
 from userlayer.cloud.registry import AdapterRegistry, StoreUnavailableError
-from userlayer.cloud.service import Metrics
 from userlayer.cloud.settings import Settings
 from userlayer.sdk.api import ID_PATTERN
 from userlayer.sdk.schemas import Service

@@ -7,7 +7,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from userlayer.cloud.service import Metrics
+from userlayer.cloud.metrics import Metrics
 
 __all__ = ["BodyLimit", "RequestMetrics"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from userlayer.cloud.components import build_engine, build_registry
 from userlayer.cloud.core.server import EngineCore
@@ -21,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     engine = build_engine(settings)
     registry = build_registry(settings, engine.fingerprint, engine.shapes)
     serving = Serving(engine, registry, Metrics(), settings.store_deadline_ms / 1000)
-    core = EngineCore(serving, args.socket, settings.max_batch)
+    core = EngineCore(serving, args.socket, settings.max_batch, parent_pid=os.getppid())
     core.install_signal_handlers()
     core.serve_forever()
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from userlayer.cloud.batcher import Batcher, BatcherConfig
-from userlayer.cloud.service import Serving
 from userlayer.sdk.api import RecommendRequest, RecommendResponse
+
+if TYPE_CHECKING:  # the model code stays out of API workers that reach a core
+    from userlayer.cloud.service import Serving
 
 __all__ = ["EngineLink", "InlineEngine"]
 

@@ -42,14 +42,14 @@ from prometheus_client import generate_latest
 from pydantic import ValidationError
 
 from userlayer.cloud.core.wire import FrameReader, ProtocolError, encode
+from userlayer.cloud.metrics import EXPORTED_METRICS, select_families
 from userlayer.cloud.service import Serving
 from userlayer.sdk.api import RecommendRequest
 
-__all__ = ["EXPORTED_METRICS", "EngineCore", "select_families"]
+__all__ = ["EngineCore"]
 
 log = logging.getLogger(__name__)
 
-EXPORTED_METRICS = ("userlayer_slot_loads", "userlayer_registry_cache", "userlayer_fallbacks")
 MAX_OUTBOX = 64 << 20
 PROBE_EVERY_S = 1.0
 PROBE_TIMEOUT_S = 2.0  # a worker that stops reading is disconnected past this
@@ -73,8 +73,11 @@ class _Pending:
 class EngineCore:
     """Serves :class:`Serving` batches to any number of connected API workers."""
 
-    def __init__(self, serving: Serving, path: str | Path, max_batch: int) -> None:
+    def __init__(
+        self, serving: Serving, path: str | Path, max_batch: int, parent_pid: int | None = None
+    ) -> None:
         self.serving = serving
+        self.parent_pid = parent_pid  # the loop ends when this process is gone (an orphan)
         self.path = Path(path)
         self.max_batch = max_batch
         self.pending: deque[_Pending] = deque()
@@ -113,6 +116,9 @@ class EngineCore:
         """Run until :meth:`stop`; closes the socket and the registry at the end."""
         try:
             while not self._stop:
+                if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                    log.warning("engine core: the process that started it is gone; stopping")
+                    break
                 for key, mask in self._sel.select(0 if self.pending else 0.5):
                     if key.data is None:
                         self._accept()
@@ -288,19 +294,3 @@ class EngineCore:
         for p, res in zip(batch, results, strict=True):
             # the worker answers HTTP with these bytes as they are (no second validation)
             self._send(p.conn, {"id": p.id, "json": res.model_dump_json(), **info})
-
-
-def select_families(text: str, names: tuple[str, ...], keep: bool) -> str:
-    """The lines of Prometheus ``text`` in (``keep``) or not in the metric families ``names``."""
-    lines = [ln for ln in text.splitlines() if (_family(ln) in names) == keep]
-    return "\n".join(lines) + "\n" if lines else ""
-
-
-def _family(line: str) -> str:
-    if line.startswith("# "):
-        parts = line.split(" ", 3)
-        return parts[2] if len(parts) > 2 else ""
-    name = line.split("{", 1)[0].split(" ", 1)[0]
-    for suffix in ("_total", "_created"):
-        name = name.removesuffix(suffix)
-    return name

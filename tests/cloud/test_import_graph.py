@@ -58,3 +58,16 @@ def test_the_cloud_entry_points_load_no_edge_module(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().endswith("ok")
+
+
+def test_an_api_worker_loads_no_model_code() -> None:
+    """A worker of the engine core parses and authenticates: no torch, no ONNX Runtime."""
+    code = (
+        "import sys, userlayer.cloud.api.app, userlayer.cloud.core.client; "
+        "print(sorted(m for m in ('torch', 'onnxruntime', 'userlayer.cloud.engine.engine') "
+        "if m in sys.modules))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert r.stdout.strip() == "[]", r.stdout

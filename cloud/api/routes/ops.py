@@ -29,8 +29,8 @@ from userlayer.cloud.api.deps import (
 from userlayer.cloud.api.errors import ForbiddenError
 from userlayer.cloud.auth import AuthError
 from userlayer.cloud.core.link import EngineLink
-from userlayer.cloud.core.server import EXPORTED_METRICS, select_families
 from userlayer.cloud.exceptions import CloudError
+from userlayer.cloud.metrics import EXPORTED_METRICS, select_families
 from userlayer.cloud.registry import StoreUnavailableError
 from userlayer.sdk.api import Health
 

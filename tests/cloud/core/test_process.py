@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from userlayer.cloud.registry import AdapterRegistry
@@ -123,3 +124,8 @@ def test_api_worker_crash_is_replaced_and_the_other_worker_answers(api: ApiProce
             time.sleep(0.5)
         assert core_now == core  # the engine core was not touched
         assert {_post(api.url, api.key, i) for i in range(16)} == {200}
+        os.kill(api.proc.pid, signal.SIGKILL)  # the launcher itself: its core must not linger
+        deadline = time.monotonic() + 15
+        while psutil.pid_exists(core) and psutil.Process(core).status() != "zombie":
+            assert time.monotonic() < deadline, "an orphaned engine core kept running"
+            time.sleep(0.2)
