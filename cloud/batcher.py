@@ -33,6 +33,11 @@ class QueueFullError(CloudError):
         super().__init__(f"the server is at capacity; retry after {retry_after:.0f} s")
         self.retry_after = retry_after
 
+    @classmethod
+    def after(cls, last_batch_s: float, max_queue: int, max_batch: int) -> QueueFullError:
+        """A full queue of ``max_queue`` drains in about ``max_queue / max_batch`` batch times."""
+        return cls(max(1.0, round(last_batch_s * max_queue / max_batch)))
+
 
 @dataclass(frozen=True)
 class BatcherConfig:
@@ -98,9 +103,8 @@ class Batcher(Generic[Req, Res]):
         try:
             self._queue.put_nowait((req, fut))
         except asyncio.QueueFull:
-            # the queue drains in about (depth / batch) batch times
-            wait = self._last_batch_s * self.cfg.max_queue / self.cfg.max_batch
-            raise QueueFullError(max(1.0, round(wait))) from None
+            cfg = self.cfg
+            raise QueueFullError.after(self._last_batch_s, cfg.max_queue, cfg.max_batch) from None
         return await fut
 
     async def _run(self) -> None:

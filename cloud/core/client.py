@@ -190,8 +190,7 @@ class EngineClient:
             EngineUnavailableError: the core is unreachable or went away meanwhile.
         """
         if self._inflight >= self.max_queue:
-            wait = self._last_batch_s * self.max_queue / self.max_batch
-            raise QueueFullError(max(1.0, round(wait)))
+            raise QueueFullError.after(self._last_batch_s, self.max_queue, self.max_batch)
         self._inflight += 1
         try:
             out = await self._call({"op": "recommend", "body": req.model_dump(mode="json")})

@@ -61,6 +61,7 @@ class _Conn:
     reader: FrameReader = field(default_factory=FrameReader)
     out: bytearray = field(default_factory=bytearray)
     alive: bool = True
+    writing: bool = False  # registered for EVENT_WRITE (answers wait in `out`)
 
 
 @dataclass
@@ -188,11 +189,12 @@ class EngineCore:
                 self._drop(conn)
                 return
 
-    def _send(self, conn: _Conn, msg: dict[str, Any]) -> None:
+    def _send(self, conn: _Conn, msg: dict[str, Any], flush: bool = True) -> None:
         if not conn.alive:
             return
         conn.out += encode(msg)
-        self._flush(conn)
+        if flush:
+            self._flush(conn)
 
     def _flush(self, conn: _Conn) -> None:
         try:
@@ -207,8 +209,10 @@ class EngineCore:
             log.warning("engine core: a worker stopped reading; disconnecting it")
             self._drop(conn)
             return
-        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.out else 0)
-        self._sel.modify(conn.sock, want, conn)
+        if conn.writing != bool(conn.out):  # a system call only when the interest changes
+            conn.writing = bool(conn.out)
+            want = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.writing else 0)
+            self._sel.modify(conn.sock, want, conn)
 
     # -- messages
 
@@ -272,25 +276,26 @@ class EngineCore:
         }
 
     def _run_batch(self) -> None:
-        batch: list[_Pending] = []
-        while self.pending and len(batch) < self.max_batch:
-            p = self.pending.popleft()
-            if p.conn.alive:
-                batch.append(p)
-        if not batch:
-            return
+        # a dropped connection's requests left `pending` with it (`_drop`)
+        batch = [self.pending.popleft() for _ in range(min(self.max_batch, len(self.pending)))]
         t0 = time.perf_counter()
         try:
             results = self.serving.run_batch([p.req for p in batch])
         except Exception as e:  # the batch failed: each caller hears why, the core goes on
             log.exception("engine core: a batch of %d failed", len(batch))
             err = {"type": "failed", "message": f"{type(e).__name__}: {e}"}
-            for p in batch:
-                self._send(p.conn, {"id": p.id, "error": err})
-            return
-        self.last_batch_s = time.perf_counter() - t0
-        self.batches += 1
-        info = {"batch": self.batches, "rows": len(batch), "seconds": self.last_batch_s}
-        for p, res in zip(batch, results, strict=True):
+            answers = [{"id": p.id, "error": err} for p in batch]
+        else:
+            self.last_batch_s = time.perf_counter() - t0
+            self.batches += 1
+            info = {"batch": self.batches, "rows": len(batch), "seconds": self.last_batch_s}
             # the worker answers HTTP with these bytes as they are (no second validation)
-            self._send(p.conn, {"id": p.id, "json": res.model_dump_json(), **info})
+            answers = [
+                {"id": p.id, "json": res.model_dump_json(), **info}
+                for p, res in zip(batch, results, strict=True)
+            ]
+        for p, msg in zip(batch, answers, strict=True):
+            self._send(p.conn, msg, flush=False)
+        for conn in {p.conn for p in batch}:  # one send per worker connection, not per row
+            if conn.alive:
+                self._flush(conn)

@@ -103,11 +103,11 @@ async def prometheus(
     """
     _admin_unless(settings.metrics_public, k)
     text = generate_latest(metrics.registry).decode()
-    try:
-        extra = str((await asyncio.wait_for(engine.stats(), 2.0)).get("metrics", ""))
-    except (CloudError, TimeoutError):
-        extra = ""
     if settings.engine_socket is not None:  # those families are the core's, never this worker's
+        try:
+            extra = str((await asyncio.wait_for(engine.stats(), 2.0)).get("metrics", ""))
+        except (CloudError, TimeoutError):
+            extra = ""
         text = select_families(text, EXPORTED_METRICS, keep=False) + extra
     return Response(text.encode(), media_type=CONTENT_TYPE_LATEST)
 
