@@ -80,6 +80,8 @@ class Settings(BaseSettings):
                 f"slots ({self.slots}) must be at least max_batch ({self.max_batch}): "
                 "a batch's adapters must fit in the engine at once"
             )
+        if self.engine == "inline" and self.workers > 1:
+            raise ValueError("workers above 1 need the engine in its own process (engine=process)")
         if self.env == "development":
             return self
         if self.admin_key is not None:

@@ -112,8 +112,6 @@ def register(app: typer.Typer) -> None:
         except ValidationError as e:
             raise ToolsError(describe_validation_error(e, "settings")) from e
         if settings.engine == "inline":
-            if settings.workers > 1:
-                raise ToolsError("--workers above 1 needs the engine in its own process")
             _run_api(settings, host, port)
             return
         from userlayer.cloud.core import EngineProcess
@@ -126,8 +124,8 @@ def register(app: typer.Typer) -> None:
                     core.start(settings.engine_connect_timeout_s)
                 except CloudError as e:
                     raise ToolsError(str(e)) from e
-                os.environ["USERLAYER_ENGINE_SOCKET"] = str(sock)
-                _run_api(Settings(), host, port)  # type: ignore[call-arg]
+                os.environ["USERLAYER_ENGINE_SOCKET"] = str(sock)  # for uvicorn's workers
+                _run_api(settings.model_copy(update={"engine_socket": sock}), host, port)
 
     @keys_app.command("create")
     def keys_create(

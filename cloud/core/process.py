@@ -41,14 +41,10 @@ class EngineProcess:
         socket_path: str | Path,
         env: Mapping[str, str] | None = None,
         log_file: IO[bytes] | None = None,
-        restart: bool = True,
     ) -> None:
         self.socket_path = Path(socket_path)
         self.env = dict(os.environ if env is None else env)
         self.log_file = log_file
-        self.restart = restart
-        self.restarts = 0
-        self.info: dict[str, Any] = {}
         self.proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._spawn_lock = threading.Lock()
@@ -72,13 +68,12 @@ class EngineProcess:
             CloudError: it exited or did not answer within ``timeout`` s.
         """
         self._spawn()
-        self.info = self._wait(timeout)
-        if self.restart:
-            self._supervisor = threading.Thread(
-                target=self._supervise, name="userlayer-engine-supervisor", daemon=True
-            )
-            self._supervisor.start()
-        return self.info
+        info = self._wait(timeout)
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="userlayer-engine-supervisor", daemon=True
+        )
+        self._supervisor.start()
+        return info
 
     def _wait(self, timeout: float) -> dict[str, Any]:
         assert self.proc is not None
@@ -124,9 +119,8 @@ class EngineProcess:
             backoff = min(30.0, backoff * 2)
             if not self._spawn():
                 return
-            self.restarts += 1
             try:
-                self.info = self._wait(300.0)
+                self._wait(300.0)
             except CloudError as e:
                 log.error("the restarted engine core failed: %s", e)
 

@@ -378,6 +378,8 @@ def test_settings_refuse_placeholders_outside_development(tmp_path: Path) -> Non
         Settings(**base)
     with pytest.raises(ValidationError, match="slots"):
         Settings(**base, env="development", slots=8, max_batch=64)
+    with pytest.raises(ValidationError, match="workers above 1"):  # one in-process engine
+        Settings(**base, env="development", engine="inline", workers=2)
     Settings(**base, env="development", admin_key="ul_admin_changeme")  # allowed there
 
 
