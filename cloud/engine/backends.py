@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from userlayer.cloud.engine.export import EXPORT_FORMAT
 from userlayer.cloud.exceptions import CloudError
 from userlayer.sdk.model import AdapterConfig, Recommender, RowAdapters
 from userlayer.sdk.model.decoding import Decoder, TorchDecoder
@@ -85,27 +86,33 @@ class _Graphs:
     decode: Any
     prefill_inputs: list[str]
     decode_inputs: list[str]
-    cache_names: list[str]
+    cache_names: list[str]  # prefill's outputs after the logits
 
 
 class _OrtDecoder:
+    """The prompts' cache stays as prefill gave it (B rows); only the beams' rows move."""
+
     def __init__(self, g: _Graphs, feeds: dict[str, np.ndarray]) -> None:
         self.g = g
         self.feeds = feeds
-        self.cache: dict[str, np.ndarray] = {}
-
-    def _run(self, sess: Any, names: list[str], feed: dict[str, np.ndarray]) -> Tensor:
-        out = sess.run(None, {n: feed[n] for n in names})
-        self.cache = dict(zip(self.g.cache_names, out[1:], strict=True))
-        return torch.from_numpy(out[0])
+        self.prompt: dict[str, np.ndarray] = {}
+        self.beams: dict[str, np.ndarray] = {}
 
     def prefill(self, tokens: Tensor, ctx: Tensor) -> Tensor:
         feed = {"tokens": tokens.numpy(), "ctx": ctx.numpy(), **self.feeds}
-        return self._run(self.g.prefill, self.g.prefill_inputs, feed)
+        out = self.g.prefill.run(None, {n: feed[n] for n in self.g.prefill_inputs})
+        self.prompt = dict(zip(self.g.cache_names, out[1:], strict=True))
+        k = self.prompt["k"]
+        empty = np.zeros((*k.shape[:3], 0, k.shape[4]), dtype=k.dtype)
+        self.beams = {"bk": empty, "bv": empty, "bpos": self.prompt["next_pos"]}
+        return torch.from_numpy(out[0])
 
     def step(self, origin: Tensor, codes: Tensor) -> Tensor:
-        feed = {"codes": codes.numpy(), "origin": origin.numpy(), **self.cache, **self.feeds}
-        return self._run(self.g.decode, self.g.decode_inputs, feed)
+        feed = {"codes": codes.numpy(), "origin": origin.numpy()}
+        feed |= self.prompt | self.beams | self.feeds
+        out = self.g.decode.run(None, {n: feed[n] for n in self.g.decode_inputs})
+        self.beams = {"bk": out[1], "bv": out[2], "bpos": out[3]}
+        return torch.from_numpy(out[0])
 
 
 class OnnxBackend:
@@ -127,6 +134,11 @@ class OnnxBackend:
             manifest = json.loads((d / "manifest.json").read_text("utf-8"))
         except (OSError, ValueError) as e:
             raise EngineError(f"{d} is not an ONNX export (`userlayer export`): {e}") from e
+        if manifest.get("format") != EXPORT_FORMAT:
+            raise EngineError(
+                f"the export in {d} has format {manifest.get('format')!r}, this engine reads "
+                f"{EXPORT_FORMAT!r}: export it again (`userlayer export`)"
+            )
         if manifest.get("fingerprint") != fingerprint:
             raise EngineError(
                 f"the export in {d} is of base model {manifest.get('fingerprint')}, "
@@ -146,14 +158,14 @@ class OnnxBackend:
         def pair(prefix: str) -> _Graphs:
             pre = ort.InferenceSession(str(d / f"{prefix}prefill.onnx"), so, providers=prov)
             dec = ort.InferenceSession(str(d / f"{prefix}decode.onnx"), so, providers=prov)
-            outs = manifest[f"{prefix}decode"]["outputs"][1:]
+            outs = manifest[f"{prefix}prefill"]["outputs"][1:]
             # the exporter drops inputs a graph does not use (decode: the prefix vectors)
             return _Graphs(
                 pre,
                 dec,
                 [i.name for i in pre.get_inputs()],
                 [i.name for i in dec.get_inputs()],
-                [o.removeprefix("out.") for o in outs],
+                list(outs),
             )
 
         self.graphs = pair("")

@@ -6,20 +6,24 @@ Two graphs serve every mix of users (dynamic batch and sequence axes):
     inputs ``tokens`` (B, T) int64, ``ctx`` (B, T, 7) int64, ``active`` (B,)
     bool, ``mode_weights`` (B, M) float, and one ``ad.<name>`` (B, *shape)
     float per adapter tensor; outputs the next-code ``logits`` (B, n_codes)
-    and the cache: ``k``/``v`` (L, B, KV, T, hd), ``pk``/``pv`` (L, B, H, P,
-    hd) when the adapter has prefix vectors, ``key_valid`` (B, T) bool,
-    ``next_pos`` (B,) int64 and ``prefix_valid`` (B, P) bool.
+    and the prompts' cache: ``k``/``v`` (L, B, KV, T, hd), ``pk``/``pv``
+    (L, B, KV, P, hd) when the adapter has prefix vectors, ``key_valid``
+    (B, T) bool, ``next_pos`` (B,) int64 and ``prefix_valid`` (B, P) bool.
 
 ``decode.onnx``
-    inputs ``codes`` (N, 1) int64, ``origin`` (N,) int64 (the cache row each
-    new row continues: beam search's reordering happens inside the graph),
-    the cache of the previous call, ``active`` (A,) and ``ad.<name>`` (A, ...)
-    where rows ``i*N/A ..`` share adapter ``i``; outputs the same as prefill
-    for the N rows (the cache one position longer).
+    one beam-search step: inputs ``codes`` (N, 1) int64 and ``origin`` (N,)
+    int64 (the beam row each new row continues: the reordering happens
+    inside the graph), the prompts' cache as prefill gave it (B rows, never
+    copied per beam: the N = B * w beam rows of request ``i`` are rows
+    ``i*w ..`` and read it through a group view), the beams' own positions
+    ``bk``/``bv`` (L, R, KV, Tn, hd) and ``bpos`` (R,) of the previous step
+    (Tn = 0 and ``bpos = next_pos`` at the first step), ``active`` (B,) and
+    ``ad.<name>`` (B, ...); outputs ``logits`` (N, n_codes) and
+    ``out.bk``/``out.bv``/``out.bpos`` one position longer.
 
 A row whose ``active`` is false has no adapter and gets the base model's
-output. ``manifest.json`` records the model fingerprint, the adapter
-configuration, the input and output names and the opset.
+output. ``manifest.json`` records the export format, the model fingerprint,
+the adapter configuration, the input and output names and the opset.
 """
 
 from __future__ import annotations
@@ -35,12 +39,20 @@ from torch import Tensor, nn
 from userlayer.cloud.exceptions import CloudError
 from userlayer.sdk.model import AdapterConfig, Recommender, RowAdapters, adapter_shapes
 from userlayer.sdk.model.io import fingerprint, load_model
-from userlayer.sdk.model.transformer import KVCache, _LayerCache
+from userlayer.sdk.model.transformer import BeamCache, KVCache, _LayerCache
 
-__all__ = ["EXPORT_FORMAT", "ExportError", "GraphSpec", "export_onnx", "graph_spec"]
+__all__ = [
+    "EXPORT_FORMAT",
+    "ExportError",
+    "GraphSpec",
+    "ensure_onnx",
+    "export_onnx",
+    "graph_spec",
+]
 
-EXPORT_FORMAT = "userlayer.onnx/1"
+EXPORT_FORMAT = "userlayer.onnx/2"  # /2: decode shares the prompts' cache across beams
 OPSET = 18
+BEAMS = ("bk", "bv", "bpos")  # the beams' own positions, in and out of decode
 
 
 class ExportError(CloudError):
@@ -62,12 +74,14 @@ class GraphSpec:
         cache = ["k", "v", *(["pk", "pv"] if self.prefix else []), "key_valid", "next_pos"]
         if self.prefix:
             cache.append("prefix_valid")
-        self.cache = cache
+        self.cache = cache  # prefill's outputs after the logits
+        self.prompt = [n for n in cache if n != "next_pos"]  # what decode reads of them
         ads = [f"ad.{n}" for n in self.adapter]
         rows = [] if base else ["active"]
         self.prefill_inputs = ["tokens", "ctx", *rows, *([] if base else ["mode_weights"]), *ads]
-        self.decode_inputs = ["codes", "origin", *cache, *rows, *ads]
+        self.decode_inputs = ["codes", "origin", *self.prompt, *BEAMS, *rows, *ads]
         self.outputs = ["logits", *cache]
+        self.decode_outputs = ["logits", *(f"out.{n}" for n in BEAMS)]
 
     def rows(self, args: tuple[Tensor, ...], mode_weights: bool) -> RowAdapters | None:
         """The adapter rows from the graph's trailing inputs (None for the base graphs)."""
@@ -121,10 +135,11 @@ class _Decode(nn.Module):
         self.model, self.spec = model, spec
 
     def forward(self, codes: Tensor, origin: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
-        """One code per row after the rows ``origin`` of the cache; logits and the cache out."""
+        """One code per beam row after rows ``origin`` of the beams; logits and beams out."""
         spec = self.spec
-        n_cache = len(spec.cache)
-        c = dict(zip(spec.cache, rest[:n_cache], strict=True))
+        n_prompt = len(spec.prompt)
+        c = dict(zip(spec.prompt, rest[:n_prompt], strict=True))
+        bk, bv, bpos = rest[n_prompt : n_prompt + 3]
         layers = [
             _LayerCache(
                 c["k"][i],
@@ -134,11 +149,11 @@ class _Decode(nn.Module):
             )
             for i in range(self.model.cfg.n_layers)
         ]
-        cache = KVCache(layers, c["key_valid"], c["next_pos"], c.get("prefix_valid")).select(origin)
-        ctx = torch.zeros(codes.shape[0], 1, len(self.model.ctx_vocab.sizes), dtype=torch.long)
-        rows = spec.rows(rest[n_cache:], mode_weights=False)
-        logits, new = self.model(codes, ctx, rows, cache, return_cache=True)
-        return _cache_out(logits, new, spec)
+        # decode reads the beams' positions (bpos), never the prompts' next_pos
+        prompt = KVCache(layers, c["key_valid"], bpos[:0], c.get("prefix_valid"))
+        rows = spec.rows(rest[n_prompt + 3 :], mode_weights=False)
+        logits, beams = self.model.decode(codes, prompt, BeamCache(bk, bv, bpos), origin, rows)
+        return logits, beams.k, beams.v, beams.next_pos
 
 
 def example_inputs(
@@ -148,8 +163,13 @@ def example_inputs(
     t: int = 11,
     g: int = 2,
     base: bool = False,
+    tn: int = 1,
 ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
-    """Small random inputs for both graphs (tracing, parity tests)."""
+    """Small random inputs for both graphs (tracing, parity tests).
+
+    Decode continues ``g`` beams per prompt that have ``tn`` positions of
+    their own already (0: the first step after prefill).
+    """
     cfg = model.cfg
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(2, 2 + cfg.n_codes, (b, t), generator=gen)
@@ -167,46 +187,53 @@ def example_inputs(
     spec = GraphSpec(model, acfg, base)
     with torch.no_grad():
         outs = _Prefill(model, spec)(*prefill)
-    origin = torch.arange(b).repeat_interleave(g)
+    cache = dict(zip(spec.cache, outs[1:], strict=True))
+    # the beams so far: g per prompt when tn > 0 (random positions stand in for decoded ones)
+    r = b * g if tn else b
+    kv = (cfg.n_layers, r, cfg.n_kv_heads, tn, cfg.head_dim)
+    bk, bv = torch.randn(kv, generator=gen) * 0.5, torch.randn(kv, generator=gen) * 0.5
+    bpos = cache["next_pos"].repeat_interleave(r // b) + tn
+    within = torch.randint(0, r // b, (b * g,), generator=gen)
+    origin = torch.arange(b).repeat_interleave(g) * (r // b) + within
     codes = torch.randint(2, 2 + cfg.level_sizes[0], (b * g, 1), generator=gen)
-    decode = (codes, origin, *outs[1:]) if base else (codes, origin, *outs[1:], active, *ad)
-    return prefill, decode
+    beams = (bk, bv, bpos)
+    prompt = tuple(cache[n] for n in spec.prompt)
+    rows = () if base else (active, *ad)
+    return prefill, (codes, origin, *prompt, *beams, *rows)
 
 
 def _dynamic_axes(spec: GraphSpec, decode: bool) -> dict[str, dict[int, str]]:
-    b = "N" if decode else "B"
-    prev = "R" if decode else "B"  # cache rows coming in
-    ax: dict[str, dict[int, str]] = {"logits": {0: b}}
     if decode:
-        ax |= {"codes": {0: b}, "origin": {0: b}}
-        for name in spec.cache:
-            ax[name] = {0: prev} if name in ("key_valid", "next_pos", "prefix_valid") else {1: prev}
-        ax["key_valid"][1] = "Tc"
-        ax["k"][3] = "Tc"
-        ax["v"][3] = "Tc"
-        a = "A"
+        ax: dict[str, dict[int, str]] = {
+            "codes": {0: "N"},
+            "origin": {0: "N"},
+            "logits": {0: "N"},
+            "bk": {1: "R", 3: "Tn"},
+            "bv": {1: "R", 3: "Tn"},
+            "bpos": {0: "R"},
+            "out.bk": {1: "N", 3: "Tn1"},
+            "out.bv": {1: "N", 3: "Tn1"},
+            "out.bpos": {0: "N"},
+        }
+        names = spec.prompt  # inputs here, B rows
     else:
-        ax |= {"tokens": {0: b, 1: "T"}, "ctx": {0: b, 1: "T"}}
+        ax = {"tokens": {0: "B", 1: "T"}, "ctx": {0: "B", 1: "T"}, "logits": {0: "B"}}
         if not spec.base:
-            ax["mode_weights"] = {0: b}
-        a = b
-    if not spec.base:
-        ax["active"] = {0: a}
-    for n in spec.adapter:
-        ax[f"ad.{n}"] = {0: a}
-    # outputs (decode's cache outputs share names with its inputs: ONNX names must be
-    # unique, so outputs are written with an ``out.`` prefix)
-    t_out = "Tc1" if decode else "T"
-    for name in spec.cache:
-        key = f"out.{name}" if decode else name
+            ax["mode_weights"] = {0: "B"}
+        names = spec.cache
+    for name in names:
         if name in ("k", "v"):
-            ax[key] = {1: b, 3: t_out}
+            ax[name] = {1: "B", 3: "T"}
         elif name in ("pk", "pv"):
-            ax[key] = {1: b}
+            ax[name] = {1: "B"}
         elif name == "key_valid":
-            ax[key] = {0: b, 1: t_out}
+            ax[name] = {0: "B", 1: "T"}
         else:
-            ax[key] = {0: b}
+            ax[name] = {0: "B"}
+    if not spec.base:
+        ax["active"] = {0: "B"}
+    for n in spec.adapter:
+        ax[f"ad.{n}"] = {0: "B"}
     return ax
 
 
@@ -229,7 +256,7 @@ def export_onnx(
     for base in (False, True):
         spec = GraphSpec(model, acfg, base)
         prefill, decode = example_inputs(model, acfg, base=base)
-        dec_outputs = ["logits", *(f"out.{n}" for n in spec.cache)]
+        dec_outputs = spec.decode_outputs
         pre = "base_" if base else ""
         jobs += [
             (
@@ -280,3 +307,19 @@ def export_onnx(
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2), "utf-8")
     return manifest
+
+
+def ensure_onnx(model_dir: str | Path) -> Path:
+    """``model_dir/onnx``, exported again unless it holds this format of this model's graphs."""
+    d = Path(model_dir)
+    out = d / "onnx"
+    try:
+        manifest = json.loads((out / "manifest.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        manifest = {}
+    if manifest.get("format") != EXPORT_FORMAT or manifest.get("fingerprint") != fingerprint(
+        load_model(d)
+    ):
+        adapter = manifest.get("adapter")
+        export_onnx(d, out, AdapterConfig.from_dict(adapter) if adapter else None)
+    return out

@@ -10,6 +10,7 @@ from userlayer.sdk.model.config import LORA_TARGETS, AdapterConfig, ModelConfig,
 from userlayer.sdk.model.decoding import Recommendation, beam_search
 from userlayer.sdk.model.io import fingerprint, load_hf_into, load_model, save_model
 from userlayer.sdk.model.transformer import (
+    BeamCache,
     KVCache,
     Recommender,
     RowAdapters,
@@ -20,6 +21,7 @@ from userlayer.sdk.model.transformer import (
 __all__ = [
     "LORA_TARGETS",
     "AdapterConfig",
+    "BeamCache",
     "KVCache",
     "ModelConfig",
     "ModelError",

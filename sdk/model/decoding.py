@@ -4,7 +4,9 @@ Every row of a batch decodes together; at each level a beam may only take
 codes that the trie allows after its prefix (restricted to the row's service
 when given), so every returned ID is a real item. Items can be excluded per
 row (a request option: repurchase is normal for groceries). The prompt is run
-once; later levels reuse its keys and values (``KVCache``).
+once; later levels read its keys and values (``KVCache``, one row per
+request) through a group view shared by the request's beams, and only the
+beams' own new positions (``BeamCache``) are copied when beams reorder.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from torch import Tensor
 
 from userlayer.sdk.model.tokens import FIRST_CODE, level_offsets
-from userlayer.sdk.model.transformer import KVCache, Recommender, RowAdapters
+from userlayer.sdk.model.transformer import BeamCache, KVCache, Recommender, RowAdapters
 from userlayer.sdk.schemas import Service
 from userlayer.sdk.semantic_ids import SidTrie
 
@@ -45,37 +47,47 @@ class Decoder(Protocol):
     def step(self, origin: Tensor, codes: Tensor) -> Tensor:
         """Continue rows ``origin`` (N,) of the kept state with ``codes`` (N, 1) token ids.
 
-        Returns next-code logits (N, n_codes); the state now has N rows.
+        N is a multiple of the B prompts, rows in request-major groups of
+        N / B, and each row continues a row of its own request (the prompt's
+        cache is shared by the group, not copied). Returns next-code logits
+        (N, n_codes); the state now has N rows.
         """
 
 
 class TorchDecoder:
-    """:class:`Decoder` on the torch module (reference and fallback backend)."""
+    """:class:`Decoder` on the torch module (reference and fallback backend).
+
+    The prompts' cache stays at one row per request; beams attend to it
+    through :meth:`Recommender.decode`'s group view.
+    """
 
     def __init__(self, model: Recommender, adapters: RowAdapters | None = None) -> None:
         self.model = model
         self.adapters = adapters
-        self.cache: KVCache | None = None
-        self.n_ctx = len(model.ctx_vocab.sizes)
+        self.prompt: KVCache | None = None
+        self.beams: BeamCache | None = None
         self.device = model.tok.weight.device  # inputs go there, logits come back to the CPU
 
     def prefill(self, tokens: Tensor, ctx: Tensor) -> Tensor:
         """See :meth:`Decoder.prefill`."""
         dev = self.device
-        logits, self.cache = self.model(
+        logits, self.prompt = self.model(
             tokens.to(dev), ctx.to(dev), self.adapters, return_cache=True
         )
+        assert self.prompt is not None
+        self.beams = BeamCache.start(self.prompt)
         out: Tensor = logits[:, -1].float().cpu()
         return out
 
     def step(self, origin: Tensor, codes: Tensor) -> Tensor:
         """See :meth:`Decoder.step`."""
-        assert self.cache is not None, "prefill first"
+        assert self.prompt is not None, "prefill first"
+        assert self.beams is not None
         dev = self.device
-        ctx = torch.zeros(codes.shape[0], 1, self.n_ctx, dtype=torch.long, device=dev)
-        cache = self.cache.select(origin.to(dev))
-        logits, self.cache = self.model(codes.to(dev), ctx, self.adapters, cache, return_cache=True)
-        out: Tensor = logits[:, -1].float().cpu()
+        logits, self.beams = self.model.decode(
+            codes.to(dev), self.prompt, self.beams, origin.to(dev), self.adapters
+        )
+        out: Tensor = logits.float().cpu()
         return out
 
 

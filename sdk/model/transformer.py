@@ -28,7 +28,7 @@ from userlayer.sdk.model.config import AdapterConfig, ModelConfig, ModelError
 from userlayer.sdk.model.encoder import ProfileEncoder
 from userlayer.sdk.model.tokens import CTX, FIRST_CODE, PAD, ContextVocab, level_offsets
 
-__all__ = ["KVCache", "Recommender", "RowAdapters", "adapter_shapes", "new_adapter"]
+__all__ = ["BeamCache", "KVCache", "Recommender", "RowAdapters", "adapter_shapes", "new_adapter"]
 
 
 def _lora_dims(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
@@ -176,6 +176,36 @@ class KVCache:
             self.key_valid.index_select(0, rows),
             self.next_pos.index_select(0, rows),
             pick(self.prefix_valid),
+        )
+
+
+@dataclass
+class BeamCache:
+    """Keys and values of the positions decoded after the prompts, one row per beam.
+
+    Beam search keeps the prompts' own cache (a :class:`KVCache` of B rows,
+    one per request) apart and shares it: the N = B * w beam rows of request
+    ``i`` (rows ``i*w .. i*w+w-1``) read it through a group view of their
+    queries, so reordering beams copies only these few new positions, never
+    the prompt's.
+    """
+
+    k: Tensor  # (L, N, KV, Tn, hd)
+    v: Tensor
+    next_pos: Tensor  # (N,) rotary position of each row's next token
+
+    @classmethod
+    def start(cls, prompt: KVCache) -> BeamCache:
+        """No new position yet: one row per prompt."""
+        k = torch.stack([lc.k[:, :, :0] for lc in prompt.layers])
+        return cls(k, k, prompt.next_pos)
+
+    def select(self, rows: Tensor) -> BeamCache:
+        """Reorder/duplicate rows (each new row continues row ``rows[j]``)."""
+        return BeamCache(
+            self.k.index_select(1, rows),
+            self.v.index_select(1, rows),
+            self.next_pos.index_select(0, rows),
         )
 
 
@@ -329,6 +359,86 @@ class Attention(nn.Module):
         y = c.lora("o", layer, out, self.o(out))
         return y, p_out, _LayerCache(k, v, pk, pv)
 
+    def decode(
+        self,
+        c: _Ctx,
+        layer: int,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        prompt: _LayerCache,
+        prompt_valid: Tensor,
+        prefix_valid: Tensor | None,
+        bk: Tensor,
+        bv: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One new token per beam row (N, 1, d) against its request's shared prompt cache.
+
+        The B prompts' keys and values (and prefix vectors) are read through
+        a group view of the queries, (B, KV, w * rep, hd), so they are never
+        copied per beam; the beams' own positions ``bk``/``bv`` (N, KV, Tn, hd)
+        are per row. The softmax over prefix, prompt and own positions is
+        combined from the parts' maxima and sums (no concatenation, no
+        slicing by a dynamic length: the same code exports to ONNX).
+        Returns the output (N, 1, d) and the beams' keys and values with
+        this position appended.
+        """
+        cfg = self.cfg
+        kvh, hd = cfg.n_kv_heads, cfg.head_dim
+        rep = cfg.n_heads // kvh
+        b = prompt.k.shape[0]
+        q, k, v = self._proj(c, layer, x)
+        q = self._heads(q, cfg.n_heads)  # (N, H, 1, hd)
+        k = self._heads(k, kvh)
+        v = self._heads(v, kvh)
+        q = q * cos + _rotate_half(q) * sin
+        k = torch.cat([bk, k * cos + _rotate_half(k) * sin], dim=2)  # (N, KV, Tn+1, hd)
+        v = torch.cat([bv, v], dim=2)
+        qn = q.reshape(-1, kvh, rep, hd)  # (N, KV, rep, hd): head h reads KV head h // rep
+
+        def to_b(t: Tensor) -> Tensor:  # (N, KV, rep, X) -> (B, KV, w * rep, X)
+            return (
+                t.reshape(b, -1, kvh, rep, t.shape[-1])
+                .transpose(1, 2)
+                .reshape(b, kvh, -1, t.shape[-1])
+            )
+
+        def to_n(t: Tensor) -> Tensor:  # (B, KV, w * rep, X) -> (N, KV, rep, X)
+            return (
+                t.reshape(b, kvh, -1, rep, t.shape[-1])
+                .transpose(1, 2)
+                .reshape(-1, kvh, rep, t.shape[-1])
+            )
+
+        qg = to_b(qn)
+        neg = torch.finfo(q.dtype).min
+        shared = [(prompt.k, prompt.v, prompt_valid)]
+        if prefix_valid is not None and prompt.pk is not None and prompt.pv is not None:
+            shared.append((prompt.pk, prompt.pv, prefix_valid))
+        s_shared = [
+            ((qg @ kk.transpose(-1, -2)) * self.scale).masked_fill(~ok[:, None, None, :], neg)
+            for kk, _, ok in shared
+        ]  # (B, KV, w * rep, S) each
+        s_own = (qn @ k.transpose(-1, -2)) * self.scale  # (N, KV, rep, Tn+1)
+        m_b = s_shared[0].amax(-1, keepdim=True)
+        for s in s_shared[1:]:
+            m_b = torch.maximum(m_b, s.amax(-1, keepdim=True))
+        m = torch.maximum(to_n(m_b), s_own.amax(-1, keepdim=True))  # (N, KV, rep, 1)
+        m_b = to_b(m)
+        num_b: Tensor | None = None
+        den_b: Tensor | None = None
+        for s, (_, vv, _) in zip(s_shared, shared, strict=True):
+            e = (s - m_b).exp()
+            nb, db = e @ vv, e.sum(-1, keepdim=True)
+            num_b = nb if num_b is None else num_b + nb
+            den_b = db if den_b is None else den_b + db
+        assert num_b is not None
+        assert den_b is not None
+        e_own = (s_own - m).exp()
+        out = (to_n(num_b) + e_own @ v) / (to_n(den_b) + e_own.sum(-1, keepdim=True))
+        out = out.reshape(-1, 1, cfg.d_model)  # (N, KV, rep, hd) -> (N, 1, H * hd)
+        return c.lora("o", layer, out, self.o(out)), k, v
+
 
 class MLP(nn.Module):
     """SwiGLU feed-forward with per-row LoRA on gate, up and down."""
@@ -381,6 +491,26 @@ class Block(nn.Module):
             p = p + pa
             p = p + self.mlp(c, i, c.film(2 * i + 1, self.norm2(p)))
         return x, p, new_cache
+
+    def decode(
+        self,
+        c: _Ctx,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        prompt: _LayerCache,
+        prompt_valid: Tensor,
+        prefix_valid: Tensor | None,
+        bk: Tensor,
+        bv: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One decode step of this block (inference: no dropout); see :meth:`Attention.decode`."""
+        i = self.idx
+        n1 = c.film(2 * i, self.norm1(x))
+        a, k, v = self.attn.decode(c, i, n1, cos, sin, prompt, prompt_valid, prefix_valid, bk, bv)
+        x = x + a
+        x = x + self.mlp(c, i, c.film(2 * i + 1, self.norm2(x)))
+        return x, k, v
 
 
 class Recommender(nn.Module):
@@ -528,6 +658,50 @@ class Recommender(nn.Module):
             return logits, None
         nxt = pos[:, -1] + valid[:, -1].long() if t else start
         return logits, KVCache(new_layers, key_valid, nxt, prefix_valid)
+
+    def decode(
+        self,
+        codes: Tensor,
+        prompt: KVCache,
+        beams: BeamCache,
+        origin: Tensor,
+        adapters: RowAdapters | None = None,
+    ) -> tuple[Tensor, BeamCache]:
+        """Beam search's step: next-code logits (N, n_codes) after one code per beam row.
+
+        ``codes`` (N, 1) continue the rows ``origin`` (N,) of ``beams``; the N
+        rows are the B prompts' beams in contiguous groups of N / B, and they
+        share ``prompt`` (the prefill's cache, B rows) instead of copying it.
+        ``adapters`` has B rows (or divides N). Same logits as :meth:`forward`
+        with ``prompt`` gathered to every beam, up to float rounding.
+        """
+        beams = beams.select(origin)
+        c = _Ctx(adapters)
+        ctx = torch.zeros(
+            *codes.shape, len(self.ctx_vocab.sizes), dtype=torch.long, device=codes.device
+        )
+        x = self.embed(codes, ctx)
+        pos = beams.next_pos
+        cos, sin = self.rope_cos[pos][:, None, None], self.rope_sin[pos][:, None, None]
+        ks, vs = [], []
+        for i, blk in enumerate(self.blocks):
+            assert isinstance(blk, Block)
+            x, k, v = blk.decode(
+                c,
+                x,
+                cos,
+                sin,
+                prompt.layers[i],
+                prompt.key_valid,
+                prompt.prefix_valid,
+                beams.k[i],
+                beams.v[i],
+            )
+            ks.append(k)
+            vs.append(v)
+        h = c.film(2 * self.cfg.n_layers, self.norm(x))
+        logits = h[:, -1] @ self.tok.weight[FIRST_CODE:].T
+        return logits, BeamCache(torch.stack(ks), torch.stack(vs), pos + 1)
 
     def level_logits(self, logits: Tensor, level: Tensor) -> Tensor:
         """Mask logits (…, n_codes) to the codes of ``level`` (…,) (-1 masks everything)."""

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from userlayer.cloud.engine.engine import Engine, EngineConfig
-from userlayer.cloud.engine.export import export_onnx
+from userlayer.cloud.engine.export import ensure_onnx
 from userlayer.cloud.registry import AdapterRegistry, RegistryConfig
 from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.bench.adapters import random_adapter, register_users
@@ -58,6 +58,7 @@ class ApiBenchConfig:
     overload_queue: int = 32
     overload_requests: int = 1_500
     backend: str = "onnxruntime"
+    device: str = "cpu"  # the torch backend's device (cuda on a GPU)
     max_wait_ms: float = 5.0
     seed: int = 0
 
@@ -162,12 +163,12 @@ def run_load(url: str, key: str, bodies: list[dict[str, Any]], clients: int) -> 
 def bench_api(model_dir: str | Path, cfg: ApiBenchConfig, command: str) -> BenchReport:
     """Start the API on 127.0.0.1 over a fresh registry and measure it; stops what it started."""
     d = Path(model_dir)
-    if cfg.backend == "onnxruntime" and not (d / "onnx" / "manifest.json").exists():
-        export_onnx(d, d / "onnx")
-    e = Engine(d, EngineConfig(backend=cfg.backend, slots=1))  # what the server will serve
+    if cfg.backend == "onnxruntime":
+        ensure_onnx(d)  # (again, if an older export format)
+    e = Engine(d, EngineConfig(backend=cfg.backend, slots=1, device=cfg.device))  # as served
     fp, shapes, acfg, table = e.fingerprint, e.shapes, e.acfg, e.table
     del e
-    engine64 = engine_rows_per_s(d, cfg.backend, 64, seed=cfg.seed)  # before any server
+    engine64 = engine_rows_per_s(d, cfg.backend, 64, seed=cfg.seed, device=cfg.device)
     results: dict[str, Any] = {"engine_rows_per_s_batch64": engine64}
     rows: list[list[object]] = [["engine alone, batch 64", "", engine64, "", "", "", "", ""]]
     with tempfile.TemporaryDirectory(prefix="userlayer-bench-api-") as tmp:
@@ -177,6 +178,7 @@ def bench_api(model_dir: str | Path, cfg: ApiBenchConfig, command: str) -> Bench
         reg.close()
         base_env = {  # one key sends everything here: no per-key rate limit
             "USERLAYER_BACKEND": cfg.backend,
+            "USERLAYER_DEVICE": cfg.device,
             "USERLAYER_MAX_WAIT_MS": str(cfg.max_wait_ms),
             "USERLAYER_RATE_LIMIT": "0",
         }

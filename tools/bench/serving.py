@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from userlayer.cloud.engine.engine import Engine, EngineConfig, EngineRequest
-from userlayer.cloud.engine.export import export_onnx
+from userlayer.cloud.engine.export import ensure_onnx
 from userlayer.sdk.model import new_adapter
 from userlayer.sdk.schemas import Context, Daypart, Mode
 from userlayer.tools.bench.naive import NaivePeftServer
@@ -46,6 +46,8 @@ class ServingBenchConfig:
     threads: int | None = None
     seed: int = 0
     naive: bool = True  # also time peft with a per-request adapter swap (torch, batch 1)
+    device: str = "cpu"  # the torch backend's device (cuda on a GPU)
+    providers: tuple[str, ...] = ()  # ONNX Runtime's execution providers (default: CPU)
 
 
 def _requests(e: Engine, n: int, rng: np.random.Generator) -> list[EngineRequest]:
@@ -112,14 +114,19 @@ def _time_naive(
 
 
 def engine_rows_per_s(
-    model_dir: str | Path, backend: str, batch: int, repeats: int = 10, seed: int = 0
+    model_dir: str | Path,
+    backend: str,
+    batch: int,
+    repeats: int = 10,
+    seed: int = 0,
+    device: str = "cpu",
 ) -> float:
     """Rows/s of the engine alone on a batch of ``batch`` users, each with their own adapter.
 
     What the HTTP API can at best deliver with that backend and batch size
     (the serving bench's adapters row, in the caller's run).
     """
-    e = Engine(Path(model_dir), EngineConfig(backend=backend, slots=batch))
+    e = Engine(Path(model_dir), EngineConfig(backend=backend, slots=batch, device=device))
     ads = _adapters(e, batch, seed)
     reqs = [
         EngineRequest(**{**r.__dict__, "k": 10, "slot": e.slab.load(("bench", u, 1), ads[u])})
@@ -131,8 +138,8 @@ def engine_rows_per_s(
 def bench_serving(model_dir: str | Path, cfg: ServingBenchConfig, command: str) -> BenchReport:
     """Run the serving benchmark; exports ONNX into ``model_dir/onnx`` if missing."""
     d = Path(model_dir)
-    if "onnxruntime" in cfg.backends and not (d / "onnx" / "manifest.json").exists():
-        export_onnx(d, d / "onnx")
+    if "onnxruntime" in cfg.backends:
+        ensure_onnx(d)  # (again, if an older export format)
     rows: list[list[object]] = []
     results: dict[str, dict[str, float]] = {}
     ratios: dict[int, float] = {}
@@ -140,7 +147,12 @@ def bench_serving(model_dir: str | Path, cfg: ServingBenchConfig, command: str) 
         e = Engine(
             d,
             EngineConfig(
-                backend=backend, beam=cfg.beam, slots=max(cfg.batches), threads=cfg.threads
+                backend=backend,
+                beam=cfg.beam,
+                slots=max(cfg.batches),
+                threads=cfg.threads,
+                device=cfg.device,
+                providers=cfg.providers,
             ),
         )
         ads = _adapters(e, cfg.users, cfg.seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from userlayer.cloud.engine.backends import EngineError, OnnxBackend
 from userlayer.cloud.engine.export import (
     ExportError,
     GraphSpec,
@@ -17,7 +19,7 @@ from userlayer.cloud.engine.export import (
     example_inputs,
     export_onnx,
 )
-from userlayer.sdk.model import AdapterConfig, ModelConfig, ModelError, Recommender
+from userlayer.sdk.model import AdapterConfig, ModelConfig, ModelError, Recommender, RowAdapters
 from userlayer.sdk.model.io import load_model, save_model
 
 # two layers and grouped-query attention, so that both are in the graph
@@ -57,9 +59,10 @@ def test_onnx_runtime_equals_torch_on_mixed_batches(
     pre, dec = _sessions(tmp_path / "onnx")
     model = load_model(model_dir)
     spec = GraphSpec(model, acfg)
-    # shapes other than the traced ones (3 rows, 11 tokens, 2 beams)
-    for b, t, g in [(5, 17, 3), (1, 6, 20), (8, 26, 4)]:
-        p_args, d_args = example_inputs(model, acfg, b=b, t=t, g=g)
+    # shapes other than the traced ones (3 rows, 11 tokens, 2 beams, 1 decoded position),
+    # the first step (no beam position yet) included
+    for b, t, g, tn in [(5, 17, 3, 0), (1, 6, 20, 2), (8, 26, 4, 1)]:
+        p_args, d_args = example_inputs(model, acfg, b=b, t=t, g=g, tn=tn)
         with torch.no_grad():
             ref = _Prefill(model, spec)(*p_args)
             ref_d = _Decode(model, spec)(*d_args)
@@ -80,7 +83,7 @@ def test_base_graphs_equal_the_model_without_adapters(model_dir: Path, tmp_path:
     model = load_model(model_dir)
     spec = GraphSpec(model, AdapterConfig(), base=True)
     assert spec.prefill_inputs == ["tokens", "ctx"] and "active" not in spec.decode_inputs
-    p_args, d_args = example_inputs(model, AdapterConfig(), b=4, t=13, g=5, base=True)
+    p_args, d_args = example_inputs(model, AdapterConfig(), b=4, t=13, g=5, base=True, tn=0)
     with torch.no_grad():
         ref = _Prefill(model, spec)(*p_args)
         ref_d = _Decode(model, spec)(*d_args)
@@ -90,6 +93,40 @@ def test_base_graphs_equal_the_model_without_adapters(model_dir: Path, tmp_path:
     np.testing.assert_allclose(out[0], plain[:, -1].numpy(), atol=1e-4)
     for got, want in [*zip(out, ref, strict=True), *zip(out_d, ref_d, strict=True)]:
         np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=0)
+
+
+def test_decode_graph_equals_the_prompt_cache_gathered_to_every_beam(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """The graph's group view of the shared prompt gives what copying the prompt's cache to
+    every beam gives (the full forward pass with a cache, before the cache was shared)."""
+    acfg = AdapterConfig()
+    export_onnx(model_dir, tmp_path / "onnx", acfg)
+    pre, dec = _sessions(tmp_path / "onnx")
+    model = load_model(model_dir)
+    spec = GraphSpec(model, acfg)
+    p_args, d_args = example_inputs(model, acfg, b=4, t=9, g=3, tn=0)
+    out = _run(pre, spec.prefill_inputs, p_args)
+    step = _run(dec, spec.decode_inputs, d_args)
+    ad = dict(zip(spec.adapter, p_args[4:], strict=True))
+    rows = RowAdapters(acfg, p_args[2], ad, p_args[3])
+    with torch.no_grad():
+        _, cache = model(p_args[0], p_args[1], rows, return_cache=True)
+        assert cache is not None
+        codes, origin = d_args[0], d_args[1]
+        zero = torch.zeros(codes.shape[0], 1, 7, dtype=torch.long)
+        want, _ = model(codes, zero, rows, cache.select(origin), return_cache=True)
+    np.testing.assert_allclose(step[0], want[:, -1].numpy(), atol=1e-4, rtol=0)
+    assert out[1].shape[1] == 4 and step[1].shape[1] == 12  # prompt: 4 rows; beams: 12
+
+
+def test_an_export_of_another_format_is_refused(model_dir: Path, tmp_path: Path) -> None:
+    export_onnx(model_dir, tmp_path / "onnx")
+    manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
+    manifest["format"] = "userlayer.onnx/1"
+    (tmp_path / "onnx" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EngineError, match="export it again"):
+        OnnxBackend(tmp_path / "onnx", manifest["fingerprint"])
 
 
 def test_a_missing_model_is_a_clear_error(tmp_path: Path) -> None:

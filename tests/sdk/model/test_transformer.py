@@ -5,6 +5,7 @@ import torch
 
 from userlayer.sdk.model import (
     AdapterConfig,
+    BeamCache,
     ModelConfig,
     ModelError,
     Recommender,
@@ -209,3 +210,36 @@ def test_adapter_shapes() -> None:
     assert shapes["mode_prefix"] == (3, 1, 32)
     assert AdapterConfig.from_dict(ACFG.to_dict()) == ACFG
     assert ModelConfig.from_dict(CFG.to_dict()) == CFG
+
+
+@pytest.mark.parametrize("adapters", ["mixed", "none"])
+def test_beam_decode_through_the_shared_prompt_equals_gathered_caches(
+    model: Recommender, adapters: str
+) -> None:
+    """Beams reading their request's prompt cache through the group view get the same logits
+    as the full cache gathered to every beam (the old path), over two reordering steps."""
+    tok, ctx = _batch()  # 4 prompts
+    ad = (
+        RowAdapters.gather(ACFG, _slab(2), torch.tensor([0, -1, 1, 0]), torch.eye(3)[[0, 1, 2, 0]])
+        if adapters == "mixed"
+        else None
+    )
+    g = torch.Generator().manual_seed(3)
+    w = 3
+    with torch.no_grad():
+        _, prompt = model(tok, ctx, ad, return_cache=True)
+        assert prompt is not None
+        beams = BeamCache.start(prompt)
+        full = prompt
+        origin = torch.arange(4).repeat_interleave(w)  # step 1: each prompt to w beams
+        for _ in range(2):
+            codes = torch.randint(FIRST_CODE, FIRST_CODE + 16, (4 * w, 1), generator=g)
+            got, beams = model.decode(codes, prompt, beams, origin, ad)
+            zero = torch.zeros(4 * w, 1, 7, dtype=torch.long)
+            want, full = model(codes, zero, ad, full.select(origin), return_cache=True)
+            assert full is not None
+            torch.testing.assert_close(got, want[:, -1], atol=1e-5, rtol=1e-5)
+            # step 2: beams reorder within their request
+            perm = torch.randint(0, w, (4, w), generator=g)
+            origin = (torch.arange(4)[:, None] * w + perm).reshape(-1)
+    assert beams.k.shape[3] == 2  # only the two new positions are kept per beam
