@@ -8,7 +8,7 @@ STAMP := $(VENV)/.userlayer-installed
 # first so that no other requirement pulls a CUDA build.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: setup lint typecheck test test-fast demo fuzz soak audit bench-quick clean
+.PHONY: setup lint typecheck test test-fast demo fuzz soak audit bench-quick gpu-bundle clean
 
 setup: $(STAMP)
 
@@ -58,5 +58,21 @@ audit: setup
 bench-quick: setup
 	$(VENV)/bin/userlayer bench all --quick --json build/bench-quick.json
 
+# What tools/gpu_check.sh needs on a lent GPU machine (it has Python and PyTorch only):
+# the base model MODEL and wheels of the other runtime packages for Python 3.11-3.13.
+MODEL ?= artifacts/demo/model
+GPU_WHEELS := httpx pydantic pydantic-settings cryptography typer rich fastapi uvicorn \
+	prometheus-client safetensors
+gpu-bundle: setup
+	test -f $(MODEL)/config.json || { echo "no model in $(MODEL): make demo or MODEL=dir"; exit 1; }
+	rm -rf .gpu_bundle && mkdir -p .gpu_bundle/model .gpu_bundle/wheels
+	cp $(MODEL)/config.json $(MODEL)/model.safetensors $(MODEL)/sids.json .gpu_bundle/model/
+	printf '%s\n' $(GPU_WHEELS) > .gpu_bundle/wheels/requirements.txt
+	for v in 3.11 3.12 3.13; do $(PY) -m pip download -q --only-binary=:all: --python-version $$v \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .gpu_bundle/wheels \
+		-r .gpu_bundle/wheels/requirements.txt || exit 1; done
+	du -sh .gpu_bundle
+
 clean:
-	rm -rf build dist artifacts .mypy_cache .pytest_cache .ruff_cache
+	rm -rf build dist artifacts .mypy_cache .pytest_cache .ruff_cache .gpu_bundle gpu_out

@@ -145,6 +145,30 @@ def bench_api_cmd(
     _emit(bench_api(model, cfg, cmd), json_out, markdown)
 
 
+@bench_app.command("gpu")
+def bench_gpu_cmd(
+    model: ModelDir,
+    out: Annotated[Path, typer.Option(help="The JSON, rewritten after each part.")] = Path(
+        "gpu_check.json"
+    ),
+    parts: Annotated[str, typer.Option(help="Comma list.")] = "environment,parity,serving,api",
+    budget_s: Annotated[float, typer.Option(help="Parts past this many seconds are skipped.")] = (
+        420.0
+    ),
+    stand_in: Annotated[
+        bool, typer.Option(help="No GPU: run the parts on the CPU engine (a rehearsal).")
+    ] = False,
+    markdown: Markdown = None,
+) -> None:
+    """Every GPU check (CUDA parity, serving and API benches) in one budgeted run."""
+    from userlayer.tools.bench.gpu import GpuCheckConfig, gpu_check
+
+    cfg = GpuCheckConfig(
+        parts=tuple(p for p in parts.split(",") if p), budget_s=budget_s, stand_in=stand_in
+    )
+    _emit(gpu_check(model, cfg, out), None, markdown)
+
+
 @bench_app.command("fl")
 def bench_fl_cmd(
     model: ModelDir,

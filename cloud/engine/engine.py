@@ -51,6 +51,9 @@ class EngineConfig:
     slots: int = 256
     threads: int | None = None
     device: str = "cpu"  # the torch backend: cpu | cuda
+    # ONNX Runtime execution providers, best first (default: CPU); for example
+    # ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    providers: tuple[str, ...] = ()
     max_session_items: int = 20
     # constrained decoding: "tensor" (the trie as tensors, userlayer.sdk.model.trie_search)
     # or "reference" (userlayer.sdk.model.decoding.beam_search); both return the same
@@ -171,7 +174,12 @@ class Engine:
         self.vocab = model.ctx_vocab
         backend: Backend
         if cfg.backend == "onnxruntime":
-            ob = OnnxBackend(cfg.onnx_dir or d / "onnx", self.fingerprint, cfg.threads)
+            ob = OnnxBackend(
+                cfg.onnx_dir or d / "onnx",
+                self.fingerprint,
+                cfg.threads,
+                list(cfg.providers) or None,
+            )
             if adapter is not None and adapter != ob.acfg:
                 raise EngineError(
                     f"the export was made for adapter {ob.acfg.to_dict()}, not {adapter.to_dict()}"
