@@ -32,7 +32,7 @@ from torch import Tensor
 
 from userlayer.cloud.engine.engine import Engine, EngineConfig, EngineRequest
 from userlayer.sdk.model import KVCache, Recommender, RowAdapters
-from userlayer.sdk.model.decoding import Decoder, TorchDecoder, beam_search
+from userlayer.sdk.model.decoding import Decoder, TorchDecoder, beam_search, level_codes
 from userlayer.sdk.model.prompt import encode_request, mode_one_hot, pack_prompts
 from userlayer.sdk.model.trie_search import trie_beam_search
 from userlayer.sdk.schemas import Service
@@ -49,16 +49,16 @@ class GatheredDecoder:
     def prefill(self, tokens: Tensor, ctx: Tensor) -> Tensor:
         """Run the prompts; keep their cache."""
         logits, self.cache = self.model(tokens, ctx, self.adapters, return_cache=True)
-        return logits[:, -1]
+        return logits[:, -1]  # every code: the search takes level 0's
 
-    def step(self, origin: Tensor, codes: Tensor) -> Tensor:
+    def step(self, origin: Tensor, codes: Tensor, level: int) -> Tensor:
         """Gather the whole cache to the new rows, then run one position."""
         assert self.cache is not None
         ctx = torch.zeros(codes.shape[0], 1, 7, dtype=torch.long)
         logits, self.cache = self.model(
             codes, ctx, self.adapters, self.cache.select(origin), return_cache=True
         )
-        return logits[:, -1]
+        return logits[:, -1, level_codes(self.model.cfg.level_sizes, level)]
 
 
 def _search(

@@ -24,7 +24,7 @@ from torch import Tensor
 from userlayer.cloud.engine.export import EXPORT_FORMAT
 from userlayer.cloud.exceptions import CloudError
 from userlayer.sdk.model import AdapterConfig, Recommender, RowAdapters
-from userlayer.sdk.model.decoding import Decoder, TorchDecoder
+from userlayer.sdk.model.decoding import Decoder, TorchDecoder, level_codes
 
 __all__ = [
     "Backend",
@@ -92,9 +92,10 @@ class _Graphs:
 class _OrtDecoder:
     """The prompts' cache stays as prefill gave it (B rows); only the beams' rows move."""
 
-    def __init__(self, g: _Graphs, feeds: dict[str, np.ndarray]) -> None:
+    def __init__(self, g: _Graphs, feeds: dict[str, np.ndarray], wants: list[np.ndarray]) -> None:
         self.g = g
         self.feeds = feeds
+        self.wants = wants  # per level: its code indices
         self.prompt: dict[str, np.ndarray] = {}
         self.beams: dict[str, np.ndarray] = {}
 
@@ -107,8 +108,8 @@ class _OrtDecoder:
         self.beams = {"bk": empty, "bv": empty, "bpos": self.prompt["next_pos"]}
         return torch.from_numpy(out[0])
 
-    def step(self, origin: Tensor, codes: Tensor) -> Tensor:
-        feed = {"codes": codes.numpy(), "origin": origin.numpy()}
+    def step(self, origin: Tensor, codes: Tensor, level: int) -> Tensor:
+        feed = {"codes": codes.numpy(), "origin": origin.numpy(), "want": self.wants[level]}
         feed |= self.prompt | self.beams | self.feeds
         out = self.g.decode.run(None, {n: feed[n] for n in self.g.decode_inputs})
         self.beams = {"bk": out[1], "bv": out[2], "bpos": out[3]}
@@ -146,6 +147,8 @@ class OnnxBackend:
             )
         self.manifest = manifest
         self.acfg = AdapterConfig.from_dict(manifest["adapter"])
+        sizes = manifest["model"]["level_sizes"]
+        self.wants = [level_codes(sizes, i).numpy() for i in range(len(sizes))]
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = threads or int(os.environ.get("USERLAYER_THREADS", 0)) or 0
@@ -176,10 +179,10 @@ class OnnxBackend:
     ) -> Decoder:
         """See :class:`Backend`; a batch without any adapter runs the base graphs."""
         if not active.any():
-            return _OrtDecoder(self.base_graphs, {})
+            return _OrtDecoder(self.base_graphs, {}, self.wants)
         feeds = {"active": active, "mode_weights": mode_weights}
         feeds |= {f"ad.{k}": v for k, v in tensors.items()}
-        return _OrtDecoder(self.graphs, feeds)
+        return _OrtDecoder(self.graphs, feeds, self.wants)
 
 
 def tensorrt_available() -> str | None:

@@ -137,12 +137,16 @@ class Slab:
     def gather(self, slots: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """``active`` (B,) and every tensor (B, ...) of these slots.
 
-        Slot -1 marks a row without adapter: ``active`` is false, and the
-        model ignores the values gathered for it.
+        Slot -1 marks a row without adapter: ``active`` is false and its
+        tensors are zeros, which the model applies as exact no-ops.
         """
         active = slots >= 0
         idx = np.where(active, slots, 0)
-        return active, {n: a[idx] for n, a in self.arrays.items()}
+        out = {n: a[idx] for n, a in self.arrays.items()}  # fancy indexing: copies
+        if not active.all():
+            for t in out.values():
+                t[~active] = 0.0  # the model applies zeros as no-ops (RowAdapters)
+        return active, out
 
     def __len__(self) -> int:
         return len(self._keys)

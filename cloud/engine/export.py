@@ -18,7 +18,8 @@ Two graphs serve every mix of users (dynamic batch and sequence axes):
     ``i*w ..`` and read it through a group view), the beams' own positions
     ``bk``/``bv`` (L, R, KV, Tn, hd) and ``bpos`` (R,) of the previous step
     (Tn = 0 and ``bpos = next_pos`` at the first step), ``active`` (B,) and
-    ``ad.<name>`` (B, ...); outputs ``logits`` (N, n_codes) and
+    ``ad.<name>`` (B, ...), and ``want`` (S,) int64, the codes whose logits
+    are wanted (the next Semantic ID level's); outputs ``logits`` (N, S) and
     ``out.bk``/``out.bv``/``out.bpos`` one position longer.
 
 A row whose ``active`` is false has no adapter and gets the base model's
@@ -38,6 +39,7 @@ from torch import Tensor, nn
 
 from userlayer.cloud.exceptions import CloudError
 from userlayer.sdk.model import AdapterConfig, Recommender, RowAdapters, adapter_shapes
+from userlayer.sdk.model.decoding import level_codes
 from userlayer.sdk.model.io import fingerprint, load_model
 from userlayer.sdk.model.transformer import BeamCache, KVCache, _LayerCache
 
@@ -50,7 +52,7 @@ __all__ = [
     "graph_spec",
 ]
 
-EXPORT_FORMAT = "userlayer.onnx/2"  # /2: decode shares the prompts' cache across beams
+EXPORT_FORMAT = "userlayer.onnx/3"  # /3: decode shares the prompts' cache, returns one level
 OPSET = 18
 BEAMS = ("bk", "bv", "bpos")  # the beams' own positions, in and out of decode
 
@@ -79,7 +81,7 @@ class GraphSpec:
         ads = [f"ad.{n}" for n in self.adapter]
         rows = [] if base else ["active"]
         self.prefill_inputs = ["tokens", "ctx", *rows, *([] if base else ["mode_weights"]), *ads]
-        self.decode_inputs = ["codes", "origin", *self.prompt, *BEAMS, *rows, *ads]
+        self.decode_inputs = ["codes", "origin", "want", *self.prompt, *BEAMS, *rows, *ads]
         self.outputs = ["logits", *cache]
         self.decode_outputs = ["logits", *(f"out.{n}" for n in BEAMS)]
 
@@ -134,8 +136,10 @@ class _Decode(nn.Module):
         super().__init__()
         self.model, self.spec = model, spec
 
-    def forward(self, codes: Tensor, origin: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
-        """One code per beam row after rows ``origin`` of the beams; logits and beams out."""
+    def forward(
+        self, codes: Tensor, origin: Tensor, want: Tensor, *rest: Tensor
+    ) -> tuple[Tensor, ...]:
+        """One code per beam row after rows ``origin`` of the beams; ``want``'s logits out."""
         spec = self.spec
         n_prompt = len(spec.prompt)
         c = dict(zip(spec.prompt, rest[:n_prompt], strict=True))
@@ -152,7 +156,8 @@ class _Decode(nn.Module):
         # decode reads the beams' positions (bpos), never the prompts' next_pos
         prompt = KVCache(layers, c["key_valid"], bpos[:0], c.get("prefix_valid"))
         rows = spec.rows(rest[n_prompt + 3 :], mode_weights=False)
-        logits, beams = self.model.decode(codes, prompt, BeamCache(bk, bv, bpos), origin, rows)
+        beams_in = BeamCache(bk, bv, bpos)
+        logits, beams = self.model.decode(codes, prompt, beams_in, origin, rows, want)
         return logits, beams.k, beams.v, beams.next_pos
 
 
@@ -182,7 +187,10 @@ def example_inputs(
     if acfg.n_modes:
         mw[:, 0] = 1.0
     shapes = adapter_shapes(cfg, acfg)
-    ad = tuple(torch.randn((b, *s), generator=gen) * 0.05 for s in shapes.values())
+    ad = tuple(  # rows without adapter hold zeros, as the engine's slab gives them
+        torch.randn((b, *s), generator=gen) * 0.05 * active.view(-1, *[1] * len(s))
+        for s in shapes.values()
+    )
     prefill = (tokens, ctx) if base else (tokens, ctx, active, mw, *ad)
     spec = GraphSpec(model, acfg, base)
     with torch.no_grad():
@@ -199,7 +207,8 @@ def example_inputs(
     beams = (bk, bv, bpos)
     prompt = tuple(cache[n] for n in spec.prompt)
     rows = () if base else (active, *ad)
-    return prefill, (codes, origin, *prompt, *beams, *rows)
+    want = level_codes(cfg.level_sizes, 1)
+    return prefill, (codes, origin, want, *prompt, *beams, *rows)
 
 
 def _dynamic_axes(spec: GraphSpec, decode: bool) -> dict[str, dict[int, str]]:
@@ -207,7 +216,8 @@ def _dynamic_axes(spec: GraphSpec, decode: bool) -> dict[str, dict[int, str]]:
         ax: dict[str, dict[int, str]] = {
             "codes": {0: "N"},
             "origin": {0: "N"},
-            "logits": {0: "N"},
+            "want": {0: "S"},
+            "logits": {0: "N", 1: "S"},
             "bk": {1: "R", 3: "Tn"},
             "bv": {1: "R", 3: "Tn"},
             "bpos": {0: "R"},

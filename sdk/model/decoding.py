@@ -23,7 +23,13 @@ from userlayer.sdk.model.transformer import BeamCache, KVCache, Recommender, Row
 from userlayer.sdk.schemas import Service
 from userlayer.sdk.semantic_ids import SidTrie
 
-__all__ = ["Decoder", "Recommendation", "TorchDecoder", "beam_search"]
+__all__ = ["Decoder", "Recommendation", "TorchDecoder", "beam_search", "level_codes"]
+
+
+def level_codes(sizes: Sequence[int], level: int) -> Tensor:
+    """The code indices (into the model's n_codes outputs) of Semantic ID level ``level``."""
+    off = level_offsets(sizes)[level]
+    return torch.arange(off, off + sizes[level])
 
 
 @dataclass(frozen=True)
@@ -44,13 +50,14 @@ class Decoder(Protocol):
     def prefill(self, tokens: Tensor, ctx: Tensor) -> Tensor:
         """Run the prompts (B, T); keep their keys and values; next-code logits (B, n_codes)."""
 
-    def step(self, origin: Tensor, codes: Tensor) -> Tensor:
+    def step(self, origin: Tensor, codes: Tensor, level: int) -> Tensor:
         """Continue rows ``origin`` (N,) of the kept state with ``codes`` (N, 1) token ids.
 
         N is a multiple of the B prompts, rows in request-major groups of
         N / B, and each row continues a row of its own request (the prompt's
-        cache is shared by the group, not copied). Returns next-code logits
-        (N, n_codes); the state now has N rows.
+        cache is shared by the group, not copied). Returns the logits of
+        Semantic ID level ``level``'s codes only (N, level size); the state
+        now has N rows.
         """
 
 
@@ -79,13 +86,18 @@ class TorchDecoder:
         out: Tensor = logits[:, -1].float().cpu()
         return out
 
-    def step(self, origin: Tensor, codes: Tensor) -> Tensor:
+    def step(self, origin: Tensor, codes: Tensor, level: int) -> Tensor:
         """See :meth:`Decoder.step`."""
         assert self.prompt is not None, "prefill first"
         assert self.beams is not None
         dev = self.device
         logits, self.beams = self.model.decode(
-            codes.to(dev), self.prompt, self.beams, origin.to(dev), self.adapters
+            codes.to(dev),
+            self.prompt,
+            self.beams,
+            origin.to(dev),
+            self.adapters,
+            level_codes(self.model.cfg.level_sizes, level).to(dev),
         )
         out: Tensor = logits.float().cpu()
         return out
@@ -152,13 +164,13 @@ def beam_search(
     offs = level_offsets(trie.table.level_sizes)
     n_levels = len(offs)
     dec = TorchDecoder(model, adapters) if isinstance(model, Recommender) else model
-    last = dec.prefill(tokens, ctx)  # (B, n_codes)
+    last = dec.prefill(tokens, ctx)[:, offs[0] : offs[0] + trie.table.level_sizes[0]]
     # beams: per row a list of (prefix, score); start with one empty prefix
     prefixes: list[list[tuple[int, ...]]] = [[()] for _ in range(b)]
     scores = torch.zeros(b, 1)
     for level in range(n_levels):
         size = trie.table.level_sizes[level]
-        lp = last[:, offs[level] : offs[level] + size].float().log_softmax(-1)  # (R, size)
+        lp = last.float().log_softmax(-1)  # (R, size): this level's codes
         allowed = torch.stack(
             [masks.get(p, svc[r], excl[r]) for r, ps in enumerate(prefixes) for p in ps]
         )
@@ -210,5 +222,5 @@ def beam_search(
             pos += n
         scores = torch.tensor(flat_scores).view(b, w)
         step = torch.tensor(flat_codes).view(-1, 1) + FIRST_CODE + offs[level]
-        last = dec.step(torch.tensor(flat_origin), step)
+        last = dec.step(torch.tensor(flat_origin), step, level + 1)
     return [[] for _ in range(b)]

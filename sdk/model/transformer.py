@@ -4,9 +4,9 @@ Built bottom-up: RMSNorm with optional FiLM, rotary positions, attention with
 grouped-query heads and per-row LoRA, SwiGLU MLP with per-row LoRA, block,
 model. Per-row adapters are explicit inputs (:class:`RowAdapters`), gathered
 from a slab by row index; a row whose index is -1 has no adapter and its
-output equals the base model's bit for bit (every adapter effect is applied
-through ``torch.where`` on the row's ``active`` flag, and the base path never
-changes shape).
+output equals the base model's bit for bit (its LoRA and FiLM tensors are
+zeros, which apply as exact no-ops without a per-row branch; its ``active``
+flag switches its prefix positions off; the base path never changes shape).
 
 Prefix vectors (the user's profile embedding and the request mode's
 component) form a small second stream that goes through every layer with the
@@ -75,6 +75,12 @@ class RowAdapters:
     A batch of B = A * g rows may share them in contiguous groups: rows
     ``i*g .. i*g+g-1`` use adapter ``i`` (the beams of one request in beam
     search), without copying the adapter g times.
+
+    A row whose ``active`` is false must hold zeros in its tensors
+    (:meth:`gather` and the engine's slab make them so): every row's LoRA
+    delta and FiLM scale and shift are applied without a per-row branch, and
+    zeros make them exact no-ops, so such a row equals the base model bit for
+    bit (``active`` still switches the prefix positions off).
     """
 
     config: AdapterConfig
@@ -90,11 +96,15 @@ class RowAdapters:
         index: Tensor,
         mode_weights: Tensor | None = None,
     ) -> RowAdapters:
-        """Take each row's adapter from a slab (S, *shape) by ``index`` (-1 = none)."""
+        """Take each row's adapter from a slab (S, *shape) by ``index`` (-1 = none: zeros)."""
         safe = index.clamp(min=0)
-        return cls(
-            config, index >= 0, {k: v.index_select(0, safe) for k, v in slab.items()}, mode_weights
-        )
+        on = index >= 0
+
+        def take(v: Tensor) -> Tensor:
+            rows = v.index_select(0, safe)
+            return torch.where(on.view(-1, *[1] * (v.dim() - 1)), rows, torch.zeros_like(rows))
+
+        return cls(config, on, {k: take(v) for k, v in slab.items()}, mode_weights)
 
     def select(self, rows: Tensor) -> RowAdapters:
         """Reorder/duplicate rows (beam search)."""
@@ -218,7 +228,6 @@ class _Ctx:
 
     def __init__(self, ad: RowAdapters | None) -> None:
         self.ad = ad
-        self.active = None if ad is None else ad.active[:, None, None]
 
     def lora(self, name: str, layer: int, x: Tensor, y: Tensor) -> Tensor:
         ad = self.ad
@@ -229,7 +238,7 @@ class _Ctx:
         xg = x.reshape(a.shape[0], -1, x.shape[-1])  # (A, g*T, d_in)
         yg = y.reshape(a.shape[0], -1, y.shape[-1])
         delta = torch.bmm(torch.bmm(xg, a.transpose(1, 2)), b.transpose(1, 2)) * ad.config.scale
-        return torch.where(self.active, yg + delta, yg).reshape(y.shape)  # type: ignore[arg-type]
+        return (yg + delta).reshape(y.shape)  # a row without adapter has zeros: delta 0
 
     def film(self, idx: int, y: Tensor) -> Tensor:
         ad = self.ad
@@ -238,8 +247,7 @@ class _Ctx:
         scale = ad.tensors["film_scale"][:, idx][:, None, :]
         shift = ad.tensors["film_shift"][:, idx][:, None, :]
         yg = y.reshape(scale.shape[0], -1, y.shape[-1])
-        out = torch.where(self.active, yg * (1.0 + scale) + shift, yg)  # type: ignore[arg-type]
-        return out.reshape(y.shape)
+        return (yg * (1.0 + scale) + shift).reshape(y.shape)  # zeros: y * 1 + 0 = y
 
 
 class RMSNorm(nn.Module):
@@ -666,8 +674,13 @@ class Recommender(nn.Module):
         beams: BeamCache,
         origin: Tensor,
         adapters: RowAdapters | None = None,
+        want: Tensor | None = None,
     ) -> tuple[Tensor, BeamCache]:
         """Beam search's step: next-code logits (N, n_codes) after one code per beam row.
+
+        With ``want`` (S,) code indices, only those codes' logits (N, S): the
+        next level's codes are all a step needs (a third of the output layer
+        or less).
 
         ``codes`` (N, 1) continue the rows ``origin`` (N,) of ``beams``; the N
         rows are the B prompts' beams in contiguous groups of N / B, and they
@@ -700,7 +713,10 @@ class Recommender(nn.Module):
             ks.append(k)
             vs.append(v)
         h = c.film(2 * self.cfg.n_layers, self.norm(x))
-        logits = h[:, -1] @ self.tok.weight[FIRST_CODE:].T
+        out_w = self.tok.weight[FIRST_CODE:]  # tied output embedding
+        if want is not None:
+            out_w = out_w.index_select(0, want)
+        logits = h[:, -1] @ out_w.T
         return logits, BeamCache(torch.stack(ks), torch.stack(vs), pos + 1)
 
     def level_logits(self, logits: Tensor, level: Tensor) -> Tensor:

@@ -95,13 +95,13 @@ def trie_beam_search(
     sizes = trie.table.level_sizes
     offs = level_offsets(sizes)
     dec = TorchDecoder(model, adapters) if isinstance(model, Recommender) else model
-    logits = dec.prefill(tokens, ctx)  # (B * w, n_codes), w = 1 at first
+    logits = dec.prefill(tokens, ctx)[:, offs[0] : offs[0] + sizes[0]]  # (B * w, size), w = 1
     node = torch.zeros(b, 1, dtype=torch.long)
     scores = torch.zeros(b, 1)
     rows = torch.arange(b)[:, None]
     for level, size in enumerate(sizes):
         w = node.shape[1]
-        lp = logits[:, offs[level] : offs[level] + size].float().log_softmax(-1)
+        lp = logits.float().log_softmax(-1)  # this level's codes
         nxt = trie.child[level][node.reshape(-1)]  # (B * w, size)
         ok = nxt >= 0
         ok &= (trie.bits[level][nxt.clamp(min=0)] & row_bits.repeat_interleave(w)[:, None]) != 0
@@ -126,5 +126,5 @@ def trie_beam_search(
             ]
         node = node.clamp(min=0)  # dead beams (-inf) read node 0; their scores stay -inf
         origin = (rows * w + src).reshape(-1)
-        logits = dec.step(origin, (code + FIRST_CODE + offs[level]).reshape(-1, 1))
+        logits = dec.step(origin, (code + FIRST_CODE + offs[level]).reshape(-1, 1), level + 1)
     return [[] for _ in range(b)]

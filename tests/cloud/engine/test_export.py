@@ -115,8 +115,10 @@ def test_decode_graph_equals_the_prompt_cache_gathered_to_every_beam(
         assert cache is not None
         codes, origin = d_args[0], d_args[1]
         zero = torch.zeros(codes.shape[0], 1, 7, dtype=torch.long)
-        want, _ = model(codes, zero, rows, cache.select(origin), return_cache=True)
-    np.testing.assert_allclose(step[0], want[:, -1].numpy(), atol=1e-4, rtol=0)
+        full, _ = model(codes, zero, rows, cache.select(origin), return_cache=True)
+    level1 = full[:, -1, d_args[2]]  # the graph returns the wanted (next level's) codes only
+    assert step[0].shape == tuple(level1.shape)
+    np.testing.assert_allclose(step[0], level1.numpy(), atol=1e-4, rtol=0)
     assert out[1].shape[1] == 4 and step[1].shape[1] == 12  # prompt: 4 rows; beams: 12
 
 
