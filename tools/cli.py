@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -279,7 +280,7 @@ def pretrain_cmd(
     ] = 10,
 ) -> None:
     """Pretrain the base model (next Semantic ID) on all users' training sequences."""
-    from userlayer.tools.train.pretrain import PretrainConfig, pretrain
+    from userlayer.tools.train.pretrain import EpochReport, PretrainConfig, pretrain
 
     cfg = PretrainConfig(
         epochs=epochs,
@@ -310,12 +311,18 @@ def pretrain_cmd(
                 task, completed=step, total=total, info=f"loss {loss:.3f}{valid}  {eps:.0f} seq/s"
             )
 
-        def on_epoch(epoch: int, loss: float) -> None:
+        def on_epoch(r: EpochReport) -> None:
             nonlocal valid
-            valid = f"  valid {loss:.3f}"
-            progress.console.print(f"epoch {epoch}: validation loss {loss:.4f}")
+            v = "" if r.valid_loss is None else f"  validation loss {r.valid_loss:.4f}"
+            valid = "" if r.valid_loss is None else f"  valid {r.valid_loss:.3f}"
+            progress.console.print(
+                f"epoch {r.epoch}: lr {r.lr:.2e}  train loss {r.train_loss:.4f}{v}"
+                f"  {r.seq_per_s:.0f} seq/s{'  (best so far, kept)' if r.best else ''}"
+            )
 
         result = pretrain(data, out, cfg, on_step, on_epoch)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return
     if result.finished:
         console.print(
             f"[green]model {result.fingerprint}[/green] -> {out} "
@@ -338,7 +345,9 @@ def eval_cmd(
     baselines: Annotated[
         str, typer.Option(help="comma list: popularity,sasrec or none")
     ] = "popularity,sasrec",
-    sasrec_epochs: Annotated[int, typer.Option()] = 30,
+    sasrec_epochs: Annotated[
+        int, typer.Option(help="At most; early stopping on the validation item ends sooner.")
+    ] = 200,
     max_users: Annotated[int | None, typer.Option()] = None,
 ) -> None:
     """Leave-one-out evaluation: full-history and private regimes, beside the baselines."""

@@ -724,6 +724,25 @@ class Recommender(nn.Module):
         allowed = self.level_mask[level.clamp(min=0)] & (level >= 0)[..., None]
         return logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
 
+    def _targets(self, tokens: Tensor, last_item_only: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """Level predicted at each position, the target code, and which positions count."""
+        level = self.next_level[tokens[:, :-1]]
+        target = tokens[:, 1:] - FIRST_CODE
+        use = (level >= 0) & (target >= 0)
+        use = use & self.level_mask[level.clamp(min=0), target.clamp(min=0)]
+        if last_item_only:
+            t = target.shape[1]
+            use = use & (torch.arange(t, device=tokens.device) >= t - self.cfg.n_levels)[None]
+        return level, target, use
+
+    def n_targets(self, tokens: Tensor, last_item_only: bool = False) -> Tensor:
+        """How many code positions :meth:`loss` averages over (a 0-d int64 tensor).
+
+        Data-parallel training sums the ranks' counts to weight each rank's
+        ``reduction="sum"`` loss exactly as one process's mean over the global batch.
+        """
+        return self._targets(tokens, last_item_only)[2].sum()
+
     def loss(
         self,
         tokens: Tensor,
@@ -736,16 +755,11 @@ class Recommender(nn.Module):
 
         With ``last_item_only`` only the codes of each row's final item count
         (rows end at the last position: left padding), as when a prompt is
-        scored on its target.
+        scored on its target. ``reduction``: ``mean`` over the code positions,
+        ``sum`` of them, or ``none`` (per row: the mean over its positions).
         """
         logits, _ = self(tokens, ctx, adapters)
-        level = self.next_level[tokens[:, :-1]]  # level predicted at each position
-        target = tokens[:, 1:] - FIRST_CODE
-        use = (level >= 0) & (target >= 0)
-        use = use & self.level_mask[level.clamp(min=0), target.clamp(min=0)]
-        if last_item_only:
-            t = target.shape[1]
-            use = use & (torch.arange(t, device=tokens.device) >= t - self.cfg.n_levels)[None]
+        level, target, use = self._targets(tokens, last_item_only)
         lg = self.level_logits(logits[:, :-1], level)
         ce = F.cross_entropy(
             lg.reshape(-1, lg.shape[-1]), target.clamp(min=0).reshape(-1), reduction="none"
@@ -753,6 +767,8 @@ class Recommender(nn.Module):
         ce = ce * use
         if reduction == "none":  # per row: mean over its code positions
             return ce.sum(1) / use.sum(1).clamp(min=1)
+        if reduction == "sum":
+            return ce.sum()
         return ce.sum() / use.sum().clamp(min=1)
 
 

@@ -100,16 +100,30 @@ def sasrec_results(
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Train SASRec on every user's training part and rank each regime's prompts with it."""
     back = target_offset(cfg.split)
-    train = [items[: len(items) - back - 1] for items in seqs.items]
     item_ids = sorted(table.codes)
     index = {i: n + 1 for n, i in enumerate(item_ids)}
     service_of = table.services
+    # as SASRec's protocol: train on what precedes each user's next held-out item and stop
+    # early on that item (the validation item for the test split); users too short to spare
+    # one train on all they have and are not validated
+    train, val_h, val_t = [], [], []
+    for items in seqs.items:
+        ids = [index[i] for i in items[: len(items) - back - 1]]
+        if len(ids) >= 3:
+            train.append(ids[:-1])
+            val_h.append(ids[:-1])
+            val_t.append(ids[-1])
+        else:
+            train.append(ids)
     sasrec = train_sasrec(
-        [[index[i] for i in s] for s in train],
+        train,
         len(item_ids),
         cfg.sasrec,
         lambda ep, loss: logger.info("SASRec epoch %d: loss %.4f", ep, loss),
+        (val_h, val_t) if val_t else None,
+        lambda ep, n: logger.info("SASRec epoch %d: validation NDCG@10 %.4f", ep, n),
     )
+    logger.info("SASRec: the weights of epoch %d", sasrec.best_epoch)
     svc_mask = {
         s: torch.tensor([False] + [service_of[i].value == s for i in item_ids])
         for s in {p.service for ps in prompts.values() for p in ps}

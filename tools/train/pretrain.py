@@ -2,11 +2,19 @@
 
 AdamW with a linear warm-up and cosine decay, gradient clipping, fixed seeds,
 and a checkpoint every ``checkpoint_every`` steps and at every epoch end.
-Checkpoints are safetensors plus JSON (weights, AdamW moments, the RNG state
-used for dropout, the step), never pickles. A run restarted on the same
-output directory resumes from the last checkpoint; the batch order is a pure
-function of ``(seed, epoch)``, so an interrupted and resumed run ends with the
-same weights as an uninterrupted one.
+Checkpoints are safetensors plus JSON (weights, AdamW moments, the step, and
+the best validation epoch's weights), never pickles. A run restarted on the
+same output directory resumes from the last checkpoint; the batch order is a
+pure function of ``(seed, epoch)`` and every random draw of a step (dropout,
+private rows) a function of ``(seed, step)``, so an interrupted and resumed run
+ends with the same weights as an uninterrupted one. The model written at the
+end holds the weights of the epoch with the lowest validation loss.
+
+Data-parallel: under ``torchrun`` (``torchrun --nproc-per-node N -m
+userlayer.tools.cli pretrain ...``; multi-node with ``--nnodes``,
+``--node-rank`` and ``--rdzv-endpoint``) each rank trains on its share of
+every global batch with DistributedDataParallel (gloo on CPU, NCCL on
+GPUs); see :func:`pretrain`.
 
 With a profile encoder (``profile_dim`` > 0, the default), every step also
 trains on private-regime rows: a random training event as the target, the
@@ -36,17 +44,18 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from userlayer.sdk.model.config import AdapterConfig, ModelConfig
 from userlayer.sdk.model.io import save_model
@@ -66,10 +75,17 @@ from userlayer.tools.train.examples import (
     training_windows,
 )
 
-__all__ = ["PretrainConfig", "PretrainResult", "pretrain", "validation_loss"]
+__all__ = [
+    "EpochReport",
+    "PretrainConfig",
+    "PretrainResult",
+    "pretrain",
+    "validation_loss",
+]
 
 logger = logging.getLogger(__name__)
 _CKPT = "checkpoint"
+_BEST = "best.safetensors"  # in the checkpoint directory: the best validation epoch's weights
 
 
 @dataclass(frozen=True)
@@ -190,14 +206,22 @@ def _save_checkpoint(
                 tensors[f"opt.{n}.exp_avg"] = st["exp_avg"].contiguous()
                 tensors[f"opt.{n}.exp_avg_sq"] = st["exp_avg_sq"].contiguous()
                 tensors[f"opt.{n}.step"] = st["step"].reshape(1).float()
-    tensors["rng.torch"] = torch.get_rng_state()
     save_file(tensors, str(tmp / "state.safetensors"))
     (tmp / "trainer.json").write_text(
         json.dumps({"step": step, "losses": losses, "valid_losses": valid}), "utf-8"
     )
+    if (d / _BEST).exists():  # the best epoch's weights stay with the checkpoint
+        shutil.copy2(d / _BEST, tmp / _BEST)
     if d.exists():
         shutil.rmtree(d)
     tmp.rename(d)  # atomic switch: a crash leaves the old or the new checkpoint
+
+
+def _save_best(d: Path, model: Recommender) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / (_BEST + ".tmp")
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.replace(d / _BEST)
 
 
 def _load_checkpoint(
@@ -213,7 +237,6 @@ def _load_checkpoint(
                 "exp_avg_sq": tensors[f"opt.{n}.exp_avg_sq"].clone(),
                 "step": tensors[f"opt.{n}.step"].reshape(()).clone(),
             }
-    torch.set_rng_state(tensors["rng.torch"])
     return int(meta["step"]), list(meta["losses"]), list(meta.get("valid_losses", []))
 
 
@@ -262,49 +285,180 @@ class _Catalog:
         return tok, ctx.reshape(-1, len(request))
 
 
-def _private_loss(
-    model: Recommender,
+@dataclass
+class _PrivateBatch:
+    """One rank's share of a step's private rows (see the module docstring)."""
+
+    tok: Tensor
+    ctx: Tensor
+    codes: Tensor
+    ages: Tensor
+    mask: Tensor
+    z: Tensor  # (n,) noise multipliers (0: exact profile)
+    noise: Tensor  # (n, release_dim) standard normal draws
+    absent: Tensor  # (n,) bool: no prefix at all
+
+    def to(self, dev: torch.device) -> _PrivateBatch:
+        return _PrivateBatch(*(getattr(self, f.name).to(dev) for f in fields(self)))
+
+
+def _private_batch(
     seqs: UserSequences,
     pairs: np.ndarray,
     cfg: PretrainConfig,
     step: int,
     batch: int,
-    catalog: _Catalog | None = None,
-) -> Tensor:
-    """Loss of a batch of private rows with noisy, exact or absent profile prefixes."""
-    enc = model.profile
-    assert enc is not None
+    release_dim: int,
+    max_items: int,
+    catalog: _Catalog | None,
+    part: slice,
+) -> _PrivateBatch:
+    """The ``part`` of a step's ``batch`` private rows with noisy, exact or absent profiles.
+
+    Every draw is a function of ``(seed, step)`` over the whole batch (a row's
+    favourites of ``(seed, step, row)``), so a data-parallel rank's part is
+    exactly its rows of what one process would draw.
+    """
     rng = np.random.default_rng([cfg.seed, step, 7])
-    pick = [(int(u), int(t)) for u, t in pairs[rng.integers(0, len(pairs), batch)]]
-    codes, ages, mask = profile_inputs(seqs, pick)
+    pick_all = pairs[rng.integers(0, len(pairs), batch)]
     lo, hi = cfg.profile_noise
-    z = np.exp(rng.uniform(math.log(lo), math.log(hi), batch))
-    z[rng.uniform(size=batch) < cfg.profile_exact] = 0.0
-    absent = rng.uniform(size=batch) < cfg.profile_absent
+    z_all = np.exp(rng.uniform(math.log(lo), math.log(hi), batch))
+    z_all[rng.uniform(size=batch) < cfg.profile_exact] = 0.0
+    absent_all = rng.uniform(size=batch) < cfg.profile_absent
+    noise_all = rng.standard_normal((batch, release_dim)).astype(np.float32)
+    rows = np.arange(batch)[part]
+    pick = [(int(u), int(t)) for u, t in pick_all[rows]]
+    z, absent = z_all[rows], absent_all[rows]
     before = None
     if catalog is not None and cfg.favourites:
         before = [
             None
-            if absent[r]
+            if absent[i]
             else catalog.steps(
                 catalog.favourites(
                     occasions(seqs.items[u][:t], (seqs.times[u][:t] // 86_400_000).tolist()),
-                    float(z[r]),
+                    float(z[i]),
                     cfg.favourites,
-                    rng,
+                    np.random.default_rng([cfg.seed, step, 7, int(r)]),
                 ),
                 seqs.ctx[u][t],
             )
-            for r, (u, t) in enumerate(pick)
+            for i, (r, (u, t)) in enumerate(zip(rows, pick, strict=True))
         ]
-    tok, ctx = private_rows(seqs, pick, before, model.cfg.max_items - 1)
-    zt = torch.from_numpy(z).float()
-    stats = enc.stats(codes, ages, mask)
-    released = stats + zt[:, None] * torch.randn_like(stats)
-    prefix = enc(released, zt)
-    acfg = AdapterConfig(n_prefix=model.cfg.profile_prefix, film=False, n_modes=0, targets=())
-    rows = RowAdapters(acfg, torch.from_numpy(~absent), {"prefix": prefix})
-    return model.loss(tok, ctx, rows, last_item_only=True)
+    tok, ctx = private_rows(seqs, pick, before, max_items)
+    codes, ages, mask = profile_inputs(seqs, pick)
+    return _PrivateBatch(
+        tok,
+        ctx,
+        codes,
+        ages,
+        mask,
+        torch.from_numpy(z).float(),
+        torch.from_numpy(noise_all[rows]),
+        torch.from_numpy(absent),
+    )
+
+
+class _StepLoss(nn.Module):
+    """One step's loss as a module's forward, so that DistributedDataParallel can wrap it.
+
+    Each part is a sum over this rank's code positions divided by the global
+    batch's count (``n_main``, ``n_private``), times the world size: with
+    DistributedDataParallel's gradient averaging, every rank's gradient is
+    exactly that of one process's mean over the global batch.
+    """
+
+    def __init__(self, model: Recommender, world: int) -> None:
+        super().__init__()
+        self.model = model
+        self.world = world
+        self.acfg = AdapterConfig(
+            n_prefix=model.cfg.profile_prefix, film=False, n_modes=0, targets=()
+        )
+
+    def forward(
+        self,
+        tok: Tensor,
+        ctx: Tensor,
+        n_main: Tensor,
+        priv: _PrivateBatch | None,
+        n_private: Tensor | None,
+    ) -> Tensor:
+        """The scaled loss of this rank's rows."""
+        loss = self.model.loss(tok, ctx, reduction="sum") / n_main.clamp(min=1)
+        if priv is not None and n_private is not None:
+            enc = self.model.profile
+            assert enc is not None
+            stats = enc.stats(priv.codes, priv.ages, priv.mask)
+            prefix = enc(stats + priv.z[:, None] * priv.noise, priv.z)
+            rows = RowAdapters(self.acfg, ~priv.absent, {"prefix": prefix})
+            part = self.model.loss(priv.tok, priv.ctx, rows, reduction="sum", last_item_only=True)
+            loss = loss + part / n_private.clamp(min=1)
+        return loss * self.world
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """What one finished epoch shows: the rate, the losses, the speed."""
+
+    epoch: int
+    lr: float  # at the epoch's last step
+    train_loss: float  # mean over the epoch's steps
+    valid_loss: float | None  # None without validation users
+    seq_per_s: float  # training sequences per second over the epoch (all ranks)
+    best: bool  # the best validation loss so far (its weights are kept)
+
+
+@dataclass(frozen=True)
+class _Dist:
+    """This process's place in a data-parallel run (``torchrun`` sets the environment)."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    owned: bool = False  # this run started the process group (and ends it)
+
+    @classmethod
+    def from_env(cls) -> _Dist:
+        """One process, or the rank ``torchrun`` started: gloo on CPU, NCCL on GPUs."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        import torch.distributed as dist
+
+        cuda = torch.cuda.is_available()
+        backend = os.environ.get("USERLAYER_DIST_BACKEND") or ("nccl" if cuda else "gloo")
+        owned = not dist.is_initialized()
+        if owned:
+            dist.init_process_group(backend)
+        dev = torch.device("cpu")
+        if backend == "nccl":
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(dev)
+        return cls(dist.get_rank(), dist.get_world_size(), dev, owned)
+
+    def total(self, t: Tensor) -> Tensor:
+        """The sum of ``t`` over the ranks (``t`` itself in one process)."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            t = t.clone()
+            dist.all_reduce(t)
+        return t
+
+    def barrier(self) -> None:
+        """Wait for every rank (rank 0 writes checkpoints; the others must not run ahead)."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        """End the process group if this run started it."""
+        if self.owned:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 def pretrain(
@@ -312,21 +466,44 @@ def pretrain(
     out: str | Path,
     cfg: PretrainConfig | None = None,
     on_step: Callable[[int, int, float, float], None] | None = None,
-    on_epoch: Callable[[int, float], None] | None = None,
+    on_epoch: Callable[[EpochReport], None] | None = None,
 ) -> PretrainResult:
     """Train the base model on a dataset with Semantic IDs; resume if ``out`` has a checkpoint.
+
+    Under ``torchrun`` every rank takes its share of each global batch of
+    ``batch_size`` rows (DistributedDataParallel; gloo on CPU, NCCL on GPUs),
+    and the run follows the loss curve one process would (the loss is weighted
+    by the global batch's target count; dropout draws differ per rank). Rank
+    0 writes the checkpoints and the model; every rank resumes from them.
 
     Args:
         data_dir: dataset directory with ``sids.json``.
         out: model directory to write.
         cfg: settings.
-        on_step: progress callback ``(step, total, loss, examples_per_s)``.
-        on_epoch: ``(epoch, validation_loss)`` after each epoch (with ``valid_users`` > 0).
+        on_step: progress callback ``(step, total, loss, examples_per_s)`` (rank 0).
+        on_epoch: an :class:`EpochReport` after each epoch (rank 0).
 
     Raises:
         ToolsError: if the dataset has no Semantic IDs or no training data.
     """
-    cfg = cfg or PretrainConfig()
+    dist = _Dist.from_env()
+    try:
+        return _pretrain(data_dir, out, cfg or PretrainConfig(), dist, on_step, on_epoch)
+    finally:
+        dist.close()
+
+
+def _pretrain(
+    data_dir: str | Path,
+    out: str | Path,
+    cfg: PretrainConfig,
+    dist: _Dist,
+    on_step: Callable[[int, int, float, float], None] | None,
+    on_epoch: Callable[[EpochReport], None] | None,
+) -> PretrainResult:
+    lead = dist.rank == 0
+    if not lead:
+        on_step = on_epoch = None
     torch.set_flush_denormal(True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -342,7 +519,7 @@ def pretrain(
     if len(tokens) == 0:
         raise ToolsError("no training sequences: users need at least 4 events")
     torch.manual_seed(cfg.seed)
-    model = Recommender(mcfg)
+    model = Recommender(mcfg).to(dist.device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -360,62 +537,117 @@ def pretrain(
     pairs = _private_targets(seqs) if model.profile is not None else None
     catalog = _Catalog.of(table, ContextVocab(mcfg.geo_buckets)) if cfg.favourites else None
     step, losses, valid = 0, list[float](), list[float]()
-    valid_rows = _validation_rows(
-        seqs, table, cfg.valid_users, cfg.seed, min(20, mcfg.max_items - 1)
+    valid_rows = (
+        _validation_rows(seqs, table, cfg.valid_users, cfg.seed, min(20, mcfg.max_items - 1))
+        if lead
+        else None
     )
     ckpt = out / _CKPT
     if (ckpt / "trainer.json").exists():
         step, losses, valid = _load_checkpoint(ckpt, model, opt)
         logger.info("resuming from step %d", step)
+    step_loss: nn.Module = _StepLoss(model, dist.world)
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_loss = DistributedDataParallel(step_loss)
     model.train()
-    t0 = time.perf_counter()
-    done = 0
+    t0 = t_epoch = time.perf_counter()
+    done = done_epoch = 0
+    part = slice(dist.rank, None, dist.world)
     batches: list[np.ndarray] = []
+    dev = dist.device
     while step < total:
         epoch, offset = divmod(step, per_epoch)
         if offset == 0 or not batches:
             batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)
-        idx = torch.from_numpy(batches[offset])
-        width = int(lengths[batches[offset]].max())  # left padding: trim the shared pad columns
+        rows = batches[offset]
+        mine = rows[part]  # this rank's share of the global batch
+        idx = torch.from_numpy(mine)
+        width = max(1, int(lengths[mine].max(initial=1)))  # left padding: trim shared pads
+        lr = _lr(cfg, step, total)
         for g in opt.param_groups:
-            g["lr"] = _lr(cfg, step, total)
-        loss = model.loss(tokens[idx, -width:], ctx[idx, -width:])
-        if pairs is not None and len(pairs):
-            loss = loss + _private_loss(model, seqs, pairs, cfg, step, len(idx), catalog)
+            g["lr"] = lr
+        # dropout: a function of (seed, step, rank), so a resumed run draws what it would have
+        torch.manual_seed(cfg.seed * 1_000_003 + step * 1_009 + dist.rank)
+        tok, c = tokens[idx, -width:].to(dev), ctx[idx, -width:].to(dev)
+        n_main = dist.total(model.n_targets(tok))
+        priv, n_priv = None, None
+        if pairs is not None and len(pairs) and model.profile is not None:
+            priv = _private_batch(
+                seqs,
+                pairs,
+                cfg,
+                step,
+                len(rows),
+                model.profile.release_dim,
+                mcfg.max_items - 1,
+                catalog,
+                part,
+            ).to(dev)
+            n_priv = dist.total(model.n_targets(priv.tok, last_item_only=True))
+        loss = step_loss(tok, c, n_main, priv, n_priv)
         opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         step += 1
-        done += len(idx)
-        value = loss.item()
+        done += len(rows)
+        done_epoch += len(rows)
+        value = float(dist.total(loss.detach())) / dist.world  # the global batch's loss
         losses.append(round(value, 5))
         if on_step is not None:
             on_step(step, total, value, done / max(time.perf_counter() - t0, 1e-9))
-        if step % per_epoch == 0 and valid_rows is not None:
+        end_of_epoch = step % per_epoch == 0
+        best = False
+        if end_of_epoch and valid_rows is not None:
             valid.append(validation_loss(model, valid_rows))
             logger.info("epoch %d: validation loss %.4f", step // per_epoch, valid[-1])
-            if on_epoch is not None:
-                on_epoch(step // per_epoch, valid[-1])
+            best = valid[-1] <= min(valid)
+            if best:
+                _save_best(ckpt, model)
+        if end_of_epoch and on_epoch is not None:
+            n = per_epoch
+            on_epoch(
+                EpochReport(
+                    step // per_epoch,
+                    lr,
+                    float(np.mean(losses[-n:])),
+                    valid[-1] if valid_rows is not None else None,
+                    done_epoch / max(time.perf_counter() - t_epoch, 1e-9),
+                    best,
+                )
+            )
+        if end_of_epoch:
+            t_epoch, done_epoch = time.perf_counter(), 0
         stop = cfg.max_steps is not None and step >= cfg.max_steps and step < total
-        if step % cfg.checkpoint_every == 0 or step % per_epoch == 0 or stop:
+        if lead and (step % cfg.checkpoint_every == 0 or end_of_epoch or stop):
             _save_checkpoint(ckpt, model, opt, step, losses, valid)
+        dist.barrier()
         if stop:
             seconds = time.perf_counter() - t0
             return PretrainResult(out, "", step, losses, seconds, False, valid)
     model.eval()
+    best_epoch = int(np.argmin(valid)) + 1 if valid else epochs
+    if valid and (ckpt / _BEST).exists():  # keep the best validation epoch's weights
+        model.load_state_dict(load_file(str(ckpt / _BEST), device=str(dev)))
     meta = {
         "pretrain": {
             **asdict(cfg),
             "threads": None,
             "steps": step,
             "epochs_run": epochs,
+            "best_epoch": best_epoch,
+            "world_size": dist.world,
             "examples": len(tokens),
             "final_loss": losses[-1] if losses else None,
             "valid_losses": valid,
         },
         "data": str(data_dir),
     }
-    fp = save_model(model, out, meta)
-    table.save(out / "sids.json")
+    fp = ""
+    if lead:
+        fp = save_model(model.cpu(), out, meta)
+        table.save(out / "sids.json")
+    dist.barrier()
     return PretrainResult(out, fp, step, losses, time.perf_counter() - t0, True, valid)

@@ -63,10 +63,15 @@ def test_backends_agree_and_rows_keep_their_own_adapters(engines: tuple[Engine, 
     for x, y in zip(a, b, strict=True):
         assert len(x) == 5 and [r.item_id for r in x] == [r.item_id for r in y]
         np.testing.assert_allclose([r.score for r in x], [r.score for r in y], atol=1e-4)
-    # a row in a batch gets what it gets alone: no adapter leaks between rows
-    for i, r in enumerate(reqs):
-        alone = eo.recommend([r])[0]
-        assert [x.item_id for x in alone] == [x.item_id for x in a[i]]
+    # a row in a batch gets what it gets alone: no adapter leaks between rows (a row
+    # without adapter, next to slot 0's user, runs the base graphs when alone)
+    for e, batch in ((eo, a), (et, b)):
+        for i, r in enumerate(reqs):
+            alone = e.recommend([r])[0]
+            assert [x.item_id for x in alone] == [x.item_id for x in batch[i]]
+            np.testing.assert_allclose(
+                [x.score for x in alone], [x.score for x in batch[i]], atol=1e-4
+            )
     # the adapters matter: the same request with another user's adapter differs
     swapped = [
         EngineRequest(**{**r.__dict__, "slot": slots[(i + 1) % 6]}) for i, r in enumerate(reqs)
@@ -130,6 +135,16 @@ def test_the_tensor_search_serves_what_the_reference_serves(
         np.testing.assert_allclose([x.score for x in a], [x.score for x in b], atol=1e-5)
     with pytest.raises(EngineError, match="search"):
         EngineConfig(search="greedy")
+
+
+def test_slab_gives_rows_without_adapter_zeros_not_slot_0s_user() -> None:
+    """The model applies zeros as no-ops: a -1 row must never carry a user's tensors."""
+    slab = Slab({"w": (2, 3)}, slots=4)
+    slab.load("alice", {"w": np.full((2, 3), 7.0, np.float32)})  # slot 0
+    active, t = slab.gather(np.array([0, -1, 0]))
+    assert active.tolist() == [True, False, True]
+    assert (t["w"][1] == 0).all() and (t["w"][0] == 7).all()
+    assert (slab.arrays["w"][0] == 7).all()  # the slab itself is untouched
 
 
 def test_slab_reuses_the_least_recently_used_slot() -> None:

@@ -1,0 +1,52 @@
+"""The SASRec baseline: it learns, stops early on validation, keeps its best weights."""
+
+from __future__ import annotations
+
+import pytest
+
+from userlayer.tools.eval.sasrec import SASRecConfig, rank_sasrec, train_sasrec
+
+N = 12
+
+
+def _cycles(users: int = 60, length: int = 9) -> list[list[int]]:
+    """Each user walks 1..N in order from their own start: the next item is certain."""
+    return [[(u + j) % N + 1 for j in range(length)] for u in range(users)]
+
+
+def test_it_learns_a_certain_next_item_and_stops_once_validation_stops_rising() -> None:
+    seqs = _cycles()
+    train = [s[:-1] for s in seqs]
+    valid = ([s[:-1] for s in seqs], [s[-1] for s in seqs])
+    cfg = SASRecConfig(d=16, dropout=0.0, epochs=200, patience=2, eval_every=1, lr=1e-2)
+    epochs: list[int] = []
+    scores: list[float] = []
+    model = train_sasrec(
+        train, N, cfg, lambda e, _: epochs.append(e), valid, lambda e, n: scores.append(n)
+    )
+    assert max(scores) > 0.8  # the next item ranked near the top
+    assert len(epochs) < cfg.epochs  # stopped early: two validations without a gain
+    assert model.best_epoch == scores.index(max(scores)) + 1  # ... and kept that epoch
+    ranked = rank_sasrec(model, [s[:-1] for s in seqs], 10)
+    hits = [s[-1] in r for r, s in zip(ranked, seqs, strict=True)]
+    assert sum(hits) / len(hits) > 0.9  # the kept weights are the good ones
+
+
+def test_without_validation_or_patience_every_epoch_runs() -> None:
+    seqs = _cycles(users=10)
+    epochs: list[int] = []
+    valid = ([s[:-1] for s in seqs], [s[-1] for s in seqs])
+    cfg = SASRecConfig(d=8, epochs=3, patience=0)
+    model = train_sasrec(seqs, N, cfg, lambda e, _: epochs.append(e), valid)
+    assert epochs == [1, 2, 3] and model.best_epoch == 3
+    train_sasrec(seqs, N, SASRecConfig(d=8, epochs=2), lambda e, _: epochs.append(e))
+    assert epochs[-2:] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"epochs": 0}, "epochs"), ({"patience": -1}, "patience"), ({"dropout": 1.0}, "dropout")],
+)
+def test_config_validation(kwargs: dict[str, float], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        SASRecConfig(**kwargs)  # type: ignore[arg-type]
