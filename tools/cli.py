@@ -348,6 +348,8 @@ def eval_cmd(
     sasrec_epochs: Annotated[
         int, typer.Option(help="At most; early stopping on the validation item ends sooner.")
     ] = 200,
+    sasrec_max_len: Annotated[int, typer.Option(help="SASRec's history window.")] = 50,
+    sasrec_dropout: Annotated[float, typer.Option()] = 0.5,
     max_users: Annotated[int | None, typer.Option()] = None,
 ) -> None:
     """Leave-one-out evaluation: full-history and private regimes, beside the baselines."""
@@ -360,7 +362,7 @@ def eval_cmd(
         beam=beam,
         baselines=names,
         max_users=max_users,
-        sasrec=SASRecConfig(epochs=sasrec_epochs),
+        sasrec=SASRecConfig(epochs=sasrec_epochs, max_len=sasrec_max_len, dropout=sasrec_dropout),
     )
     with _progress() as progress:
         task = progress.add_task("evaluating", total=None)

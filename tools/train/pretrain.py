@@ -171,7 +171,8 @@ def validation_loss(model: Recommender, rows: tuple[torch.Tensor, torch.Tensor])
     """
     was_training = model.training
     model.eval()
-    tok, ctx = rows
+    dev = model.tok.weight.device
+    tok, ctx = rows[0].to(dev), rows[1].to(dev)
     total = 0.0
     for s in range(0, len(tok), 256):
         width = int((tok[s : s + 256] != PAD).sum(1).max())
@@ -196,16 +197,16 @@ def _save_checkpoint(
 ) -> None:
     tmp = d.with_name(d.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     names = {id(p): n for n, p in model.named_parameters()}
     for group in opt.param_groups:
         for p in group["params"]:
             st = opt.state.get(p)
             if st:
                 n = names[id(p)]
-                tensors[f"opt.{n}.exp_avg"] = st["exp_avg"].contiguous()
-                tensors[f"opt.{n}.exp_avg_sq"] = st["exp_avg_sq"].contiguous()
-                tensors[f"opt.{n}.step"] = st["step"].reshape(1).float()
+                tensors[f"opt.{n}.exp_avg"] = st["exp_avg"].cpu().contiguous()
+                tensors[f"opt.{n}.exp_avg_sq"] = st["exp_avg_sq"].cpu().contiguous()
+                tensors[f"opt.{n}.step"] = st["step"].reshape(1).float().cpu()
     save_file(tensors, str(tmp / "state.safetensors"))
     (tmp / "trainer.json").write_text(
         json.dumps({"step": step, "losses": losses, "valid_losses": valid}), "utf-8"
@@ -220,7 +221,7 @@ def _save_checkpoint(
 def _save_best(d: Path, model: Recommender) -> None:
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / (_BEST + ".tmp")
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
     tmp.replace(d / _BEST)
 
 
@@ -232,9 +233,9 @@ def _load_checkpoint(
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     for n, p in model.named_parameters():
         if f"opt.{n}.exp_avg" in tensors:
-            opt.state[p] = {
-                "exp_avg": tensors[f"opt.{n}.exp_avg"].clone(),
-                "exp_avg_sq": tensors[f"opt.{n}.exp_avg_sq"].clone(),
+            opt.state[p] = {  # on the parameter's device (a GPU rank's)
+                "exp_avg": tensors[f"opt.{n}.exp_avg"].to(p.device),
+                "exp_avg_sq": tensors[f"opt.{n}.exp_avg_sq"].to(p.device),
                 "step": tensors[f"opt.{n}.step"].reshape(()).clone(),
             }
     return int(meta["step"]), list(meta["losses"]), list(meta.get("valid_losses", []))
@@ -621,9 +622,10 @@ def _pretrain(
         if end_of_epoch:
             t_epoch, done_epoch = time.perf_counter(), 0
         stop = cfg.max_steps is not None and step >= cfg.max_steps and step < total
-        if lead and (step % cfg.checkpoint_every == 0 or end_of_epoch or stop):
-            _save_checkpoint(ckpt, model, opt, step, losses, valid)
-        dist.barrier()
+        if step % cfg.checkpoint_every == 0 or end_of_epoch or stop:
+            if lead:
+                _save_checkpoint(ckpt, model, opt, step, losses, valid)
+            dist.barrier()  # no rank leaves (or stops) before the checkpoint is whole
         if stop:
             seconds = time.perf_counter() - t0
             return PretrainResult(out, "", step, losses, seconds, False, valid)
