@@ -278,6 +278,10 @@ def pretrain_cmd(
         int,
         typer.Option(help="Favourites simulated before private rows' sessions (0: none)."),
     ] = 10,
+    experts: Annotated[
+        int, typer.Option(help="Domain experts: 3 (one FFN per service beside the shared one).")
+    ] = 0,
+    expert_ff: Annotated[int, typer.Option(help="Each expert's FFN width (0: --d-ff).")] = 0,
 ) -> None:
     """Pretrain the base model (next Semantic ID) on all users' training sequences."""
     from userlayer.tools.train.pretrain import EpochReport, PretrainConfig, pretrain
@@ -299,6 +303,8 @@ def pretrain_cmd(
             "n_kv_heads": kv_heads,
             "d_ff": d_ff,
             "dropout": dropout,
+            "n_experts": experts,
+            "expert_ff": expert_ff,
         },
     )
     with _progress() as progress:

@@ -8,7 +8,8 @@ Two graphs serve every mix of users (dynamic batch and sequence axes):
     float per adapter tensor; outputs the next-code ``logits`` (B, n_codes)
     and the prompts' cache: ``k``/``v`` (L, B, KV, T, hd), ``pk``/``pv``
     (L, B, KV, P, hd) when the adapter has prefix vectors, ``key_valid``
-    (B, T) bool, ``next_pos`` (B,) int64 and ``prefix_valid`` (B, P) bool.
+    (B, T) bool, ``next_pos`` (B,) int64, ``prefix_valid`` (B, P) bool, and
+    with domain experts ``service`` (B,) int64, the request's service.
 
 ``decode.onnx``
     one beam-search step: inputs ``codes`` (N, 1) int64 and ``origin`` (N,)
@@ -76,6 +77,8 @@ class GraphSpec:
         cache = ["k", "v", *(["pk", "pv"] if self.prefix else []), "key_valid", "next_pos"]
         if self.prefix:
             cache.append("prefix_valid")
+        if model.cfg.n_experts:
+            cache.append("service")  # each row's request service: its experts route by it
         self.cache = cache  # prefill's outputs after the logits
         self.prompt = [n for n in cache if n != "next_pos"]  # what decode reads of them
         ads = [f"ad.{n}" for n in self.adapter]
@@ -116,6 +119,9 @@ def _cache_out(logits: Tensor, cache: KVCache | None, spec: GraphSpec) -> tuple[
     if spec.prefix:
         assert cache.prefix_valid is not None
         out.append(cache.prefix_valid)
+    if "service" in spec.cache:
+        assert cache.service is not None
+        out.append(cache.service)
     return tuple(out)
 
 
@@ -154,7 +160,7 @@ class _Decode(nn.Module):
             for i in range(self.model.cfg.n_layers)
         ]
         # decode reads the beams' positions (bpos), never the prompts' next_pos
-        prompt = KVCache(layers, c["key_valid"], bpos[:0], c.get("prefix_valid"))
+        prompt = KVCache(layers, c["key_valid"], bpos[:0], c.get("prefix_valid"), c.get("service"))
         rows = spec.rows(rest[n_prompt + 3 :], mode_weights=False)
         beams_in = BeamCache(bk, bv, bpos)
         logits, beams = self.model.decode(codes, prompt, beams_in, origin, rows, want)
@@ -182,6 +188,7 @@ def example_inputs(
     tokens[:, ::5] = 1
     tokens[0, :3] = 0  # left padding
     ctx = torch.randint(0, 3, (b, t, len(model.ctx_vocab.sizes)), generator=gen)
+    ctx[..., 0] = torch.randint(0, model.ctx_vocab.sizes[0], (b, t), generator=gen)  # services
     active = torch.tensor([i % 2 == 0 for i in range(b)])
     mw = torch.zeros(b, max(acfg.n_modes, 1))[:, : acfg.n_modes]
     if acfg.n_modes:

@@ -6,10 +6,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from userlayer.sdk.exceptions import UserLayerError
+from userlayer.sdk.schemas import Service
 
 __all__ = ["LORA_TARGETS", "AdapterConfig", "ModelConfig", "ModelError"]
 
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+N_SERVICES = len(Service)
 
 
 class ModelError(UserLayerError, ValueError):
@@ -42,6 +44,10 @@ class ModelConfig:
     profile_prefix: int = 2  # prefix vectors it outputs (the adapter's n_prefix)
     profile_hidden: int = 256
     profile_histogram: bool = True  # release a histogram of the top-level codes too
+    # domain experts: one expert FFN per service beside the shared FFN, each position routed
+    # by its step's service (fixed routing: no router to learn); 0: a dense FFN only
+    n_experts: int = 0
+    expert_ff: int = 0  # width of each expert's FFN (0: d_ff)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "level_sizes", tuple(int(s) for s in self.level_sizes))
@@ -77,6 +83,11 @@ class ModelConfig:
             )
         if (self.d_model // self.n_heads) % 2:
             raise ModelError(f"head size {self.d_model // self.n_heads} should be even for RoPE")
+        if self.n_experts not in (0, N_SERVICES) or self.expert_ff < 0:
+            raise ModelError(
+                f"`n_experts` should be 0 (dense) or {N_SERVICES} (one per service) and "
+                f"`expert_ff` >= 0, got {self.n_experts}, {self.expert_ff}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ModelError(f"`dropout` should be in [0, 1), got {self.dropout}")
 
@@ -112,6 +123,8 @@ class ModelConfig:
                 del d[k]
         elif not self.profile_histogram:
             del d["profile_histogram"]
+        if not self.n_experts:
+            del d["n_experts"], d["expert_ff"]
         return d
 
     @classmethod

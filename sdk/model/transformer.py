@@ -169,6 +169,7 @@ class KVCache:
     key_valid: Tensor  # (B, T) bool
     next_pos: Tensor  # (B,) rotary position of the next token
     prefix_valid: Tensor | None  # (B, P) bool
+    service: Tensor | None = None  # (B,) the last step's service id (domain experts)
 
     def select(self, rows: Tensor) -> KVCache:
         """Reorder/duplicate rows (beam search)."""
@@ -186,6 +187,7 @@ class KVCache:
             self.key_valid.index_select(0, rows),
             self.next_pos.index_select(0, rows),
             pick(self.prefix_valid),
+            pick(self.service),
         )
 
 
@@ -449,20 +451,39 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU feed-forward with per-row LoRA on gate, up and down."""
+    """SwiGLU feed-forward with per-row LoRA on gate, up and down.
+
+    With domain experts (``n_experts``), one SwiGLU expert per service is added
+    to the shared one; ``route`` (…, E) one-hot picks each position's expert
+    (all zeros: the shared FFN alone). Every expert is computed and the route
+    masks them (one graph for any mix of services, exportable to ONNX); the
+    per-row LoRA stays on the shared FFN.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
         self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
         self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+        self.n_experts = cfg.n_experts
+        if cfg.n_experts:
+            e, d, f = cfg.n_experts, cfg.d_model, cfg.expert_ff or cfg.d_ff
+            self.e_gate = nn.Parameter(torch.randn(e, d, f) * 0.02)
+            self.e_up = nn.Parameter(torch.randn(e, d, f) * 0.02)
+            self.e_down = nn.Parameter(torch.randn(e, f, d) * 0.02)
 
-    def forward(self, c: _Ctx, layer: int, x: Tensor) -> Tensor:
-        """Apply the MLP."""
+    def forward(self, c: _Ctx, layer: int, x: Tensor, route: Tensor | None = None) -> Tensor:
+        """Apply the MLP (and the routed expert)."""
         g = c.lora("gate", layer, x, self.gate(x))
         u = c.lora("up", layer, x, self.up(x))
         h = F.silu(g) * u
-        return c.lora("down", layer, h, self.down(h))
+        out = c.lora("down", layer, h, self.down(h))
+        if self.n_experts and route is not None:
+            ge = torch.einsum("btd,edf->btef", x, self.e_gate)
+            ue = torch.einsum("btd,edf->btef", x, self.e_up)
+            he = F.silu(ge) * ue * route[..., None]  # only the routed expert survives
+            out = out + torch.einsum("btef,efd->btd", he, self.e_down)
+        return out
 
 
 class Block(nn.Module):
@@ -487,6 +508,7 @@ class Block(nn.Module):
         mask: Tensor,
         prefix_valid: Tensor | None,
         cache: _LayerCache | None,
+        route: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None, _LayerCache]:
         """Run one block on the sequence and the prefix stream."""
         i = self.idx
@@ -494,7 +516,7 @@ class Block(nn.Module):
         pn1 = None if p is None else c.film(2 * i, self.norm1(p))
         a, pa, new_cache = self.attn(c, i, n1, pn1, cos, sin, mask, prefix_valid, cache)
         x = x + self.drop(a)
-        x = x + self.drop(self.mlp(c, i, c.film(2 * i + 1, self.norm2(x))))
+        x = x + self.drop(self.mlp(c, i, c.film(2 * i + 1, self.norm2(x)), route))
         if p is not None and pa is not None:
             p = p + pa
             p = p + self.mlp(c, i, c.film(2 * i + 1, self.norm2(p)))
@@ -511,13 +533,14 @@ class Block(nn.Module):
         prefix_valid: Tensor | None,
         bk: Tensor,
         bv: Tensor,
+        route: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One decode step of this block (inference: no dropout); see :meth:`Attention.decode`."""
         i = self.idx
         n1 = c.film(2 * i, self.norm1(x))
         a, k, v = self.attn.decode(c, i, n1, cos, sin, prompt, prompt_valid, prefix_valid, bk, bv)
         x = x + a
-        x = x + self.mlp(c, i, c.film(2 * i + 1, self.norm2(x)))
+        x = x + self.mlp(c, i, c.film(2 * i + 1, self.norm2(x)), route)
         return x, k, v
 
 
@@ -621,6 +644,26 @@ class Recommender(nn.Module):
             v = v.repeat_interleave(b // ad.rows, dim=0)
         return p, v
 
+    def _route(self, service: Tensor) -> Tensor | None:
+        """One-hot expert per position (…, E) from service ids (2.. services; else none)."""
+        if not self.cfg.n_experts:
+            return None
+        experts = torch.arange(self.cfg.n_experts, device=service.device)
+        return (service[..., None] - 2 == experts).to(self.tok.weight.dtype)
+
+    def step_service(self, tokens: Tensor, ctx: Tensor) -> Tensor:
+        """Each position's step service id (B, T): that of its step's context position.
+
+        Rows are steps ``[CTX c1 .. cL]`` (a prompt ends with a lone ``CTX``),
+        left-padded: a position's step starts ``(t - first) mod (1 + L)``
+        positions before it, ``first`` being the row's first real token.
+        """
+        t = tokens.shape[1]
+        first = (tokens == PAD).sum(1, keepdim=True)
+        pos = torch.arange(t, device=tokens.device)[None]
+        start = pos - torch.remainder(pos - first, 1 + self.cfg.n_levels)
+        return ctx[..., 0].gather(1, start.clamp(min=0))
+
     def forward(
         self,
         tokens: Tensor,
@@ -655,17 +698,27 @@ class Recommender(nn.Module):
             p, prefix_valid = self._prefix(adapters, b, x.dtype)
         else:
             p, prefix_valid = None, cache.prefix_valid
+        service: Tensor | None = None  # the last step's service, per row (experts only)
+        route = None  # the prefix stream takes the shared FFN alone: it belongs to no step
+        if self.cfg.n_experts:
+            if cache is not None and cache.service is not None:  # new codes of the last step
+                service = cache.service
+                svc = service[:, None].expand(b, t)
+            else:
+                svc = self.step_service(tokens, ctx)
+                service = svc[:, -1]
+            route = self._route(svc)
         new_layers = []
         for i, blk in enumerate(self.blocks):
             lc = None if cache is None else cache.layers[i]
-            x, p, nlc = blk(c, x, p, cos, sin, mask, prefix_valid, lc)
+            x, p, nlc = blk(c, x, p, cos, sin, mask, prefix_valid, lc, route)
             new_layers.append(nlc)
         h = c.film(2 * self.cfg.n_layers, self.norm(x))
         logits = h @ self.tok.weight[FIRST_CODE:].T  # tied output embedding
         if not return_cache:
             return logits, None
         nxt = pos[:, -1] + valid[:, -1].long() if t else start
-        return logits, KVCache(new_layers, key_valid, nxt, prefix_valid)
+        return logits, KVCache(new_layers, key_valid, nxt, prefix_valid, service)
 
     def decode(
         self,
@@ -694,6 +747,10 @@ class Recommender(nn.Module):
             *codes.shape, len(self.ctx_vocab.sizes), dtype=torch.long, device=codes.device
         )
         x = self.embed(codes, ctx)
+        route = None
+        if self.cfg.n_experts and prompt.service is not None:  # the request's service, per beam
+            groups = codes.reshape(prompt.service.shape[0], -1)  # (B, w)
+            route = self._route((prompt.service[:, None] + groups * 0).reshape(-1, 1))
         pos = beams.next_pos
         cos, sin = self.rope_cos[pos][:, None, None], self.rope_sin[pos][:, None, None]
         ks, vs = [], []
@@ -709,6 +766,7 @@ class Recommender(nn.Module):
                 prompt.prefix_valid,
                 beams.k[i],
                 beams.v[i],
+                route,
             )
             ks.append(k)
             vs.append(v)

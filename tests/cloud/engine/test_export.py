@@ -122,6 +122,28 @@ def test_decode_graph_equals_the_prompt_cache_gathered_to_every_beam(
     assert out[1].shape[1] == 4 and step[1].shape[1] == 12  # prompt: 4 rows; beams: 12
 
 
+def test_a_base_with_domain_experts_exports_and_equals_torch(tmp_path: Path) -> None:
+    """Per-service experts route inside the graphs: prefill and decode equal the module."""
+    torch.manual_seed(1)
+    cfg = ModelConfig(**{**CFG.to_dict(), "n_experts": 3, "expert_ff": 24})
+    save_model(Recommender(cfg).eval(), tmp_path / "m")
+    acfg = AdapterConfig(rank=2)
+    manifest = export_onnx(tmp_path / "m", tmp_path / "onnx", acfg)
+    assert "service" in manifest["prefill"]["outputs"]
+    pre, dec = _sessions(tmp_path / "onnx")
+    model = load_model(tmp_path / "m")
+    spec = GraphSpec(model, acfg)
+    for b, t, g, tn in [(5, 17, 3, 0), (2, 9, 4, 1)]:
+        p_args, d_args = example_inputs(model, acfg, b=b, t=t, g=g, tn=tn)
+        with torch.no_grad():
+            ref = _Prefill(model, spec)(*p_args)
+            ref_d = _Decode(model, spec)(*d_args)
+        out = _run(pre, spec.prefill_inputs, p_args)
+        out_d = _run(dec, spec.decode_inputs, d_args)
+        for got, want in [*zip(out, ref, strict=True), *zip(out_d, ref_d, strict=True)]:
+            np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=0)
+
+
 def test_an_export_of_another_format_is_refused(model_dir: Path, tmp_path: Path) -> None:
     export_onnx(model_dir, tmp_path / "onnx")
     manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())

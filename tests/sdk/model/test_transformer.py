@@ -243,3 +243,67 @@ def test_beam_decode_through_the_shared_prompt_equals_gathered_caches(
             perm = torch.randint(0, w, (4, w), generator=g)
             origin = (torch.arange(4)[:, None] * w + perm).reshape(-1)
     assert beams.k.shape[3] == 2  # only the two new positions are kept per beam
+
+
+MOE = ModelConfig(**{**CFG.to_dict(), "n_experts": 3, "expert_ff": 32})
+
+
+def _services(tok: torch.Tensor, ctx: torch.Tensor, seed: int = 5) -> torch.Tensor:
+    """The batch with each step's service drawn from the three services (ids 2-4)."""
+    g = torch.Generator().manual_seed(seed)
+    ctx = ctx.clone()
+    ctx[..., 0] = torch.randint(2, 5, tok.shape, generator=g) * (tok == CTX)
+    return ctx
+
+
+def test_experts_route_each_position_by_its_steps_service() -> None:
+    torch.manual_seed(0)
+    model = Recommender(MOE).eval()
+    tok, ctx = _batch()
+    ctx = _services(tok, ctx)
+    svc = model.step_service(tok, ctx)
+    for r in range(tok.shape[0]):
+        current = 0
+        for t in range(tok.shape[1]):
+            if tok[r, t] == CTX:
+                current = int(ctx[r, t, 0])
+            assert int(svc[r, t]) == (current if tok[r, t] != 0 else svc[r, t])
+    # a step's service changes the positions of that step and after, never before
+    ctx2 = ctx.clone()
+    last_ctx = int((tok[1] == CTX).nonzero()[-2])  # the second-to-last step of row 1
+    ctx2[1, last_ctx, 0] = 2 + (int(ctx[1, last_ctx, 0]) - 1) % 3
+    with torch.no_grad():
+        a, _ = model(tok, ctx)
+        b, _ = model(tok, ctx2)
+    assert torch.equal(a[1, :last_ctx], b[1, :last_ctx])
+    assert not torch.allclose(a[1, last_ctx + 1 :], b[1, last_ctx + 1 :])
+    assert torch.equal(a[[0, 2, 3]], b[[0, 2, 3]])
+
+
+def test_experts_decode_incrementally_and_through_the_shared_prompt() -> None:
+    torch.manual_seed(0)
+    model = Recommender(MOE).eval()
+    tok, ctx = _batch()
+    ctx = _services(tok, ctx)
+    ad = RowAdapters.gather(ACFG, _slab(2), torch.tensor([0, -1, 1, 0]), torch.eye(3)[[0, 1, 2, 0]])
+    tok, ctx = tok[:, :-1], ctx[:, :-1]  # rows end with a whole step [CTX c1 c2 c3]
+    with torch.no_grad():
+        full, _ = model(tok, ctx, ad)
+        a, cache = model(tok[:, :-2], ctx[:, :-2], ad, return_cache=True)
+        assert cache is not None and cache.service is not None
+        # c2 and c3 come without context ids: the cached step's service routes them
+        b, _ = model(tok[:, -2:], torch.zeros_like(ctx[:, -2:]), ad, cache=cache)
+        torch.testing.assert_close(torch.cat([a, b], 1), full, atol=1e-5, rtol=1e-5)
+        origin = torch.arange(4).repeat_interleave(2)
+        codes = tok[origin, -2:-1]
+        got, _ = model.decode(codes, cache, BeamCache.start(cache), origin, ad)
+        zero = torch.zeros(8, 1, 7, dtype=torch.long)
+        want, _ = model(codes, zero, ad, cache.select(origin))
+    torch.testing.assert_close(got, want[:, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_expert_config_is_validated_and_a_dense_fingerprint_is_unchanged() -> None:
+    with pytest.raises(ModelError, match="n_experts"):
+        ModelConfig(level_sizes=(4,), n_experts=2)
+    assert "n_experts" not in CFG.to_dict() and MOE.to_dict()["n_experts"] == 3
+    assert ModelConfig.from_dict(MOE.to_dict()) == MOE
