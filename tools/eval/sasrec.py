@@ -86,9 +86,15 @@ class SASRec(nn.Module):
         # batch trimmed to its longest row sees exactly what the full width does
         pos = torch.arange(self.cfg.max_len - t, self.cfg.max_len, device=seq.device)
         x = self.item(seq) * math.sqrt(self.cfg.d) + self.pos(pos)[None]
-        x = self.drop(x) * (seq > 0)[..., None]
-        causal = torch.triu(torch.ones(t, t, dtype=torch.bool), 1)
-        h = self.encoder(x, mask=causal)
+        real = seq > 0
+        x = self.drop(x) * real[..., None]
+        # causal, and no position attends to padding (each may attend to itself, so a
+        # padding row is never fully masked): the padding's width changes nothing
+        blocked = torch.triu(torch.ones(t, t, dtype=torch.bool, device=seq.device), 1)
+        blocked = blocked[None] | ~real[:, None, :]
+        blocked &= ~torch.eye(t, dtype=torch.bool, device=seq.device)[None]
+        mask = blocked.repeat_interleave(self.cfg.heads, 0)  # (B * heads, T, T)
+        h = self.encoder(x, mask=mask)
         return self.norm(h)  # type: ignore[no-any-return]
 
     def scores(self, seq: Tensor) -> Tensor:
@@ -199,7 +205,9 @@ def rank_sasrec(
     """Top-``k`` item indices for each history (``allowed``: (n+1,) bool mask or per-row)."""
     out: list[list[int]] = []
     for s in range(0, len(histories), batch):
-        seq = _pad_left(histories[s : s + batch], model.cfg.max_len)
+        part = histories[s : s + batch]
+        width = max(1, min(model.cfg.max_len, max((len(h) for h in part), default=1)))
+        seq = _pad_left(part, width)
         sc = model.scores(seq)
         sc[:, 0] = float("-inf")
         if allowed is not None:
