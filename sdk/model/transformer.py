@@ -221,6 +221,17 @@ class BeamCache:
         )
 
 
+@dataclass
+class _StepState:
+    """What one layer's decode step reads: the prompts' cache (B rows), the beams' own."""
+
+    prompt: _LayerCache
+    prompt_valid: Tensor  # (B, Tp) bool
+    prefix_valid: Tensor | None  # (B, P) bool
+    bk: Tensor  # (N, KV, Tn, hd)
+    bv: Tensor
+
+
 class _Ctx:
     """What every layer needs about the batch's adapters.
 
@@ -376,11 +387,7 @@ class Attention(nn.Module):
         x: Tensor,
         cos: Tensor,
         sin: Tensor,
-        prompt: _LayerCache,
-        prompt_valid: Tensor,
-        prefix_valid: Tensor | None,
-        bk: Tensor,
-        bv: Tensor,
+        st: _StepState,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One new token per beam row (N, 1, d) against its request's shared prompt cache.
 
@@ -396,14 +403,15 @@ class Attention(nn.Module):
         cfg = self.cfg
         kvh, hd = cfg.n_kv_heads, cfg.head_dim
         rep = cfg.n_heads // kvh
+        prompt, prefix_valid = st.prompt, st.prefix_valid
         b = prompt.k.shape[0]
         q, k, v = self._proj(c, layer, x)
         q = self._heads(q, cfg.n_heads)  # (N, H, 1, hd)
         k = self._heads(k, kvh)
         v = self._heads(v, kvh)
         q = q * cos + _rotate_half(q) * sin
-        k = torch.cat([bk, k * cos + _rotate_half(k) * sin], dim=2)  # (N, KV, Tn+1, hd)
-        v = torch.cat([bv, v], dim=2)
+        k = torch.cat([st.bk, k * cos + _rotate_half(k) * sin], dim=2)  # (N, KV, Tn+1, hd)
+        v = torch.cat([st.bv, v], dim=2)
         qn = q.reshape(-1, kvh, rep, hd)  # (N, KV, rep, hd): head h reads KV head h // rep
 
         def to_b(t: Tensor) -> Tensor:  # (N, KV, rep, X) -> (B, KV, w * rep, X)
@@ -422,7 +430,7 @@ class Attention(nn.Module):
 
         qg = to_b(qn)
         neg = torch.finfo(q.dtype).min
-        shared = [(prompt.k, prompt.v, prompt_valid)]
+        shared = [(prompt.k, prompt.v, st.prompt_valid)]
         if prefix_valid is not None and prompt.pk is not None and prompt.pv is not None:
             shared.append((prompt.pk, prompt.pv, prefix_valid))
         s_shared = [
@@ -528,17 +536,13 @@ class Block(nn.Module):
         x: Tensor,
         cos: Tensor,
         sin: Tensor,
-        prompt: _LayerCache,
-        prompt_valid: Tensor,
-        prefix_valid: Tensor | None,
-        bk: Tensor,
-        bv: Tensor,
+        st: _StepState,
         route: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One decode step of this block (inference: no dropout); see :meth:`Attention.decode`."""
         i = self.idx
         n1 = c.film(2 * i, self.norm1(x))
-        a, k, v = self.attn.decode(c, i, n1, cos, sin, prompt, prompt_valid, prefix_valid, bk, bv)
+        a, k, v = self.attn.decode(c, i, n1, cos, sin, st)
         x = x + a
         x = x + self.mlp(c, i, c.film(2 * i + 1, self.norm2(x)), route)
         return x, k, v
@@ -756,18 +760,10 @@ class Recommender(nn.Module):
         ks, vs = [], []
         for i, blk in enumerate(self.blocks):
             assert isinstance(blk, Block)
-            x, k, v = blk.decode(
-                c,
-                x,
-                cos,
-                sin,
-                prompt.layers[i],
-                prompt.key_valid,
-                prompt.prefix_valid,
-                beams.k[i],
-                beams.v[i],
-                route,
+            st = _StepState(
+                prompt.layers[i], prompt.key_valid, prompt.prefix_valid, beams.k[i], beams.v[i]
             )
+            x, k, v = blk.decode(c, x, cos, sin, st, route)
             ks.append(k)
             vs.append(v)
         h = c.film(2 * self.cfg.n_layers, self.norm(x))
