@@ -194,6 +194,7 @@ def _save_checkpoint(
     step: int,
     losses: list[float],
     valid: list[float],
+    best: bool = False,
 ) -> None:
     tmp = d.with_name(d.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -211,18 +212,15 @@ def _save_checkpoint(
     (tmp / "trainer.json").write_text(
         json.dumps({"step": step, "losses": losses, "valid_losses": valid}), "utf-8"
     )
-    if (d / _BEST).exists():  # the best epoch's weights stay with the checkpoint
+    if best:  # this step ends the best validation epoch so far: its weights
+        save_file(
+            {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, str(tmp / _BEST)
+        )
+    elif (d / _BEST).exists():  # an earlier epoch's stay with the checkpoint
         shutil.copy2(d / _BEST, tmp / _BEST)
     if d.exists():
         shutil.rmtree(d)
     tmp.rename(d)  # atomic switch: a crash leaves the old or the new checkpoint
-
-
-def _save_best(d: Path, model: Recommender) -> None:
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / (_BEST + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(d / _BEST)
 
 
 def _load_checkpoint(
@@ -386,6 +384,8 @@ class _StepLoss(nn.Module):
         n_private: Tensor | None,
     ) -> Tensor:
         """The scaled loss of this rank's rows."""
+        if tok.shape[0] == 0:  # an empty share of a short batch: zero, with zero gradients
+            return torch.stack([p.sum() for p in self.model.parameters()]).sum() * 0.0
         loss = self.model.loss(tok, ctx, reduction="sum") / n_main.clamp(min=1)
         if priv is not None and n_private is not None:
             enc = self.model.profile
@@ -446,6 +446,16 @@ class _Dist:
             t = t.clone()
             dist.all_reduce(t)
         return t
+
+    def agree(self, value: int) -> bool:
+        """Whether every rank holds the same ``value`` (True in one process)."""
+        if self.world == 1:
+            return True
+        t = torch.tensor([value, -value], dtype=torch.long, device=self.device)
+        import torch.distributed as dist
+
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t[0]) == value and int(t[1]) == -value
 
     def barrier(self) -> None:
         """Wait for every rank (rank 0 writes checkpoints; the others must not run ahead)."""
@@ -547,11 +557,18 @@ def _pretrain(
     if (ckpt / "trainer.json").exists():
         step, losses, valid = _load_checkpoint(ckpt, model, opt)
         logger.info("resuming from step %d", step)
+    if not dist.agree(step):
+        raise ToolsError(
+            f"rank {dist.rank} would resume at step {step} but another rank elsewhere: every "
+            f"rank must read the same checkpoint, so {out} must be on a filesystem they share"
+        )
     step_loss: nn.Module = _StepLoss(model, dist.world)
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        step_loss = DistributedDataParallel(step_loss)
+        # a rank may skip the profile encoder in a step (its share of a short batch is
+        # empty, or no row can be private): parameters unused on some ranks are allowed
+        step_loss = DistributedDataParallel(step_loss, find_unused_parameters=True)
     model.train()
     t0 = t_epoch = time.perf_counter()
     done = done_epoch = 0
@@ -575,6 +592,9 @@ def _pretrain(
         n_main = dist.total(model.n_targets(tok))
         priv, n_priv = None, None
         if pairs is not None and len(pairs) and model.profile is not None:
+            # a rank whose share of a short batch is empty still joins the count's all-reduce
+            n_priv = torch.zeros((), dtype=torch.long, device=dev)
+        if n_priv is not None and len(mine) and model.profile is not None and pairs is not None:
             priv = _private_batch(
                 seqs,
                 pairs,
@@ -586,7 +606,9 @@ def _pretrain(
                 catalog,
                 part,
             ).to(dev)
-            n_priv = dist.total(model.n_targets(priv.tok, last_item_only=True))
+            n_priv = model.n_targets(priv.tok, last_item_only=True)
+        if n_priv is not None:
+            n_priv = dist.total(n_priv)
         loss = step_loss(tok, c, n_main, priv, n_priv)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -604,9 +626,7 @@ def _pretrain(
         if end_of_epoch and valid_rows is not None:
             valid.append(validation_loss(model, valid_rows))
             logger.info("epoch %d: validation loss %.4f", step // per_epoch, valid[-1])
-            best = valid[-1] <= min(valid)
-            if best:
-                _save_best(ckpt, model)
+            best = valid[-1] < min(valid[:-1], default=math.inf)  # the first of ties, as argmin
         if end_of_epoch and on_epoch is not None:
             n = per_epoch
             on_epoch(
@@ -623,8 +643,8 @@ def _pretrain(
             t_epoch, done_epoch = time.perf_counter(), 0
         stop = cfg.max_steps is not None and step >= cfg.max_steps and step < total
         if step % cfg.checkpoint_every == 0 or end_of_epoch or stop:
-            if lead:
-                _save_checkpoint(ckpt, model, opt, step, losses, valid)
+            if lead:  # the best epoch's weights go into the same atomic switch
+                _save_checkpoint(ckpt, model, opt, step, losses, valid, best)
             dist.barrier()  # no rank leaves (or stops) before the checkpoint is whole
         if stop:
             seconds = time.perf_counter() - t0

@@ -63,3 +63,23 @@ def test_two_processes_follow_one_and_resume(tmp_path: Path, synth_data_dir: Pat
     resumed = _trainer(tmp_path / "resumed")
     np.testing.assert_allclose(resumed["losses"], two["losses"], rtol=0, atol=1e-6)
     assert (tmp_path / "resumed" / "model.safetensors").exists()
+
+
+def test_a_short_batch_with_fewer_rows_than_ranks_trains(
+    tmp_path: Path, synth_data_dir: Path
+) -> None:
+    """The epoch's last batch holds 1 row for 2 ranks: rank 1's share is empty, and it still
+    joins every collective (before, it raised in the private rows and rank 0 hung)."""
+    from userlayer.sdk.model.config import ModelConfig
+    from userlayer.sdk.semantic_ids import SemanticIdTable
+    from userlayer.tools.data.format import Dataset
+    from userlayer.tools.train.examples import UserSequences, training_windows
+
+    table = SemanticIdTable.load(synth_data_dir / "sids.json")
+    mcfg = ModelConfig(level_sizes=table.level_sizes)
+    seqs = UserSequences.from_dataset(Dataset.load(synth_data_dir), table, mcfg.geo_buckets)
+    n = len(training_windows(seqs, mcfg.max_items)[0])
+    out = tmp_path / "short"
+    _run(synth_data_dir, out, 2, "--batch-size", str(n - 1), "--epochs", "1")
+    assert len(_trainer(out)["losses"]) == 2  # the full batch, then the 1-row batch
+    assert (out / "model.safetensors").exists()
