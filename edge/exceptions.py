@@ -7,6 +7,7 @@ from userlayer.sdk.exceptions import DecryptError, KeyProviderError, UserLayerEr
 __all__ = [
     "BudgetExceededError",
     "EdgeError",
+    "ExplainError",
     "KeyProviderError",
     "ProfileDecryptError",
     "StoreError",
@@ -35,3 +36,7 @@ class TrainingError(EdgeError, ValueError):
 
 class BudgetExceededError(TrainingError):
     """Training would take the user past their privacy budget; nothing was changed."""
+
+
+class ExplainError(EdgeError, ValueError):
+    """An explanation cannot be made as asked (an unknown item, bad settings)."""

@@ -8,6 +8,7 @@
     node.train("u42")                  # DP-SGD under the user's budget, here
     node.upload("u42")                 # only the signed adapter leaves
     node.privacy_report("u42")         # epsilon spent per event, budget left, last training
+    node.explain("u42", recs.items, "samokat", ctx)  # why each item, from local data only
     node.set_consent("u42", {"megamarket": ["megamarket"]})  # cross-service consent
     node.forget("u42")                 # local store, ledger, key, and the cloud
 
@@ -20,7 +21,7 @@ The base model is read from ``model_dir`` (weights, config, ``sids.json``).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from userlayer.edge.consent import SETTING, Consent
 from userlayer.edge.exceptions import EdgeError
+from userlayer.edge.explain import ExplainConfig, Explainer, Explanation
 from userlayer.edge.local import ALL_SERVICES, LocalResult, LocalTrainConfig, train_and_seal
 from userlayer.edge.privacy import PrivacyLedger
 from userlayer.edge.store import ProfileStore
@@ -41,7 +43,7 @@ from userlayer.sdk.model.config import AdapterConfig
 from userlayer.sdk.model.io import fingerprint, load_model
 from userlayer.sdk.model.transformer import new_adapter
 from userlayer.sdk.privacy import DEFAULT_ACCOUNTANT, library
-from userlayer.sdk.schemas import Event
+from userlayer.sdk.schemas import Context, Event, Service
 from userlayer.sdk.semantic_ids import SemanticIdTable
 
 __all__ = ["EdgeNode", "PrivacyReport"]
@@ -201,6 +203,46 @@ class EdgeNode:
             client.enroll_signer(user_id, pub, service)
             t.uploaded[service] = client.upload_adapter(user_id, package, service).version
         return dict(t.uploaded)
+
+    # -- explanations
+
+    def explain(
+        self,
+        user_id: str,
+        items: Sequence[str | Any],
+        service: Service | str,
+        context: Context | None = None,
+        now: datetime | None = None,
+        language: str = "ru",
+        titles: Mapping[str, str] | None = None,
+        config: ExplainConfig | None = None,
+    ) -> list[Explanation]:
+        """Why each recommended item suits this user, from their own history (made here).
+
+        ``items``: item ids or the API's recommendation objects (anything with
+        ``item_id``), as returned for ``service``; ``context``: the request's
+        context; ``titles``: catalog titles for the narrative (else ids). The
+        local model is the base with the user's layer when one was trained by
+        this node, else the base alone. Nothing is sent anywhere: the
+        attribution runs on the decrypted history in memory, and neither the
+        narrative nor its evidence leaves this machine.
+
+        Raises:
+            EdgeError: a bad user id; ExplainError: an item the catalog does not
+                know or an unknown language.
+        """
+        _check_user(user_id)
+        ids = [i if isinstance(i, str) else str(i.item_id) for i in items]
+        trained = self._trained.get(user_id)
+        adapter = None
+        if trained is not None:
+            svc = Service(service).value
+            adapter = trained.result.adapters.get(svc, trained.result.adapter)
+        xp = Explainer(
+            self.model, self.table, adapter, self.acfg, config or ExplainConfig(language=language)
+        )
+        events = self.store.events(user_id)  # decrypted in memory only
+        return xp.explain(events, service, ids, context, now, titles, language)
 
     # -- privacy
 

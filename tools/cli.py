@@ -441,6 +441,74 @@ def eval_adapters_cmd(
     console.print(f"{res['seconds']} s")
 
 
+@app.command("eval-explanations")
+def eval_explanations_cmd(
+    data: Annotated[Path, typer.Option(help="Dataset directory.")],
+    model: Annotated[Path, typer.Option(help="Model directory.")],
+    users: Annotated[int, typer.Option(help="Users to sample.")] = 100,
+    k: Annotated[int, typer.Option(help="Recommendations explained per user.")] = 10,
+    layer: Annotated[
+        str, typer.Option(help="`none`: the base alone; `dp`: each user's DP layer first.")
+    ] = "none",
+    epsilon: Annotated[float, typer.Option(help="Target epsilon per event (layer dp).")] = 8.0,
+    language: Annotated[str, typer.Option(help="`ru` or `en`.")] = "ru",
+    seed: Annotated[int, typer.Option()] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+) -> None:
+    """Faithfulness (comprehensiveness, sufficiency vs random evidence) and cost of explanations."""
+    from userlayer.edge.exceptions import ExplainError
+    from userlayer.edge.explain import ExplainConfig
+    from userlayer.tools.eval.explanations import ExplainEvalConfig, evaluate_explanations
+
+    try:
+        cfg = ExplainEvalConfig(
+            users=users,
+            k=k,
+            beam=max(20, k),
+            layer=layer,
+            epsilon=epsilon,
+            seed=seed,
+            explain=ExplainConfig(language=language),
+        )
+    except (ExplainError, ValueError) as e:
+        raise typer.BadParameter(str(e)) from e
+    with _progress() as progress:
+        task = progress.add_task("explaining", total=users)
+        res = evaluate_explanations(
+            data, model, cfg, on_user=lambda n, total: progress.update(task, completed=n)
+        )
+    if json_out:
+        json_out.write_text(json.dumps(res, indent=2, ensure_ascii=False), "utf-8")
+    comp, suff = res["comprehensiveness"], res["sufficiency"]
+    t = Table(
+        title=f"{res['explanations']} explanations of {res['users']} users "
+        f"({res['with_evidence']} cite evidence), layer: {res['layer']}"
+    )
+    for col in ("evidence", "score drops (share)", "mean drop (nats)", "sufficiency gap (nats)"):
+        t.add_column(col)
+    for name in ("cited", "random"):
+        c = comp[name]
+        t.add_row(
+            name,
+            "" if c.get("share_positive") is None else f"{c['share_positive']:.1%}",
+            f"{c.get('mean', float('nan')):.3f}",
+            f"{suff[name].get('mean', float('nan')):.3f}",
+        )
+    t.add_row(
+        "none (empty prompt)", "", "", f"{suff['empty prompt'].get('mean', float('nan')):.3f}"
+    )
+    console.print(t)
+    lat = res["latency_ms"]
+    if lat["median"] is not None:
+        console.print(
+            f"explaining {lat['items']} items: median {lat['median']:.0f} ms, "
+            f"p95 {lat['p95']:.0f} ms over {lat['users']} users with >= {lat['min_events']} events"
+        )
+    if res["example"]:
+        console.print(f"example: {res['example']}")
+    console.print(f"{res['seconds']} s")
+
+
 @app.command("eval-privacy")
 def eval_privacy_cmd(
     data: Annotated[Path, typer.Option(help="Dataset directory.")],

@@ -6,9 +6,11 @@ The cloud side is the live API of ``tests/cloud/test_api.py`` (real HTTP on
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.cloud.test_api import Live, live  # noqa: F401 - the live API fixture
@@ -95,3 +97,61 @@ def test_forget_with_tenant_keys_deletes_what_it_may_and_says_what_not(
     node.close()
     for c in clients.values():
         c.close()
+
+
+def test_explanations_stay_on_the_edge(
+    live: Live,  # noqa: F811
+    synth_data_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The node explains the cloud's recommendations with the user's layer, and sends nothing.
+
+    Every request the client sends is recorded (a hook on the real HTTP client):
+    explaining sends none, and no narrative, title or cited item of an
+    explanation appears in anything the cloud received or in the logs.
+    """
+    caplog.set_level(logging.DEBUG)
+    ds = Dataset.load(synth_data_dir)
+    by_user = ds.user_events()
+    user = sorted(u for u, ev in by_user.items() if len(ev) >= 30)[1]
+    marker = "xplcnry"
+    titles = {
+        r["item_id"]: f"{r['title']} {marker}{n}"
+        for n, r in enumerate(ds.items.select(["item_id", "title"]).to_pylist())
+    }
+    sent: list[bytes] = []
+    client = Client(live.url, live.keys["admin"])
+
+    def record(request: httpx.Request) -> None:
+        sent.append(request.url.raw_path + request.read())
+
+    client.http.event_hooks["request"].append(record)
+    node = EdgeNode(tmp_path / "node", live.model_dir, client, LocalTrainConfig(epochs=1.0))
+    node.record(*by_user[user])
+    now = max(e.timestamp for e in by_user[user]) + timedelta(days=1)
+    svc = node.train(user, now=now)["services"][0]
+    node.upload(user)
+    last = by_user[user][-1]
+    recs = client.recommend(user, svc, session=[e.item_id for e in by_user[user][-2:]])
+    assert recs.personalized
+    before = len(sent)
+    out = node.explain(user, recs.items, svc, last.context, now=now, titles=titles)
+    assert len(sent) == before  # nothing sent to explain
+    assert [e.item_id for e in out] == [r.item_id for r in recs.items]
+    assert all(marker in e.text for e in out)  # the titles given, in Russian by default
+    en = node.explain(user, [recs.items[0].item_id], svc, last.context, now, "en", titles)
+    assert en[0].language == "en"
+    assert len(sent) == before
+    cited = {ev.item_id for e in out for ev in e.evidence if ev.item_id}
+    node.forget(user)
+    node.close()
+    client.close()
+    everything = b"\n".join(sent)
+    assert marker.encode() not in everything
+    for e in out:
+        assert e.text.encode() not in everything
+    # the cited history events never left either (their item ids are not in any request)
+    session = {e.item_id for e in by_user[user][-2:]}
+    assert not [i for i in cited - session if i.encode() in everything]
+    assert marker not in caplog.text

@@ -46,6 +46,8 @@ class SASRecConfig:
     val_users: int = 5_000  # validation users scored (a fixed random subset past this)
     batch_size: int = 256
     lr: float = 1e-3
+    weight_decay: float = 0.0  # AdamW's decoupled decay (0: plain Adam, the paper's)
+    length_grouped: bool = True  # batches of similar length (less padding) or fully random
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -54,8 +56,10 @@ class SASRecConfig:
                 raise ValueError(f"SASRecConfig.{name} should be at least 1")
         if self.patience < 0 or self.val_users < 1:
             raise ValueError("SASRecConfig.patience should be >= 0 and val_users >= 1")
-        if not 0 <= self.dropout < 1 or self.lr <= 0:
-            raise ValueError("SASRecConfig.dropout should be in [0, 1) and lr positive")
+        if not 0 <= self.dropout < 1 or self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError(
+                "SASRecConfig.dropout should be in [0, 1), lr positive, weight_decay >= 0"
+            )
 
 
 class SASRec(nn.Module):
@@ -138,7 +142,9 @@ def train_sasrec(
     """
     torch.manual_seed(cfg.seed)
     model = SASRec(n_items, cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay
+    )
     # windows of max_len + 1 items ending at the end and every max_len items before it
     usable = []
     for s in train_seqs:
@@ -159,7 +165,8 @@ def train_sasrec(
     model.train()
     for epoch in range(cfg.epochs):
         total, count = 0.0, 0
-        for b in epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch):
+        pool = 64 if cfg.length_grouped else 1  # a pool of one batch: random composition
+        for b in epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch, pool):
             idx = torch.from_numpy(b)
             width = max(1, int(lengths[b].max()))  # batches of similar length: trim padding
             y = tgt[idx, -width:]
