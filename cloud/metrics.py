@@ -12,7 +12,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 __all__ = ["EXPORTED_METRICS", "Metrics", "select_families"]
 
 # the families the engine core reports to the workers (they are the core's, not a worker's)
-EXPORTED_METRICS = ("userlayer_slot_loads", "userlayer_registry_cache", "userlayer_fallbacks")
+EXPORTED_METRICS = (
+    "userlayer_slot_loads",
+    "userlayer_registry_cache",
+    "userlayer_fallbacks",
+    "userlayer_critiques",
+)
 
 
 @dataclass
@@ -44,6 +49,12 @@ class Metrics:
         )
         self.fallbacks = Counter(
             "userlayer_fallbacks", "Rows served by the base model", ["reason"], registry=r
+        )
+        self.critiques = Counter(
+            "userlayer_critiques",
+            "Requests with a critique, by outcome (applied, ignored)",
+            ["outcome"],
+            registry=r,
         )
         self.slot_loads = Counter(
             "userlayer_slot_loads", "Adapters copied into engine slots", registry=r

@@ -29,7 +29,13 @@ from userlayer.cloud.registry import (
     RegistryError,
     StoreUnavailableError,
 )
-from userlayer.sdk.api import RecommendedItem, RecommendRequest, RecommendResponse
+from userlayer.sdk.api import (
+    CritiqueResult,
+    RecommendedItem,
+    RecommendRequest,
+    RecommendResponse,
+)
+from userlayer.sdk.critique import Verdict, parse_critique
 
 __all__ = ["Metrics", "Serving"]
 
@@ -126,6 +132,31 @@ class Serving:
             self.metrics.slot_loads.inc()
         return _Row(slot, got.info.version, None, got.favourites)
 
+    def _critique(self, r: RecommendRequest) -> tuple[CritiqueResult, Verdict] | None:
+        """A request's critique, understood and turned into masks (None: it has none)."""
+        if r.critique is None or not r.critique.strip():
+            return None
+        c = parse_critique(r.critique)
+        catalog = self.engine.catalog
+        if catalog is None:
+            flags = list(c.flags)
+            if c.understood:
+                flags.append("the model has no catalog attributes (catalog.json): ignored")
+            v = Verdict(None, (), tuple(flags))
+        else:
+            v = catalog.apply(c, r.session)
+        outcome = "applied" if v.applied or v.steer is not None else "ignored"
+        self.metrics.critiques.labels(outcome).inc()
+        return (
+            CritiqueResult(
+                language=c.language,
+                applied=list(v.applied),
+                steer=list(c.steer) if v.steer is not None else [],
+                flags=list(v.flags),
+            ),
+            v,
+        )
+
     def run_batch(self, reqs: Sequence[RecommendRequest]) -> list[RecommendResponse]:
         """Recommend for a batch of requests (one engine call)."""
         t0 = time.perf_counter()
@@ -142,6 +173,7 @@ class Serving:
                 if self._deletions.get(key, 0) != seen[key]:
                     fetched[key] = NO_ADAPTER
             rows = {key: self._slot(key, fetched[key]) for key in keys}
+            verdicts = [self._critique(r) for r in reqs]
             ers = [
                 EngineRequest(
                     service=r.service,
@@ -151,14 +183,16 @@ class Serving:
                     exclude=tuple(r.exclude),
                     slot=rows[(r.service.value, r.user_id)].slot,
                     favourites=rows[(r.service.value, r.user_id)].favourites,
+                    allowed=None if v is None else v[1].allowed,
+                    bonus=None if v is None else v[1].steer,
                 )
-                for r in reqs
+                for r, v in zip(reqs, verdicts, strict=True)
             ]
             results = self.engine.recommend(ers)
         ms = (time.perf_counter() - t0) * 1000
         out = []
         known = self.engine.table.codes
-        for r, items in zip(reqs, results, strict=True):
+        for r, items, v in zip(reqs, results, verdicts, strict=True):
             row = rows[(r.service.value, r.user_id)]
             if row.reason:
                 self.metrics.fallbacks.labels(row.reason).inc()
@@ -174,6 +208,7 @@ class Serving:
                     backend=self.engine.backend.name,
                     latency_ms=round(ms, 2),
                     ignored_items=[i for i in r.session if i not in known],
+                    critique=None if v is None else v[0],
                 )
             )
         st = self.registry.stats

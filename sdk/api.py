@@ -14,10 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from userlayer.sdk.schemas import Context, Service
 
 __all__ = [
+    "MAX_CRITIQUE",
     "MAX_EXCLUDE",
     "MAX_K",
     "MAX_SESSION",
     "AdapterMetadata",
+    "CritiqueResult",
     "ErrorBody",
     "ForgetResponse",
     "Health",
@@ -33,6 +35,7 @@ __all__ = [
 MAX_K = 100
 MAX_SESSION = 50
 MAX_EXCLUDE = 500
+MAX_CRITIQUE = 200  # characters (userlayer.sdk.critique)
 ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
 ItemId = Annotated[str, Field(pattern=ID_PATTERN)]
 
@@ -58,6 +61,24 @@ class RecommendRequest(_Body):
     )
     k: int = Field(default=10, ge=1, le=MAX_K)
     exclude: list[ItemId] = Field(default_factory=list, max_length=MAX_EXCLUDE)
+    critique: str | None = Field(
+        default=None,
+        max_length=MAX_CRITIQUE,
+        description=(
+            "the user's short reaction in Russian or English ('подешевле', 'без мяса', "
+            "'another brand'): hard constraints no returned item violates, soft steers; "
+            "relative to the session's last item"
+        ),
+    )
+
+
+class CritiqueResult(_Body):
+    """How a request's critique was understood and applied."""
+
+    language: str = Field(description="ru, en or unknown")
+    applied: list[str] = Field(default_factory=list, description="hard constraints applied")
+    steer: list[str] = Field(default_factory=list, description="soft preferences applied")
+    flags: list[str] = Field(default_factory=list, description="what was ignored, and why")
 
 
 class RecommendedItem(_Body):
@@ -80,6 +101,7 @@ class RecommendResponse(_Body):
     backend: str
     latency_ms: float
     ignored_items: list[str] = Field(default_factory=list, description="unknown session items")
+    critique: CritiqueResult | None = None
 
 
 class AdapterMetadata(_Body):

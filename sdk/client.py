@@ -163,6 +163,7 @@ def _recommend(
     context: Context | None,
     k: int,
     exclude: Sequence[str],
+    critique: str | None = None,
 ) -> _Call[RecommendResponse]:
     try:
         req = RecommendRequest(
@@ -172,6 +173,7 @@ def _recommend(
             session=list(session),
             k=k,
             exclude=list(exclude),
+            critique=critique,
         )
     except (ValidationError, ValueError) as e:
         what = describe_validation_error(e, "request") if isinstance(e, ValidationError) else e
@@ -270,9 +272,16 @@ class Client(_Base):
         context: Context | None = None,
         k: int = 10,
         exclude: Sequence[str] = (),
+        critique: str | None = None,
     ) -> RecommendResponse:
-        """Top-``k`` items for the user in this context (their adapter if they have one)."""
-        return self._call(_recommend(user_id, service, session, context, k, exclude))
+        """Top-``k`` items for the user in this context (their adapter if they have one).
+
+        ``critique``: the user's short reaction to the session's last item, in
+        Russian or English ("подешевле", "без мяса", "another brand"): no
+        returned item violates its hard constraints; how it was understood is
+        in the response's ``critique`` (ignored parts are flagged there).
+        """
+        return self._call(_recommend(user_id, service, session, context, k, exclude, critique))
 
     def enroll_signer(
         self,
@@ -378,9 +387,12 @@ class AsyncClient(_Base):
         context: Context | None = None,
         k: int = 10,
         exclude: Sequence[str] = (),
+        critique: str | None = None,
     ) -> RecommendResponse:
         """See :meth:`Client.recommend`."""
-        return await self._call(_recommend(user_id, service, session, context, k, exclude))
+        return await self._call(
+            _recommend(user_id, service, session, context, k, exclude, critique)
+        )
 
     async def enroll_signer(
         self,

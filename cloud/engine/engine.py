@@ -26,6 +26,7 @@ from userlayer.cloud.engine.backends import (
     TorchBackend,
     tensorrt_available,
 )
+from userlayer.sdk.critique import load_catalog
 from userlayer.sdk.model import AdapterConfig, adapter_shapes
 from userlayer.sdk.model.config import ModelConfig
 from userlayer.sdk.model.decoding import Recommendation, beam_search
@@ -80,6 +81,10 @@ class EngineRequest:
     exclude: tuple[str, ...] = ()
     slot: int = -1
     favourites: tuple[str, ...] = ()  # the user layer's released favourites (prompt steps)
+    # a critique's hard constraints and soft steer (userlayer.sdk.critique.Verdict), over
+    # the engine's catalog order (``Engine.catalog.items``, the tensor trie's)
+    allowed: np.ndarray | None = None
+    bonus: np.ndarray | None = None
 
 
 class Slab:
@@ -173,6 +178,7 @@ class Engine:
         self.table = SemanticIdTable.load(d / "sids.json")
         self.trie = self.table.trie()
         self.tensor_trie = TensorTrie(self.table)
+        self.catalog = load_catalog(d, self.tensor_trie.items)
         # items in a prompt (favourites and session): never past the model's trained window
         self.max_items = min(cfg.max_session_items, model.cfg.max_items - 1)
         self.vocab = model.ctx_vocab
@@ -243,8 +249,28 @@ class Engine:
         services = [r.service for r in reqs]
         exclude = [r.exclude for r in reqs]
         beam = max(self.cfg.beam, k)
+        n_items = len(self.tensor_trie.items)
+        allowed = bonus = None
+        if any(r.allowed is not None for r in reqs):
+            allowed = torch.from_numpy(
+                np.stack([np.ones(n_items, bool) if r.allowed is None else r.allowed for r in reqs])
+            )
+        if any(r.bonus is not None for r in reqs):
+            bonus = torch.from_numpy(
+                np.stack([np.zeros(n_items) if r.bonus is None else r.bonus for r in reqs]).astype(
+                    np.float32
+                )
+            )
         if self.cfg.search == "tensor":
-            out = trie_beam_search(dec, self.tensor_trie, tok, ctx, k, beam, services, exclude)
-        else:
+            out = trie_beam_search(
+                dec, self.tensor_trie, tok, ctx, k, beam, services, exclude, None, allowed, bonus
+            )
+        else:  # the reference search: constraints as exclusions, no soft steer
+            if allowed is not None:
+                items = self.tensor_trie.items
+                exclude = [
+                    (*e, *(items[i] for i in np.flatnonzero(~a.numpy())))
+                    for e, a in zip(exclude, allowed, strict=True)
+                ]
             out = beam_search(dec, self.trie, tok, ctx, k, beam, services, exclude)
         return [o[: r.k] for o, r in zip(out, reqs, strict=True)]

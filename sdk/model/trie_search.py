@@ -66,6 +66,34 @@ class TensorTrie:
                 bits[nxt] |= _BIT[Service(table.services[item])]
             self.child.append(child)
             self.bits.append(bits)
+        # per level: the node of the next level each item lies under (at the last: itself)
+        self.item_node: list[Tensor] = [
+            torch.tensor(
+                [
+                    self.index[it]
+                    if d == len(sizes) - 1
+                    else ids[d + 1][tuple(table.codes[it])[: d + 1]]
+                    for it in self.items
+                ],
+                dtype=torch.long,
+            )
+            for d in range(len(sizes))
+        ]
+
+    def reachable(self, allowed: Tensor) -> list[Tensor]:
+        """Per level, which next-level nodes have an allowed item below, per row.
+
+        ``allowed`` (B, n_items) bool, in :attr:`items` order; returns, per
+        level, (B, nodes of the next level) bool (at the last level: ``allowed``).
+        """
+        out = []
+        for d, nodes in enumerate(self.item_node):
+            n_next = int(self.bits[d].shape[0])
+            z = torch.zeros(allowed.shape[0], n_next, dtype=torch.uint8)
+            src = allowed.to(torch.uint8)
+            z.scatter_reduce_(1, nodes.expand(allowed.shape[0], -1), src, "amax")
+            out.append(z.bool())
+        return out
 
 
 @torch.no_grad()
@@ -79,14 +107,27 @@ def trie_beam_search(
     services: Sequence[Service | str | None] | None = None,
     exclude: Sequence[Sequence[str]] | None = None,
     adapters: RowAdapters | None = None,
+    allowed: Tensor | None = None,
+    bonus: Tensor | None = None,
 ) -> list[list[Recommendation]]:
-    """Top-``k`` distinct real items per row, best first; the arguments of ``beam_search``."""
+    """Top-``k`` distinct real items per row, best first; the arguments of ``beam_search``.
+
+    ``allowed`` (B, n_items) bool in ``trie.items`` order: hard constraints
+    (a critique's). No other item is ever returned: every level masks the
+    codes under which no allowed item remains, so beams are not spent on
+    them. ``bonus`` (B, n_items): added to an item's log-probability when its
+    last code is chosen (a critique's soft steer); the scores then include it.
+    """
     b = tokens.shape[0]
     beam = max(beam or max(k, 10), k)
     row_bits = torch.tensor(
         [_ALL if s is None else _BIT[Service(s)] for s in (services or [None] * b)],
         dtype=torch.long,
     )
+    reach = None
+    if allowed is not None:  # allowed and of the row's service, for every level's pruning
+        in_service = (trie.bits[-1][None, : len(trie.items)] & row_bits[:, None]) != 0
+        reach = trie.reachable(allowed & in_service)
     excl_lists = [[trie.index[i] for i in e if i in trie.index] for e in (exclude or [()] * b)]
     n_excl = max((len(e) for e in excl_lists), default=0)
     excl = torch.full((b, max(n_excl, 1)), -1, dtype=torch.long)
@@ -109,6 +150,10 @@ def trie_beam_search(
         if final and n_excl:
             hit = (nxt[:, :, None] == excl.repeat_interleave(w, 0)[:, None, :]).any(-1)
             ok &= ~hit
+        if reach is not None:
+            ok &= reach[level].gather(1, nxt.clamp(min=0).view(b, w * size)).view(b * w, size)
+        if final and bonus is not None:
+            lp = lp + bonus.gather(1, nxt.clamp(min=0).view(b, w * size)).view(b * w, size)
         lp = lp.masked_fill(~ok, float("-inf"))
         cand = (scores.reshape(-1, 1) + lp).view(b, w * size)
         top = cand.topk(min(k if final else beam, cand.shape[1]), dim=-1)

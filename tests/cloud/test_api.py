@@ -310,11 +310,47 @@ def test_tenant_and_scope_matrix(live: Live) -> None:
         {"surprise": 1},
         {"context": {"mode": "sleepy"}},
         {"exclude": ["ok", "not ok"]},
+        {"critique": "x" * 201},
+        {"critique": 5},
     ],
 )
 def test_bad_recommend_bodies_are_422(live: Live, body: dict[str, Any]) -> None:
     r = live.client("samokat").post("/v1/recommend", json={**_rec(live, "u1", "samokat"), **body})
     assert r.status_code == 422 and r.json()["detail"]
+
+
+def test_critiques_constrain_every_item_and_say_how_they_were_read(live: Live) -> None:
+    """Hard constraints hold on the live API (split engine core); odd critiques are flagged."""
+    doc = json.loads((live.model_dir / "catalog.json").read_text("utf-8"))["items"]
+    c = live.client("samokat")
+    onboarded = "critic"
+    _onboard(live, c, onboarded, "samokat")
+    priced = [i for i in live.items["samokat"] if doc[i]["price"] is not None]
+    ref = sorted(priced, key=lambda i: doc[i]["price"])[len(priced) // 2]  # a middle price
+    for user in (onboarded, "critic-without-layer"):
+        body = _rec(live, user, "samokat", session=[ref], k=20, critique="подешевле, другой бренд")
+        r = c.post("/v1/recommend", json=body).json()
+        assert r["critique"]["language"] == "ru" and len(r["critique"]["applied"]) == 2
+        assert r["items"], r
+        for it in r["items"]:
+            assert doc[it["item_id"]]["price"] < doc[ref]["price"]
+            assert doc[it["item_id"]]["brand"].lower() != doc[ref]["brand"].lower()
+        plain = c.post("/v1/recommend", json=_rec(live, user, "samokat", session=[ref], k=20))
+        assert plain.json()["critique"] is None
+        assert r["personalized"] == plain.json()["personalized"] == (user == onboarded)
+    ignored = c.post("/v1/recommend", json=_rec(live, "u1", "samokat", critique="不要肉")).json()
+    assert ignored["critique"]["flags"] == ["unknown language: ignored"] and ignored["items"]
+    both = c.post(
+        "/v1/recommend", json=_rec(live, "u1", "samokat", critique="cheaper but pricier")
+    ).json()
+    assert "contradictory" in both["critique"]["flags"][0] and both["items"]
+    cheapest = min(priced, key=lambda i: doc[i]["price"])
+    none = c.post(
+        "/v1/recommend", json=_rec(live, "u1", "samokat", session=[cheapest], critique="cheaper")
+    )
+    assert none.status_code == 200 and none.json()["items"] == []  # nothing cheaper exists
+    metrics = live.client("admin").get("/metrics").text
+    assert 'userlayer_critiques_total{outcome="applied"}' in metrics
 
 
 def test_bad_uploads_and_paths_are_4xx_and_change_nothing(live: Live) -> None:

@@ -52,6 +52,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from userlayer.sdk.critique import ItemAttributes
 from userlayer.sdk.schemas import Action, Context, Daypart, Event, Mode, Season, Service, Weather
 from userlayer.tools.exceptions import DataFormatError
 
@@ -334,6 +335,16 @@ class Dataset:
         ids = self.items.column("item_id").to_pylist()
         cats = self.items.column("category").to_pylist()
         return {i: tuple(c) for i, c in zip(ids, cats, strict=True)}
+
+    def attributes(self) -> dict[str, ItemAttributes]:
+        """Item id -> the public attributes critiques read (title, category, brand, price)."""
+        rows = self.items.select(["item_id", "title", "category", "brand", "price"]).to_pylist()
+        return {
+            r["item_id"]: ItemAttributes(
+                r["title"] or "", tuple(r["category"] or ()), r["brand"] or "", r["price"]
+            )
+            for r in rows
+        }
 
     def summary(self) -> dict[str, Any]:
         """Counts per service and action, for reports and ``meta.json``."""

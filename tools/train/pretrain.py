@@ -57,6 +57,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from userlayer.sdk.critique import CATALOG_FILE, catalog_document
 from userlayer.sdk.model.config import AdapterConfig, ModelConfig
 from userlayer.sdk.model.io import save_model
 from userlayer.sdk.model.tokens import CTX, PAD, ContextVocab, item_tokens
@@ -671,5 +672,8 @@ def _pretrain(
     if lead:
         fp = save_model(model.cpu(), out, meta)
         table.save(out / "sids.json")
+        attrs = ds.attributes()  # public catalog data, for critiques' hard constraints
+        doc = catalog_document({i: attrs[i] for i in table.codes if i in attrs})
+        (out / CATALOG_FILE).write_text(json.dumps(doc, ensure_ascii=False), "utf-8")
     dist.barrier()
     return PretrainResult(out, fp, step, losses, time.perf_counter() - t0, True, valid)
