@@ -422,6 +422,14 @@ class CatalogIndex:
             )
         return cls(items, attrs)
 
+    def index_of(self, item: str) -> int:
+        """The item's position in :attr:`items` (-1: not in the catalog)."""
+        return self._pos.get(item, -1)
+
+    def pack_size(self, i: int) -> float:
+        """The pack size read from item ``i``'s title (g, ml; pieces as 100), NaN if none."""
+        return float(self._size[i])
+
     def _with_prefix(self, prefix: str) -> np.ndarray:
         """Indices of the items with a word starting with ``prefix`` (cached)."""
         got = self._cache.get(prefix)

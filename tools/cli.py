@@ -509,6 +509,61 @@ def eval_explanations_cmd(
     console.print(f"{res['seconds']} s")
 
 
+@app.command("eval-critiques")
+def eval_critiques_cmd(
+    data: Annotated[Path, typer.Option(help="Dataset directory (items with prices, brands).")],
+    model: Annotated[Path, typer.Option(help="Model directory.")],
+    users: Annotated[int, typer.Option(help="Users to sample (one episode each at most).")] = 1000,
+    language: Annotated[str, typer.Option(help="Critiques in `ru` or `en`.")] = "ru",
+    backend: Annotated[str, typer.Option(help="Engine backend: torch or onnxruntime.")] = "torch",
+    seed: Annotated[int, typer.Option()] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+) -> None:
+    """Critique episodes from the data: the next item with and without the critique, violations."""
+    from userlayer.cloud.engine.engine import EngineConfig
+    from userlayer.tools.eval.critiques import CritiqueEvalConfig, evaluate_critiques
+
+    try:
+        cfg = CritiqueEvalConfig(
+            users=users, language=language, seed=seed, engine=EngineConfig(backend=backend)
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    with _progress() as progress:
+        task = progress.add_task("critique episodes", total=None)
+        res = evaluate_critiques(
+            data,
+            model,
+            cfg,
+            on_step=lambda n, total: progress.update(task, completed=n, total=total),
+        )
+    if json_out:
+        json_out.write_text(json.dumps(res, indent=2, ensure_ascii=False), "utf-8")
+    t = Table(title=f"{res['episodes']} critique episodes ({res['language']}), {res['backend']}")
+    for col in ("critique", "n", "R@10 without", "R@10 with", "NDCG@10 without", "NDCG@10 with"):
+        t.add_column(col)
+    rows = [("all", res["metrics"]), *res["per_kind"].items()]
+    for name, m in rows:
+        a, b = m["without critique"], m["with critique"]
+        t.add_row(
+            name, str(a["n"]), f"{a['R@10']:.4f}", f"{b['R@10']:.4f}",
+            f"{a['N@10']:.4f}", f"{b['N@10']:.4f}",
+        )  # fmt: skip
+    console.print(t)
+    hc = res["hard_constraints"]
+    console.print(
+        f"hard constraints: {hc['violating_items']} of {hc['returned_items']} returned items "
+        f"violate one ({hc['violating_share']:.2%})"
+    )
+    sp = res["speed"]
+    if sp:
+        console.print(
+            f"batch {sp['batch']}: {sp['rows_per_s_without']:.0f} rows/s without critiques, "
+            f"{sp['rows_per_s_with']:.0f} with ({sp['added_ms_per_batch']:+.1f} ms per batch)"
+        )
+    console.print(f"{res['seconds']} s")
+
+
 @app.command("eval-privacy")
 def eval_privacy_cmd(
     data: Annotated[Path, typer.Option(help="Dataset directory.")],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -181,3 +182,23 @@ def test_faithfulness_on_a_small_model(synth_data_dir: Path, tiny_model_dir: Pat
     assert comp["cited"]["mean"] > 2 * max(comp["random"]["mean"], 0.01)
     suff = res["sufficiency"]
     assert suff["cited"]["mean"] < suff["random"]["mean"]  # the cited evidence alone keeps more
+
+
+def test_eval_explanations_cli(synth_data_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from userlayer.tools.cli import app
+
+    out = tmp_path / "x.json"
+    r = CliRunner().invoke(
+        app,
+        ["eval-explanations", "--data", str(synth_data_dir), "--model", str(tiny_model_dir),
+         "--users", "4", "--k", "3", "--language", "en", "--json", str(out)],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert res["explanations"] == 12 and "score drops" in r.output
+    bad = CliRunner().invoke(
+        app, ["eval-explanations", "--data", "x", "--model", "y", "--language", "de"]
+    )
+    assert bad.exit_code != 0 and "language" in bad.output
