@@ -67,5 +67,17 @@ print("personalized:", r.personalized, "version:", r.adapter_version)
 for it in r.items:
     print(f"  {it.item_id}  {it.score:.3f}")
 
-# 4. erasure: here and in Samokat's cloud records; what this key may not delete is listed
+# 4. the user says "cheaper, no meat": hard constraints no returned item breaks
+r2 = client.recommend(
+    "alice", "samokat", session=[e.item_id for e in events[-2:]], critique="подешевле, без мяса"
+)
+print("critique understood as:", r2.critique)
+for it in r2.items[:3]:
+    print(f"  {it.item_id}  {it.score:.3f}")
+
+# 5. why these items? made here from alice's own history; nothing of it is sent anywhere
+for e in node.explain("alice", r.items[:3], "samokat", Context(mode=Mode.HUNGRY)):
+    print(" ", e.text)
+
+# 6. erasure: here and in Samokat's cloud records; what this key may not delete is listed
 print("forgotten:", node.forget("alice"))

@@ -822,6 +822,15 @@ def demo(
         f"{sv['requests_per_s']:.1f} req/s, p50 {sv['p50_ms']:.0f} ms, p99 {sv['p99_ms']:.0f} ms, "
         f"personalized {sv['personalized_share']:.0%}"
     )
+    cr = rep["critique"]
+    ref = cr["reacting_to"]
+    console.print(
+        f"critique: {cr['critique']!r} about {ref['title']!r} ({ref['price']}): "
+        f"applied {cr['applied']}{'; ' + '; '.join(cr['flags']) if cr['flags'] else ''}"
+    )
+    for it in cr["items"][:3]:
+        console.print(f"  {it['title']} ({it['price']})")
+    console.print(f"explanation (edge): {rep['explanation']['text']}")
     console.print(f"stages (s): {rep['timings_s']}; total {rep['total_s']} s")
     console.print(_kv_table("artifacts", rep["artifacts"]))
 

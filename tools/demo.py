@@ -3,7 +3,8 @@
 Synthetic three-service world → Semantic IDs → pretrained base → ONNX export
 → federated rounds with DP (Flower simulation) writing the adapters straight
 into the registry → the API started on 127.0.0.1 over that registry → requests
-through the SDK client for a sample of users in different modes → a report
+through the SDK client for a sample of users in different modes, one with a
+critique → one explanation made on the edge → a report
 (quality, privacy, serving) and a figure. Every process it starts is
 stopped by its PID, also on errors.
 """
@@ -105,6 +106,66 @@ def _serve_and_measure(
         "p99_ms": q[98] * 1000,
         "personalized_share": personalized / len(lat),
         "latencies_ms": [x * 1000 for x in lat],
+    }
+
+
+def _critique_and_explanation(
+    api: ApiProcess, data_dir: Path, model_dir: Path, users_with: list[str]
+) -> dict[str, Any]:
+    """One critique through the SDK and one explanation made where the history lives."""
+    from userlayer.edge.explain import Explainer
+    from userlayer.sdk.client import Client
+    from userlayer.sdk.model.io import load_model
+    from userlayer.sdk.semantic_ids import SemanticIdTable
+    from userlayer.tools.data.format import Dataset
+
+    ds = Dataset.load(data_dir)
+    attrs = ds.attributes()
+    by_user = ds.user_events()
+    user = next(
+        (u for u in users_with if len(by_user[u]) >= 3 and attrs[by_user[u][-2].item_id].price),
+        users_with[0],
+    )
+    ev = sorted(by_user[user], key=lambda e: e.timestamp)
+    last, session = ev[-1], [e.item_id for e in ev[-3:-1]]
+    text = "подешевле"
+    with Client(api.url, api.key, timeout=30) as c:
+        r = c.recommend(user, last.service, session, last.context, k=5, critique=text)
+
+    def show(item: str) -> dict[str, Any]:
+        a = attrs.get(item)
+        return {"item_id": item, "title": a.title if a else "", "price": a.price if a else None}
+
+    crit = {
+        "user_id": user,
+        "critique": text,
+        "reacting_to": show(session[-1]),
+        "applied": r.critique.applied if r.critique else [],
+        "flags": r.critique.flags if r.critique else [],
+        "items": [show(x.item_id) for x in r.items],
+    }
+    table = SemanticIdTable.load(model_dir / "sids.json")
+    xp = Explainer(load_model(model_dir), table)
+    titles = {i: a.title for i, a in attrs.items()}
+    items = [x.item_id for x in r.items] or [session[-1]]
+    exp = xp.explain(ev[:-1], last.service, items[:1], last.context, last.timestamp, titles)[0]
+    return {
+        "critique": crit,
+        "explanation": {
+            "user_id": user,
+            "item_id": exp.item_id,
+            "text": exp.text,
+            "evidence": [
+                {
+                    "kind": e.unit.kind,
+                    "item_id": e.item_id,
+                    "field": e.unit.field,
+                    "drop_nats": round(e.drop, 3),
+                }
+                for e in exp.evidence
+            ],
+            "where": "made on the edge from the user's own history (the base alone here)",
+        },
     }
 
 
@@ -210,6 +271,7 @@ def run_demo(
         done()
         done = timed("8/8 requests through the SDK")
         serving = _serve_and_measure(api, data, with_adapter, cfg)
+        extras = _critique_and_explanation(api, data, model_dir, with_adapter)
         done()
     finally:
         api.stop()
@@ -235,6 +297,7 @@ def run_demo(
             "part's user-level Gaussian mechanism",
         },
         "serving": {k: v for k, v in serving.items() if k != "latencies_ms"},
+        **extras,
         "timings_s": timings,
         "total_s": round(time.perf_counter() - t_start, 1),
         "artifacts": {
@@ -247,5 +310,5 @@ def run_demo(
             "api_log": str(out / "api.log"),
         },
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2), "utf-8")
+    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), "utf-8")
     return report

@@ -49,4 +49,8 @@ def test_quick_demo(tmp_path: Path) -> None:
     assert "registry_import" not in rep  # the rounds write straight into the served registry
     assert (out / "demo.png").stat().st_size > 5000
     assert "quality: held-out next item" in r.output and "serving:" in r.output
+    cr = rep["critique"]  # one critique through the SDK: every item cheaper than its reference
+    assert cr["critique"] == "подешевле" and cr["applied"]
+    assert all(it["price"] < cr["reacting_to"]["price"] for it in cr["items"])
+    assert rep["explanation"]["text"] and "explanation (edge):" in r.output
     assert not _live_serve_processes(out)
