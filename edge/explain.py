@@ -75,7 +75,7 @@ class ExplainConfig:
 
     history: int = 20
     max_reasons: int = 3
-    min_drop: float = 0.05
+    min_drop: float = 0.1
     language: str = "ru"
     batch_rows: int = 512
 

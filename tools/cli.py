@@ -355,7 +355,7 @@ def eval_cmd(
         int, typer.Option(help="At most; early stopping on the validation item ends sooner.")
     ] = 200,
     sasrec_max_len: Annotated[int, typer.Option(help="SASRec's history window.")] = 50,
-    sasrec_dropout: Annotated[float, typer.Option()] = 0.5,
+    sasrec_dropout: Annotated[float, typer.Option()] = 0.2,
     max_users: Annotated[int | None, typer.Option()] = None,
 ) -> None:
     """Leave-one-out evaluation: full-history and private regimes, beside the baselines."""

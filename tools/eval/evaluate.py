@@ -18,7 +18,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -103,37 +103,26 @@ def sasrec_results(
     item_ids = sorted(table.codes)
     index = {i: n + 1 for n, i in enumerate(item_ids)}
     service_of = table.services
-    # early stopping as SASRec's protocol: train on what precedes each user's next held-out
-    # item and validate on it; then refit on every training item (the held-out one too) for
-    # the best epoch count, as the final model must see the most recent item of each user
-    full, train, val_h, val_t = [], [], [], []
+    # SASRec's own protocol: train on what precedes the held-out items, stop early on the
+    # validation item (the one just before the split's target; for the test split, the
+    # validation split's target), keep the best epoch. The test item is never read, and the
+    # model has seen every transition before the validation item (no refit needed).
+    train, val_h, val_t = [], [], []
     for items in seqs.items:
         ids = [index[i] for i in items[: len(items) - back - 1]]
-        full.append(ids)
-        if len(ids) >= 3:
-            train.append(ids[:-1])
-            val_h.append(ids[:-1])
-            val_t.append(ids[-1])
-        else:
-            train.append(ids)
-    sasrec_cfg = cfg.sasrec
-    if val_t and sasrec_cfg.patience:
-        probe = train_sasrec(
-            train,
-            len(item_ids),
-            sasrec_cfg,
-            lambda ep, loss: logger.info("SASRec epoch %d: loss %.4f", ep, loss),
-            (val_h, val_t),
-            lambda ep, n: logger.info("SASRec epoch %d: validation NDCG@10 %.4f", ep, n),
-        )
-        logger.info("SASRec: best validation at epoch %d; refitting", probe.best_epoch)
-        sasrec_cfg = replace(sasrec_cfg, epochs=probe.best_epoch, patience=0)
+        train.append(ids)
+        if ids and len(items) - back - 1 >= 0 and items[len(items) - back - 1] in index:
+            val_h.append(ids)
+            val_t.append(index[items[len(items) - back - 1]])
     sasrec = train_sasrec(
-        full,
+        train,
         len(item_ids),
-        sasrec_cfg,
-        lambda ep, loss: logger.info("SASRec (refit) epoch %d: loss %.4f", ep, loss),
+        cfg.sasrec,
+        lambda ep, loss: logger.info("SASRec epoch %d: loss %.4f", ep, loss),
+        (val_h, val_t) if val_t else None,
+        lambda ep, n: logger.info("SASRec epoch %d: validation NDCG@10 %.4f", ep, n),
     )
+    logger.info("SASRec: best validation at epoch %d", sasrec.best_epoch)
     svc_mask = {
         s: torch.tensor([False] + [service_of[i].value == s for i in item_ids])
         for s in {p.service for ps in prompts.values() for p in ps}
