@@ -385,6 +385,16 @@ def eval_cmd(
             m = groups["all"]
             t.add_row(name, regime, *(f"{m[k]:.4f}" for k in ("R@5", "N@5", "R@10", "N@10")))
     console.print(t)
+    check = res["checks"]["full history >= private"]
+    if check["ok"]:
+        console.print("check: the full history never scores below the private session")
+    else:
+        for v in check["violations"]:
+            console.print(
+                f"[red]check failed[/]: {v['model']} {v['group']} {v['metric']}: full history "
+                f"{v['full']:.4f} < private {v['private']:.4f}"
+            )
+    console.print("seconds per model: " + ", ".join(f"{k} {v}" for k, v in res["seconds"].items()))
 
 
 @app.command("eval-adapters")

@@ -39,7 +39,7 @@ from userlayer.tools.train.examples import (
     target_offset,
 )
 
-__all__ = ["EvalConfig", "evaluate", "rank_generative", "sasrec_results"]
+__all__ = ["EvalConfig", "evaluate", "full_history_check", "rank_generative", "sasrec_results"]
 
 REGIMES = ("full", "private")
 logger = logging.getLogger(__name__)
@@ -90,6 +90,29 @@ def rank_generative(
         if tick is not None:
             tick(len(chunk))
     return acc.result()
+
+
+def full_history_check(results: dict[str, Any]) -> dict[str, Any]:
+    """Where a model scores lower with the whole history than with the private session.
+
+    More of the user's history must never make the base worse (the same users,
+    the same targets): every model, every group (all, each service), R@10 and
+    N@10. Returns ``{"ok": bool, "violations": [...]}``, each violation naming
+    the model, group, metric and both values.
+    """
+    bad = []
+    for name, by_regime in results.items():
+        full, private = by_regime.get("full"), by_regime.get("private")
+        if not full or not private:
+            continue
+        for group, m in full.items():
+            for metric in ("R@10", "N@10"):
+                f, p = m.get(metric), private.get(group, {}).get(metric)
+                if f is not None and p is not None and f < p:
+                    bad.append(
+                        {"model": name, "group": group, "metric": metric, "full": f, "private": p}
+                    )
+    return {"ok": not bad, "violations": bad}
 
 
 def sasrec_results(
@@ -210,6 +233,7 @@ def evaluate(
             "ranking": "items of the target's service",
         },
         "results": results,
+        "checks": {"full history >= private": full_history_check(results)},
         "seconds": {k: round(v, 1) for k, v in timings.items()},
         "data": str(data_dir),
         "model": None if model_dir is None else str(model_dir),

@@ -35,3 +35,24 @@ def test_accumulator_groups() -> None:
     assert res["all"]["R@10"] == pytest.approx(2 / 3)
     assert res["kuper"] == {"R@5": 1.0, "N@5": 1.0, "R@10": 1.0, "N@10": 1.0, "n": 1}
     assert res["samokat"]["N@5"] == pytest.approx(0.5 / math.log2(3))
+
+
+def test_full_history_check_names_every_group_where_private_wins() -> None:
+    from userlayer.tools.eval.evaluate import full_history_check
+
+    m = {"R@10": 0.3, "N@10": 0.2}
+    results = {
+        "generative": {
+            "full": {"all": m, "kuper": {"R@10": 0.1, "N@10": 0.2}},
+            "private": {"all": m, "kuper": {"R@10": 0.2, "N@10": 0.1}},
+        },
+        "popularity": {"full": {"all": m}, "private": {"all": m}},
+        "one regime only": {"full": {"all": m}},
+    }
+    out = full_history_check(results)
+    assert not out["ok"]
+    assert out["violations"] == [
+        {"model": "generative", "group": "kuper", "metric": "R@10", "full": 0.1, "private": 0.2}
+    ]
+    results["generative"]["full"]["kuper"]["R@10"] = 0.2  # a tie is not lower
+    assert full_history_check(results) == {"ok": True, "violations": []}
