@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ import torch
 
 from userlayer.cloud.engine.engine import Engine, EngineConfig, EngineRequest
 from userlayer.cloud.engine.export import ensure_onnx
+from userlayer.sdk.critique import parse_critique
 from userlayer.sdk.model import new_adapter
 from userlayer.sdk.schemas import Context, Daypart, Mode
 from userlayer.tools.bench.naive import NaivePeftServer
@@ -84,6 +85,20 @@ def _adapters(e: Engine, users: int, seed: int) -> list[dict[str, np.ndarray]]:
         a, b = pool[u % 16], pool[(u * 7 + 3) % 16]
         w = np.float32((u % 97) / 97)
         out.append({k: w * a[k] + (1 - w) * b[k] for k in a})
+    return out
+
+
+CRITIQUES = ("подешевле", "без мяса", "другой бренд", "полезнее", "no sugar, cheaper")
+
+
+def _with_critiques(e: Engine, reqs: Sequence[EngineRequest]) -> list[EngineRequest] | None:
+    """The same requests, each with a critique (parsed and masked as the service does)."""
+    if e.catalog is None:
+        return None
+    out = []
+    for i, r in enumerate(reqs):
+        v = e.catalog.apply(parse_critique(CRITIQUES[i % len(CRITIQUES)]), r.session)
+        out.append(replace(r, allowed=v.allowed, bonus=v.steer))
     return out
 
 
@@ -184,6 +199,22 @@ def bench_serving(model_dir: str | Path, cfg: ServingBenchConfig, command: str) 
                 "ratio": sb / sa,
             }
             results[f"{backend}/{b}"] = res
+            crit = _with_critiques(e, with_ad) if b == max(cfg.batches) else None
+            if crit is not None:  # what a critique adds: parsing, masks, the masked search
+                t_plain, t_crit = [], []
+                for _ in range(2):
+                    t_plain.append(_time(e, with_ad, cfg.repeats))
+                    t_start = time.perf_counter()
+                    crit = _with_critiques(e, with_ad)
+                    parse = time.perf_counter() - t_start
+                    assert crit is not None
+                    t_crit.append(_time(e, crit, cfg.repeats) + parse)
+                sp, sc = min(t_plain), min(t_crit)
+                results[f"{backend}/{b}/critiques"] = {
+                    "rows_per_s_adapters": b / sp,
+                    "rows_per_s_adapters_critiques": b / sc,
+                    "ms_added_per_request": (sc - sp) * 1000 / b,
+                }
             rows.append(
                 [
                     backend,
@@ -221,6 +252,14 @@ def bench_serving(model_dir: str | Path, cfg: ServingBenchConfig, command: str) 
     ]
     notes += [
         f"onnxruntime / torch rows/s with adapters, batch {b}: {r:.2f}x" for b, r in ratios.items()
+    ]
+    notes += [
+        f"{ck.split('/')[0]}, batch {ck.split('/')[1]}, every row with a critique "
+        f"({', '.join(CRITIQUES)}; parsed, masked and searched): "
+        f"{cv['rows_per_s_adapters_critiques']:.0f} vs {cv['rows_per_s_adapters']:.0f} rows/s "
+        f"without, {cv['ms_added_per_request']:+.2f} ms per request"
+        for ck, cv in results.items()
+        if ck.endswith("/critiques")
     ]
     if cfg.naive:
         notes.append(

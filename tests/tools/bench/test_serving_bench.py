@@ -26,3 +26,6 @@ def test_bench_serving_smoke(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert res["naive_peft/4"]["engine_vs_naive"] > 0
     assert (model / "onnx" / "prefill.onnx").exists()
     assert "| onnxruntime | 4 |" in md.read_text()
+    for key in ("onnxruntime/4/critiques", "torch/4/critiques"):  # the model has catalog.json
+        assert res[key]["rows_per_s_adapters_critiques"] > 0
+    assert "every row with a critique" in md.read_text()
