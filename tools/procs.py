@@ -47,18 +47,16 @@ def free_port() -> int:
 
 
 def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group ``pgid`` (Linux ``/proc``)."""
+    """Live (non-zombie) processes in process group ``pgid`` (psutil; any POSIX system)."""
+    import psutil
+
     out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
+    for p in psutil.process_iter(["status"]):
         try:
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            out.append(int(d.name))
+            if p.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(p.pid) == pgid:
+                out.append(p.pid)
+        except (ProcessLookupError, psutil.Error):
+            continue  # gone meanwhile
     return out
 
 
