@@ -17,15 +17,18 @@ Wire format (all integers big-endian)::
       .   n  safetensors bytes (float32 or float16, names == manifest)
       .  64  Ed25519 signature over every byte before it
 
-    encrypted package (sign, then encrypt)
+    encrypted package (sign, then encrypt): HPKE, RFC 9180, base mode
       0   4  magic  b"ULAP"
-      4   1  version 0x01
+      4   1  version 0x02 (sealing format 2)
       5   1  kind    0x01 (sealed to a recipient)
-      6  32  ephemeral X25519 public key
-      38 12  nonce (random, made here)
-      50  .  AES-256-GCM(plain package) with the 38 header bytes as
-             associated data; key = HKDF-SHA256(X25519 shared secret,
-             salt = ephemeral pub || recipient pub, info = b"userlayer.adapter/1")
+      6   .  HPKE single-shot ciphertext (the 32-byte encapsulated key, then
+             AES-256-GCM of the plain package) of the suite DHKEM(X25519,
+             HKDF-SHA256), HKDF-SHA256, AES-256-GCM (cryptography's ``hpke``),
+             with info = b"userlayer.sealed/2" || the 6 header bytes
+
+    Sealing format 1 (version 0x01, kind 0x01: X25519, HKDF and AES-GCM
+    assembled by hand) is refused with an error that says to seal again; the
+    registry keeps only plain packages, so nothing stored is in it.
 
 :func:`open_package` checks, in this order and before anything is used: the
 framing, the signature against the trusted signer named in the manifest,
@@ -49,11 +52,10 @@ from typing import Any
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
 from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
@@ -81,8 +83,11 @@ ADAPTER_FORMAT = "userlayer.adapter/2"
 # privacy record says unit "example" and rng "unrecorded (format 1)"
 LEGACY_FORMATS = ("userlayer.adapter/1",)
 MAGIC = b"ULAP"
-VERSION = 1
+VERSION = 1  # of the plain package
+SEALED_VERSION = 2  # of the sealing (HPKE); 1 was the hand-assembled scheme, refused
 KIND_PLAIN, KIND_SEALED = 0, 1
+_HPKE = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.AES_256_GCM)
+_HPKE_INFO = b"userlayer.sealed/2"
 SIG_LEN = 64
 MAX_VERSION = (1 << 31) - 1
 MAX_FAVOURITES = 64
@@ -426,33 +431,24 @@ def seal_package(
     plain = body + signing_key.sign(body)
     if recipient is None:
         return plain
-    eph = X25519PrivateKey.generate()
-    eph_pub = eph.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
-    nonce = os.urandom(12)
-    header = MAGIC + bytes([VERSION, KIND_SEALED]) + eph_pub
-    key = _kdf(eph.exchange(recipient), eph_pub, recipient)
-    return header + nonce + AESGCM(key).encrypt(nonce, plain, header)
-
-
-def _kdf(shared: bytes, eph_pub: bytes, recipient: X25519PublicKey) -> bytes:
-    rpub = recipient.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=eph_pub + rpub, info=ADAPTER_FORMAT.encode()
-    ).derive(shared)
+    header = MAGIC + bytes([SEALED_VERSION, KIND_SEALED])
+    return header + _HPKE.encrypt(plain, recipient, info=_HPKE_INFO + header)
 
 
 def _decrypt(blob: bytes, recipient_key: X25519PrivateKey | None) -> bytes:
+    if blob[4] == 1:
+        raise AdapterError(
+            "package is sealed with sealing format 1 (X25519 + HKDF + AES-GCM by hand), which "
+            "is no longer read: seal it again with this version (HPKE, RFC 9180, format 2)"
+        )
+    if blob[4] != SEALED_VERSION:
+        raise AdapterError(f"unsupported sealing format {blob[4]}")
     if recipient_key is None:
         raise AdapterError("package is encrypted to a recipient but no recipient key was given")
-    if len(blob) < 50 + 16:
+    if len(blob) < 6 + 32 + 16:
         raise AdapterError(f"encrypted package truncated ({len(blob)} bytes)")
-    header, nonce, ct = blob[:38], blob[38:50], blob[50:]
     try:
-        eph = X25519PublicKey.from_public_bytes(header[6:38])
-        key = _kdf(recipient_key.exchange(eph), header[6:38], recipient_key.public_key())
-        return AESGCM(key).decrypt(nonce, ct, header)
+        return _HPKE.decrypt(blob[6:], recipient_key, info=_HPKE_INFO + blob[:6])
     except (InvalidTag, ValueError) as e:
         raise AdapterError("package does not decrypt with this recipient key (tampered?)") from e
 
@@ -492,7 +488,7 @@ def open_package(
     blob = bytes(blob)
     if len(blob) < 6 or blob[:4] != MAGIC:
         raise AdapterError("not an adapter package (bad magic)")
-    if blob[4] != VERSION:
+    if blob[4] != VERSION and blob[5] != KIND_SEALED:
         raise AdapterError(f"unsupported package version {blob[4]}")
     if blob[5] == KIND_SEALED:
         blob = _decrypt(blob, recipient_key)

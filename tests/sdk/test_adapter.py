@@ -22,6 +22,7 @@ from userlayer.sdk.adapter import (
     save_signing_key,
     seal_package,
     to_peft,
+    unseal,
 )
 from userlayer.sdk.exceptions import AdapterError
 from userlayer.sdk.model import (
@@ -94,6 +95,47 @@ def test_round_trip_plain_and_encrypted(key: Ed25519PrivateKey, trusted: dict) -
         open_package(sealed, trusted, _expect())
     with pytest.raises(AdapterError, match="does not decrypt"):
         open_package(sealed, trusted, _expect(), recipient_key=X25519PrivateKey.generate())
+
+
+def test_sealing_is_hpke_and_the_old_scheme_is_refused_clearly(
+    key: Ed25519PrivateKey, trusted: dict
+) -> None:
+    """Sealing format 2 is RFC 9180 HPKE (cryptography's): it opens with the standard suite.
+
+    A format-1 package (X25519 + HKDF + AES-GCM assembled by hand) gets an error
+    that says to seal again; a changed header byte does not decrypt.
+    """
+    import os
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    cloud = X25519PrivateKey.generate()
+    plain = seal_package(_fields(), _tensors(), key)
+    sealed = seal_package(_fields(), _tensors(), key, recipient=cloud.public_key())
+    assert sealed[:6] == b"ULAP\x02\x01"
+    suite = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.AES_256_GCM)  # an independent opener
+    inner = suite.decrypt(sealed[6:], cloud, info=b"userlayer.sealed/2" + sealed[:6])
+    assert inner[:6] == b"ULAP\x01\x00" and open_package(inner, trusted, _expect())
+    assert seal_package(_fields(), _tensors(), key, recipient=cloud.public_key()) != sealed
+    with pytest.raises(AdapterError, match="unsupported sealing format 3"):
+        open_package(sealed[:4] + b"\x03" + sealed[5:], trusted, _expect(), recipient_key=cloud)
+    # the old scheme, as it was built
+    eph = X25519PrivateKey.generate()
+    raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    eph_pub, rpub = eph.public_key().public_bytes(*raw), cloud.public_key().public_bytes(*raw)
+    header = b"ULAP\x01\x01" + eph_pub
+    k = HKDF(hashes.SHA256(), 32, eph_pub + rpub, b"userlayer.adapter/1").derive(
+        eph.exchange(cloud.public_key())
+    )
+    nonce = os.urandom(12)
+    old = header + nonce + AESGCM(k).encrypt(nonce, plain, header)
+    with pytest.raises(AdapterError, match=r"sealing format 1.*seal it again"):
+        open_package(old, trusted, _expect(), recipient_key=cloud)
+    with pytest.raises(AdapterError, match="sealing format 1"):
+        unseal(old, cloud)
 
 
 def test_every_flipped_byte_is_rejected(key: Ed25519PrivateKey, trusted: dict) -> None:
