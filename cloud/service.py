@@ -14,12 +14,15 @@ slots).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+
+import numpy as np
 
 from userlayer.cloud.engine.engine import Engine, EngineRequest
 from userlayer.cloud.metrics import Metrics
@@ -36,6 +39,8 @@ from userlayer.sdk.api import (
     RecommendResponse,
 )
 from userlayer.sdk.critique import Verdict, parse_critique
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Metrics", "Serving"]
 
@@ -133,29 +138,43 @@ class Serving:
         return _Row(slot, got.info.version, None, got.favourites)
 
     def _critique(self, r: RecommendRequest) -> tuple[CritiqueResult, Verdict] | None:
-        """A request's critique, understood and turned into masks (None: it has none)."""
+        """A request's critique, understood and turned into masks (None: it has none).
+
+        A critique that cannot be applied for a reason of ours (a defect) answers
+        this row with no item and a flag, never items that might break it, and
+        never fails the other rows of the batch.
+        """
         if r.critique is None or not r.critique.strip():
             return None
-        c = parse_critique(r.critique)
-        catalog = self.engine.catalog
-        if catalog is None:
-            flags = list(c.flags)
-            if c.understood:
-                flags.append("the model has no catalog attributes (catalog.json): ignored")
-            v = Verdict(None, (), tuple(flags))
+        try:
+            c = parse_critique(r.critique)
+            catalog = self.engine.catalog
+            if catalog is None:
+                flags = list(c.flags)
+                if c.understood:
+                    flags.append("the model has no catalog attributes (catalog.json): ignored")
+                v = Verdict(None, (), tuple(flags))
+            else:
+                v = catalog.apply(c, r.session)
+            steer = list(c.steer) if v.steer is not None else []
+            if steer and self.engine.cfg.search != "tensor":
+                v = Verdict(v.allowed, v.applied, (*v.flags, "soft steer: not applied by the "
+                            "reference search"), None)  # fmt: skip
+                steer = []
+        except Exception:  # a defect of ours: this row only, and safely
+            logger.exception("a critique could not be applied")
+            n = len(self.engine.tensor_trie.items)
+            v = Verdict(np.zeros(n, dtype=bool), (), ("critique could not be applied: no item",))
+            c_lang = "unknown"
+            steer = []
         else:
-            v = catalog.apply(c, r.session)
+            c_lang = c.language
         outcome = "applied" if v.applied or v.steer is not None else "ignored"
         self.metrics.critiques.labels(outcome).inc()
-        return (
-            CritiqueResult(
-                language=c.language,
-                applied=list(v.applied),
-                steer=list(c.steer) if v.steer is not None else [],
-                flags=list(v.flags),
-            ),
-            v,
+        result = CritiqueResult(
+            language=c_lang, applied=list(v.applied), steer=steer, flags=list(v.flags)
         )
+        return result, v
 
     def run_batch(self, reqs: Sequence[RecommendRequest]) -> list[RecommendResponse]:
         """Recommend for a batch of requests (one engine call)."""

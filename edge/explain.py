@@ -82,8 +82,8 @@ class ExplainConfig:
     def __post_init__(self) -> None:
         if self.history < 1 or self.max_reasons < 1 or self.batch_rows < 1:
             raise ExplainError("`history`, `max_reasons` and `batch_rows` should be at least 1")
-        if not self.min_drop >= 0:
-            raise ExplainError(f"`min_drop` should be >= 0, got {self.min_drop}")
+        if not self.min_drop > 0:  # 0 would cite evidence whose removal changes nothing
+            raise ExplainError(f"`min_drop` should be > 0 nats, got {self.min_drop}")
         if self.language not in LANGUAGES:
             raise ExplainError(f"`language` should be one of {LANGUAGES}, got {self.language!r}")
 
@@ -106,6 +106,8 @@ class Evidence:
     item_id: str = ""  # the past event's item (events)
     value: str = ""  # the context field's value (context)
     days_ago: float | None = None  # age of the past event at the request's time
+    action: str = ""  # the past event's action (purchase, add_to_cart, view, rate)
+    when: datetime | None = None  # the past event's time (narratives count calendar days)
 
 
 @dataclass(frozen=True)
@@ -321,7 +323,14 @@ class Explainer:
                 if unit.kind == "event":
                     e = req.history[unit.index]
                     cited.append(
-                        Evidence(unit, d, item_id=e.item_id, days_ago=_days(now, e.timestamp))
+                        Evidence(
+                            unit,
+                            d,
+                            item_id=e.item_id,
+                            days_ago=_days(now, e.timestamp),
+                            action=e.action.value,
+                            when=e.timestamp,
+                        )
                     )
                 else:
                     value = getattr(req.context, unit.field)
@@ -341,9 +350,15 @@ _WORDS: dict[str, dict[str, Any]] = {
             " ни одно отдельное событие или обстоятельство не выделяется."
         ),
         "and": " и ",
-        "event": "вы брали «{t}» {ago}",
+        "event": {
+            "purchase": "вы брали «{t}» {ago}",
+            "add_to_cart": "вы добавляли в корзину «{t}» {ago}",
+            "view": "вы смотрели «{t}» {ago}",
+            "rate": "вы оценили «{t}» {ago}",
+        },
         "again": "вы берёте это примерно раз в {gap} дн., последний раз {ago}",
         "once": "вы уже брали это {ago}",
+        "seen": "вы уже смотрели это {ago}",
         "today": "сегодня",
         "yesterday": "вчера",
         "days": "{n} дн. назад",
@@ -388,9 +403,15 @@ _WORDS: dict[str, dict[str, Any]] = {
             "“{t}”: fits your purchases as a whole; no single event or circumstance stands out."
         ),
         "and": " and ",
-        "event": "you had “{t}” {ago}",
+        "event": {
+            "purchase": "you had “{t}” {ago}",
+            "add_to_cart": "you put “{t}” in your cart {ago}",
+            "view": "you looked at “{t}” {ago}",
+            "rate": "you rated “{t}” {ago}",
+        },
         "again": "you buy it about every {gap} days, last {ago}",
         "once": "you already had it {ago}",
+        "seen": "you already looked at it {ago}",
         "today": "today",
         "yesterday": "yesterday",
         "days": "{n} days ago",
@@ -432,19 +453,33 @@ _WORDS: dict[str, dict[str, Any]] = {
 }
 
 
-def _ago(days: float, w: Mapping[str, Any]) -> str:
-    n = int(days)
-    if n == 0:
+def _calendar_days(now: datetime, then: datetime) -> int:
+    """Calendar days from ``then`` to ``now``, in ``now``'s time zone (yesterday is 1)."""
+    zone = now.tzinfo or UTC
+    return max(0, (now.astimezone(zone).date() - then.astimezone(zone).date()).days)
+
+
+def _ago(days: int, w: Mapping[str, Any]) -> str:
+    if days == 0:
         return str(w["today"])
-    if n == 1:
+    if days == 1:
         return str(w["yesterday"])
-    return str(w["days"]).format(n=n)
+    return str(w["days"]).format(n=days)
+
+
+_BOUGHT = ("purchase", "add_to_cart")
 
 
 def _repurchase(item: str, history: Sequence[Event], now: datetime, w: Mapping[str, Any]) -> str:
-    times = sorted(e.timestamp for e in history if e.item_id == item)
-    ago = _ago(_days(now, times[-1]), w)
-    gaps = [_days(b, a) for a, b in itertools.pairwise(times) if _days(b, a) >= 0.5]
+    """The same item before: its purchase cycle, or that it was bought or seen once."""
+    mine = sorted((e for e in history if e.item_id == item), key=lambda e: e.timestamp)
+    bought = [e.timestamp for e in mine if e.action.value == "purchase"]
+    if not bought:
+        last = mine[-1]
+        key = "once" if last.action.value in _BOUGHT else "seen"
+        return str(w[key]).format(ago=_ago(_calendar_days(now, last.timestamp), w))
+    ago = _ago(_calendar_days(now, bought[-1]), w)
+    gaps = [_days(b, a) for a, b in itertools.pairwise(bought) if _days(b, a) >= 0.5]
     if not gaps:
         return str(w["once"]).format(ago=ago)
     return str(w["again"]).format(gap=max(1, round(statistics.median(gaps))), ago=ago)
@@ -461,7 +496,9 @@ def render(
     """The narrative of one item from its cited evidence (templates, no model).
 
     A cited past event of the same item is told as its repurchase cycle (the
-    median gap between the user's events of that item, the last one's age).
+    median gap between the user's purchases of that item, the last one's age);
+    each other event with its own action's verb (bought, put in the cart,
+    looked at, rated) and its age in calendar days.
     """
     w = _WORDS[lang]
     title = titles.get(item, item)
@@ -476,8 +513,10 @@ def render(
                     reasons.append(_repurchase(item, history, now, w))
                     said_again = True
                 continue
-            ago = _ago(ev.days_ago or 0.0, w)
-            reasons.append(str(w["event"]).format(t=titles.get(ev.item_id, ev.item_id), ago=ago))
+            days = _calendar_days(now, ev.when) if ev.when else int(ev.days_ago or 0)
+            ago = _ago(days, w)
+            verb = w["event"].get(ev.action, w["event"]["purchase"])
+            reasons.append(str(verb).format(t=titles.get(ev.item_id, ev.item_id), ago=ago))
         elif ev.unit.field == "weekday":
             reasons.append(str(w["weekday"][int(ev.value)]))
         else:

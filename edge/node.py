@@ -213,7 +213,7 @@ class EdgeNode:
         service: Service | str,
         context: Context | None = None,
         now: datetime | None = None,
-        language: str = "ru",
+        language: str | None = None,
         titles: Mapping[str, str] | None = None,
         config: ExplainConfig | None = None,
     ) -> list[Explanation]:
@@ -221,9 +221,14 @@ class EdgeNode:
 
         ``items``: item ids or the API's recommendation objects (anything with
         ``item_id``), as returned for ``service``; ``context``: the request's
-        context; ``titles``: catalog titles for the narrative (else ids). The
-        local model is the base with the user's layer when one was trained by
-        this node, else the base alone. Nothing is sent anywhere: the
+        context; ``titles``: catalog titles for the narrative (else ids);
+        ``language``: ``ru`` or ``en`` (default: ``config``'s, else ``ru``).
+        The local model is the base with the layer this node trained for
+        ``service`` (else the base alone), and the history is the events the
+        user's consent lets shape ``service``. This is the user's whole recent
+        history, not the private session the cloud scored: the explanation
+        says why the item suits the user, from what only the edge holds.
+        Nothing is sent anywhere: the
         attribution runs on the decrypted history in memory, and neither the
         narrative nor its evidence leaves this machine.
 
@@ -233,16 +238,15 @@ class EdgeNode:
         """
         _check_user(user_id)
         ids = [i if isinstance(i, str) else str(i.item_id) for i in items]
+        svc = Service(service).value
         trained = self._trained.get(user_id)
-        adapter = None
-        if trained is not None:
-            svc = Service(service).value
-            adapter = trained.result.adapters.get(svc, trained.result.adapter)
-        xp = Explainer(
-            self.model, self.table, adapter, self.acfg, config or ExplainConfig(language=language)
-        )
-        events = self.store.events(user_id)  # decrypted in memory only
-        return xp.explain(events, service, ids, context, now, titles, language)
+        # the layer made for this service (its consent group's), never another group's
+        adapter = None if trained is None else trained.result.adapters.get(svc)
+        cfg = config or ExplainConfig(language=language or ExplainConfig().language)
+        xp = Explainer(self.model, self.table, adapter, self.acfg, cfg)
+        # only the events the user lets shape this service's recommendations
+        events = self.store.events(user_id, services=self.consent(user_id).allowed(svc))
+        return xp.explain(events, svc, ids, context, now, titles, language or cfg.language)
 
     # -- privacy
 

@@ -24,10 +24,13 @@ goes on without it; nothing here raises on odd text.
 
 from __future__ import annotations
 
+import bisect
 import json
+import math
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +54,7 @@ __all__ = [
 
 CATALOG_FILE = "catalog.json"  # in a model directory: the items' public attributes
 CATALOG_FORMAT = "userlayer.catalog/1"
+MAX_CATALOG_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -168,75 +172,70 @@ CONCEPTS: dict[str, _Concept] = {
     ),
     "nuts": _Concept(
         ("орех", "nut"),
-        ("nut", "peanut", "almond", "hazelnut", "орех", "арахис", "миндал", "фундук"),
+        (
+            "nut",
+            "peanut",
+            "almond",
+            "hazelnut",
+            "walnut",
+            "pistachio",
+            "cashew",
+            "pecan",
+            "macadamia",
+            "praline",
+            "орех",
+            "арахис",
+            "миндал",
+            "фундук",
+            "фисташ",
+            "кешью",
+            "пекан",
+            "макадами",
+            "пралине",
+        ),
         ru="орехов",
     ),
 }
 
-_LOWER = ("дешевл", "подешевл", "бюджетн", "эконом", "недорог", "cheaper", "cheap", "budget")
-_LOWER_PHRASES = (
-    "less expensive",
-    "lower price",
-    "не так дорого",
-    "не дорого",
-    "не слишком дорого",
-    "not expensive",
-    "not so expensive",
-    "not too expensive",
-)
-_HIGHER = ("дороже", "подороже", "премиум", "pricier", "premium")
-_HIGHER_PHRASES = ("more expensive", "higher price", "better quality", "получше")
-_BRAND = (
-    "другой бренд",
-    "другого бренда",
-    "другую марку",
-    "другой марки",
-    "другого производител",
-    "другой фирм",
-    "не этот бренд",
-    "another brand",
-    "different brand",
-    "other brand",
-    "not this brand",
-)
+# price words: (stem, direction); a negation just before inverts a comparative
+# ("не дороже" = no dearer = cheaper), while "дорого"/"expensive" alone is a complaint
+# (cheaper) whatever precedes it ("не дорого", "too expensive", "not expensive")
+_CHEAPER = ("дешевл", "подешевл", "бюджетн", "эконом", "недорог", "cheaper", "cheap", "budget")
+_DEARER = ("дороже", "подороже", "премиум", "pricier", "premium", "dearer", "upscale")
+_COMPLAINT = ("дорого", "дорогой", "дорогое", "дорогая", "expensive", "overpriced")
+_MORE = ("more", "более", "higher", "выше", "better", "получше", "лучше")
+_NEG = {"не", "not", "no", "нет", "never", "less", "dont", "don't", "doesn't", "isn't"}
+_BRAND_WORDS = ("бренд", "марк", "производител", "фирм", "brand", "make", "maker", "label")
+_OTHER = ("друг", "другой", "иной", "another", "different", "other", "new")
 _STEERS: dict[str, tuple[str, ...]] = {
-    "healthier": ("полезн", "здоров", "диетич", "пп ", "healthier", "healthy", "diet"),
-    "kids": ("ребён", "ребен", "детск", "детей", "малыш", "child", "kid", "baby"),
+    "healthier": ("полезн", "здоров", "диетич", "healthier", "healthy", "diet"),
+    "kids": ("ребён", "ребен", "детск", "детей", "малыш", "child", "kids", "baby", "toddler"),
     "bigger": ("побольше", "больше", "крупн", "семейн", "bigger", "larger", "family"),
     "smaller": ("поменьше", "меньше", "маленьк", "smaller", "mini"),
 }
-_NEGATIONS = (
-    r"не хочу",
-    r"не надо",
-    r"не нужно",
-    r"без",
-    r"не",
-    r"don'?t want",
-    r"no",
-    r"without",
-    r"not",
-    r"free of",
-    r"nothing with",
-)
-_STOP = {"a", "an", "the", "any", "more", "please", "пожалуйста", "всяких", "никаких", "и", "and"}
+_STEER_WORDS = {"kid": "kids"}  # whole words only ("kid", not "kidney")
+# "without X": the words that open it, and what may stand between it and X
+_WITHOUT = {"без", "without", "no", "not", "не", "free", "nothing", "exclude", "исключи"}
+_WITHOUT_PAIRS = {("don't", "want"), ("dont", "want"), ("не", "хочу"), ("не", "надо")}
 _FILLER = {
-    "this",
-    "that",
-    "этот",
-    "эту",
-    "это",
-    "этого",
-    "этих",
-    "так",
-    "такой",
-    "такого",
-    "so",
-    "too",
-    "very",
-    "очень",
-    "хочу",
-}
+    "this", "that", "these", "any", "the", "a", "an", "of", "with", "so", "too", "very",
+    "like", "love", "want", "need", "more", "этот", "эту", "это", "этого", "этих", "так",
+    "такой", "такого", "очень", "хочу", "надо", "нужно", "люблю", "всяких", "никаких",
+    "i", "я", "мне", "please", "пожалуйста",
+}  # fmt: skip
+_AND = {"и", "или", "ни", "and", "or", "nor"}
+_STOP = {
+    "but", "но", "а", "for", "для", "please", "пожалуйста", "thanks", "thank", "спасибо",
+    "instead", "вместо", "just", "только", "something", "что-нибудь", "что-то",
+}  # fmt: skip
+MAX_WITHOUT = 5  # "without" terms read from one critique (the rest is flagged)
+_TOKEN = re.compile(r"[\w\-']+|[,.;:!?()]", re.UNICODE)
 _WORD = re.compile(r"[\w\-]+", re.UNICODE)
+_RU_ENDINGS = (
+    "ами", "ями", "ого", "его", "ому", "ему", "ыми", "ими", "ов", "ев", "ей", "ой", "ом",
+    "ем", "ах", "ях", "ую", "юю", "ая", "яя", "ое", "ее", "ые", "ие", "ым", "им", "а", "я",
+    "у", "ю", "ы", "и", "е", "о", "ь", "й",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -270,15 +269,18 @@ def _language(text: str) -> str:
     return "ru" if cyr >= lat else "en"
 
 
-def _stem(word: str, lang: str) -> str:
-    """A crude prefix stem: Russian loses its ending, English its plural."""
-    if lang == "ru" or re.search(r"[а-яё]", word):
-        return word[: max(4, len(word) - 2)] if len(word) > 4 else word
+def _stem(word: str) -> str:
+    """A crude prefix stem: Russian loses a case ending, English its plural (>= 3 letters)."""
+    if re.search(r"[а-я]", word):
+        for end in _RU_ENDINGS:
+            if word.endswith(end) and len(word) - len(end) >= 3:
+                return word[: -len(end)]
+        return word
     if word.endswith("ies") and len(word) > 4:
         return word[:-3] + "y"
-    if word.endswith("es") and len(word) > 4:
+    if word.endswith("es") and len(word) > 4 and word[-3] in "sxz":
         return word[:-2]
-    if word.endswith("s") and len(word) > 3:
+    if word.endswith("s") and len(word) > 3 and not word.endswith("ss"):
         return word[:-1]
     return word
 
@@ -290,6 +292,73 @@ def _concept(word: str) -> str | None:
     return None
 
 
+def _price(tokens: list[str]) -> tuple[bool, bool]:
+    """Whether the critique asks for cheaper, and for dearer (token scan)."""
+    lower = higher = False
+    for i, t in enumerate(tokens):
+        before = tokens[max(0, i - 2) : i]
+        negated = any(b in _NEG for b in before)
+        if t in _COMPLAINT or t.startswith("недорог"):
+            if any(b in _MORE for b in before) and not negated:
+                higher = True  # "more expensive", "более дорогой"
+            else:
+                lower = True  # "дорого", "too expensive", "not expensive", "не более дорогой"
+        elif any(t.startswith(s) for s in _CHEAPER):
+            lower, higher = (lower, True) if negated else (True, higher)
+        elif any(t.startswith(s) for s in _DEARER):
+            lower, higher = (True, higher) if negated else (lower, True)
+        elif (
+            t in ("lower", "ниже")
+            and i + 1 < len(tokens)
+            and tokens[i + 1].startswith(("price", "цен"))
+        ):
+            lower = True
+    return lower, higher
+
+
+def _other_brand(tokens: list[str]) -> bool:
+    for i, t in enumerate(tokens):
+        if any(t.startswith(w) for w in _BRAND_WORDS):
+            before = tokens[max(0, i - 3) : i]
+            if any(b.startswith(_OTHER) for b in before) or ("не" in before or "not" in before):
+                return True
+    return False
+
+
+def _without(tokens: list[str]) -> tuple[list[str], bool]:
+    """The "without X" terms: concepts or word stems; and whether some were left out."""
+    out: list[str] = []
+    i, n = 0, len(tokens)
+    while i < n:
+        t = tokens[i]
+        opens = t in _WITHOUT or (i + 1 < n and (t, tokens[i + 1]) in _WITHOUT_PAIRS)
+        if t.endswith("-free") and len(t) > 5:  # "gluten-free"
+            out.append(_concept(t[:-5]) or _stem(t[:-5]))
+        if not opens:
+            i += 1
+            continue
+        j = i + 1
+        while j < n and tokens[j] not in ",.;:!?()" and tokens[j] not in _STOP:
+            w = tokens[j]
+            if w in _WITHOUT and j > i + 1:
+                break  # the next "без ...": the outer loop reads it
+            if w in _AND or w in _FILLER or w in _NEG or w in _WITHOUT:
+                j += 1
+                continue
+            if any(
+                w.startswith(s) for s in (*_BRAND_WORDS, "дорог", "expensive", *_CHEAPER, *_DEARER)
+            ):
+                break  # "не этот бренд", "не дороже": brand and price, read elsewhere
+            if any(w.startswith(s) for keys in _STEERS.values() for s in keys):
+                break  # "не меньше" is a size, not an ingredient
+            if len(w) >= 3 and not w.isdigit():
+                out.append(_concept(w) or _stem(w))
+            j += 1
+        i = max(j, i + 1)
+    uniq = list(dict.fromkeys(out))
+    return uniq[:MAX_WITHOUT], len(uniq) > MAX_WITHOUT
+
+
 def parse_critique(text: str) -> Critique:
     """Understand a critique (see the module docstring); never raises on odd text.
 
@@ -299,51 +368,37 @@ def parse_critique(text: str) -> Critique:
     """
     if len(text) > MAX_CRITIQUE:
         raise ValueError(f"a critique has at most {MAX_CRITIQUE} characters, got {len(text)}")
-    low = " ".join(text.lower().replace("ё", "е").split())
+    low = " ".join(text.lower().replace("ё", "е").replace("’", "'").replace("`", "'").split())
     lang = _language(low)
     if lang == "unknown":
         return Critique(text, lang, flags=("unknown language: ignored",) if low else ())
+    tokens = _TOKEN.findall(low)
     flags: list[str] = []
-    padded = f" {low} "
-    lower = any(p in padded for p in _LOWER_PHRASES) or any(
-        w.startswith(s) for w in _WORD.findall(low) for s in _LOWER
-    )
-    higher = not any(p in padded for p in _LOWER_PHRASES) and (
-        any(p in padded for p in _HIGHER_PHRASES)
-        or any(w.startswith(s) for w in _WORD.findall(low) for s in _HIGHER)
-    )
+    lower, higher = _price(tokens)
     price = None
     if lower and higher:
         flags.append("contradictory: cheaper and more expensive; price ignored")
     elif lower or higher:
         price = "lower" if lower else "higher"
-    other_brand = any(p in padded for p in _BRAND)
-    without: list[str] = []
-    neg = "|".join(_NEGATIONS)
-    for m in re.finditer(rf"(?:^|\s)(?:{neg})\s+([\w\-]+)(?:\s+([\w\-]+))?", low):
-        words = [w for w in m.groups() if w and w not in _STOP and w not in _FILLER]
-        if not words:
-            continue
-        w = words[0]
-        if any(w.startswith(s) for s in ("дорог", "expensive", "бренд", "brand", "марк")):
-            continue  # "не дорого", "not this brand": price and brand, handled above
-        name = _concept(w)
-        without.append(name if name else _stem(w, lang))
-    for m in re.finditer(r"([\w]+)-free\b", low):
-        name = _concept(m.group(1))
-        without.append(name if name else _stem(m.group(1), lang))
-    steer = [s for s, keys in _STEERS.items() if any(k in padded for k in keys)]
+    without, cut = _without(tokens)
+    if cut:
+        flags.append(f"more than {MAX_WITHOUT} things to go without: only the first used")
+    steer: list[str] = []
+    for i, w in enumerate(tokens):
+        for s, keys in _STEERS.items():
+            if w.startswith(keys) or _STEER_WORDS.get(w) == s:
+                negated = any(b in _NEG for b in tokens[max(0, i - 2) : i])
+                if negated and s in ("bigger", "smaller"):  # "не меньше": not smaller
+                    s = "smaller" if s == "bigger" else "bigger"
+                elif negated:
+                    continue  # "not for kids", "не полезное": no steer either way
+                steer.append(s)
+    steer = list(dict.fromkeys(steer))
     if "bigger" in steer and "smaller" in steer:
         flags.append("contradictory: bigger and smaller; size ignored")
         steer = [s for s in steer if s not in ("bigger", "smaller")]
     crit = Critique(
-        text,
-        lang,
-        price,
-        other_brand,
-        tuple(dict.fromkeys(without)),
-        tuple(steer),
-        tuple(flags),
+        text, lang, price, _other_brand(tokens), tuple(without), tuple(steer), tuple(flags)
     )
     if not crit.understood and not flags:
         crit = Critique(text, lang, flags=("not understood: ignored",))
@@ -377,19 +432,22 @@ def _norm(text: str) -> str:
     return " ".join(_WORD.findall(text.lower().replace("ё", "е")))
 
 
-@dataclass
 class CatalogIndex:
-    """Items' attributes as arrays, in a fixed item order, for critique masks."""
+    """Items' attributes as arrays, in a fixed item order, for critique masks.
 
-    items: Sequence[str]
-    attributes: Mapping[str, ItemAttributes]
-    _pos: dict[str, int] = field(init=False, repr=False)
-    _words: dict[str, np.ndarray] = field(init=False, repr=False)
-    _cache: dict[str, np.ndarray] = field(init=False, repr=False, default_factory=dict)
+    Built once per catalog (the engine core loads it with the model): the
+    named concepts' masks are computed here; a free word ("без кинзы") is a
+    prefix range of the sorted vocabulary (bisect), its mask kept in a
+    bounded cache, so a request never scans the catalog.
+    """
 
-    def __post_init__(self) -> None:
+    CACHE = 4096  # free-word masks kept (least recently used dropped)
+
+    def __init__(self, items: Sequence[str], attributes: Mapping[str, ItemAttributes]) -> None:
+        self.items = list(items)
+        self.attributes = dict(attributes)
         self._pos = {it: i for i, it in enumerate(self.items)}
-        n = len(self.items)
+        self._n = len(self.items)
         blank = ItemAttributes()
         attrs = [self.attributes.get(it, blank) for it in self.items]
         self.price = np.array(
@@ -397,28 +455,44 @@ class CatalogIndex:
         )
         self.brand = np.array([a.brand.strip().lower() for a in attrs], dtype=object)
         self.text = [_norm(" ".join([a.title, *a.category, a.brand])) for a in attrs]
+        self.unknown = np.array([not t for t in self.text], dtype=bool)  # nothing to read
         index: dict[str, list[int]] = {}
         for i, t in enumerate(self.text):
             for w in set(t.split()):
                 index.setdefault(w, []).append(i)
-        self._words = {w: np.array(ix, dtype=np.int64) for w, ix in index.items()}
-        self._n = n
+        self._vocab = sorted(index)
+        self._items_of = [np.array(index[w], dtype=np.int64) for w in self._vocab]
         self._size = np.array([_pack_size(a.title) for a in attrs], dtype=np.float64)
+        self._free: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._concepts = {name: self._concept_mask(c) for name, c in CONCEPTS.items()}
+        for m in self._concepts.values():
+            m.setflags(write=False)
 
     @classmethod
     def from_json(
         cls, items: Sequence[str], doc: Mapping[str, Mapping[str, object]]
     ) -> CatalogIndex:
-        """From ``catalog.json``'s mapping item id -> {title, category, brand, price}."""
+        """From ``catalog.json``'s mapping item id -> {title, category, brand, price}.
+
+        Raises:
+            CatalogError: a price that is not a finite number >= 0 (names the item).
+        """
         attrs = {}
         for it, a in doc.items():
             price = a.get("price")
+            if price is not None and (
+                isinstance(price, bool)
+                or not isinstance(price, (int, float))
+                or not math.isfinite(price)
+                or price < 0
+            ):
+                raise CatalogError(f"item {it!r}: price {price!r} is not a finite number >= 0")
             cat = a.get("category") or ()
             attrs[it] = ItemAttributes(
                 str(a.get("title") or ""),
                 tuple(str(c) for c in cat) if isinstance(cat, (list, tuple)) else (),
                 str(a.get("brand") or ""),
-                float(price) if isinstance(price, (int, float)) else None,
+                None if price is None else float(price),
             )
         return cls(items, attrs)
 
@@ -431,29 +505,47 @@ class CatalogIndex:
         return float(self._size[i])
 
     def _with_prefix(self, prefix: str) -> np.ndarray:
-        """Indices of the items with a word starting with ``prefix`` (cached)."""
-        got = self._cache.get(prefix)
-        if got is None:
-            parts = [ix for w, ix in self._words.items() if w.startswith(prefix)]
-            got = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
-            self._cache[prefix] = got
-        return got
+        """Indices of the items with a word starting with ``prefix`` (a bisect range)."""
+        lo = bisect.bisect_left(self._vocab, prefix)
+        hi = bisect.bisect_left(self._vocab, prefix + "\U0010ffff")
+        if lo >= hi:
+            return np.zeros(0, dtype=np.int64)
+        out: np.ndarray = np.unique(np.concatenate(self._items_of[lo:hi]))
+        return out
+
+    def _concept_mask(self, c: _Concept) -> np.ndarray:
+        hit = np.zeros(self._n, dtype=bool)
+        for w in c.words:
+            hit[self._with_prefix(w)] = True
+        phrases = [f" {_norm(x)} " for x in c.exempt]
+        for i in np.flatnonzero(hit):  # "No Sugar" is free of sugar; "oat milk ... cheese" is not
+            text = f" {self.text[i]} "
+            if any(p in text for p in phrases):
+                for p in phrases:
+                    text = text.replace(p, " ")
+                hit[i] = any(x.startswith(c.words) for x in text.split())
+        return hit
 
     def mentions(self, concept_or_stem: str) -> np.ndarray:
-        """Items whose text has the concept (or the stem) as a word prefix, minus exemptions."""
-        key = f"\0{concept_or_stem}"
-        got = self._cache.get(key)
-        if got is not None:
-            return got
-        hit = np.zeros(self._n, dtype=bool)
-        c = CONCEPTS.get(concept_or_stem)
-        for w in c.words if c else (concept_or_stem,):
-            hit[self._with_prefix(w)] = True
-        if c and c.exempt:
-            phrases = [_norm(x) for x in c.exempt]
-            hit &= ~np.array([any(e in t for e in phrases) for t in self.text], dtype=bool)
-        self._cache[key] = hit
-        return hit
+        """Items whose text has the concept (or the stem) as a word prefix, minus exemptions.
+
+        A new array (the cached masks stay read-only); an item with no text at
+        all counts as mentioning it (nothing shows it is free of it).
+        """
+        got = self._concepts.get(concept_or_stem)
+        if got is None:
+            got = self._free.get(concept_or_stem)
+            if got is None:
+                got = np.zeros(self._n, dtype=bool)
+                got[self._with_prefix(concept_or_stem)] = True
+                got.setflags(write=False)
+                self._free[concept_or_stem] = got
+                if len(self._free) > self.CACHE:
+                    self._free.popitem(last=False)
+            else:
+                self._free.move_to_end(concept_or_stem)
+        out: np.ndarray = got | self.unknown
+        return out
 
     def apply(self, critique: Critique, session: Sequence[str]) -> Verdict:
         """The allowed-items mask and the soft steer of a critique for a request's session."""
@@ -480,8 +572,13 @@ class CatalogIndex:
                 allowed &= self.brand != b
                 applied.append(f"brand is not {b!r}")
         for w in critique.without:
-            allowed &= ~self.mentions(w)
-            applied.append(f"without {w}")
+            m = self.mentions(w)
+            named = int((m & ~self.unknown).sum())
+            if not named:
+                flags.append(f"without {w}: no item of the catalog mentions it; ignored")
+                continue
+            allowed &= ~m
+            applied.append(f"without {w} ({named} item{'s' if named > 1 else ''})")
         steer = self.steer(critique.steer) if critique.steer else None
         return Verdict(allowed if applied else None, tuple(applied), tuple(flags), steer)
 
@@ -532,7 +629,7 @@ _HEALTHY = (
     "полезн",
     "легк",
 )
-_KIDS = ("kid", "child", "baby", "детск", "дет", "малыш", "ребен")
+_KIDS = ("kids", "child", "baby", "toddler", "детск", "детей", "малыш", "ребен")
 _UNITS = {
     "g": 1.0,
     "г": 1.0,
@@ -575,13 +672,17 @@ def load_catalog(model_dir: str | Path, items: Sequence[str]) -> CatalogIndex | 
     path = Path(model_dir) / CATALOG_FILE
     if not path.exists():
         return None
+    if path.stat().st_size > MAX_CATALOG_BYTES:
+        raise CatalogError(f"{path}: larger than {MAX_CATALOG_BYTES >> 20} MiB")
     try:
         doc = json.loads(path.read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CatalogError(f"{path}: unreadable catalog ({e})") from e
     entries = doc.get("items") if isinstance(doc, dict) else None
-    if doc.get("format") != CATALOG_FORMAT or not isinstance(entries, dict):
+    if not isinstance(doc, dict) or doc.get("format") != CATALOG_FORMAT:
         raise CatalogError(f"{path}: not a userlayer catalog (format {CATALOG_FORMAT!r})")
+    if not isinstance(entries, dict):
+        raise CatalogError(f"{path}: `items` is not an object")
     bad = [k for k, v in entries.items() if not isinstance(v, dict)]
     if bad:
         raise CatalogError(f"{path}: item {bad[0]!r} is not an object of attributes")

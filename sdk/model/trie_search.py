@@ -88,6 +88,9 @@ class TensorTrie:
         """
         out = []
         for d, nodes in enumerate(self.item_node):
+            if d == len(self.item_node) - 1:  # the last level's nodes are the items
+                out.append(allowed)
+                break
             n_next = int(self.bits[d].shape[0])
             z = torch.zeros(allowed.shape[0], n_next, dtype=torch.uint8)
             src = allowed.to(torch.uint8)
@@ -126,7 +129,7 @@ def trie_beam_search(
     )
     reach = None
     if allowed is not None:  # allowed and of the row's service, for every level's pruning
-        in_service = (trie.bits[-1][None, : len(trie.items)] & row_bits[:, None]) != 0
+        in_service = (trie.bits[-1][None, :] & row_bits[:, None]) != 0  # per item
         reach = trie.reachable(allowed & in_service)
     excl_lists = [[trie.index[i] for i in e if i in trie.index] for e in (exclude or [()] * b)]
     n_excl = max((len(e) for e in excl_lists), default=0)

@@ -205,3 +205,34 @@ def test_eval_explanations_cli(synth_data_dir: Path, tiny_model_dir: Path, tmp_p
         app, ["eval-explanations", "--data", "x", "--model", "y", "--language", "de"]
     )
     assert bad.exit_code != 0 and "language" in bad.output
+
+
+def test_narratives_use_each_events_action_and_calendar_days() -> None:
+    """Defects of the first templates: a view was told as a purchase, and an event of
+    yesterday morning, explained early today, was "today" (whole 24-hour days)."""
+    now = datetime(2026, 3, 7, 8, 0, tzinfo=UTC)
+    seen = _event("bread", now - timedelta(hours=22, minutes=48))  # 09:12 yesterday
+    seen = seen.model_copy(update={"action": Action.VIEW})
+    cited = [
+        Evidence(
+            Unit("event", 0),
+            0.4,
+            item_id="bread",
+            days_ago=0.95,
+            action="view",
+            when=seen.timestamp,
+        )
+    ]
+    assert render("milk", cited, [seen], now, {}, "ru") == "«milk»: вы смотрели «bread» вчера."
+    assert (
+        render("milk", cited, [seen], now, {}, "en") == "“milk”: you looked at “bread” yesterday."
+    )
+    # the same item only seen before: not a purchase cycle
+    again = [Evidence(Unit("event", 0), 0.4, item_id="bread", action="view")]
+    assert render("bread", again, [seen], now, {}, "ru") == "«bread»: вы уже смотрели это вчера."
+    views = [seen.model_copy(update={"timestamp": now - timedelta(days=d)}) for d in (3, 6)]
+    bought = _event("bread", now - timedelta(days=9))
+    text = render("bread", again, [*views, bought, seen], now, {}, "en")
+    assert text == "“bread”: you already had it 9 days ago."  # the views are no cycle
+    with pytest.raises(ExplainError, match="min_drop"):
+        ExplainConfig(min_drop=0)

@@ -42,7 +42,7 @@ from userlayer.sdk.exceptions import CatalogError
         ("gluten-free please", "en", None, False, ("gluten",), ()),
         ("another brand, no meat", "en", None, True, ("meat",), ()),
         ("more expensive", "en", "higher", False, (), ()),
-        ("without olives", "en", None, False, ("oliv",), ()),  # a word prefix
+        ("without olives", "en", None, False, ("olive",), ()),  # a word prefix
         ("for a kid, bigger pack", "en", None, False, (), ("kids", "bigger")),
     ],
 )
@@ -154,3 +154,94 @@ def test_catalog_file_round_trip_and_bad_files(tmp_path: Path) -> None:
     (tmp_path / CATALOG_FILE).write_text("{")
     with pytest.raises(CatalogError, match="unreadable"):
         load_catalog(tmp_path, cat.items)
+
+
+@pytest.mark.parametrize(
+    ("text", "price", "without", "steer"),
+    [
+        ("без мяса без рыбы", None, ("meat", "fish"), ()),
+        ("без мяса и рыбы", None, ("meat", "fish"), ()),
+        ("no meat or fish", None, ("meat", "fish"), ()),
+        ("no meat no fish", None, ("meat", "fish"), ()),
+        ("не дороже", "lower", (), ()),
+        ("not more expensive", "lower", (), ()),
+        ("не дешевле", "higher", (), ()),
+        ("not cheap", "higher", (), ()),
+        ("too expensive", "lower", (), ()),
+        ("I don’t want meat", None, ("meat",), ()),  # a typographic apostrophe
+        ("I do not like fish", None, ("fish",), ()),
+        ("без лука", None, ("лук",), ()),  # a case ending off: "лук" as a prefix
+        ("не меньше", None, (), ("bigger",)),
+    ],
+)
+def test_negations_conjunctions_and_case_endings(
+    text: str, price: str | None, without: tuple[str, ...], steer: tuple[str, ...]
+) -> None:
+    """Defects of the first parser: the second of two exclusions was dropped, and a
+    negated comparative ("не дороже") was read as its opposite."""
+    c = parse_critique(text)
+    assert (c.price, c.without, c.steer) == (price, without, steer)
+
+
+@pytest.mark.parametrize("text", ["no thanks", "kidney beans", "not for kids"])
+def test_words_that_only_look_like_a_critique(text: str) -> None:
+    c = parse_critique(text)
+    assert not c.understood and c.flags == ("not understood: ignored",)
+
+
+def test_exemptions_are_whole_phrases_and_cover_only_themselves() -> None:
+    attrs = {
+        "granulated": ItemAttributes("Domino Sugar Granulated, 1 kg"),
+        "yogurt": ItemAttributes("Yogurt No Sugar, 270 g", ("Dairy", "Yogurt")),
+        "oat": ItemAttributes("Oat Milk Drink, 1 l"),
+        "oat-cheese": ItemAttributes("Oat milk chocolate with cheese"),
+        "walnuts": ItemAttributes("Walnuts Chilean, 200 g"),
+        "blank": ItemAttributes(),
+    }
+    cat = CatalogIndex(sorted(attrs), attrs)
+
+    def allowed(text: str) -> set[str]:
+        v = cat.apply(parse_critique(text), [])
+        assert v.allowed is not None
+        return {it for it, ok in zip(cat.items, v.allowed, strict=True) if ok}
+
+    assert allowed("no sugar") == {"yogurt", "oat", "walnuts"}  # "domino sugar" is sugar
+    # "oat milk" is a plant milk; the cheese outside that phrase is dairy
+    assert allowed("без молока") == {"granulated", "oat", "walnuts"}
+    assert "walnuts" not in allowed("no nuts")
+    assert "blank" not in allowed("без орехов")  # nothing shows it is free of nuts
+    v = cat.apply(parse_critique("без кинзы"), [])
+    assert v.allowed is None and v.flags == (
+        "without кинз: no item of the catalog mentions it; ignored",
+    )
+    v = cat.apply(parse_critique("no walnuts"), [])
+    assert v.applied == ("without walnut (1 item)",)
+
+
+def test_free_words_are_cached_within_a_bound() -> None:
+    attrs = {f"i{n}": ItemAttributes(f"word{n} thing") for n in range(50)}
+    cat = CatalogIndex(sorted(attrs), attrs)
+    cat.CACHE = 8  # type: ignore[misc]
+    for n in range(30):
+        cat.mentions(f"word{n}")
+    assert len(cat._free) == 8
+    m = cat.mentions("word3")
+    assert m.sum() == 11  # word3, word30 .. word39: a prefix
+    m[:] = True  # the caller's copy: the cache is not changed through it
+    assert cat.mentions("word3").sum() == 11
+
+
+@pytest.mark.parametrize(
+    ("doc", "match"),
+    [
+        ("[]", "not a userlayer catalog"),
+        ('{"format": "userlayer.catalog/1", "items": []}', "not an object"),
+        ('{"format": "userlayer.catalog/1", "items": {"a": {"price": true}}}', "price True"),
+        ('{"format": "userlayer.catalog/1", "items": {"a": {"price": NaN}}}', "price nan"),
+        ('{"format": "userlayer.catalog/1", "items": {"a": {"price": -1}}}', "price -1"),
+    ],
+)
+def test_bad_catalog_files_are_named(tmp_path: Path, doc: str, match: str) -> None:
+    (tmp_path / CATALOG_FILE).write_text(doc)
+    with pytest.raises(CatalogError, match=match):
+        load_catalog(tmp_path, ["a"])

@@ -145,6 +145,8 @@ def make_episode(
 def _violations(catalog: CatalogIndex, crit: Critique, session: tuple[str, ...], item: str) -> int:
     """1 if ``item`` breaks a hard constraint of ``crit``, read from the attributes."""
     i = catalog.index_of(item)
+    if i < 0:
+        return 1  # not in the catalog: nothing shows it satisfies the critique
     ref = [j for j in (catalog.index_of(s) for s in session) if j >= 0]
     priced = [j for j in ref if not np.isnan(catalog.price[j])]
     if crit.price and priced:
