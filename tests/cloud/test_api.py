@@ -479,6 +479,9 @@ def test_full_tenant_matrix(live: Live) -> None:
             package = _package(live, keys[owner], user, owner, 2, seed=12)
             answers = {
                 "recommend": c.post("/v1/recommend", json=_rec(live, user, owner)),
+                "critique": c.post(
+                    "/v1/recommend", json=_rec(live, user, owner, critique="подешевле")
+                ),
                 "signer": c.put(f"/v1/users/{user}/signer", params=q, json={"public_key": raw}),
                 "upload": c.put(f"/v1/users/{user}/adapter", params=q, content=package),
                 "metadata": c.get(f"/v1/users/{user}/adapter", params=q),
@@ -491,9 +494,12 @@ def test_full_tenant_matrix(live: Live) -> None:
             for endpoint, r in answers.items():
                 assert r.status_code == 403, (caller, owner, endpoint, r.status_code, r.text)
                 tried += 1
-    assert tried == 7 * 4  # 3 callers x the owners of the other services x 7 endpoints
+    assert tried == 8 * 4  # 3 callers x the owners of the other services x 8 calls
     for owner, user in owners.items():  # every owner's adapter is untouched
         meta = live.client(owner).get(f"/v1/users/{user}/adapter").json()
         assert meta["version"] == 1
         r = live.client(owner).post("/v1/recommend", json=_rec(live, user, owner)).json()
         assert r["personalized"] and r["adapter_version"] == 1
+        body = _rec(live, user, owner, critique="another brand")  # the owner's critique works
+        r = live.client(owner).post("/v1/recommend", json=body).json()
+        assert r["personalized"] and r["critique"]["applied"]
