@@ -155,3 +155,42 @@ def test_a_layers_favourites_reach_the_prompt_from_both_registry_tiers(
     )
     assert r.personalized and [i.item_id for i in r.items] == [x.item_id for x in expect]
     assert r.ignored_items == ["x-unknown"]  # favourites are never reported as ignored
+
+
+def test_one_rows_critique_defect_fails_only_that_row_and_safely(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A defect while one row's critique is applied answers that row with no item (never
+    items that might break the critique) and leaves the other rows of the batch alone."""
+    s = _replica(tiny_model_dir, tmp_path / "r.db")
+    catalog = s.engine.catalog
+    assert catalog is not None
+    real = catalog.apply
+
+    def apply(c, session):  # type: ignore[no-untyped-def]
+        if "boom" in c.text:
+            raise RuntimeError("a defect")
+        return real(c, session)
+
+    monkeypatch.setattr(catalog, "apply", apply)
+    session = [i for i, sv in s.engine.table.services.items() if sv.value == "samokat"][:1]
+    reqs = [
+        RecommendRequest(user_id="a", service="samokat", session=session, critique="cheaper boom"),
+        RecommendRequest(user_id="b", service="samokat", session=session, critique="другой бренд"),
+        RecommendRequest(user_id="c", service="samokat", session=session),
+    ]
+    bad, good, plain = s.run_batch(reqs)
+    assert bad.items == [] and bad.critique is not None
+    assert bad.critique.flags == ["critique could not be applied: no item"]
+    assert good.items and good.critique is not None and good.critique.applied
+    assert plain.items and plain.critique is None
+
+
+def test_the_reference_search_says_it_applies_no_soft_steer(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    e = Engine(tiny_model_dir, EngineConfig(backend="torch", slots=4, search="reference"))
+    s = Serving(e, AdapterRegistry(tmp_path / "r.db", e.fingerprint, e.shapes), Metrics())
+    (r,) = s.run_batch([RecommendRequest(user_id="a", service="samokat", critique="полезнее")])
+    assert r.critique is not None and r.critique.steer == []
+    assert "soft steer: not applied by the reference search" in r.critique.flags
