@@ -12,7 +12,8 @@
     node.set_consent("u42", {"megamarket": ["megamarket"]})  # cross-service consent
     node.forget("u42")                 # local store, ledger, key, and the cloud
 
-A node directory holds ``store.db`` (+ its key file) and ``ledger.db``.
+A node directory holds ``store.db`` (+ its key file) and ``ledger.db``; a
+service backend passes its own ``ProfileStore`` instead (PostgreSQL).
 Each user's Ed25519 signing key and adapter version live in the store,
 encrypted under the user's data key (no user id appears in a file name).
 The base model is read from ``model_dir`` (weights, config, ``sids.json``).
@@ -98,6 +99,7 @@ class EdgeNode:
         delta: float = 1e-5,
         accountant: str = DEFAULT_ACCOUNTANT,
         clients: Mapping[str, Client] | None = None,
+        store: ProfileStore | None = None,
     ) -> None:
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -107,7 +109,8 @@ class EdgeNode:
         self.table = SemanticIdTable.load(Path(model_dir) / "sids.json")
         self.acfg = adapter or AdapterConfig()
         self.train_cfg = train or LocalTrainConfig()
-        self.store = ProfileStore(self.dir / "store.db")
+        # a service backend passes its shared store (PostgreSQL); default a file here
+        self.store = store if store is not None else ProfileStore(self.dir / "store.db")
         self.ledger = PrivacyLedger(
             self.dir / "ledger.db",
             self.store.ledger_key,  # re-read when another instance re-keyed it

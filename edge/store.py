@@ -5,7 +5,19 @@ or processes, several backend workers) each open their own
 :class:`ProfileStore`; SQLite serialises the write transactions and an
 append is acknowledged only after its commit.
 
-Layout and wire format (schema ``userlayer.profile/2``)::
+A service backend holding many users' profiles gives a ``postgresql://`` URL
+instead: the same tables, wire format and keys, in their own schema
+(:mod:`userlayer.edge.store_db`). Appends and reads of any number of
+instances run side by side there; a forget or a KEK rotation runs alone
+(an advisory lock, shared by the ones and exclusive for the other). Two
+writers making the same user's first key keep one (``ON CONFLICT``).
+PostgreSQL has no ``secure_delete``: a forgotten user's rows stay in the
+table's free space until it is vacuumed and reused, and in its WAL until
+that is recycled, but they are ciphertext under a data key whose wrapping
+KEK is destroyed, so the crypto-shredding below holds all the same.
+
+Layout and wire format (schema ``userlayer.profile/2``; on PostgreSQL BLOB is
+BYTEA and ``seq`` an identity column)::
 
     meta(key TEXT PRIMARY KEY, value BLOB)
         "format"      -> b"userlayer.profile/2"
@@ -70,6 +82,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from userlayer.edge.exceptions import KeyProviderError, ProfileDecryptError, StoreError
+from userlayer.edge.store_db import StoreDb, TxMode, is_postgres_url, open_db
 from userlayer.sdk.crypto import KeyProvider, LocalKeyFile, aead_decrypt, aead_encrypt
 from userlayer.sdk.exceptions import DecryptError
 from userlayer.sdk.schemas import Action, Context, Daypart, Event, Mode, Season, Service, Weather
@@ -84,19 +97,6 @@ _AAD_PREFIX = b"userlayer.profile/1"  # inside every AAD; unchanged by format 2
 SCHEMA_VERSION = b"1"
 _BLOB_VERSION = 1
 _META_KEYS = {"index_key": b"userlayer.index/1", "ledger_key": b"userlayer.ledger-key/1"}
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS deks(
-    user_ref BLOB PRIMARY KEY, kek_id TEXT NOT NULL, wrapped BLOB NOT NULL, uid BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS events(
-    seq INTEGER PRIMARY KEY, rid BLOB NOT NULL UNIQUE, user_ref BLOB NOT NULL,
-    service TEXT NOT NULL, blob BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS events_by_user ON events(user_ref, seq);
-CREATE TABLE IF NOT EXISTS settings(
-    user_ref BLOB NOT NULL, name TEXT NOT NULL, blob BLOB NOT NULL,
-    PRIMARY KEY(user_ref, name));
-CREATE TABLE IF NOT EXISTS signing_keys(user_ref BLOB PRIMARY KEY, blob BLOB NOT NULL);
-"""
 _USER_TABLES = ("events", "settings", "signing_keys")  # rows keyed by user_ref besides deks
 
 
@@ -162,69 +162,83 @@ def _event(user_id: str, service: str, raw: bytes) -> Event:
 
 
 class ProfileStore:
-    """Encrypted per-user event store on SQLite (see the module docstring).
+    """Encrypted per-user event store on SQLite or PostgreSQL (see the module docstring).
 
     Args:
-        path: the database file (created if missing).
-        keys: the KEK provider; default a :class:`LocalKeyFile` beside the
-            database (``<path>.keks``, 0600).
+        where: a SQLite file (created if missing), or a ``postgresql://`` URL
+            of a database the store keeps its tables in (schema ``schema``).
+        keys: the KEK provider; default (SQLite only) a :class:`LocalKeyFile`
+            beside the database (``<path>.keks``, 0600). A PostgreSQL store
+            needs one given: its KEKs must not sit beside a database that
+            many hosts reach.
         synchronous: SQLite ``synchronous`` for WAL (``NORMAL`` survives a
             killed process; ``FULL`` also a power cut).
+        schema: PostgreSQL schema of the store's tables.
     """
 
     def __init__(
         self,
-        path: str | Path,
+        where: str | Path,
         keys: KeyProvider | None = None,
         synchronous: str = "NORMAL",
+        schema: str = "userlayer_profile",
     ) -> None:
         if synchronous not in ("NORMAL", "FULL"):
             raise StoreError(f"`synchronous` should be NORMAL or FULL, got {synchronous!r}")
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        existed = self.path.exists()
+        pg = is_postgres_url(where)
+        if pg and keys is None:
+            raise StoreError(
+                "a PostgreSQL profile store needs `keys` (a KeyProvider, e.g. a KMS or a "
+                "LocalKeyFile kept apart from the database)"
+            )
+        self.path = None if pg else Path(where)
+        existed = self.path is not None and self.path.exists()
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            self.path, timeout=60.0, isolation_level=None, check_same_thread=False
-        )
+        self._db: StoreDb = open_db(where, synchronous, schema)
+        self.where = self._db.where
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
-            self._db.execute("PRAGMA secure_delete=ON")
-            with self._tx():
-                tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+            with self._tx("keys"):
+                tables = self._db.tables()
                 if tables and "meta" not in tables:
-                    raise sqlite3.DatabaseError(f"tables {sorted(tables)[:5]} but no `meta`")
-                self._db.execute(
-                    "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB)"
-                )
-                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (FORMAT,))
+                    raise StoreError(
+                        f"{self.where}: not a profile store (tables {sorted(tables)[:5]} "
+                        "but no `meta`)"
+                    )
+                if not tables:
+                    self._db.create_schema()
+                    self._db.execute(
+                        "INSERT INTO meta VALUES ('format', ?) ON CONFLICT (key) DO NOTHING",
+                        (FORMAT,),
+                    )
                 fmt = self._db.execute("SELECT value FROM meta WHERE key='format'").fetchone()
                 if fmt is not None and bytes(fmt[0]) in _LEGACY:  # upgrade: add what is new
                     self._db.execute("UPDATE meta SET value=? WHERE key='format'", (FORMAT,))
                     fmt = (FORMAT,)
                 if fmt is not None and bytes(fmt[0]) == FORMAT:
-                    for stmt in _SCHEMA.split(";"):
-                        if stmt.strip():
-                            self._db.execute(stmt)
-                    self._db.execute("INSERT OR IGNORE INTO meta VALUES ('generation', 0)")
+                    self._db.create_schema()
+                    self._db.execute(
+                        "INSERT INTO meta VALUES ('generation', ?) ON CONFLICT (key) DO NOTHING",
+                        (b"0",),
+                    )
         except sqlite3.DatabaseError as e:
             self._db.close()
-            raise StoreError(f"{self.path}: not a profile store ({e})") from e
-        if fmt is None or bytes(fmt[0]) != FORMAT:
-            self._db.close()
-            raise StoreError(f"{self.path}: format {fmt and bytes(fmt[0])!r}, expected {FORMAT!r}")
-        # an existing store without its key file must not silently get a new key
-        kek_file = self.path.with_name(self.path.name + ".keks")
-        try:
-            self.keys: KeyProvider = keys or LocalKeyFile(kek_file, create=not existed)
+            raise StoreError(f"{self.where}: not a profile store ({e})") from e
         except BaseException:
             self._db.close()
             raise
-        self._deks: dict[bytes, bytes] = {}
-        self._gen = -1
-        self._index_key = b""
+        if fmt is None or bytes(fmt[0]) != FORMAT:
+            self._db.close()
+            raise StoreError(f"{self.where}: format {fmt and bytes(fmt[0])!r}, expected {FORMAT!r}")
         try:
+            if keys is None:
+                # an existing store without its key file must not silently get a new key
+                assert self.path is not None
+                kek_file = self.path.with_name(self.path.name + ".keks")
+                keys = LocalKeyFile(kek_file, create=not existed)
+            self.keys: KeyProvider = keys
+            self._deks: dict[bytes, bytes] = {}
+            self._gen = -1
+            self._index_key = b""
             self._sync()
         except BaseException:
             self._db.close()
@@ -236,15 +250,15 @@ class ProfileStore:
         try:
             yield
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._db.rollback()
             raise
-        self._db.execute("COMMIT")
+        self._db.commit()
 
     @contextmanager
-    def _tx(self, write: bool = True) -> Iterator[None]:
+    def _tx(self, mode: TxMode = "keys") -> Iterator[None]:
         """A transaction, without regard to the generation (set-up and key management)."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            self._db.begin(mode)
             with self._ending():
                 yield
 
@@ -261,15 +275,15 @@ class ProfileStore:
             self._gen = gen
 
     @contextmanager
-    def _op(self, write: bool) -> Iterator[None]:
+    def _op(self, mode: TxMode) -> Iterator[None]:
         """A transaction on the current keys: retried if another instance changed them."""
         with self._lock:
             for _ in range(10):
                 self._sync()
-                self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                self._db.begin(mode)
                 if self._generation() == self._gen:
                     break
-                self._db.execute("ROLLBACK")
+                self._db.rollback()
             else:  # pragma: no cover - ten forgets between two statements
                 raise StoreError("the store's keys keep changing; try again")
             with self._ending():
@@ -282,9 +296,8 @@ class ProfileStore:
         began on the current generation); otherwise they are re-read before
         the next operation.
         """
-        self._db.execute(
-            "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'"
-        )
+        nxt = str(self._generation() + 1).encode()  # a `keys` transaction: nobody else writes
+        self._db.execute("UPDATE meta SET value=? WHERE key='generation'", (nxt,))
         self._gen = self._generation() if keys_current else -1
 
     def close(self) -> None:
@@ -305,13 +318,16 @@ class ProfileStore:
     def _meta_key(self, name: str) -> bytes:
         """A 32-byte store key kept in ``meta`` wrapped by the KEK (made on first use)."""
         aad = _META_KEYS[name]
-        with self._tx():
+        with self._tx("read"):
             row = self._db.execute("SELECT value FROM meta WHERE key=?", (name,)).fetchone()
-            if row is None:
-                kek_id, wrapped = self.keys.wrap(secrets.token_bytes(32), aad)
-                value = kek_id.encode() + b"\n" + wrapped
-                self._db.execute("INSERT INTO meta VALUES (?, ?)", (name, value))
-                row = (value,)
+        if row is None:
+            with self._tx("keys"):
+                row = self._db.execute("SELECT value FROM meta WHERE key=?", (name,)).fetchone()
+                if row is None:
+                    kek_id, wrapped = self.keys.wrap(secrets.token_bytes(32), aad)
+                    value = kek_id.encode() + b"\n" + wrapped
+                    self._db.execute("INSERT INTO meta VALUES (?, ?)", (name, value))
+                    row = (value,)
         kek_id_b, _, wrapped = bytes(row[0]).partition(b"\n")
         with _decrypting():
             return self.keys.unwrap(kek_id_b.decode(), wrapped, aad)
@@ -324,9 +340,10 @@ class ProfileStore:
         """A new ledger key (after a forget: the ledger is then re-keyed with it)."""
         new = secrets.token_bytes(32)
         kid, wrapped = self.keys.wrap(new, _META_KEYS["ledger_key"])
-        with self._tx():
+        with self._tx("keys"):
             self._db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('ledger_key', ?)",
+                "INSERT INTO meta VALUES ('ledger_key', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (kid.encode() + b"\n" + wrapped,),
             )
         return new
@@ -353,8 +370,14 @@ class ProfileStore:
                 return None
             kek_id, wrapped = self.keys.wrap(secrets.token_bytes(32), aad)
             uid = aead_encrypt(self._index_key, user_id.encode(), b"userlayer.uid/1|" + ref)
-            self._db.execute("INSERT INTO deks VALUES (?, ?, ?, ?)", (ref, kek_id, wrapped, uid))
-            row = (kek_id, wrapped)
+            # a concurrent writer (PostgreSQL) may make this user's key first: keep theirs
+            self._db.execute(
+                "INSERT INTO deks VALUES (?, ?, ?, ?) ON CONFLICT (user_ref) DO NOTHING",
+                (ref, kek_id, wrapped, uid),
+            )
+            row = self._db.execute(
+                "SELECT kek_id, wrapped FROM deks WHERE user_ref=?", (ref,)
+            ).fetchone()
         with _decrypting():
             dek = self.keys.unwrap(row[0], bytes(row[1]), aad)
         self._deks[ref] = dek
@@ -372,14 +395,15 @@ class ProfileStore:
         for i, e in enumerate(batch):
             if not isinstance(e, Event):
                 raise StoreError(f"events[{i}] is a {type(e).__name__}, not an Event")
-        with self._op(write=True):
+        with self._op("write"):
             rows = []
             per_user: dict[str, tuple[bytes, AESGCM]] = {}
+            # keys made in one order, so two concurrent appends cannot deadlock (PostgreSQL)
+            for user in sorted({e.user_id for e in batch}):
+                dek = self._dek(user, create=True)
+                assert dek is not None
+                per_user[user] = (self._ref(user), AESGCM(dek))
             for e in batch:
-                if e.user_id not in per_user:
-                    dek = self._dek(e.user_id, create=True)
-                    assert dek is not None
-                    per_user[e.user_id] = (self._ref(e.user_id), AESGCM(dek))
                 ref, aes = per_user[e.user_id]
                 rid = secrets.token_bytes(16)
                 aad = self._aad(e.service.value, e.user_id, rid)
@@ -406,7 +430,7 @@ class ProfileStore:
         Raises:
             ProfileDecryptError: if any stored row fails authentication.
         """
-        with self._op(write=False):
+        with self._op("read"):
             dek = self._dek(user_id, create=False)
             if dek is None:
                 return []
@@ -447,12 +471,14 @@ class ProfileStore:
             raw = json.dumps(value, sort_keys=True).encode()
         except (TypeError, ValueError) as e:
             raise StoreError(f"setting {name!r} is not JSON: {e}") from e
-        with self._op(write=True):
+        with self._op("write"):
             dek = self._dek(user_id, create=True)
             assert dek is not None
             blob = aead_encrypt(dek, raw, self._setting_aad(user_id, name))
             self._db.execute(
-                "INSERT OR REPLACE INTO settings VALUES (?, ?, ?)", (self._ref(user_id), name, blob)
+                "INSERT INTO settings VALUES (?, ?, ?)"
+                " ON CONFLICT (user_ref, name) DO UPDATE SET blob = excluded.blob",
+                (self._ref(user_id), name, blob),
             )
 
     def setting(self, user_id: str, name: str) -> dict[str, object] | None:
@@ -461,7 +487,7 @@ class ProfileStore:
         Raises:
             ProfileDecryptError: if the stored setting fails authentication.
         """
-        with self._op(write=False):
+        with self._op("read"):
             dek = self._dek(user_id, create=False)
             if dek is None:
                 return None
@@ -492,7 +518,7 @@ class ProfileStore:
             ProfileDecryptError: if the stored key fails authentication.
         """
         aad = b"|".join((_AAD_PREFIX, b"signing-key", user_id.encode(), SCHEMA_VERSION))
-        with self._op(write=create):
+        with self._op("write" if create else "read"):
             dek = self._dek(user_id, create=create)
             if dek is None:
                 return None
@@ -503,16 +529,19 @@ class ProfileStore:
             if row is None:
                 if not create:
                     return None
-                key = Ed25519PrivateKey.generate()
-                raw = key.private_bytes(
+                raw = Ed25519PrivateKey.generate().private_bytes(
                     serialization.Encoding.Raw,
                     serialization.PrivateFormat.Raw,
                     serialization.NoEncryption(),
                 )
+                # a concurrent writer (PostgreSQL) may store one first: both then keep theirs
                 self._db.execute(
-                    "INSERT INTO signing_keys VALUES (?, ?)", (ref, aead_encrypt(dek, raw, aad))
+                    "INSERT INTO signing_keys VALUES (?, ?) ON CONFLICT (user_ref) DO NOTHING",
+                    (ref, aead_encrypt(dek, raw, aad)),
                 )
-                return key
+                row = self._db.execute(
+                    "SELECT blob FROM signing_keys WHERE user_ref=?", (ref,)
+                ).fetchone()
         with _decrypting():
             raw = aead_decrypt(dek, bytes(row[0]), aad, f"signing key of user {user_id!r}")
         return Ed25519PrivateKey.from_private_bytes(raw)
@@ -521,7 +550,7 @@ class ProfileStore:
 
     def count(self, user_id: str | None = None) -> int:
         """Number of stored events, of one user or of everyone."""
-        with self._op(write=False):
+        with self._op("read"):
             if user_id is None:
                 return int(self._db.execute("SELECT count(*) FROM events").fetchone()[0])
             return int(
@@ -532,7 +561,7 @@ class ProfileStore:
 
     def users(self) -> list[str]:
         """Ids of the users with a data key here, sorted."""
-        with self._op(write=False):
+        with self._op("read"):
             rows = self._db.execute("SELECT user_ref, uid FROM deks").fetchall()
             index = self._index_key
         with _decrypting():
@@ -557,7 +586,7 @@ class ProfileStore:
         ``kek_rotated`` is False: an old copy of the file then stays
         decryptable with that KEK.
         """
-        with self._op(write=True):
+        with self._op("keys"):
             ref = self._ref(user_id)
             n = self._db.execute("DELETE FROM events WHERE user_ref=?", (ref,)).rowcount
             for table in ("settings", "signing_keys", "deks"):
@@ -565,7 +594,7 @@ class ProfileStore:
             self._replace_index_key()
             self._bump(keys_current=True)
         with self._lock:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.after_delete()
         rotated = False
         if rotate:
             try:
@@ -613,15 +642,15 @@ class ProfileStore:
         wrap a key under a KEK in the middle of its destruction.
         """
         with self._lock:
-            with self._tx(write=False):
+            with self._tx("read"):
                 before = self._referenced()
             new = self.keys.rotate()
-            with self._tx():
+            with self._tx("keys"):
                 self._rewrap(new)
                 self._bump(keys_current=False)  # another instance may have forgotten meanwhile
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.after_delete()
             if destroy_old:
-                with self._tx():
+                with self._tx("keys"):
                     self._rewrap(self.keys.current_id)  # a key wrapped by a late writer
                     old = before | set(getattr(self.keys, "key_ids", ()))
                     for kid in old - self._referenced() - {self.keys.current_id}:

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.pg import postgres  # a real PostgreSQL server (registry and profile store)
 from userlayer.tools.data.synth import SynthConfig, SynthResult, synthesize
+
+__all__ = ["postgres"]
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

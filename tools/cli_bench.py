@@ -44,6 +44,10 @@ def bench_store_cmd(
     users: Annotated[int, typer.Option()] = 1_000,
     batch: Annotated[int, typer.Option(help="Events per append.")] = 1_000,
     repeats: Annotated[int, typer.Option()] = 3,
+    url: Annotated[
+        str | None,
+        typer.Option(help="A postgresql:// database: the same rows again on PostgreSQL."),
+    ] = None,
     json_out: JsonOut = None,
     markdown: Markdown = DOCS,
 ) -> None:
@@ -51,7 +55,13 @@ def bench_store_cmd(
     from userlayer.tools.bench.store import StoreBenchConfig, bench_store
 
     cmd = f"userlayer bench store --events {events} --users {users} --batch {batch}"
-    rep = bench_store(StoreBenchConfig(events, users, batch, repeats), cmd)
+    if url:
+        cmd += " --url postgresql://..."
+    try:
+        cfg = StoreBenchConfig(events, users, batch, repeats, url)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    rep = bench_store(cfg, cmd)
     _emit(rep, json_out, markdown)
 
 

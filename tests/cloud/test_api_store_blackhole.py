@@ -23,9 +23,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.cloud.conftest import PgServer
 from tests.cloud.load import RecommendLoad
 from tests.netproxy import TcpProxy
+from tests.pg import PgServer
 from userlayer.cloud.engine.engine import Engine, EngineConfig
 from userlayer.cloud.registry import AdapterRegistry
 from userlayer.cloud.service import UNAVAILABLE

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.cloud.conftest import PgServer
 from tests.cloud.test_registry import FP, SHAPES, make_package
+from tests.pg import PgServer
 from userlayer.cloud.registry import (
     AdapterRegistry,
     RegistryError,

@@ -3,20 +3,24 @@
 Beside it, in the same run, the same events in a plain (unencrypted) SQLite
 table in WAL mode with the same payload encoding and parsing: the alternative
 a backend would start from, so the cost of encryption is a ratio measured
-side by side.
+side by side. With ``--url postgresql://...`` the same two rows again on that
+PostgreSQL database (each repeat in a fresh schema, dropped afterwards).
 """
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from userlayer.edge.store import ProfileStore, _event, _payload
+from userlayer.sdk.crypto import LocalKeyFile
 from userlayer.sdk.schemas import Action, Context, Event, Service
 from userlayer.tools.bench.report import BenchReport
 
@@ -31,6 +35,15 @@ class StoreBenchConfig:
     users: int = 1_000
     batch: int = 1_000
     repeats: int = 3
+    url: str | None = None  # a PostgreSQL database for the second pair of rows
+
+    def __post_init__(self) -> None:
+        if min(self.events, self.users, self.batch, self.repeats) < 1:
+            raise ValueError("StoreBenchConfig: events, users, batch and repeats should be >= 1")
+        if self.url is not None and not self.url.startswith(("postgresql://", "postgres://")):
+            raise ValueError(
+                f"StoreBenchConfig.url should be a postgresql:// URL, got {self.url!r}"
+            )
 
 
 def _events(cfg: StoreBenchConfig) -> list[Event]:
@@ -81,8 +94,8 @@ def _plain(path: Path, events: list[Event], batch: int) -> tuple[float, float, f
     return append, read, path.stat().st_size / len(events)
 
 
-def _encrypted(path: Path, events: list[Event], batch: int) -> tuple[float, float, float]:
-    with ProfileStore(path) as store:
+def _encrypted(store: ProfileStore, events: list[Event], batch: int) -> tuple[float, float, float]:
+    with store:
         t = time.perf_counter()
         for s in range(0, len(events), batch):
             store.append(events[s : s + batch])
@@ -92,8 +105,53 @@ def _encrypted(path: Path, events: list[Event], batch: int) -> tuple[float, floa
         n = sum(len(store.events(u)) for u in users)
         read = time.perf_counter() - t
         assert n == len(events)
-        store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    return append, read, path.stat().st_size / len(events)
+        store._db.after_delete()
+        size = store._db.size_bytes()
+    return append, read, size / len(events)
+
+
+def _plain_pg(url: str, schema: str, events: list[Event], batch: int) -> tuple[float, float, float]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as con:
+        con.execute(f"CREATE SCHEMA {schema}")
+        con.execute(f"SET search_path TO {schema}")
+        con.execute(
+            "CREATE TABLE ev(seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+            "usr TEXT, service TEXT, payload BYTEA)"
+        )
+        con.execute("CREATE INDEX ev_user ON ev(usr, seq)")
+        t = time.perf_counter()
+        for s in range(0, len(events), batch):
+            with con.transaction(), con.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO ev(usr, service, payload) VALUES (%s, %s, %s)",
+                    [(e.user_id, e.service.value, _payload(e)) for e in events[s : s + batch]],
+                )
+        append = time.perf_counter() - t
+        users = sorted({e.user_id for e in events})
+        t = time.perf_counter()
+        for u in users:
+            rows = con.execute("SELECT service, payload FROM ev WHERE usr=%s ORDER BY seq", (u,))
+            [_event(u, svc, bytes(p)) for svc, p in rows.fetchall()]
+        read = time.perf_counter() - t
+        size = con.execute("SELECT pg_total_relation_size('ev')").fetchone()
+        assert size is not None
+    return append, read, int(size[0]) / len(events)
+
+
+def _in_schema(
+    url: str, run: Callable[[str], tuple[float, float, float]]
+) -> tuple[float, float, float]:
+    """Run in a fresh schema of ``url``, dropped afterwards."""
+    import psycopg
+
+    schema = f"bench_{secrets.token_hex(6)}"
+    try:
+        return run(schema)
+    finally:
+        with psycopg.connect(url, autocommit=True) as con:
+            con.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 def bench_store(cfg: StoreBenchConfig | None = None, command: str = "") -> BenchReport:
@@ -101,10 +159,24 @@ def bench_store(cfg: StoreBenchConfig | None = None, command: str = "") -> Bench
     cfg = cfg or StoreBenchConfig()
     events = _events(cfg)
     res: dict[str, list[tuple[float, float, float]]] = {"encrypted": [], "plain": []}
+    if cfg.url:
+        res |= {"encrypted postgresql": [], "plain postgresql": []}
+    url = cfg.url or ""
     for r in range(cfg.repeats):
         with tempfile.TemporaryDirectory() as d:
-            res["encrypted"].append(_encrypted(Path(d) / f"enc{r}.db", events, cfg.batch))
+            store = ProfileStore(Path(d) / f"enc{r}.db")
+            res["encrypted"].append(_encrypted(store, events, cfg.batch))
             res["plain"].append(_plain(Path(d) / f"plain{r}.db", events, cfg.batch))
+            if cfg.url:
+                kek = LocalKeyFile(Path(d) / "pg.keks", create=True)
+
+                def enc_pg(sch: str, kek: LocalKeyFile = kek) -> tuple[float, float, float]:
+                    return _encrypted(ProfileStore(url, keys=kek, schema=sch), events, cfg.batch)
+
+                res["encrypted postgresql"].append(_in_schema(url, enc_pg))
+                res["plain postgresql"].append(
+                    _in_schema(url, lambda sch: _plain_pg(url, sch, events, cfg.batch))
+                )
     out = {}
     rows = []
     for name, runs in res.items():
@@ -117,14 +189,24 @@ def bench_store(cfg: StoreBenchConfig | None = None, command: str = "") -> Bench
             "bytes_per_event": size,
         }
         rows.append([name, len(events) / append, len(events) / read, size])
-    enc, plain = out["encrypted"], out["plain"]
     notes = [
         f"{cfg.events:,} events of {cfg.users:,} users, batches of {cfg.batch}, median of "
         f"{cfg.repeats} fresh files; read = every user's events decrypted, in time order",
-        "encrypted/plain: append "
-        f"{enc['append_events_per_s'] / plain['append_events_per_s']:.2f}x, "
-        f"read {enc['read_events_per_s'] / plain['read_events_per_s']:.2f}x",
     ]
+    for suffix in ("", " postgresql"):
+        if "encrypted" + suffix not in out:
+            continue
+        enc, plain = out["encrypted" + suffix], out["plain" + suffix]
+        notes.append(
+            f"encrypted/plain{suffix and ' on PostgreSQL'}: append "
+            f"{enc['append_events_per_s'] / plain['append_events_per_s']:.2f}x, "
+            f"read {enc['read_events_per_s'] / plain['read_events_per_s']:.2f}x"
+        )
+    if cfg.url:
+        notes.append(
+            "PostgreSQL: one connection per store, bytes = pg_total_relation_size of the "
+            "store's tables (heap, indexes, TOAST)"
+        )
     return BenchReport(
         "store",
         command or "userlayer bench store",

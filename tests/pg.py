@@ -1,4 +1,4 @@
-"""A real PostgreSQL server for the registry tests, started by the test set-up itself.
+"""A real PostgreSQL server for the registry and profile-store tests, started by the test set-up.
 
 Finds the PostgreSQL binaries (installing the ``postgresql`` Debian package
 with apt-get when running as root and they are missing), creates a cluster
