@@ -33,7 +33,7 @@ def _variant(text: str) -> dict[str, Any]:
         out[key] = (
             bool(int(value))
             if kind == "bool"
-            else (float(value) if kind == "float" else int(value))
+            else (float(value) if kind == "float" else (value if kind == "str" else int(value)))
         )
     return out
 

@@ -356,6 +356,20 @@ def eval_cmd(
     ] = 200,
     sasrec_max_len: Annotated[int, typer.Option(help="SASRec's history window.")] = 50,
     sasrec_dropout: Annotated[float, typer.Option()] = 0.2,
+    sasrec_loss: Annotated[
+        str, typer.Option(help="full (softmax over every item) | sampled (uniform negatives)")
+    ] = "full",
+    sasrec_negatives: Annotated[int, typer.Option(help="Negatives of the sampled loss.")] = 256,
+    sasrec_d: Annotated[int, typer.Option(help="SASRec's width.")] = 64,
+    sasrec_blocks: Annotated[int, typer.Option()] = 2,
+    sasrec_batch: Annotated[int, typer.Option()] = 256,
+    sasrec_patience: Annotated[
+        int, typer.Option(help="Validations without a gain before stopping (0: never stop).")
+    ] = 5,
+    exclude_seen: Annotated[
+        bool,
+        typer.Option(help="No model returns an item of the prompt's history (eSASRec's protocol)."),
+    ] = False,
     max_users: Annotated[int | None, typer.Option()] = None,
 ) -> None:
     """Leave-one-out evaluation: full-history and private regimes, beside the baselines."""
@@ -363,12 +377,28 @@ def eval_cmd(
     from userlayer.tools.eval.sasrec import SASRecConfig
 
     names = tuple(b for b in baselines.split(",") if b and b != "none")
+    try:
+        sas = SASRecConfig(
+            epochs=sasrec_epochs,
+            max_len=sasrec_max_len,
+            dropout=sasrec_dropout,
+            loss=sasrec_loss,
+            negatives=sasrec_negatives,
+            d=sasrec_d,
+            blocks=sasrec_blocks,
+            batch_size=sasrec_batch,
+            patience=sasrec_patience,
+            exclude_seen=exclude_seen,
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
     cfg = EvalConfig(
         split=split,
         beam=beam,
         baselines=names,
         max_users=max_users,
-        sasrec=SASRecConfig(epochs=sasrec_epochs, max_len=sasrec_max_len, dropout=sasrec_dropout),
+        exclude_seen=exclude_seen,
+        sasrec=sas,
     )
     with _progress() as progress:
         task = progress.add_task("evaluating", total=None)

@@ -56,6 +56,9 @@ class EvalConfig:
     baselines: tuple[str, ...] = ("popularity", "sasrec")
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
     max_users: int | None = None  # evaluate a prefix of the users (smoke runs)
+    # no model may return an item of the prompt's history (eSASRec's protocol; where
+    # targets are never repeats, as on Beauty, it can only raise every row's metrics)
+    exclude_seen: bool = False
 
 
 def rank_generative(
@@ -83,6 +86,7 @@ def rank_generative(
             k=cfg.k,
             beam=cfg.beam,
             services=[p.service for p in chunk],
+            exclude=[p.history for p in chunk] if cfg.exclude_seen else None,
             adapters=rows,
         )
         for p, r in zip(chunk, recs, strict=True):
@@ -154,7 +158,9 @@ def sasrec_results(
     for r, ps in prompts.items():
         hist = [[index[i] for i in p.history] for p in ps]
         allowed = torch.stack([svc_mask[p.service] for p in ps])
-        ranked = rank_sasrec(sasrec, hist, cfg.k, allowed)
+        ranked = rank_sasrec(
+            sasrec, hist, cfg.k, allowed, exclude=hist if cfg.exclude_seen else None
+        )
         acc = Accumulator()
         for p, rk in zip(ps, ranked, strict=True):
             acc.add([item_ids[j - 1] for j in rk], p.target, p.service)
@@ -207,15 +213,20 @@ def evaluate(
         t0 = time.perf_counter()
         counts = Counter(i for s in train for i in s)
         top: dict[str, list[str]] = {}
+        depth = cfg.k + (20 if cfg.exclude_seen else 0)  # room for the history's items
         for item, _ in counts.most_common():
             lst = top.setdefault(service_of[item].value, [])
-            if len(lst) < cfg.k:
+            if len(lst) < depth:
                 lst.append(item)
         results["popularity"] = {}
         for r in REGIMES:
             acc = Accumulator()
             for p in prompts[r]:
-                acc.add(top.get(p.service, []), p.target, p.service)
+                ranked = top.get(p.service, [])
+                if cfg.exclude_seen:
+                    seen = set(p.history)
+                    ranked = [i for i in ranked if i not in seen]
+                acc.add(ranked[: cfg.k], p.target, p.service)
             results["popularity"][r] = acc.result()
         timings["popularity"] = time.perf_counter() - t0
     if "sasrec" in cfg.baselines:
@@ -230,7 +241,8 @@ def evaluate(
             "users": len(prompts["full"]),
             "history_cap": 20,
             "private_session": "last 3 h, at most 5 items (order-only data: last 3)",
-            "ranking": "items of the target's service",
+            "ranking": "items of the target's service"
+            + (", none of the prompt's history" if cfg.exclude_seen else ""),
         },
         "results": results,
         "checks": {"full history >= private": full_history_check(results)},

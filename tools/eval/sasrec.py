@@ -5,8 +5,9 @@ blocks (pre-norm, as in the authors' code), the output scored against the
 shared item embedding. Trained on the same leave-one-out training part as the
 generative model, with full-softmax cross-entropy on every position (a
 stronger and common variant of the paper's sampled binary loss; what the
-strong reproductions use), early stopping on the next item's NDCG@10, and
-ranking every item.
+strong reproductions use) or a sampled softmax over uniform negatives (as
+eSASRec trains), early stopping on the next item's NDCG@10, and ranking every
+item.
 """
 
 from __future__ import annotations
@@ -50,12 +51,22 @@ class SASRecConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0  # AdamW's decoupled decay (0: plain Adam, the paper's)
     length_grouped: bool = False  # batches of similar length (less padding) or fully random
+    # "full": softmax over every item; "sampled": softmax over the target and `negatives`
+    # items drawn uniformly per sequence (shared by its positions; a draw may hit the target)
+    loss: str = "full"
+    negatives: int = 256
+    exclude_seen: bool = False  # validation ranks no item of the history (eSASRec's protocol)
     seed: int = 0
 
     def __post_init__(self) -> None:
         for name in ("d", "blocks", "heads", "max_len", "epochs", "eval_every", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SASRecConfig.{name} should be at least 1")
+        if self.loss not in ("full", "sampled") or self.negatives < 1:
+            raise ValueError(
+                f"SASRecConfig.loss should be 'full' or 'sampled' and negatives >= 1, "
+                f"got {self.loss!r}, {self.negatives}"
+            )
         if self.patience < 0 or self.val_users < 1:
             raise ValueError("SASRecConfig.patience should be >= 0 and val_users >= 1")
         if not 0 <= self.dropout < 1 or self.lr <= 0 or self.weight_decay < 0:
@@ -118,8 +129,13 @@ def _pad_left(rows: Sequence[Sequence[int]], t: int) -> Tensor:
     return torch.from_numpy(out)
 
 
-def _ndcg10(model: SASRec, histories: Sequence[Sequence[int]], targets: Sequence[int]) -> float:
-    ranked = rank_sasrec(model, histories, 10)
+def _ndcg10(
+    model: SASRec,
+    histories: Sequence[Sequence[int]],
+    targets: Sequence[int],
+    exclude_seen: bool = False,
+) -> float:
+    ranked = rank_sasrec(model, histories, 10, exclude=histories if exclude_seen else None)
     gain = 0.0
     for rk, t in zip(ranked, targets, strict=True):
         if t in rk:
@@ -162,6 +178,7 @@ def train_sasrec(
             np.random.default_rng(cfg.seed).choice(len(valid[1]), cfg.val_users, replace=False)
         )
         valid = ([valid[0][i] for i in pick], [valid[1][i] for i in pick])
+    gen = torch.Generator().manual_seed(cfg.seed)  # the sampled loss's negatives
     best, best_state, since = -1.0, None, 0
     model.best_epoch = cfg.epochs
     model.train()
@@ -173,9 +190,18 @@ def train_sasrec(
             width = max(1, int(lengths[b].max()))  # batches of similar length: trim padding
             y = tgt[idx, -width:]
             keep = y > 0
-            # score only the real (non-padding) positions: most of a window is padding
-            logits = model(inp[idx, -width:])[keep] @ model.item.weight.T  # (N, n+1)
-            loss = nn.functional.cross_entropy(logits, y[keep])
+            h = model(inp[idx, -width:])
+            if cfg.loss == "full":
+                # score only the real (non-padding) positions: most of a window is padding
+                logits = h[keep] @ model.item.weight.T  # (N, n+1)
+                loss = nn.functional.cross_entropy(logits, y[keep])
+            else:
+                neg = torch.randint(1, n_items + 1, (len(b), cfg.negatives), generator=gen)
+                pos = (h * model.item(y)).sum(-1, keepdim=True)  # (B, T, 1)
+                negs = torch.einsum("btd,bnd->btn", h, model.item(neg))  # (B, T, negatives)
+                logits = torch.cat([pos, negs], -1)[keep]
+                zero = torch.zeros(len(logits), dtype=torch.long)
+                loss = nn.functional.cross_entropy(logits, zero)
             opt.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
@@ -186,7 +212,7 @@ def train_sasrec(
         if valid is None or cfg.patience == 0 or ((epoch + 1) % cfg.eval_every and not last):
             continue
         model.eval()
-        score = _ndcg10(model, *valid)
+        score = _ndcg10(model, *valid, exclude_seen=cfg.exclude_seen)
         model.train()
         if on_valid:
             on_valid(epoch + 1, score)
@@ -210,8 +236,13 @@ def rank_sasrec(
     k: int,
     allowed: Tensor | None = None,
     batch: int = 512,
+    exclude: Sequence[Sequence[int]] | None = None,
 ) -> list[list[int]]:
-    """Top-``k`` item indices for each history (``allowed``: (n+1,) bool mask or per-row)."""
+    """Top-``k`` item indices for each history.
+
+    ``allowed``: a (n+1,) bool mask or one per row; ``exclude``: per row, item
+    indices never to return (the history, under eSASRec's protocol).
+    """
     out: list[list[int]] = []
     for s in range(0, len(histories), batch):
         part = histories[s : s + batch]
@@ -222,5 +253,8 @@ def rank_sasrec(
         if allowed is not None:
             mask = allowed[s : s + batch] if allowed.dim() == 2 else allowed[None]
             sc = sc.masked_fill(~mask, float("-inf"))
+        if exclude is not None:
+            for r, seen in enumerate(exclude[s : s + batch]):
+                sc[r, list(seen)] = float("-inf")
         out.extend(sc.topk(k, dim=-1).indices.tolist())
     return out

@@ -32,6 +32,26 @@ def test_it_learns_a_certain_next_item_and_stops_once_validation_stops_rising() 
     assert sum(hits) / len(hits) > 0.9  # the kept weights are the good ones
 
 
+def test_the_sampled_softmax_learns_the_certain_next_item_too() -> None:
+    seqs = _cycles()
+    valid = ([s[:-1] for s in seqs], [s[-1] for s in seqs])
+    cfg = SASRecConfig(
+        d=16, dropout=0.0, epochs=60, patience=0, lr=1e-2, loss="sampled", negatives=4
+    )
+    model = train_sasrec([s[:-1] for s in seqs], N, cfg, valid=valid)
+    ranked = rank_sasrec(model, valid[0], 3)
+    hits = [t in r for r, t in zip(ranked, valid[1], strict=True)]
+    assert sum(hits) / len(hits) > 0.9
+
+
+def test_excluded_items_are_never_ranked() -> None:
+    model = train_sasrec(_cycles(users=10), N, SASRecConfig(d=8, epochs=1))
+    hist = [[1, 2, 3], [7, 8]]
+    ranked = rank_sasrec(model, hist, N - 3, exclude=hist)
+    assert not set(ranked[0]) & {1, 2, 3} and not set(ranked[1]) & {7, 8}
+    assert len(set(ranked[0])) == N - 3  # every other item still ranked
+
+
 def test_scores_do_not_depend_on_the_width_of_the_padding() -> None:
     """Padding is masked out of attention: a short history scores the same in any batch."""
     import torch
@@ -59,7 +79,13 @@ def test_without_validation_or_patience_every_epoch_runs() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"epochs": 0}, "epochs"), ({"patience": -1}, "patience"), ({"dropout": 1.0}, "dropout")],
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"patience": -1}, "patience"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"loss": "bpr"}, "loss"),
+        ({"negatives": 0}, "negatives"),
+    ],
 )
 def test_config_validation(kwargs: dict[str, float], match: str) -> None:
     with pytest.raises(ValueError, match=match):
