@@ -31,10 +31,12 @@ from rich.table import Table
 
 from userlayer.sdk.exceptions import UserLayerError
 from userlayer.sdk.schemas import Action, Service
+from userlayer.tools.alloc import keep_freed_memory
 from userlayer.tools.cli_bench import bench_app
 from userlayer.tools.cli_privacy import register as register_privacy
 from userlayer.tools.cli_serving import register as register_serving
 from userlayer.tools.exceptions import ToolsError
+from userlayer.tools.logs import configure as configure_logs
 
 __all__ = ["app", "main"]
 
@@ -56,7 +58,15 @@ register_privacy(app)
 
 
 @app.callback()
-def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def _setup(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also show the libraries' logs and warnings.")
+    ] = False,
+) -> None:
+    configure_logs(verbose)
+    # big tensors made and freed every training step (SASRec's full softmax over a large
+    # catalog) otherwise fault fresh pages in each time: experiments/alloc_churn.py
+    keep_freed_memory()
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(message)s",

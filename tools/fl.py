@@ -13,6 +13,7 @@ against the base alone (private prompts).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import threading
@@ -164,6 +165,9 @@ def simulate(
 
     from userlayer.cloud.fl.server import app as server_app
     from userlayer.edge.flower import app as client_app
+    from userlayer.tools import logs
+
+    logs.quiet_flower()
 
     wd = Path(workdir).resolve()
     users = prepare_workdir(data_dir, model_dir, wd, cfg)
@@ -193,7 +197,13 @@ def simulate(
             num_supernodes=len(users),
             backend_config={
                 "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                "init_args": {"num_cpus": cfg.cpus, "include_dashboard": False},
+                "init_args": {
+                    "num_cpus": cfg.cpus,
+                    "include_dashboard": False,
+                    # workers' output (Flower's and Opacus' logs) only with -v
+                    "log_to_driver": logs.verbose(),
+                    "logging_level": logging.INFO if logs.verbose() else logging.ERROR,
+                },
             },
         )
     finally:
