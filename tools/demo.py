@@ -169,26 +169,45 @@ def _critique_and_explanation(
     }
 
 
-def _figure(rounds: list[dict[str, Any]], serving: dict[str, Any], out: Path) -> Path:
+QUALITY_ROWS = (
+    ("private, base only", "private,\nbase only"),
+    ("private, with adapters", "private,\nwith user layer"),
+    ("full history, same users (reference, not private)", "full history\n(not private)"),
+)
+
+
+def _figure(
+    quality: dict[str, Any], rounds: list[dict[str, Any]], serving: dict[str, Any], out: Path
+) -> Path:
+    """The product's story first: private quality with and without the user layer, same users."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
-    r = [x["round"] for x in rounds]
-    ax[0].plot(r, [x.get("sampled", 0) for x in rounds], marker="o", label="sampled")
-    ax[0].plot(r, [x.get("valid", 0) for x in rounds], marker="s", label="valid replies")
-    ax[0].set(title="users per round (nodes send no loss)", xlabel="round")
+    fig, ax = plt.subplots(1, 4, figsize=(17, 3.8), width_ratios=[1.3, 1, 1, 1])
+    n = quality["users with an adapter"]
+    x = range(len(QUALITY_ROWS))
+    for off, metric in ((-0.2, "R@10"), (0.2, "N@10")):
+        vals = [quality[key][metric] for key, _ in QUALITY_ROWS]
+        bars = ax[0].bar([i + off for i in x], vals, width=0.4, label=metric.replace("R@", "HR@"))
+        ax[0].bar_label(bars, fmt="%.3f", fontsize=8)
+    ax[0].set_xticks(list(x), [label for _, label in QUALITY_ROWS])
+    ax[0].set(title=f"held-out next item, the same {n} users in every bar")
     ax[0].legend()
-    for a in ax[:2]:
-        a.xaxis.get_major_locator().set_params(integer=True)
-    ax[1].plot(r, [x.get("epsilon") or 0 for x in rounds], marker="o", label="shared part")
-    ax[1].plot(r, [x.get("epsilon_user_max", 0) for x in rounds], marker="s", label="user max")
-    ax[1].set(title="epsilon (delta 1e-5)", xlabel="round")
+    r = [x["round"] for x in rounds]
+    ax[1].plot(r, [x.get("sampled", 0) for x in rounds], marker="o", label="sampled")
+    ax[1].plot(r, [x.get("valid", 0) for x in rounds], marker="s", label="valid replies")
+    ax[1].set(title="users per round (nodes send no loss)", xlabel="round")
     ax[1].legend()
-    ax[2].hist(serving["latencies_ms"], bins=30)
-    ax[2].set(title=f"API latency, {serving['concurrency']} clients", xlabel="ms")
+    ax[2].plot(r, [x.get("epsilon") or 0 for x in rounds], marker="o", label="shared part")
+    ax[2].plot(r, [x.get("epsilon_user_max", 0) for x in rounds], marker="s", label="user max")
+    ax[2].set(title="epsilon (delta 1e-5)", xlabel="round")
+    ax[2].legend()
+    for a in ax[1:3]:
+        a.set_xticks(r)  # rounds are whole numbers
+    ax[3].hist(serving["latencies_ms"], bins=30)
+    ax[3].set(title=f"API latency, {serving['concurrency']} clients", xlabel="ms")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -276,17 +295,19 @@ def run_demo(
     finally:
         api.stop()
     eps = list(user_epsilons(wd, with_adapter).values())
-    png = _figure(fl["rounds"], serving, out / "demo.png")
+    quality_report = {
+        "private, base only": quality["base only"],
+        "private, with adapters": quality["with adapter"],
+        "users with an adapter": quality["users"],
+        "full history, same users (reference, not private)": quality["full history"],
+        "all users, full history (base)": ref["results"]["generative"]["full"]["all"],
+        "all users, private (base)": ref["results"]["generative"]["private"]["all"],
+        "all users": ref["protocol"]["users"],
+    }
+    png = _figure(quality_report, fl["rounds"], serving, out / "demo.png")
     report = {
         "config": asdict(cfg),
-        "quality": {
-            "private, base only": quality["base only"],
-            "private, with adapters": quality["with adapter"],
-            "users with an adapter": quality["users"],
-            "full history, same users (reference, not private)": quality["full history"],
-            "all users, full history (base)": ref["results"]["generative"]["full"]["all"],
-            "all users, private (base)": ref["results"]["generative"]["private"]["all"],
-        },
+        "quality": quality_report,
         "privacy": {
             "epsilon_user_median": statistics.median(eps) if eps else None,
             "epsilon_user_max": max(eps) if eps else None,

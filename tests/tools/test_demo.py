@@ -89,3 +89,19 @@ def test_quick_demo(tmp_path: Path) -> None:
     assert all(it["price"] < cr["reacting_to"]["price"] for it in cr["items"])
     assert rep["explanation"]["text"] and "explanation (edge):" in output
     assert not _live_serve_processes(out)
+
+
+def test_the_figure_opens_with_quality_on_the_same_users(tmp_path: Path) -> None:
+    from matplotlib import image
+
+    from userlayer.tools.demo import QUALITY_ROWS, _figure
+
+    m = {"R@10": 0.2, "N@10": 0.1}
+    quality: dict[str, object] = {key: m for key, _ in QUALITY_ROWS}
+    quality["users with an adapter"] = 83
+    rounds = [{"round": i, "sampled": 5, "valid": 4, "epsilon": 0.5 * i} for i in (1, 2, 3)]
+    png = _figure(
+        quality, rounds, {"latencies_ms": [5.0, 7.0, 9.0], "concurrency": 8}, tmp_path / "f.png"
+    )
+    h, w, _ = image.imread(png).shape
+    assert w > 3 * h  # four panels side by side
