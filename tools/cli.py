@@ -223,21 +223,25 @@ def sids_build(
     """Give every catalog item a unique Semantic ID and report code usage."""
     from userlayer.tools.data.format import Dataset
     from userlayer.tools.sids import SidConfig, build_semantic_ids, load_precomputed
+    from userlayer.tools.sids.build import build_steps, resolve_embedding
 
     ds = Dataset.load(data)
-    with console.status(
-        "building Semantic IDs" if precomputed is None else f"reading {precomputed}"
-    ):
-        if precomputed is not None:
+    if precomputed is not None:
+        with console.status(f"reading {precomputed}"):
             table, rep = load_precomputed(precomputed, ds)
-        else:
-            cfg = SidConfig(
-                levels=levels,
-                codebook_size=codebook,
-                embedding=embedding,  # type: ignore[arg-type]
-                seed=seed,
+    else:
+        cfg = SidConfig(
+            levels=levels,
+            codebook_size=codebook,
+            embedding=embedding,  # type: ignore[arg-type]
+            seed=seed,
+        )
+        kind = resolve_embedding(ds, cfg)
+        with _progress() as progress:
+            task = progress.add_task("building Semantic IDs", total=build_steps(cfg, kind))
+            table, rep = build_semantic_ids(
+                ds, cfg, lambda name: progress.update(task, advance=1, description=name)
             )
-            table, rep = build_semantic_ids(ds, cfg)
     target = out or data / "sids.json"
     table.save(target)
     if report:

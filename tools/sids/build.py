@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -158,29 +159,48 @@ def _balanced(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def resolve_embedding(ds: Dataset, cfg: SidConfig, with_text: float | None = None) -> str:
+    """The embedding ``cfg`` asks for; ``auto``: text where 90% of items have some."""
+    if cfg.embedding != "auto":
+        return cfg.embedding
+    if with_text is None:
+        texts = item_texts(ds.items)
+        with_text = sum(1 for t in texts if t) / max(len(texts), 1)
+    return "text" if with_text >= 0.9 else "collaborative"
+
+
+def build_steps(cfg: SidConfig, kind: str) -> int:
+    """How many times :func:`build_semantic_ids` calls ``on_step`` for ``kind`` of embedding."""
+    return (kind in ("text", "hybrid")) + (kind in ("collaborative", "hybrid")) + cfg.levels + 2
+
+
 def build_semantic_ids(
-    ds: Dataset, cfg: SidConfig | None = None
+    ds: Dataset,
+    cfg: SidConfig | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> tuple[SemanticIdTable, SidReport]:
     """Embed, reduce and quantize the catalog of ``ds`` into unique Semantic IDs.
+
+    ``on_step(name)`` reports each finished step (:func:`build_steps` of them).
 
     Raises:
         ToolsError: if ``embedding="text"`` is asked for items without text.
     """
     cfg = cfg or SidConfig()
+    step = on_step or (lambda name: None)
     t0 = time.perf_counter()
     ids = ds.items.column("item_id").to_pylist()
     services = ds.items.column("service").to_pylist()
     texts = item_texts(ds.items)
     with_text = sum(1 for t in texts if t) / max(len(texts), 1)
-    kind = cfg.embedding
-    if kind == "auto":
-        kind = "text" if with_text >= 0.9 else "collaborative"
+    kind = resolve_embedding(ds, cfg, with_text)
     parts, names = [], []
     if kind in ("text", "hybrid"):
         if with_text < 0.5:
             raise ToolsError(f"only {with_text:.0%} of items have text; use collaborative")
         parts.append(text_embeddings(texts))
         names.append("text:all-MiniLM-L6-v2(title,brand,category)")
+        step("text embeddings")
     if kind in ("collaborative", "hybrid"):
         index = {item: n for n, item in enumerate(ids)}
         seqs = [
@@ -189,6 +209,7 @@ def build_semantic_ids(
         ]
         parts.append(collaborative_embeddings(seqs, len(ids), seed=cfg.seed))
         names.append("collaborative:co-occurrence PPMI+SVD")
+        step("co-occurrence embeddings")
     for part in parts:
         check_embeddings(part, len(ids))
     emb = parts[0] if len(parts) == 1 else np.concatenate([_balanced(x) for x in parts], 1)
@@ -197,8 +218,12 @@ def build_semantic_ids(
     dim = min(cfg.pca_dim, x.shape[1], max(len(x) - 1, 1))
     _, _, vt = np.linalg.svd(x, full_matrices=False)
     x = x @ vt[:dim].T
-    codes = ResidualKMeans(cfg.levels, cfg.codebook_size, cfg.iters, cfg.seed).fit_predict(x)
+    step("PCA")
+    codes = ResidualKMeans(cfg.levels, cfg.codebook_size, cfg.iters, cfg.seed).fit_predict(
+        x, lambda level: step(f"k-means level {level}")
+    )
     codes = add_collision_level(codes, ids)
+    step("collision level")
     sizes = [cfg.codebook_size] * cfg.levels + [int(codes[:, -1].max()) + 1]
     method = f"rq-kmeans {cfg.levels}x{cfg.codebook_size} + collision level (pca {dim})"
     table = _table(ids, services, codes, sizes, method, source)

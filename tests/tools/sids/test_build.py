@@ -17,6 +17,7 @@ from userlayer.tools.sids import (
     build_semantic_ids,
     load_precomputed,
 )
+from userlayer.tools.sids.build import build_steps
 from userlayer.tools.sids.rqkmeans import ResidualKMeans, kmeans
 
 
@@ -72,10 +73,12 @@ def test_build_text_sids_on_synthetic(small_synth: SynthResult, tmp_path: Path) 
 
 def test_hybrid_sids_use_text_and_co_occurrence(small_synth: SynthResult) -> None:
     ds = small_synth.dataset
-    hybrid, report = build_semantic_ids(
-        ds, SidConfig(levels=2, codebook_size=32, embedding="hybrid")
-    )
+    steps: list[str] = []
+    cfg = SidConfig(levels=2, codebook_size=32, embedding="hybrid")
+    hybrid, report = build_semantic_ids(ds, cfg, steps.append)
     _assert_valid(hybrid, ds)
+    assert len(steps) == build_steps(cfg, "hybrid")  # the progress bar's total is exact
+    assert steps[:2] == ["text embeddings", "co-occurrence embeddings"]
     assert report.source.startswith("hybrid:text:") and "collaborative:" in report.source
     alone, _ = build_semantic_ids(
         ds, SidConfig(levels=2, codebook_size=32, embedding="collaborative")
