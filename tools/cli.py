@@ -18,15 +18,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import TextColumn
 from rich.table import Table
 
 from userlayer.sdk.exceptions import UserLayerError
@@ -37,6 +29,7 @@ from userlayer.tools.cli_privacy import register as register_privacy
 from userlayer.tools.cli_serving import register as register_serving
 from userlayer.tools.exceptions import ToolsError
 from userlayer.tools.logs import configure as configure_logs
+from userlayer.tools.progress import progress_bar
 
 __all__ = ["app", "main"]
 
@@ -75,61 +68,6 @@ def _setup(
     )
 
 
-class _Progress(Progress):
-    """A rich progress bar that also reports to a log.
-
-    When the console is not a terminal (rich then draws nothing until the
-    end), a plain line with the estimate every ``log_every`` seconds and when
-    a task finishes.
-    """
-
-    log_every = 15.0
-
-    def __init__(self, *columns: Any, **kw: Any) -> None:
-        super().__init__(*columns, **kw)
-        self._logged: dict[TaskID, float] = {}
-
-    def update(self, task_id: TaskID, **kw: Any) -> None:
-        """See :meth:`rich.progress.Progress.update`; logs when not on a terminal."""
-        super().update(task_id, **kw)
-        self._log(task_id)
-
-    def advance(self, task_id: TaskID, advance: float = 1) -> None:
-        """See :meth:`rich.progress.Progress.advance`; logs when not on a terminal."""
-        super().advance(task_id, advance)
-        self._log(task_id)
-
-    def _log(self, task_id: TaskID) -> None:
-        if self.console.is_terminal:
-            return
-        task = self._tasks[task_id]
-        now = time.monotonic()
-        last = self._logged.setdefault(task_id, now)
-        if now - last < self.log_every and not task.finished:
-            return
-        if task.finished and last < 0:  # the finished line is printed once
-            return
-        self._logged[task_id] = -1.0 if task.finished else now
-        done = f"{task.completed:g}" + ("" if task.total is None else f"/{task.total:g}")
-        left = task.time_remaining
-        eta = "" if left is None or task.finished else f", about {left:.0f} s left"
-        self.console.print(
-            f"{task.description}: {done}, {task.elapsed or 0:.0f} s{eta}", highlight=False
-        )
-
-
-def _progress() -> Progress:
-    return _Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
-
-
 def _kv_table(title: str, rows: dict[str, Any]) -> Table:
     t = Table(title=title, show_header=False, title_justify="left")
     for k, v in rows.items():
@@ -150,7 +88,7 @@ def data_synth(
 
     cfg = SynthConfig(users=users, seed=seed, events_per_user=events_per_user, days=days)
     t0 = time.perf_counter()
-    with _progress() as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("simulating users", total=users)
         result = synthesize(cfg, on_user=lambda n: progress.update(task, completed=n))
     result.save(out)
@@ -237,7 +175,7 @@ def sids_build(
             seed=seed,
         )
         kind = resolve_embedding(ds, cfg)
-        with _progress() as progress:
+        with progress_bar(console) as progress:
             task = progress.add_task("building Semantic IDs", total=build_steps(cfg, kind))
             table, rep = build_semantic_ids(
                 ds, cfg, lambda name: progress.update(task, advance=1, description=name)
@@ -322,7 +260,7 @@ def pretrain_cmd(
             "expert_ff": expert_ff,
         },
     )
-    with _progress() as progress:
+    with progress_bar(console) as progress:
         progress.columns = (*progress.columns, TextColumn("{task.fields[info]}"))
         task = progress.add_task("pretraining", total=None, info="")
         valid = ""
@@ -415,7 +353,7 @@ def eval_cmd(
         exclude_seen=exclude_seen,
         sasrec=sas,
     )
-    with _progress() as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("evaluating", total=None)
         res = evaluate(data, model, cfg, lambda n: progress.advance(task, n))
     if json_out:
@@ -471,7 +409,7 @@ def eval_adapters_cmd(
         )
     except TrainingError as e:
         raise typer.BadParameter(str(e)) from e
-    with _progress() as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("training adapters", total=users)
         res = evaluate_adapters(
             data, model, cfg, on_user=lambda n, total: progress.update(task, completed=n)
@@ -527,7 +465,7 @@ def eval_explanations_cmd(
         )
     except (ExplainError, ValueError) as e:
         raise typer.BadParameter(str(e)) from e
-    with _progress() as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("explaining", total=users)
         res = evaluate_explanations(
             data, model, cfg, on_user=lambda n, total: progress.update(task, completed=n)
@@ -584,7 +522,7 @@ def eval_critiques_cmd(
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
-    with _progress() as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("critique episodes", total=None)
         res = evaluate_critiques(
             data,
@@ -654,7 +592,7 @@ def eval_privacy_cmd(
         )
     except (ToolsError, ValueError) as e:
         raise typer.BadParameter(str(e)) from e
-    with _progress() as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("eval-privacy", total=None)
 
         def tick(stage: str, done: int, total: int) -> None:
@@ -720,7 +658,7 @@ def audit_cmd(
         seed=seed,
     )
     n_train = len(eps) * len(cfg.positions) * (users + 2 * min(replay_users, users))
-    with _progress() as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("training audited adapters", total=n_train)
         res = audit_membership(
             data, model, cfg, on_user=lambda _u, n, total: progress.update(task, completed=n)
@@ -788,7 +726,7 @@ def fl_simulate_cmd(
         epsilon_per_round=epsilon_per_round,
         aggregation=AggregationConfig(method=aggregation, noise_multiplier=noise_multiplier),
     )
-    with _progress() as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("federated rounds", total=rounds)
 
         def on_round(r: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from userlayer.tools.bench.report import BenchReport, append_markdown
+from userlayer.tools.progress import steps
 
 __all__ = ["bench_app"]
 
@@ -61,7 +62,8 @@ def bench_store_cmd(
         cfg = StoreBenchConfig(events, users, batch, repeats, url)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
-    rep = bench_store(cfg, cmd)
+    with steps(console, "store benchmark", cfg.repeats) as step:
+        rep = bench_store(cfg, cmd, step)
     _emit(rep, json_out, markdown)
 
 
@@ -92,7 +94,11 @@ def bench_serving_cmd(
         f"userlayer bench serving --model {model} --batches {batches} --backends {backends} "
         f"--users {users} --repeats {repeats}"
     )
-    _emit(bench_serving(model, cfg, cmd), json_out, markdown)
+    from userlayer.tools.bench.serving import serving_steps
+
+    with steps(console, "serving benchmark", serving_steps(cfg)) as step:
+        rep = bench_serving(model, cfg, cmd, step)
+    _emit(rep, json_out, markdown)
 
 
 @bench_app.command("adapters")
@@ -122,7 +128,11 @@ def bench_adapters_cmd(
         f"userlayer bench adapters --model {model} --users {users} --samples {samples} "
         f"--cache {cache} --lookup-users {lookup_users} --backend {backend}"
     )
-    _emit(bench_adapters(model, cfg, cmd), json_out, markdown)
+    from userlayer.tools.bench.adapters import ADAPTERS_STEPS
+
+    with steps(console, "adapter benchmark", ADAPTERS_STEPS) as step:
+        rep = bench_adapters(model, cfg, cmd, step)
+    _emit(rep, json_out, markdown)
 
 
 @bench_app.command("api")
@@ -152,7 +162,11 @@ def bench_api_cmd(
         f"userlayer bench api --model {model} --concurrency {concurrency} --setups {setups} "
         f"--requests {requests} --users {users} --backend {backend}"
     )
-    _emit(bench_api(model, cfg, cmd), json_out, markdown)
+    from userlayer.tools.bench.api import api_steps
+
+    with steps(console, "API benchmark", api_steps(cfg)) as step:
+        rep = bench_api(model, cfg, cmd, step)
+    _emit(rep, json_out, markdown)
 
 
 @bench_app.command("gpu")
@@ -196,7 +210,11 @@ def bench_fl_cmd(
         f"userlayer bench fl --model {model} --data {data} --sizes {sizes} "
         f"--local-users {local_users}"
     )
-    _emit(bench_fl(data, model, cfg, cmd), json_out, markdown)
+    from userlayer.tools.bench.fl import fl_steps
+
+    with steps(console, "federated benchmark", fl_steps(cfg)) as step:
+        rep = bench_fl(data, model, cfg, cmd, step)
+    _emit(rep, json_out, markdown)
 
 
 @bench_app.command("all")
@@ -218,7 +236,13 @@ def bench_all_cmd(
 
     md = markdown if markdown is not None else (None if quick else DOCS)
     names = tuple(x for x in only.split(",") if x) or BENCHMARKS
-    reports = bench_all(model, data, quick, names, lambda r: _emit(r, None, md))
+    with steps(console, "benchmarks", len(names)) as step:
+
+        def done(r: BenchReport) -> None:
+            _emit(r, None, md)
+            step(r.name)
+
+        reports = bench_all(model, data, quick, names, done)
     if json_out:
         payload = {k: json.loads(r.to_json()) for k, r in reports.items()}
         json_out.write_text(json.dumps(payload, indent=2), "utf-8")

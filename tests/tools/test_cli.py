@@ -99,12 +99,11 @@ def test_progress_reports_to_a_log_when_not_on_a_terminal(monkeypatch: pytest.Mo
 
     from rich.console import Console
 
-    from userlayer.tools import cli
+    from userlayer.tools.progress import LoggedProgress, progress_bar
 
-    monkeypatch.setattr(cli._Progress, "log_every", 0.0)
+    monkeypatch.setattr(LoggedProgress, "log_every", 0.0)
     buf = io.StringIO()
-    monkeypatch.setattr(cli, "console", Console(file=buf, force_terminal=False, width=100))
-    with cli._progress() as progress:
+    with progress_bar(Console(file=buf, force_terminal=False, width=100)) as progress:
         task = progress.add_task("stage one", total=4)
         for _ in range(4):
             progress.advance(task)

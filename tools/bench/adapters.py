@@ -220,8 +220,20 @@ def _lookups(root: Path, scales: Sequence[int], lookups: int, seed: int) -> dict
     return out
 
 
-def bench_adapters(model_dir: str | Path, cfg: AdaptersBenchConfig, command: str) -> BenchReport:
-    """Run the adapter benchmark in a temporary directory."""
+ADAPTERS_STEPS = 3
+
+
+def bench_adapters(
+    model_dir: str | Path,
+    cfg: AdaptersBenchConfig,
+    command: str,
+    on_step: Callable[[str], None] | None = None,
+) -> BenchReport:
+    """Run the adapter benchmark in a temporary directory.
+
+    ``on_step(name)`` reports each of its :data:`ADAPTERS_STEPS` parts.
+    """
+    step = on_step or (lambda name: None)
     e = Engine(model_dir, EngineConfig(backend=cfg.backend, slots=max(cfg.samples, 1) + 1, beam=20))
     with tempfile.TemporaryDirectory(prefix="userlayer-bench-") as tmp:
         root = Path(tmp)
@@ -229,9 +241,12 @@ def bench_adapters(model_dir: str | Path, cfg: AdaptersBenchConfig, command: str
         reg = AdapterRegistry(url, e.fingerprint, e.shapes, cfg=RegistryConfig(cache_size=0))
         path = _serving_path(e, reg, cfg)
         reg.close()
+        step("cold loads and uploads")
         ids = path.pop("ids")
         mem = _memory(url, e, ids, cfg.cache)
+        step("memory per cached adapter")
         scales = _lookups(root, cfg.lookup_users, cfg.lookups, cfg.seed)
+        step("lookups at scale")
     cold, fresh, warm = path["cold_to_slot"], path["upload_to_served"], mem["warm_hit"]
     rows: list[list[object]] = [
         ["cold load: store -> verified -> engine slot", cold["p50_ms"], cold["p99_ms"], "< 5 ms"],

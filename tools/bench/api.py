@@ -23,6 +23,7 @@ import json
 import statistics
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,8 +161,22 @@ def run_load(url: str, key: str, bodies: list[dict[str, Any]], clients: int) -> 
     return asyncio.run(_load(url, key, bodies, clients))
 
 
-def bench_api(model_dir: str | Path, cfg: ApiBenchConfig, command: str) -> BenchReport:
-    """Start the API on 127.0.0.1 over a fresh registry and measure it; stops what it started."""
+def api_steps(cfg: ApiBenchConfig) -> int:
+    """How many times :func:`bench_api` calls ``on_step``."""
+    return 1 + len(cfg.setups) * len(cfg.concurrency) + 1
+
+
+def bench_api(
+    model_dir: str | Path,
+    cfg: ApiBenchConfig,
+    command: str,
+    on_step: Callable[[str], None] | None = None,
+) -> BenchReport:
+    """Start the API on 127.0.0.1 over a fresh registry and measure it; stops what it started.
+
+    ``on_step(name)`` reports each measured part (:func:`api_steps` of them).
+    """
+    step = on_step or (lambda name: None)
     d = Path(model_dir)
     if cfg.backend == "onnxruntime":
         ensure_onnx(d)  # (again, if an older export format)
@@ -169,6 +184,7 @@ def bench_api(model_dir: str | Path, cfg: ApiBenchConfig, command: str) -> Bench
     fp, shapes, acfg, table = e.fingerprint, e.shapes, e.acfg, e.table
     del e
     engine64 = engine_rows_per_s(d, cfg.backend, 64, seed=cfg.seed, device=cfg.device)
+    step("engine alone")
     results: dict[str, Any] = {"engine_rows_per_s_batch64": engine64}
     rows: list[list[object]] = [["engine alone, batch 64", "", engine64, "", "", "", "", ""]]
     with tempfile.TemporaryDirectory(prefix="userlayer-bench-api-") as tmp:
@@ -194,6 +210,7 @@ def bench_api(model_dir: str | Path, cfg: ApiBenchConfig, command: str) -> Bench
                     res = run_load(api.url, api.key, bodies, c)
                     results[f"{setup}/c{c}"] = res
                     rows.append(_row(setup, f"{c}", res))
+                    step(f"{setup}, {c} clients")
         last = cfg.setups[-1]
         env_over = {
             **base_env,
@@ -208,6 +225,7 @@ def bench_api(model_dir: str | Path, cfg: ApiBenchConfig, command: str) -> Bench
             results["overload"] = {**res, "max_queue": cfg.overload_queue, "setup": last}
             label = f"{cfg.overload_clients} (queue {cfg.overload_queue})"
             rows.append(_row(last, label, res))
+            step("overload")
     levels = {k: v for k, v in results.items() if isinstance(v, dict)}
     bad = {k: v["status"] for k, v in levels.items() if set(v["status"]) - {200, 503}}
     notes = [

@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -159,15 +160,32 @@ def _round(data: Path, model_dir: Path, n: int, cfg: FlBenchConfig, tmp: Path) -
     }
 
 
+def fl_steps(cfg: FlBenchConfig) -> int:
+    """How many times :func:`bench_fl` calls ``on_step``."""
+    return 1 + len(cfg.round_sizes)
+
+
 def bench_fl(
-    data_dir: str | Path, model_dir: str | Path, cfg: FlBenchConfig, command: str
+    data_dir: str | Path,
+    model_dir: str | Path,
+    cfg: FlBenchConfig,
+    command: str,
+    on_step: Callable[[str], None] | None = None,
 ) -> BenchReport:
-    """Run the federated benchmark in a temporary directory."""
+    """Run the federated benchmark in a temporary directory.
+
+    ``on_step(name)`` reports each part (:func:`fl_steps` of them).
+    """
+    step = on_step or (lambda name: None)
     data, model_dir = Path(data_dir), Path(model_dir)
     with tempfile.TemporaryDirectory(prefix="userlayer-bench-fl-") as t:
         tmp = Path(t)
         local = _local(data, model_dir, cfg, tmp)
-        rounds = [_round(data, model_dir, n, cfg, tmp) for n in cfg.round_sizes]
+        step("local training")
+        rounds = []
+        for n in cfg.round_sizes:
+            rounds.append(_round(data, model_dir, n, cfg, tmp))
+            step(f"a round of {n} users")
     rows: list[list[object]] = [
         [f"one round, {r['users_per_round']} users", r["round_s"], r["per_user_s"], ""]
         for r in rounds

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -150,8 +150,22 @@ def engine_rows_per_s(
     return batch / _time(e, reqs, repeats)
 
 
-def bench_serving(model_dir: str | Path, cfg: ServingBenchConfig, command: str) -> BenchReport:
-    """Run the serving benchmark; exports ONNX into ``model_dir/onnx`` if missing."""
+def serving_steps(cfg: ServingBenchConfig) -> int:
+    """How many times :func:`bench_serving` calls ``on_step``."""
+    return len(cfg.backends) * len(cfg.batches) + (1 if cfg.naive else 0)
+
+
+def bench_serving(
+    model_dir: str | Path,
+    cfg: ServingBenchConfig,
+    command: str,
+    on_step: Callable[[str], None] | None = None,
+) -> BenchReport:
+    """Run the serving benchmark; exports ONNX into ``model_dir/onnx`` if missing.
+
+    ``on_step(name)`` reports each measured cell (:func:`serving_steps` of them).
+    """
+    step = on_step or (lambda name: None)
     d = Path(model_dir)
     if "onnxruntime" in cfg.backends:
         ensure_onnx(d)  # (again, if an older export format)
@@ -225,6 +239,7 @@ def bench_serving(model_dir: str | Path, cfg: ServingBenchConfig, command: str) 
                     f"{res['ratio']:.2f}",
                 ]
             )
+            step(f"{backend}, batch {b}")
     if cfg.naive:
         naive = NaivePeftServer(d, e, e.acfg)
         for b in cfg.batches:
@@ -240,6 +255,7 @@ def bench_serving(model_dir: str | Path, cfg: ServingBenchConfig, command: str) 
                 "engine_vs_naive": best * tn / b,
             }
             rows.append(["peft swap per request (torch)", b, "", b / tn, tn * 1000, ""])
+        step("peft swap per request")
     for b in cfg.batches:
         if f"onnxruntime/{b}" in results and f"torch/{b}" in results:
             o, t = results[f"onnxruntime/{b}"], results[f"torch/{b}"]

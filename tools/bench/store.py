@@ -154,8 +154,15 @@ def _in_schema(
             con.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
-def bench_store(cfg: StoreBenchConfig | None = None, command: str = "") -> BenchReport:
-    """Run the store benchmark; medians over ``repeats`` fresh files."""
+def bench_store(
+    cfg: StoreBenchConfig | None = None,
+    command: str = "",
+    on_step: Callable[[str], None] | None = None,
+) -> BenchReport:
+    """Run the store benchmark; medians over ``repeats`` fresh files.
+
+    ``on_step(name)`` reports each repeat (``repeats`` of them).
+    """
     cfg = cfg or StoreBenchConfig()
     events = _events(cfg)
     res: dict[str, list[tuple[float, float, float]]] = {"encrypted": [], "plain": []}
@@ -177,6 +184,8 @@ def bench_store(cfg: StoreBenchConfig | None = None, command: str = "") -> Bench
                 res["plain postgresql"].append(
                     _in_schema(url, lambda sch: _plain_pg(url, sch, events, cfg.batch))
                 )
+        if on_step is not None:
+            on_step(f"repeat {r + 1}")
     out = {}
     rows = []
     for name, runs in res.items():

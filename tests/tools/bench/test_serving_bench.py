@@ -29,3 +29,5 @@ def test_bench_serving_smoke(tmp_path: Path, tiny_model_dir: Path) -> None:
     for key in ("onnxruntime/4/critiques", "torch/4/critiques"):  # the model has catalog.json
         assert res[key]["rows_per_s_adapters_critiques"] > 0
     assert "every row with a critique" in md.read_text()
+    # its progress, also in a log: 2 backends x 2 batches + the peft swap, the total exact
+    assert "serving benchmark: peft swap per request: 5/5" in r.output
