@@ -29,7 +29,7 @@ from userlayer.tools.cli_privacy import register as register_privacy
 from userlayer.tools.cli_serving import register as register_serving
 from userlayer.tools.exceptions import ToolsError
 from userlayer.tools.logs import configure as configure_logs
-from userlayer.tools.progress import progress_bar
+from userlayer.tools.progress import progress_bar, steps
 
 __all__ = ["app", "main"]
 
@@ -119,9 +119,11 @@ def data_load(
     from userlayer.tools.data.loaders import CsvMapping, load
 
     csv_map = CsvMapping.parse(mapping) if mapping else None
-    with console.status(f"loading {path}"):
+    with steps(console, f"loading {path.name}", 2) as step:
         ds, summary = load(fmt, path, service=service, action=action, mapping=csv_map)
+        step("converted")
         ds.save(out)
+        step("saved")
     console.print(_kv_table(f"{fmt} -> {out}", summary.as_dict()))
 
 
@@ -785,13 +787,15 @@ def demo(
     from userlayer.tools.demo import DemoConfig, run_demo
 
     cfg = replace(DemoConfig.quick() if quick else DemoConfig(), seed=seed)
-    with console.status("starting") as status:
+    with progress_bar(console) as bar:
+        task = bar.add_task("demo", total=8)
 
-        def step(s: str) -> None:
-            status.update(s)
+        def step(s: str) -> None:  # "k/8 what": stage k begins
             console.print(f"[bold]{s}")
+            bar.update(task, completed=int(s.split("/")[0]) - 1, description=s)
 
         rep = run_demo(out, cfg, step)
+        bar.update(task, completed=8, description="demo")
     q = rep["quality"]
     n = q["users with an adapter"]
     t = Table(title=f"quality: held-out next item, the same {n} users with an adapter in every row")
