@@ -26,6 +26,8 @@ from userlayer.tools.bench.report import BenchReport
 
 __all__ = ["StoreBenchConfig", "bench_store"]
 
+Run = tuple[float, float, float, float]  # append s, read s, bytes per event, forget s (or NaN)
+
 
 @dataclass(frozen=True)
 class StoreBenchConfig:
@@ -67,7 +69,7 @@ def _events(cfg: StoreBenchConfig) -> list[Event]:
     return out
 
 
-def _plain(path: Path, events: list[Event], batch: int) -> tuple[float, float, float]:
+def _plain(path: Path, events: list[Event], batch: int) -> Run:
     con = sqlite3.connect(path, isolation_level=None)
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=NORMAL")
@@ -91,10 +93,10 @@ def _plain(path: Path, events: list[Event], batch: int) -> tuple[float, float, f
     read = time.perf_counter() - t
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     con.close()
-    return append, read, path.stat().st_size / len(events)
+    return append, read, path.stat().st_size / len(events), float("nan")
 
 
-def _encrypted(store: ProfileStore, events: list[Event], batch: int) -> tuple[float, float, float]:
+def _encrypted(store: ProfileStore, events: list[Event], batch: int) -> Run:
     with store:
         t = time.perf_counter()
         for s in range(0, len(events), batch):
@@ -107,10 +109,15 @@ def _encrypted(store: ProfileStore, events: list[Event], batch: int) -> tuple[fl
         assert n == len(events)
         store._db.after_delete()
         size = store._db.size_bytes()
-    return append, read, size / len(events)
+        # forgetting one user re-keys every other user's pseudonym and rotates the KEK:
+        # its cost grows with the number of users, not with the user's events
+        t = time.perf_counter()
+        store.forget(users[0])
+        forget = time.perf_counter() - t
+    return append, read, size / len(events), forget
 
 
-def _plain_pg(url: str, schema: str, events: list[Event], batch: int) -> tuple[float, float, float]:
+def _plain_pg(url: str, schema: str, events: list[Event], batch: int) -> Run:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as con:
@@ -137,12 +144,10 @@ def _plain_pg(url: str, schema: str, events: list[Event], batch: int) -> tuple[f
         read = time.perf_counter() - t
         size = con.execute("SELECT pg_total_relation_size('ev')").fetchone()
         assert size is not None
-    return append, read, int(size[0]) / len(events)
+    return append, read, int(size[0]) / len(events), float("nan")
 
 
-def _in_schema(
-    url: str, run: Callable[[str], tuple[float, float, float]]
-) -> tuple[float, float, float]:
+def _in_schema(url: str, run: Callable[[str], Run]) -> Run:
     """Run in a fresh schema of ``url``, dropped afterwards."""
     import psycopg
 
@@ -165,7 +170,7 @@ def bench_store(
     """
     cfg = cfg or StoreBenchConfig()
     events = _events(cfg)
-    res: dict[str, list[tuple[float, float, float]]] = {"encrypted": [], "plain": []}
+    res: dict[str, list[Run]] = {"encrypted": [], "plain": []}
     if cfg.url:
         res |= {"encrypted postgresql": [], "plain postgresql": []}
     url = cfg.url or ""
@@ -177,7 +182,7 @@ def bench_store(
             if cfg.url:
                 kek = LocalKeyFile(Path(d) / "pg.keks", create=True)
 
-                def enc_pg(sch: str, kek: LocalKeyFile = kek) -> tuple[float, float, float]:
+                def enc_pg(sch: str, kek: LocalKeyFile = kek) -> Run:
                     return _encrypted(ProfileStore(url, keys=kek, schema=sch), events, cfg.batch)
 
                 res["encrypted postgresql"].append(_in_schema(url, enc_pg))
@@ -186,30 +191,45 @@ def bench_store(
                 )
         if on_step is not None:
             on_step(f"repeat {r + 1}")
-    out = {}
+    out: dict[str, dict[str, float | None]] = {}
     rows = []
     for name, runs in res.items():
         append = statistics.median(x[0] for x in runs)
         read = statistics.median(x[1] for x in runs)
         size = statistics.median(x[2] for x in runs)
+        forget = statistics.median(x[3] for x in runs)
         out[name] = {
             "append_events_per_s": len(events) / append,
             "read_events_per_s": len(events) / read,
             "bytes_per_event": size,
+            "forget_one_user_s": None if forget != forget else forget,  # NaN: not measured
         }
-        rows.append([name, len(events) / append, len(events) / read, size])
+        rows.append(
+            [
+                name,
+                len(events) / append,
+                len(events) / read,
+                size,
+                "" if forget != forget else f"{forget:.3f}",
+            ]
+        )
     notes = [
         f"{cfg.events:,} events of {cfg.users:,} users, batches of {cfg.batch}, median of "
         f"{cfg.repeats} fresh files; read = every user's events decrypted, in time order",
+        f"forget: one user crypto-shredded (rows, keys, a new index key re-keying the other "
+        f"{cfg.users - 1:,} users' pseudonyms, KEK rotation): it grows with the users",
     ]
     for suffix in ("", " postgresql"):
         if "encrypted" + suffix not in out:
             continue
         enc, plain = out["encrypted" + suffix], out["plain" + suffix]
+        ratio = {
+            k: float(enc[k] or 0) / float(plain[k] or 1)
+            for k in ("append_events_per_s", "read_events_per_s")
+        }
         notes.append(
             f"encrypted/plain{suffix and ' on PostgreSQL'}: append "
-            f"{enc['append_events_per_s'] / plain['append_events_per_s']:.2f}x, "
-            f"read {enc['read_events_per_s'] / plain['read_events_per_s']:.2f}x"
+            f"{ratio['append_events_per_s']:.2f}x, read {ratio['read_events_per_s']:.2f}x"
         )
     if cfg.url:
         notes.append(
@@ -219,7 +239,7 @@ def bench_store(
     return BenchReport(
         "store",
         command or "userlayer bench store",
-        ["store", "append events/s", "read events/s", "bytes/event on disk"],
+        ["store", "append events/s", "read events/s", "bytes/event on disk", "forget one user (s)"],
         rows,
         {"config": cfg.__dict__, **out},
         notes,

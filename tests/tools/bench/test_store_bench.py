@@ -57,6 +57,7 @@ def test_bench_store_on_postgresql(tmp_path: Path, postgres: PgServer) -> None:
     res = json.loads(js.read_text())["results"]
     for name in ("encrypted postgresql", "plain postgresql"):
         assert res[name]["append_events_per_s"] > 0 and res[name]["bytes_per_event"] > 0
+    assert res["encrypted postgresql"]["forget_one_user_s"] > 0
     assert postgres.dsn not in r.output  # the command line it prints hides the URL
     with psycopg.connect(postgres.dsn) as con:  # every bench schema dropped
         left = con.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'bench_%'")
