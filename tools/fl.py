@@ -13,8 +13,6 @@ against the base alone (private prompts).
 from __future__ import annotations
 
 import json
-import logging
-import os
 import shutil
 import threading
 import time
@@ -61,6 +59,7 @@ class SimulationConfig:
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     cpus: int = 2
+    timeout_s: float = 3600.0  # the whole run, rounds and start-up
 
     def __post_init__(self) -> None:
         if not 0 <= self.dropout < 1:
@@ -161,19 +160,11 @@ def simulate(
     Raises:
         ToolsError: if the ServerApp did not finish every round.
     """
-    from flwr.simulation import run_simulation
-
-    from userlayer.cloud.fl.server import app as server_app
-    from userlayer.edge.flower import app as client_app
     from userlayer.tools import logs
-
-    logs.quiet_flower()
+    from userlayer.tools.fl_deploy import LocalFederation, write_app
 
     wd = Path(workdir).resolve()
     users = prepare_workdir(data_dir, model_dir, wd, cfg)
-    os.environ["USERLAYER_FL_WORKDIR"] = str(wd)
-    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     seen = len(_read_progress(wd))
     done = threading.Event()
 
@@ -188,24 +179,28 @@ def simulate(
             time.sleep(0.5)
 
     t0 = time.perf_counter()
+    app_dir = write_app(wd / "app")
+    # Flower's Simulation Runtime behind a SuperLink of our own (as `flwr run` uses it):
+    # one virtual SuperNode per user, 1 CPU each, on Ray; workers' output only with -v
+    federation = {
+        "num-supernodes": len(users),
+        "client-resources-num-cpus": 1,
+        "init-args-num-cpus": cfg.cpus,
+        "init-args-log-to-driver": logs.verbose(),
+        "init-args-logging-level": "INFO" if logs.verbose() else "ERROR",
+    }
+    fed = LocalFederation(wd / "flower", [], simulation=True, env={"USERLAYER_FL_WORKDIR": str(wd)})
     th = threading.Thread(target=watch, daemon=True)
     th.start()
     try:
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=len(users),
-            backend_config={
-                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                "init_args": {
-                    "num_cpus": cfg.cpus,
-                    "include_dashboard": False,
-                    # workers' output (Flower's and Opacus' logs) only with -v
-                    "log_to_driver": logs.verbose(),
-                    "logging_level": logging.INFO if logs.verbose() else logging.ERROR,
-                },
-            },
-        )
+        with fed:
+            run_id = fed.run(app_dir, {"workdir": str(wd)}, federation)
+            try:
+                fed.wait(run_id, timeout=cfg.timeout_s)
+            except ToolsError as e:
+                raise ToolsError(
+                    f"{e}; the simulation's log: {wd / 'flower' / 'superlink.log'}"
+                ) from e
     finally:
         done.set()
         th.join()

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -88,6 +89,19 @@ class NodeSpec:
         return f"workdir='{self.workdir}' users='{','.join(self.users)}'"
 
 
+def _toml_args(values: Mapping[str, int | float | bool | str]) -> str:
+    """``k=v`` pairs with TOML values, as ``flwr run --federation-config`` reads them."""
+    out = []
+    for k, v in values.items():
+        if isinstance(v, bool):
+            out.append(f"{k}={'true' if v else 'false'}")
+        elif isinstance(v, int | float):
+            out.append(f"{k}={v}")
+        else:
+            out.append(f"{k}={json.dumps(v)}")
+    return " ".join(out)
+
+
 def _wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
@@ -103,11 +117,21 @@ def _wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes], log: Pa
 
 @dataclass
 class LocalFederation:
-    """A SuperLink and SuperNodes on 127.0.0.1 (insecure), stopped on exit by their PIDs."""
+    """A SuperLink and SuperNodes on 127.0.0.1 (insecure), stopped on exit by their PIDs.
+
+    With ``simulation`` the SuperLink runs Flower's Simulation Runtime itself
+    (``flower-superlink --simulation``: virtual SuperNodes on Ray, in a
+    subprocess it starts) and ``nodes`` is empty; a run then takes its
+    ``federation_config`` (``num-supernodes``, resources).
+    """
 
     home: Path
     nodes: list[NodeSpec]
     start_timeout: float = 60.0
+    simulation: bool = False
+    # set in every process it starts; a simulation's virtual nodes take their workdir from
+    # $USERLAYER_FL_WORKDIR here, never from the run's config (which the submitter controls)
+    env: dict[str, str] = field(default_factory=dict)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list, init=False)
     port: int = field(default=0, init=False)
 
@@ -117,7 +141,7 @@ class LocalFederation:
         env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
         # the SuperLink and SuperNodes start flwr-serverapp / flwr-clientapp from $PATH
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        return env
+        return env | self.env
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = self.home / f"{name}.log"
@@ -154,6 +178,7 @@ class LocalFederation:
                 str(self.port),
                 "--database",
                 str(self.home / "superlink.db"),
+                *(["--simulation", "--isolation", "subprocess"] if self.simulation else []),
             ],
         )
         try:
@@ -200,11 +225,18 @@ class LocalFederation:
             raise ToolsError(f"`flwr {args[0]}` failed: {out.get('error-message', out)}")
         return out
 
-    def run(self, app_dir: str | Path, run_config: dict[str, str]) -> str:
+    def run(
+        self,
+        app_dir: str | Path,
+        run_config: dict[str, str],
+        federation_config: Mapping[str, int | float | bool | str] | None = None,
+    ) -> str:
         """Submit a run of the Flower App in ``app_dir``; returns its run id."""
         cfg = " ".join(f"{k}='{v}'" for k, v in run_config.items())
-        out = self._flwr("run", str(Path(app_dir).resolve()), "local", "--run-config", cfg)
-        return str(out["run-id"])
+        args = ["run", str(Path(app_dir).resolve()), "local", "--run-config", cfg]
+        if federation_config:
+            args += ["--federation-config", _toml_args(federation_config)]
+        return str(self._flwr(*args)["run-id"])
 
     def status(self, run_id: str) -> dict[str, Any]:
         """The SuperLink's record of the run (``status`` like ``finished:completed``)."""

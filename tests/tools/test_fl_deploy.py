@@ -66,3 +66,25 @@ def test_node_spec_refuses_bad_users(tmp_path: Path) -> None:
     with pytest.raises(ToolsError, match="without"):
         NodeSpec(tmp_path, ("a,b",))
     assert "users='a,b'" in NodeSpec(tmp_path, ("a", "b")).node_config()
+
+
+def test_the_project_is_the_same_flower_app_as_the_one_written() -> None:
+    """`flwr run .` in a clone and `userlayer fl simulate` name the same apps and config."""
+    import tomllib
+
+    from flwr.cli.config_utils import load_and_validate
+
+    from userlayer.tools.fl_deploy import APP_PYPROJECT
+
+    root = Path(__file__).resolve().parents[2]
+    conf, warnings = load_and_validate(root / "pyproject.toml")  # Flower's own check
+    assert conf is not None and not warnings
+    written = tomllib.loads(APP_PYPROJECT)["tool"]["flwr"]["app"]
+    assert conf["tool"]["flwr"]["app"] == written
+
+
+def test_federation_config_is_written_as_toml_values() -> None:
+    from userlayer.tools.fl_deploy import _toml_args
+
+    args = {"num-supernodes": 24, "init-args-log-to-driver": False, "backend": "ray"}
+    assert _toml_args(args) == 'num-supernodes=24 init-args-log-to-driver=false backend="ray"'
