@@ -13,7 +13,7 @@ import logging
 import os
 import warnings
 
-__all__ = ["LIBRARY_LOGGERS", "configure", "quiet_flower", "verbose"]
+__all__ = ["LIBRARY_LOGGERS", "configure", "verbose"]
 
 # loggers of the libraries the CLI drives, silenced below ERROR unless -v
 LIBRARY_LOGGERS = (
@@ -49,9 +49,3 @@ def configure(verbose: bool) -> None:
     os.environ.setdefault("FLWR_LOG_LEVEL", "ERROR")
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def quiet_flower() -> None:
-    """Silence Flower below ERROR again after its import (it sets its logger to DEBUG)."""
-    if not _state["verbose"]:
-        logging.getLogger("flwr").setLevel(logging.ERROR)
