@@ -534,7 +534,10 @@ def eval_critiques_cmd(
         )
     if json_out:
         json_out.write_text(json.dumps(res, indent=2, ensure_ascii=False), "utf-8")
-    t = Table(title=f"{res['episodes']} critique episodes ({res['language']}), {res['backend']}")
+    t = Table(
+        title=f"{res['episodes']} critique episodes ({res['source']}, {res['language']}), "
+        f"{res['backend']}"
+    )
     for col in ("critique", "n", "R@10 without", "R@10 with", "NDCG@10 without", "NDCG@10 with"):
         t.add_column(col)
     rows = [("all", res["metrics"]), *res["per_kind"].items()]

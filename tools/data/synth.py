@@ -64,6 +64,7 @@ import pyarrow.parquet as pq
 
 from userlayer.sdk.schemas import Mode, Service, Weather, daypart_of, season_of
 from userlayer.tools.data.catalog import LEAVES, CatalogItem, make_catalog
+from userlayer.tools.data.critique_episodes import CritiqueEpisode, make_episodes, save_episodes
 from userlayer.tools.data.format import Dataset, build_events
 from userlayer.tools.exceptions import ToolsError
 
@@ -101,6 +102,9 @@ class SynthConfig:
     items_kuper: int = 1100
     items_megamarket: int = 1400
     observed_mode_rate: float = 0.5
+    # share of users whose held-out last event comes with a critique episode
+    # (critiques.jsonl; userlayer.tools.data.critique_episodes)
+    critique_rate: float = 0.3
 
     def __post_init__(self) -> None:
         if self.users < 1:
@@ -114,6 +118,8 @@ class SynthConfig:
         for name in ("items_samokat", "items_kuper", "items_megamarket"):
             if getattr(self, name) < 100:
                 raise ToolsError(f"`{name}` should be at least 100, got {getattr(self, name)}")
+        if not 0.0 <= self.critique_rate <= 1.0:
+            raise ToolsError(f"`critique_rate` should be in [0, 1], got {self.critique_rate}")
         if not 0.0 <= self.observed_mode_rate <= 1.0:
             raise ToolsError(
                 f"`observed_mode_rate` should be in [0, 1], got {self.observed_mode_rate}"
@@ -155,10 +161,13 @@ class SynthResult:
     catalog: list[CatalogItem]
     true_mode: list[str]  # row-aligned with dataset.events
     session_id: list[int]
+    critiques: list[CritiqueEpisode] = field(default_factory=list)
 
     def save(self, directory: str | Path) -> Path:
-        """Write the dataset and ``truth/`` to ``directory``."""
+        """Write the dataset, its critique episodes and ``truth/`` to ``directory``."""
         out = self.dataset.save(directory)
+        if self.critiques:
+            save_episodes(self.critiques, out)
         truth = out / "truth"
         truth.mkdir(exist_ok=True)
         (truth / "users.json").write_text(
@@ -528,7 +537,20 @@ def synthesize(cfg: SynthConfig, on_user: Callable[[int], None] | None = None) -
         }
     )
     meta = {"source": "synthetic", "timestamps": "real", "config": asdict(cfg)}
-    return SynthResult(Dataset(events, items_table, meta), users, catalog, true_mode, session_ids)
+    held_out: dict[str, tuple[str, datetime]] = {}  # rows are in (user, time) order
+    sold: dict[str, float] = {}
+    for user, item, ts, action in zip(
+        cols["user_id"], cols["item_id"], cols["timestamp"], cols["action"], strict=True
+    ):
+        held_out[user] = (item, datetime.fromtimestamp(ts / 1000, UTC))
+        if action == "purchase":
+            sold[item] = sold.get(item, 0.0) + 1.0
+    episodes = make_episodes(
+        held_out, {u.user_id: u for u in users}, catalog, sold, cfg.critique_rate, cfg.seed
+    )
+    return SynthResult(
+        Dataset(events, items_table, meta), users, catalog, true_mode, session_ids, episodes
+    )
 
 
 def _static_scores(u: UserTaste, items: _ServiceItems) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

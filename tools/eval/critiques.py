@@ -14,7 +14,12 @@ such critique is drawn (seeded):
 - a bigger (smaller) pack of its category: "побольше" / "bigger pack" (a soft
   steer: ranks, does not filter).
 
-The next item then satisfies the critique by construction. Reported, on the
+The next item then satisfies the critique by construction. Where the dataset
+comes with the simulator's own episodes (``critiques.jsonl``: a shown item
+the user's latent tastes reject, what they said, the purchase that followed;
+:mod:`userlayer.tools.data.critique_episodes`), those are used instead: the
+shown item ends the request's session, the held-out last event is the
+target. Reported, on the
 same episodes and the same engine: R@10 / NDCG@10 of the target without and
 with the critique (per kind); the share of returned items that violate a
 hard constraint, checked against the catalog's attributes (must be 0); and
@@ -42,6 +47,7 @@ from userlayer.sdk.critique import (
     parse_critique,
 )
 from userlayer.sdk.schemas import Event
+from userlayer.tools.data.critique_episodes import load_episodes
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.eval.metrics import Accumulator
 
@@ -175,12 +181,23 @@ def evaluate_critiques(
     by_user = ds.user_events()
     rng = np.random.default_rng(cfg.seed)
     ok = sorted(u for u, ev in by_user.items() if len(ev) >= cfg.min_events)
+    simulated = load_episodes(data_dir)
+    if simulated is not None:  # the simulator's own: users with an episode
+        by_ep = {e.user_id: e for e in simulated}
+        ok = [u for u in ok if u in by_ep]
     users = [ok[i] for i in sorted(rng.permutation(len(ok))[: cfg.users])]
     episodes: list[Episode] = []
     scfg = ExampleConfig()
     for u in users:
         evs = sorted(by_user[u], key=lambda e: e.timestamp)
         sess = tuple(e.item_id for e in session_before(evs, len(evs) - 1, scfg))
+        if simulated is not None:
+            sim = by_ep[u]
+            if sim.target == evs[-1].item_id and catalog.index_of(sim.shown) >= 0:
+                episodes.append(
+                    Episode(sim.kind, sim.text(cfg.language), (*sess, sim.shown), evs[-1])
+                )
+            continue
         ep = make_episode(catalog, sess or (evs[-2].item_id,), evs[-1], cfg.language, rng)
         if ep is not None:
             episodes.append(ep)
@@ -212,6 +229,7 @@ def evaluate_critiques(
     speed = _speed(engine, plain, steered, cfg) if episodes else {}
     return {
         "episodes": total,
+        "source": "simulator (critiques.jsonl)" if simulated is not None else "derived",
         "users": len(users),
         "language": cfg.language,
         "metrics": {n: a.result()["all"] for n, a in acc.items()},
