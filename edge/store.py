@@ -14,7 +14,9 @@ writers making the same user's first key keep one (``ON CONFLICT``).
 PostgreSQL has no ``secure_delete``: a forgotten user's rows stay in the
 table's free space until it is vacuumed and reused, and in its WAL until
 that is recycled, but they are ciphertext under a data key whose wrapping
-KEK is destroyed, so the crypto-shredding below holds all the same.
+KEK is destroyed once the forget's KEK rotation has run, so the
+crypto-shredding below holds all the same (a rotation a crash or a provider
+error interrupted is marked pending and finished by the next open).
 
 Layout and wire format (schema ``userlayer.profile/2``; on PostgreSQL BLOB is
 BYTEA and ``seq`` an identity column)::
@@ -82,7 +84,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from userlayer.edge.exceptions import KeyProviderError, ProfileDecryptError, StoreError
-from userlayer.edge.store_db import StoreDb, TxMode, is_postgres_url, open_db
+from userlayer.edge.store_db import TABLES, StoreDb, TxMode, is_postgres_url, open_db
 from userlayer.sdk.crypto import KeyProvider, LocalKeyFile, aead_decrypt, aead_encrypt
 from userlayer.sdk.exceptions import DecryptError
 from userlayer.sdk.schemas import Action, Context, Daypart, Event, Mode, Season, Service, Weather
@@ -214,8 +216,8 @@ class ProfileStore:
                 if fmt is not None and bytes(fmt[0]) in _LEGACY:  # upgrade: add what is new
                     self._db.execute("UPDATE meta SET value=? WHERE key='format'", (FORMAT,))
                     fmt = (FORMAT,)
-                if fmt is not None and bytes(fmt[0]) == FORMAT:
-                    self._db.create_schema()
+                if fmt is not None and bytes(fmt[0]) == FORMAT and not tables >= TABLES:
+                    self._db.create_schema()  # a new store, or format 1's missing tables
                     self._db.execute(
                         "INSERT INTO meta VALUES ('generation', ?) ON CONFLICT (key) DO NOTHING",
                         (b"0",),
@@ -243,6 +245,24 @@ class ProfileStore:
         except BaseException:
             self._db.close()
             raise
+        self._finish_rotation()
+
+    def _finish_rotation(self) -> None:
+        """Rotate the KEK if a forget committed without its rotation (crash, provider error)."""
+        with self._tx("read"):
+            pending = self._db.execute("SELECT 1 FROM meta WHERE key='rotation_pending'").fetchone()
+        if pending is None:
+            return
+        try:
+            self.rotate_kek(destroy_old=True)
+            logger.info("%s: finished the KEK rotation of an earlier forget", self.where)
+        except KeyProviderError as e:
+            logger.warning(
+                "%s: a forget's KEK rotation is still pending (%s); copies of the store made "
+                "before it stay decryptable with the current KEK",
+                self.where,
+                e,
+            )
 
     @contextmanager
     def _ending(self) -> Iterator[None]:
@@ -250,9 +270,16 @@ class ProfileStore:
         try:
             yield
         except BaseException:
-            self._db.rollback()
+            self._rollback_quietly()
             raise
         self._db.commit()
+
+    def _rollback_quietly(self) -> None:
+        """Roll back after an error, keeping that error (a failed rollback is only logged)."""
+        try:
+            self._db.rollback()
+        except Exception as e:  # the connection is gone: the server ends the transaction
+            logger.warning("%s: rollback failed (%s)", self.where, e)
 
     @contextmanager
     def _tx(self, mode: TxMode = "keys") -> Iterator[None]:
@@ -281,7 +308,12 @@ class ProfileStore:
             for _ in range(10):
                 self._sync()
                 self._db.begin(mode)
-                if self._generation() == self._gen:
+                try:
+                    current = self._generation() == self._gen
+                except BaseException:  # never leave the transaction (and its lock) open
+                    self._rollback_quietly()
+                    raise
+                if current:
                     break
                 self._db.rollback()
             else:  # pragma: no cover - ten forgets between two statements
@@ -318,17 +350,22 @@ class ProfileStore:
     def _meta_key(self, name: str) -> bytes:
         """A 32-byte store key kept in ``meta`` wrapped by the KEK (made on first use)."""
         aad = _META_KEYS[name]
+        # unwrapped inside the transaction: a rotation cannot destroy its KEK in between
         with self._tx("read"):
             row = self._db.execute("SELECT value FROM meta WHERE key=?", (name,)).fetchone()
-        if row is None:
-            with self._tx("keys"):
-                row = self._db.execute("SELECT value FROM meta WHERE key=?", (name,)).fetchone()
-                if row is None:
-                    kek_id, wrapped = self.keys.wrap(secrets.token_bytes(32), aad)
-                    value = kek_id.encode() + b"\n" + wrapped
-                    self._db.execute("INSERT INTO meta VALUES (?, ?)", (name, value))
-                    row = (value,)
-        kek_id_b, _, wrapped = bytes(row[0]).partition(b"\n")
+            if row is not None:
+                return self._unwrap_meta(row[0], aad)
+        with self._tx("keys"):
+            row = self._db.execute("SELECT value FROM meta WHERE key=?", (name,)).fetchone()
+            if row is None:
+                kek_id, wrapped = self.keys.wrap(secrets.token_bytes(32), aad)
+                value = kek_id.encode() + b"\n" + wrapped
+                self._db.execute("INSERT INTO meta VALUES (?, ?)", (name, value))
+                row = (value,)
+            return self._unwrap_meta(row[0], aad)
+
+    def _unwrap_meta(self, value: bytes, aad: bytes) -> bytes:
+        kek_id_b, _, wrapped = bytes(value).partition(b"\n")
         with _decrypting():
             return self.keys.unwrap(kek_id_b.decode(), wrapped, aad)
 
@@ -584,7 +621,9 @@ class ProfileStore:
         With a provider that cannot rotate (``EnvKeyProvider``) the rows and the
         wrapped key are still deleted and the index key replaced, and
         ``kek_rotated`` is False: an old copy of the file then stays
-        decryptable with that KEK.
+        decryptable with that KEK. The deletion commits with a "rotation
+        pending" mark; a rotation that did not happen (a crash, a provider
+        error) is done by the next instance that opens the store.
         """
         with self._op("keys"):
             ref = self._ref(user_id)
@@ -593,6 +632,12 @@ class ProfileStore:
                 self._db.execute(f"DELETE FROM {table} WHERE user_ref=?", (ref,))  # noqa: S608
             self._replace_index_key()
             self._bump(keys_current=True)
+            if rotate:  # committed with the deletion: an interrupted rotation is finished later
+                self._db.execute(
+                    "INSERT INTO meta VALUES ('rotation_pending', ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (b"1",),
+                )
         with self._lock:
             self._db.after_delete()
         rotated = False
@@ -655,6 +700,7 @@ class ProfileStore:
                     old = before | set(getattr(self.keys, "key_ids", ()))
                     for kid in old - self._referenced() - {self.keys.current_id}:
                         self.keys.destroy(kid)
+                    self._db.execute("DELETE FROM meta WHERE key='rotation_pending'")
         return new
 
     def _referenced(self) -> set[str]:

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from userlayer.edge.exceptions import StoreError
 
-__all__ = ["PostgresDb", "SqliteDb", "StoreDb", "is_postgres_url", "open_db"]
+__all__ = ["TABLES", "PostgresDb", "SqliteDb", "StoreDb", "is_postgres_url", "open_db"]
 
 TxMode = Literal["read", "write", "keys"]
 
@@ -48,17 +48,49 @@ CREATE TABLE IF NOT EXISTS settings(
     PRIMARY KEY(user_ref, name));
 CREATE TABLE IF NOT EXISTS signing_keys(user_ref {blob} PRIMARY KEY, blob {blob} NOT NULL);
 """
+TABLES = frozenset({"meta", "deks", "events", "settings", "signing_keys"})
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 def is_postgres_url(where: str | Path) -> bool:
-    """Whether ``where`` names a PostgreSQL database rather than a SQLite file."""
-    return isinstance(where, str) and where.startswith(("postgresql://", "postgres://"))
+    """Whether ``where`` names a PostgreSQL database rather than a SQLite file.
+
+    Raises:
+        StoreError: for another URL (``scheme://...``): never taken for a file name.
+    """
+    if not isinstance(where, str) or "://" not in where:
+        return False
+    if where.lower().startswith(("postgresql://", "postgres://")):
+        return True
+    scheme = where.split("://", 1)[0]
+    raise StoreError(
+        f"a profile store is a SQLite file or a postgresql:// URL, not a {scheme}:// URL"
+    )
 
 
 def _redact(url: str) -> str:
-    """The URL without its password (for error messages)."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    """Where the URL points, without its password (for messages and reports)."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        d = conninfo_to_dict(url)
+    except Exception:  # unparsable: say nothing of it but the scheme
+        return url.split("://", 1)[0] + "://(unparsable)"
+    user = f"{d['user']}@" if d.get("user") else ""
+    port = f":{d['port']}" if d.get("port") else ""
+    return f"postgresql://{user}{d.get('host', '')}{port}/{d.get('dbname', '')}"
+
+
+def _without_password(text: str, url: str) -> str:
+    """``text`` (a driver's message) with the URL's password blanked out."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        pw = str(conninfo_to_dict(url).get("password") or "")
+    except Exception:
+        pw = ""
+    text = text.strip()
+    return text.replace(pw, "***") if pw else text
 
 
 class StoreDb:
@@ -195,7 +227,9 @@ class PostgresDb(StoreDb):
                 options=f"-c statement_timeout={statement_timeout_ms}",
             )
         except psycopg.Error as e:
-            raise StoreError(f"{self.where}: cannot connect ({_redact(str(e)).strip()})") from e
+            raise StoreError(
+                f"{self.where}: cannot connect ({_without_password(str(e), url)})"
+            ) from e
         self.execute(f"SET search_path TO {schema}")
 
     def execute(self, sql: str, args: tuple[Any, ...] = ()) -> Any:  # noqa: D102
@@ -212,6 +246,10 @@ class PostgresDb(StoreDb):
             raise StoreError(f"{self.where}: {type(e).__name__}: {str(e).strip()}") from e
 
     def begin(self, mode: TxMode) -> None:  # noqa: D102
+        from psycopg.pq import TransactionStatus
+
+        if self._con.info.transaction_status != TransactionStatus.IDLE:
+            self.rollback()  # never run inside a transaction a failed operation left open
         self.execute("BEGIN")
         lock = "pg_advisory_xact_lock" if mode == "keys" else "pg_advisory_xact_lock_shared"
         try:

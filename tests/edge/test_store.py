@@ -394,3 +394,79 @@ def test_format_1_stores_are_upgraded(tmp_path: Path) -> None:
         b"userlayer.profile/2"
     )
     con.close()
+
+
+def test_a_failed_consistency_check_leaves_no_transaction_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect: an error between BEGIN and the generation check kept the write lock."""
+    s = ProfileStore(tmp_path / "p.db")
+    s.append(make_events("alice", 2))
+    real = ProfileStore._generation
+    calls = {"n": 0}
+
+    def flaky(self: ProfileStore) -> int:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the check inside the transaction
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(self)
+
+    monkeypatch.setattr(ProfileStore, "_generation", flaky)
+    with pytest.raises(sqlite3.OperationalError):
+        s.append(make_events("alice", 1))
+    monkeypatch.setattr(ProfileStore, "_generation", real)
+    assert s.append(make_events("bob", 1)) == 1  # this instance goes on
+    with ProfileStore(tmp_path / "p.db") as other:  # and nobody waits on a lock
+        assert other.forget("bob").events_deleted == 1
+    assert s.count() == 2
+    s.close()
+
+
+def test_a_forget_whose_rotation_failed_is_finished_at_the_next_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "p.db"
+    with ProfileStore(db) as s:
+        s.append(make_events("alice", 3) + make_events("bob", 1))
+        s._db.after_delete()
+    shutil.copy(db, tmp_path / "copy.db")  # a backup taken before the forget
+    shutil.copy(tmp_path / "p.db.keks", tmp_path / "copy.db.keks")
+    with ProfileStore(db) as s:
+
+        def down() -> str:
+            raise KeyProviderError("KMS unreachable")
+
+        monkeypatch.setattr(s.keys, "rotate", down)
+        rep = s.forget("alice")
+        assert rep.events_deleted == 3 and not rep.kek_rotated
+    # the backup still opens (its KEK lives), until the next open finishes the rotation
+    shutil.copy(tmp_path / "p.db.keks", tmp_path / "copy.db.keks")
+    ProfileStore(tmp_path / "copy.db").close()
+    with ProfileStore(db) as s:
+        assert s.users() == ["bob"]
+        pending = s._db.execute("SELECT 1 FROM meta WHERE key='rotation_pending'").fetchone()
+        assert pending is None
+    shutil.copy(tmp_path / "p.db.keks", tmp_path / "copy.db.keks")
+    with pytest.raises(ProfileDecryptError, match="not held"):
+        ProfileStore(tmp_path / "copy.db")
+
+
+def test_urls_that_are_not_postgresql_are_refused(tmp_path: Path) -> None:
+    keys = LocalKeyFile(tmp_path / "k", create=True)
+    for url in ("mysql://u:pw@h/db", "postgresql+psycopg://u:pw@h/db"):
+        with pytest.raises(StoreError, match=r"not a .*:// URL") as err:
+            ProfileStore(url, keys=keys)
+        assert "pw" not in str(err.value)
+    assert not list(Path.cwd().glob("*pw@h*"))  # no SQLite file named after it
+
+
+def test_redacted_urls_keep_no_password() -> None:
+    from userlayer.edge.store_db import _redact
+
+    for url in (
+        "postgresql://ul:s3cret@db.example:5433/profiles",
+        "postgresql://db.example/profiles?password=s3cret&user=ul",
+        "postgresql://:s3cret@db.example/profiles",
+    ):
+        shown = _redact(url)
+        assert "s3cret" not in shown and "db.example" in shown and "profiles" in shown

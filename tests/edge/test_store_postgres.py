@@ -186,7 +186,7 @@ def test_forget_while_another_instance_writes(pg: tuple[str, str, LocalKeyFile])
     with _open(pg) as a:
         a.append(make_events("alice", 5) + make_events("bob", 2))
     before = _sql(dsn, schema, "SELECT kek_id, wrapped, user_ref FROM deks")
-    stop = threading.Event()
+    stop, writing = threading.Event(), threading.Event()
     errors: list[BaseException] = []
     written = [0]
 
@@ -195,11 +195,14 @@ def test_forget_while_another_instance_writes(pg: tuple[str, str, LocalKeyFile])
             with _open(pg) as b:
                 while not stop.is_set():
                     written[0] += b.append(make_events("carol", 3))
+                    writing.set()
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
+            writing.set()
 
     t = threading.Thread(target=write)
     t.start()
+    assert writing.wait(60)  # the forget runs while the other instance is appending
     try:
         with _open(pg) as a:
             rep = a.forget("alice")
@@ -231,3 +234,31 @@ def test_a_lost_connection_is_a_store_error_and_keeps_data(
     s.close()
     with _open(pg) as s2:
         assert s2.count("alice") == 3
+
+
+def test_a_failed_check_leaves_no_lock_held(
+    pg: tuple[str, str, LocalKeyFile], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect: an error right after BEGIN kept the transaction and its advisory lock open."""
+    from psycopg.pq import TransactionStatus
+
+    s = _open(pg)
+    s.append(make_events("alice", 2) + make_events("bob", 1))
+    real = ProfileStore._generation
+    calls = {"n": 0}
+
+    def flaky(self: ProfileStore) -> int:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise StoreError("connection hiccup")
+        return real(self)
+
+    monkeypatch.setattr(ProfileStore, "_generation", flaky)
+    with pytest.raises(StoreError, match="hiccup"):
+        s.append(make_events("alice", 1))
+    monkeypatch.setattr(ProfileStore, "_generation", real)
+    assert s._db._con.info.transaction_status == TransactionStatus.IDLE  # type: ignore[attr-defined]
+    with _open(pg) as other:  # a forget needs the exclusive lock: nobody holds it
+        assert other.forget("bob").events_deleted == 1
+    assert s.count() == 2
+    s.close()

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from userlayer.edge.store import ProfileStore, _event, _payload
+from userlayer.edge.store_db import _redact
 from userlayer.sdk.crypto import LocalKeyFile
 from userlayer.sdk.schemas import Action, Context, Event, Service
 from userlayer.tools.bench.report import BenchReport
@@ -241,6 +242,6 @@ def bench_store(
         command or "userlayer bench store",
         ["store", "append events/s", "read events/s", "bytes/event on disk", "forget one user (s)"],
         rows,
-        {"config": cfg.__dict__, **out},
+        {"config": {**cfg.__dict__, "url": cfg.url and _redact(cfg.url)}, **out},
         notes,
     )
