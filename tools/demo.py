@@ -188,13 +188,16 @@ def _figure(
     fig, ax = plt.subplots(1, 4, figsize=(17, 3.8), width_ratios=[1.3, 1, 1, 1])
     n = quality["users with an adapter"]
     x = range(len(QUALITY_ROWS))
-    for off, metric in ((-0.2, "R@10"), (0.2, "N@10")):
+    top = 0.0
+    for off, metric, label in ((-0.2, "R@10", "HR@10"), (0.2, "N@10", "NDCG@10")):
         vals = [quality[key][metric] for key, _ in QUALITY_ROWS]
-        bars = ax[0].bar([i + off for i in x], vals, width=0.4, label=metric.replace("R@", "HR@"))
+        bars = ax[0].bar([i + off for i in x], vals, width=0.4, label=label)
         ax[0].bar_label(bars, fmt="%.3f", fontsize=8)
+        top = max(top, *vals)
     ax[0].set_xticks(list(x), [label for _, label in QUALITY_ROWS])
+    ax[0].set_ylim(0, top * 1.3 or 1.0)  # room for the labels and the legend
     ax[0].set(title=f"held-out next item, the same {n} users in every bar")
-    ax[0].legend()
+    ax[0].legend(loc="upper left", ncols=2)
     r = [x["round"] for x in rounds]
     ax[1].plot(r, [x.get("sampled", 0) for x in rounds], marker="o", label="sampled")
     ax[1].plot(r, [x.get("valid", 0) for x in rounds], marker="s", label="valid replies")
