@@ -13,7 +13,7 @@ if sys.argv[1] == "keep":
     assert keep_freed_memory()
 torch.zeros(1)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
+for _ in range(40):
     x = torch.ones(16 * 1024 * 1024)  # 64 MiB, above glibc's largest mmap threshold
     del x
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -30,5 +30,5 @@ def _faults(mode: str) -> int:
 def test_freed_blocks_are_reused_instead_of_faulted_in_again() -> None:
     churn, kept = _faults("plain"), _faults("keep")
     pages = 64 * 1024 * 1024 // 4096
-    assert churn > 10 * pages  # every step touches fresh pages
-    assert kept < 3 * pages  # the first step's pages, then reuse
+    assert churn > 30 * pages  # every one of the 40 steps touches fresh pages
+    assert kept < 6 * pages  # a few steps' pages (2x-4x measured), then reuse
