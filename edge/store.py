@@ -206,18 +206,18 @@ class ProfileStore:
                         f"{self.where}: not a profile store (tables {sorted(tables)[:5]} "
                         "but no `meta`)"
                     )
-                if not tables:
+                if not tables:  # a new store (alone here: a `keys` transaction)
                     self._db.create_schema()
-                    self._db.execute(
-                        "INSERT INTO meta VALUES ('format', ?) ON CONFLICT (key) DO NOTHING",
-                        (FORMAT,),
+                    self._db.executemany(
+                        "INSERT INTO meta VALUES (?, ?)", [("format", FORMAT), ("generation", b"0")]
                     )
+                    tables = set(TABLES)
                 fmt = self._db.execute("SELECT value FROM meta WHERE key='format'").fetchone()
                 if fmt is not None and bytes(fmt[0]) in _LEGACY:  # upgrade: add what is new
                     self._db.execute("UPDATE meta SET value=? WHERE key='format'", (FORMAT,))
                     fmt = (FORMAT,)
                 if fmt is not None and bytes(fmt[0]) == FORMAT and not tables >= TABLES:
-                    self._db.create_schema()  # a new store, or format 1's missing tables
+                    self._db.create_schema()  # format 1's missing tables
                     self._db.execute(
                         "INSERT INTO meta VALUES ('generation', ?) ON CONFLICT (key) DO NOTHING",
                         (b"0",),

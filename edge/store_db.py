@@ -24,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import re
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,13 +70,20 @@ def is_postgres_url(where: str | Path) -> bool:
     )
 
 
-def _redact(url: str) -> str:
-    """Where the URL points, without its password (for messages and reports)."""
+def _conninfo(url: str) -> dict[str, Any] | None:
+    """The URL's connection parameters, or None if it does not parse."""
     try:
         from psycopg.conninfo import conninfo_to_dict
 
-        d = conninfo_to_dict(url)
-    except Exception:  # unparsable: say nothing of it but the scheme
+        return dict(conninfo_to_dict(url))
+    except Exception:
+        return None
+
+
+def _redact(url: str) -> str:
+    """Where the URL points, without its password (for messages and reports)."""
+    d = _conninfo(url)
+    if d is None:  # unparsable: say nothing of it but the scheme
         return url.split("://", 1)[0] + "://(unparsable)"
     user = f"{d['user']}@" if d.get("user") else ""
     port = f":{d['port']}" if d.get("port") else ""
@@ -83,12 +92,7 @@ def _redact(url: str) -> str:
 
 def _without_password(text: str, url: str) -> str:
     """``text`` (a driver's message) with the URL's password blanked out."""
-    try:
-        from psycopg.conninfo import conninfo_to_dict
-
-        pw = str(conninfo_to_dict(url).get("password") or "")
-    except Exception:
-        pw = ""
+    pw = str((_conninfo(url) or {}).get("password") or "")
     text = text.strip()
     return text.replace(pw, "***") if pw else text
 
@@ -96,8 +100,9 @@ def _without_password(text: str, url: str) -> str:
 class StoreDb:
     """One connection to the store's database (see the module docstring)."""
 
-    pg: bool = False
     where: str = ""
+    blob_type = ""  # SCHEMA's {blob} in this database
+    seq_type = ""  # SCHEMA's {seq}: the events' ordering key, made by the database
 
     def execute(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
         """Run one statement; returns a cursor (``fetchone``, ``fetchall``, ``rowcount``)."""
@@ -125,7 +130,9 @@ class StoreDb:
 
     def create_schema(self) -> None:
         """Create the tables that are missing (inside a ``keys`` transaction)."""
-        raise NotImplementedError
+        for stmt in SCHEMA.format(blob=self.blob_type, seq=self.seq_type).split(";"):
+            if stmt.strip():
+                self.execute(stmt)
 
     def after_delete(self) -> None:
         """Push deleted rows out of the write-ahead log where the database can (no transaction)."""
@@ -141,6 +148,8 @@ class StoreDb:
 
 class SqliteDb(StoreDb):
     """A SQLite file in WAL mode with ``secure_delete`` on."""
+
+    blob_type, seq_type = "BLOB", "INTEGER PRIMARY KEY"
 
     def __init__(self, path: Path, synchronous: str) -> None:
         self.path = path
@@ -171,11 +180,6 @@ class SqliteDb(StoreDb):
             r[0] for r in self._con.execute("SELECT name FROM sqlite_master WHERE type='table'")
         }
 
-    def create_schema(self) -> None:  # noqa: D102
-        for stmt in SCHEMA.format(blob="BLOB", seq="INTEGER PRIMARY KEY").split(";"):
-            if stmt.strip():
-                self._con.execute(stmt)
-
     def after_delete(self) -> None:  # noqa: D102
         self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
@@ -199,7 +203,7 @@ class PostgresDb(StoreDb):
     password).
     """
 
-    pg = True
+    blob_type, seq_type = "BYTEA", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
 
     def __init__(
         self, url: str, schema: str, connect_timeout: float, statement_timeout_ms: int
@@ -232,18 +236,21 @@ class PostgresDb(StoreDb):
             ) from e
         self.execute(f"SET search_path TO {schema}")
 
-    def execute(self, sql: str, args: tuple[Any, ...] = ()) -> Any:  # noqa: D102
+    @contextmanager
+    def _store_errors(self) -> Iterator[None]:
+        """The driver's errors as :class:`StoreError` naming the database."""
         try:
-            return self._con.execute(sql.replace("?", "%s"), args)
+            yield
         except self._errors as e:
             raise StoreError(f"{self.where}: {type(e).__name__}: {str(e).strip()}") from e
 
+    def execute(self, sql: str, args: tuple[Any, ...] = ()) -> Any:  # noqa: D102
+        with self._store_errors():
+            return self._con.execute(sql.replace("?", "%s"), args)
+
     def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:  # noqa: D102
-        try:
-            with self._con.cursor() as cur:
-                cur.executemany(sql.replace("?", "%s"), rows)
-        except self._errors as e:
-            raise StoreError(f"{self.where}: {type(e).__name__}: {str(e).strip()}") from e
+        with self._store_errors(), self._con.cursor() as cur:
+            cur.executemany(sql.replace("?", "%s"), rows)
 
     def begin(self, mode: TxMode) -> None:  # noqa: D102
         from psycopg.pq import TransactionStatus
@@ -272,10 +279,7 @@ class PostgresDb(StoreDb):
 
     def create_schema(self) -> None:  # noqa: D102
         self.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
-        seq = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
-        for stmt in SCHEMA.format(blob="BYTEA", seq=seq).split(";"):
-            if stmt.strip():
-                self.execute(stmt)
+        super().create_schema()
 
     def size_bytes(self) -> int:  # noqa: D102
         row = self.execute(
