@@ -176,12 +176,9 @@ def sids_build(
             embedding=embedding,  # type: ignore[arg-type]
             seed=seed,
         )
-        kind = resolve_embedding(ds, cfg)
-        with progress_bar(console) as progress:
-            task = progress.add_task("building Semantic IDs", total=build_steps(cfg, kind))
-            table, rep = build_semantic_ids(
-                ds, cfg, lambda name: progress.update(task, advance=1, description=name)
-            )
+        total = build_steps(cfg, resolve_embedding(ds, cfg))
+        with steps(console, "building Semantic IDs", total) as step:
+            table, rep = build_semantic_ids(ds, cfg, step)
     target = out or data / "sids.json"
     table.save(target)
     if report:
@@ -343,7 +340,6 @@ def eval_cmd(
             blocks=sasrec_blocks,
             batch_size=sasrec_batch,
             patience=sasrec_patience,
-            exclude_seen=exclude_seen,
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e

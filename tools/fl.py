@@ -193,14 +193,8 @@ def simulate(
     th = threading.Thread(target=watch, daemon=True)
     th.start()
     try:
-        with fed:
-            run_id = fed.run(app_dir, {"workdir": str(wd)}, federation)
-            try:
-                fed.wait(run_id, timeout=cfg.timeout_s)
-            except ToolsError as e:
-                raise ToolsError(
-                    f"{e}; the simulation's log: {wd / 'flower' / 'superlink.log'}"
-                ) from e
+        with fed:  # a failed or unfinished run raises, naming the SuperLink's log
+            fed.wait(fed.run(app_dir, {"workdir": str(wd)}, federation), cfg.timeout_s)
     finally:
         done.set()
         th.join()
@@ -216,7 +210,7 @@ def simulate(
     if state["round"] < cfg.rounds:
         raise ToolsError(
             f"the ServerApp stopped after round {state['round']} of {cfg.rounds}; "
-            "see the log above (Flower reports success even when the ServerApp fails)"
+            f"see {fed.home / 'superlink.log'}"
         )
     return {
         "users": len(users),

@@ -253,7 +253,10 @@ class LocalFederation:
             if str(st["status"]).startswith("finished"):
                 break
             if time.monotonic() - t0 > timeout:
-                raise ToolsError(f"run {run_id} still {st['status']} after {timeout:.0f} s")
+                raise ToolsError(
+                    f"run {run_id} still {st['status']} after {timeout:.0f} s; "
+                    f"see {self.home / 'superlink.log'}"
+                )
             time.sleep(2.0)
         if st["status"] != "finished:completed":
             raise ToolsError(

@@ -18,7 +18,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +144,7 @@ def sasrec_results(
     sasrec = train_sasrec(
         train,
         len(item_ids),
-        cfg.sasrec,
+        replace(cfg.sasrec, exclude_seen=cfg.exclude_seen),  # validation as the test ranks
         lambda ep, loss: logger.info("SASRec epoch %d: loss %.4f", ep, loss),
         (val_h, val_t) if val_t else None,
         lambda ep, n: logger.info("SASRec epoch %d: validation NDCG@10 %.4f", ep, n),
