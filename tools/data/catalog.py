@@ -11,12 +11,17 @@ truth, not of the public item table.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from userlayer.sdk.schemas import Service
+from userlayer.tools.data.catalog_ru import russian_text
 
-__all__ = ["LEAVES", "CatalogItem", "Leaf", "make_catalog"]
+__all__ = ["LANGUAGES", "LEAVES", "CatalogItem", "Language", "Leaf", "make_catalog"]
+
+Language = Literal["en", "ru"]
+LANGUAGES: tuple[Language, ...] = ("en", "ru")
 
 
 @dataclass(frozen=True)
@@ -709,6 +714,15 @@ class CatalogItem:
     health: float
     tags: frozenset[str]
     cycle_days: int
+    # the same title and category path as the Russian-language services show them
+    ru_title: str = ""
+    ru_category: tuple[str, ...] = ()
+
+    def text(self, language: Language) -> tuple[str, tuple[str, ...]]:
+        """The public title and category path in ``language``."""
+        if language == "ru":
+            return self.ru_title, self.ru_category
+        return self.title, self.category
 
 
 def _service_leaves(service: Service) -> list[tuple[int, float]]:
@@ -763,6 +777,9 @@ def make_catalog(
                     )
                 )
                 category = (*leaf.path, noun)
+                ru_title, ru_category = russian_text(
+                    leaf.path, noun, brand, variant, leaf.sizes[size_idx]
+                )
                 items.append(
                     CatalogItem(
                         item_id=f"{prefix[service]}-{len(items):05d}",
@@ -776,6 +793,8 @@ def make_catalog(
                         health=health,
                         tags=leaf.tags,
                         cycle_days=leaf.cycle_days,
+                        ru_title=ru_title,
+                        ru_category=ru_category,
                     )
                 )
                 made += 1

@@ -63,7 +63,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from userlayer.sdk.schemas import Mode, Service, Weather, daypart_of, season_of
-from userlayer.tools.data.catalog import LEAVES, CatalogItem, make_catalog
+from userlayer.tools.data.catalog import LANGUAGES, LEAVES, CatalogItem, Language, make_catalog
 from userlayer.tools.data.critique_episodes import CritiqueEpisode, make_episodes, save_episodes
 from userlayer.tools.data.format import Dataset, build_events
 from userlayer.tools.exceptions import ToolsError
@@ -105,6 +105,9 @@ class SynthConfig:
     # share of users whose held-out last event comes with a critique episode
     # (critiques.jsonl; userlayer.tools.data.critique_episodes)
     critique_rate: float = 0.3
+    # the public item text: "en", or "ru" as the three services show their catalogs
+    # (the same items, prices and users either way; only title and category change)
+    language: Language = "en"
 
     def __post_init__(self) -> None:
         if self.users < 1:
@@ -118,6 +121,8 @@ class SynthConfig:
         for name in ("items_samokat", "items_kuper", "items_megamarket"):
             if getattr(self, name) < 100:
                 raise ToolsError(f"`{name}` should be at least 100, got {getattr(self, name)}")
+        if self.language not in LANGUAGES:
+            raise ToolsError(f"`language` should be one of {LANGUAGES}, got {self.language!r}")
         if not 0.0 <= self.critique_rate <= 1.0:
             raise ToolsError(f"`critique_rate` should be in [0, 1], got {self.critique_rate}")
         if not 0.0 <= self.observed_mode_rate <= 1.0:
@@ -526,12 +531,13 @@ def synthesize(cfg: SynthConfig, on_user: Callable[[int], None] | None = None) -
     true_mode = [true_mode[i] for i in order]
     session_ids = [session_ids[i] for i in order]
     events = build_events(cols, "synthetic events")
+    text = [c.text(cfg.language) for c in catalog]
     items_table = pa.table(
         {
             "item_id": [c.item_id for c in catalog],
             "service": [c.service.value for c in catalog],
-            "title": [c.title for c in catalog],
-            "category": [list(c.category) for c in catalog],
+            "title": [title for title, _ in text],
+            "category": [list(cats) for _, cats in text],
             "brand": [c.brand for c in catalog],
             "price": [c.price for c in catalog],
         }

@@ -27,9 +27,13 @@ from userlayer.sdk.semantic_ids import SIDS_FORMAT, SemanticIdTable
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.exceptions import DataFormatError, ToolsError
 from userlayer.tools.sids.embed import (
+    ENCODER_NAMES,
+    ENCODERS,
+    TextEncoder,
     check_embeddings,
     collaborative_embeddings,
     item_texts,
+    resolve_encoder,
     text_embeddings,
 )
 from userlayer.tools.sids.rqkmeans import ResidualKMeans
@@ -52,6 +56,8 @@ class SidConfig:
     levels: int = 3
     codebook_size: int = 256
     embedding: Embedding = "auto"
+    # text only: auto (navec for a mostly Cyrillic catalog, else MiniLM), minilm or navec
+    text_encoder: TextEncoder = "auto"
     pca_dim: int = 64
     iters: int = 25
     seed: int = 0
@@ -67,6 +73,10 @@ class SidConfig:
         if self.embedding not in ("auto", "text", "collaborative", "hybrid"):
             raise ToolsError(
                 f"`embedding` should be auto, text, collaborative or hybrid, got {self.embedding!r}"
+            )
+        if self.text_encoder not in ENCODERS:
+            raise ToolsError(
+                f"`text_encoder` should be one of {ENCODERS}, got {self.text_encoder!r}"
             )
         if self.pca_dim < 1:
             raise ToolsError(f"`pca_dim` should be positive, got {self.pca_dim}")
@@ -198,8 +208,9 @@ def build_semantic_ids(
     if kind in ("text", "hybrid"):
         if with_text < 0.5:
             raise ToolsError(f"only {with_text:.0%} of items have text; use collaborative")
-        parts.append(text_embeddings(texts))
-        names.append("text:all-MiniLM-L6-v2(title,brand,category)")
+        encoder = resolve_encoder(texts, cfg.text_encoder)
+        parts.append(text_embeddings(texts, encoder=encoder))  # type: ignore[arg-type]
+        names.append(f"text:{ENCODER_NAMES[encoder]}(title,brand,category)")
         step("text embeddings")
     if kind in ("collaborative", "hybrid"):
         index = {item: n for n, item in enumerate(ids)}

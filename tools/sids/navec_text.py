@@ -1,0 +1,163 @@
+"""Russian item text to vectors with navec, the word embeddings shipped inside ``natasha``.
+
+No multilingual sentence encoder comes inside a PyPI package (MiniLM is
+English-only; WordLlama's bundled Llama-2 token table puts Russian titles of
+unrelated categories at cosine 0.4-0.6, see docs/semantic_ids.md), so a
+Cyrillic catalog is encoded with navec: 250,002 words (Russian news, with
+common Latin words and brands), 300 dimensions, product-quantized, MIT
+licence, inside the ``natasha`` 1.6.0 wheel. The file's SHA-256 is pinned
+(:data:`NAVEC_SHA256`) and navec reads it without pickle.
+
+A text is the SIF average of its tokens' vectors (Arora et al., 2017: each
+word weighted ``a / (a + p(word))`` by its corpus frequency), L2-normalized.
+Each text's vector depends on that text alone (SIF's second step, removing
+the batch's common component, would not: ``sids build`` centres the catalog
+before its PCA instead). A token the vocabulary
+lacks (a transliterated brand, "3,2%", "930") gets a fixed pseudo-random
+vector derived from its text, ``oov_scale`` times a typical word's length, as
+a rare word's weight: items of one brand or one pack size then lean
+together, and titles that differ only there do not collapse into one point
+(``oov_scale=0`` skips such tokens). :class:`NavecEncoding` says how many
+tokens the vocabulary knew.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from userlayer.tools.exceptions import ToolsError
+from userlayer.tools.sids.embed import verify_weights
+
+__all__ = ["NAVEC_SHA256", "NavecEncoding", "cyrillic_share", "navec_embeddings", "navec_path"]
+
+NAVEC_FILE = "data/emb/navec_news_v1_1B_250K_300d_100q.tar"
+# navec_news_v1_1B_250K_300d_100q.tar inside natasha 1.6.0
+NAVEC_SHA256 = "f07270833d78523edc5781538d67038e95b43975e4a7ae757c693b687f9cbfca"
+SIF_A = 1e-3
+OOV_SCALE = 1.0
+_WORD = re.compile(r"\d+(?:[.,]\d+)?%?|[a-zа-яё]+(?:-[a-zа-яё]+)*")
+_CYRILLIC = re.compile(r"[а-яё]")
+_LETTER = re.compile(r"[a-zа-яё]")
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NavecEncoding:
+    """Vectors and how much of the text the vocabulary covered."""
+
+    vectors: np.ndarray  # (n, 300) float32, L2-normalized (zero for a text without tokens)
+    words: int  # tokens read
+    known: int  # of them in the vocabulary
+    empty: int  # texts with no known word
+
+
+def cyrillic_share(texts: Sequence[str]) -> float:
+    """The share of letters that are Cyrillic over all ``texts`` (0 with no letters)."""
+    letters = cyrillic = 0
+    for t in texts:
+        low = t.lower()
+        letters += len(_LETTER.findall(low))
+        cyrillic += len(_CYRILLIC.findall(low))
+    return cyrillic / letters if letters else 0.0
+
+
+def navec_path() -> Path:
+    """The navec file inside the installed ``natasha`` package (natasha is not imported).
+
+    Raises:
+        ToolsError: if natasha is not installed or lacks the file.
+    """
+    spec = importlib.util.find_spec("natasha")
+    if spec is None or not spec.submodule_search_locations:
+        raise ToolsError(
+            "Russian text embeddings need navec: pip install 'userlayer[sids-text]' (natasha)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / NAVEC_FILE
+    if not path.is_file():
+        raise ToolsError(f"the natasha package has no {NAVEC_FILE} (reinstall natasha==1.6.0)")
+    return path
+
+
+def _tokens(text: str) -> list[str]:
+    out: list[str] = []
+    for w in _WORD.findall(text.lower()):
+        out.append(w.replace(",", "."))
+        if "-" in w:  # "трусики-подгузники": the parts too, the whole may be unknown
+            out.extend(w.split("-"))
+    return out
+
+
+def _oov_vector(token: str, dim: int) -> np.ndarray:
+    seed = int.from_bytes(hashlib.blake2b(token.encode(), digest_size=8).digest(), "little")
+    v = np.random.default_rng(seed).standard_normal(dim)
+    out: np.ndarray = v / np.linalg.norm(v)
+    return out
+
+
+def navec_embeddings(
+    texts: Sequence[str], path: Path | None = None, oov_scale: float = OOV_SCALE
+) -> NavecEncoding:
+    """SIF-averaged navec vectors of ``texts`` (see the module docstring).
+
+    Raises:
+        ToolsError: if navec is missing or its file is not the pinned one.
+    """
+    try:
+        from navec import Navec
+    except ImportError as e:
+        raise ToolsError(
+            "Russian text embeddings need navec: pip install 'userlayer[sids-text]'"
+        ) from e
+    path = path or navec_path()
+    verify_weights(path, NAVEC_SHA256, "natasha==1.6.0")
+    nv: Any = Navec.load(str(path))
+    ids = nv.vocab.word_ids
+    counts = np.asarray(nv.vocab.counts, dtype=np.float64)
+    weight_of = SIF_A / (SIF_A + counts / counts.sum())
+    tokenized = [_tokens(t) for t in texts]
+    known_ids = sorted({ids[w] for ws in tokenized for w in ws if w in ids})
+    col = {wid: j for j, wid in enumerate(known_ids)}
+    table = (
+        nv.pq.sampled(np.asarray(known_ids, dtype=np.int64)).unpack().astype(np.float64)
+        if known_ids
+        else np.zeros((0, nv.pq.dim))
+    )
+    dim = int(nv.pq.dim)
+    typical = float(np.median(np.linalg.norm(table, axis=1))) if len(table) else 1.0
+    oov: dict[str, np.ndarray] = {}
+    emb = np.zeros((len(texts), dim))
+    words = known = empty = 0
+    for i, ws in enumerate(tokenized):
+        words += len(ws)
+        hit = [ids[w] for w in ws if w in ids]
+        known += len(hit)
+        empty += not hit
+        miss = [w for w in ws if w not in ids and "-" not in w] if oov_scale > 0 else []
+        if not hit and not miss:
+            continue
+        vecs = [table[[col[h] for h in hit]]] if hit else []
+        weights = [weight_of[hit]] if hit else []
+        if miss:
+            for w in miss:
+                if w not in oov:
+                    oov[w] = oov_scale * typical * _oov_vector(w, dim)
+            vecs.append(np.stack([oov[w] for w in miss]))
+            weights.append(np.ones(len(miss)))
+        v, wt = np.concatenate(vecs), np.concatenate(weights)
+        emb[i] = (wt[:, None] * v).sum(0) / wt.sum()
+    norm = np.linalg.norm(emb, axis=1, keepdims=True)
+    emb = np.divide(emb, norm, out=np.zeros_like(emb), where=norm > 0)
+    logger.info(
+        "navec: %d texts, %d of %d words known, %d texts with none", len(texts), known, words, empty
+    )
+    return NavecEncoding(emb.astype(np.float32), words, known, empty)
