@@ -2,7 +2,8 @@
 
 Every long-lived process a tool starts (a SuperLink, SuperNodes, the API)
 gets its own session (``start_new_session=True``), so that its process group
-id is its PID and stopping the group also stops the children it spawned.
+id is its PID and stopping the group also stops the children it spawned; a
+watchdog (:mod:`userlayer.tools.reaper`) stops them if the tool is killed first.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from userlayer.tools.exceptions import ToolsError
+from userlayer.tools.reaper import reap_on_exit
 
 __all__ = ["ApiProcess", "console_script", "free_port", "group_members", "stop_groups"]
 
@@ -103,6 +105,7 @@ class ApiProcess:
             self.proc = subprocess.Popen(  # noqa: S603 - our own console script
                 cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
             )
+        self.reaper = reap_on_exit([self.proc.pid])  # stops it if we are killed first
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
 
@@ -129,6 +132,8 @@ class ApiProcess:
     def stop(self) -> None:
         """Stop the server's process group (SIGTERM, then SIGKILL after a grace period)."""
         stop_groups([self.proc], grace=20.0)
+        self.reaper.terminate()
+        self.reaper.wait(10)
 
     def __enter__(self) -> ApiProcess:
         return self
