@@ -26,6 +26,7 @@ time.sleep(1.5)  # the child is up
 print(json.dumps({"leader": leader.pid, "reaper": reaper.pid}), flush=True)
 if sys.argv[1] == "clean":
     from userlayer.tools.procs import stop_groups
+    sys.stdin.readline()  # the test has looked at the group
     stop_groups([leader], grace=5.0)
     reaper.wait(15)
     print("reaper exited", reaper.returncode, flush=True)
@@ -35,7 +36,12 @@ else:
 
 
 def _start(mode: str) -> tuple[subprocess.Popen[str], dict[str, int], list[psutil.Process]]:
-    owner = subprocess.Popen([sys.executable, "-c", OWNER, mode], stdout=subprocess.PIPE, text=True)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert owner.stdout is not None
     pids = json.loads(owner.stdout.readline())
     group = [psutil.Process(p) for p in group_members(pids["leader"])]
@@ -59,7 +65,9 @@ def test_killed_owner_has_its_groups_stopped() -> None:
 
 def test_watchdog_leaves_by_itself_when_the_owner_stops_its_groups() -> None:
     owner, _, group = _start("clean")
-    assert owner.stdout is not None
+    assert owner.stdout is not None and owner.stdin is not None
+    owner.stdin.write("stop\n")
+    owner.stdin.flush()
     t0 = time.monotonic()
     assert owner.stdout.readline().strip() == "reaper exited 0"
     assert owner.wait(10) == 0 and time.monotonic() - t0 < 20
