@@ -40,7 +40,7 @@ typecheck: setup
 	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml -p userlayer
 
 test: setup lint typecheck
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=20
 
 test-fast: setup
 	$(PY) -m pytest tests -m "not slow" -x -q
