@@ -248,6 +248,11 @@ def pretrain_cmd(
         int, typer.Option(help="Domain experts: 3 (one FFN per service beside the shared one).")
     ] = 0,
     expert_ff: Annotated[int, typer.Option(help="Each expert's FFN width (0: --d-ff).")] = 0,
+    item_head: Annotated[
+        bool,
+        typer.Option(help="Also train a dense head scoring every item (eval ranks with it too)."),
+    ] = False,
+    item_loss: Annotated[float, typer.Option(help="The dense head's loss weight.")] = 1.0,
 ) -> None:
     """Pretrain the base model (next Semantic ID) on all users' training sequences."""
     from userlayer.tools.train.pretrain import EpochReport, PretrainConfig, pretrain
@@ -271,6 +276,7 @@ def pretrain_cmd(
             "dropout": dropout,
             "n_experts": experts,
             "expert_ff": expert_ff,
+            **({"n_items": 1, "item_loss": item_loss} if item_head else {}),
         },
     )
     with progress_bar(console) as progress:

@@ -48,6 +48,10 @@ class ModelConfig:
     # by its step's service (fixed routing: no router to learn); 0: a dense FFN only
     n_experts: int = 0
     expert_ff: int = 0  # width of each expert's FFN (0: d_ff)
+    # a dense item head (generative retrieval + dense scoring, as LIGER): every catalog item
+    # scored from the hidden state where an item's first code is predicted; 0: none
+    n_items: int = 0
+    item_loss: float = 1.0  # weight of the items' cross-entropy beside the codes'
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "level_sizes", tuple(int(s) for s in self.level_sizes))
@@ -90,6 +94,11 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ModelError(f"`dropout` should be in [0, 1), got {self.dropout}")
+        if self.n_items < 0 or not 0.0 <= self.item_loss < float("inf"):
+            raise ModelError(
+                f"`n_items` should be >= 0 and `item_loss` finite and >= 0, "
+                f"got {self.n_items}, {self.item_loss}"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -125,6 +134,8 @@ class ModelConfig:
             del d["profile_histogram"]
         if not self.n_experts:
             del d["n_experts"], d["expert_ff"]
+        if not self.n_items:
+            del d["n_items"], d["item_loss"]
         return d
 
     @classmethod

@@ -27,6 +27,7 @@ __all__ = [
     "PAD",
     "ContextIds",
     "ContextVocab",
+    "item_key",
     "item_tokens",
     "level_offsets",
 ]
@@ -52,6 +53,14 @@ def item_tokens(level_sizes: Sequence[int], codes: Sequence[int]) -> list[int]:
     """Token ids of an item's Semantic ID codes (each level at its offset after FIRST_CODE)."""
     offs = level_offsets(level_sizes)
     return [FIRST_CODE + o + c for o, c in zip(offs, codes, strict=True)]
+
+
+def item_key(level_sizes: Sequence[int], codes: Sequence[int]) -> int:
+    """An item's Semantic ID as one integer (mixed radix): the dense item head's sort key."""
+    key = 0
+    for size, code in zip(level_sizes, codes, strict=True):
+        key = key * size + code
+    return key
 
 
 def _ids(values: Sequence[str]) -> dict[str, int]:

@@ -561,6 +561,10 @@ class Recommender(nn.Module):
     rope_sin: Tensor
     level_mask: Tensor
     next_level: Tensor
+    item_codes: Tensor
+    item_keys: Tensor
+    radix: Tensor
+    code_offsets: Tensor
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -591,6 +595,16 @@ class Recommender(nn.Module):
             nxt[FIRST_CODE + o : FIRST_CODE + o + s] = lvl + 1 if lvl + 1 < cfg.n_levels else -1
         self.register_buffer("level_mask", mask, persistent=False)
         self.register_buffer("next_level", nxt, persistent=False)
+        # the dense item head (cfg.n_items): a free vector per item, plus its codes' output
+        # embeddings; items in Semantic ID order (item_key), their codes saved with the weights
+        radix = torch.ones(cfg.n_levels, dtype=torch.long)
+        for lvl in range(cfg.n_levels - 2, -1, -1):
+            radix[lvl] = radix[lvl + 1] * cfg.level_sizes[lvl + 1]
+        self.register_buffer("radix", radix, persistent=False)
+        self.register_buffer("code_offsets", torch.tensor(offs, dtype=torch.long), persistent=False)
+        self.item_emb = nn.Embedding(cfg.n_items, cfg.d_model) if cfg.n_items else None
+        self.register_buffer("item_codes", torch.zeros(cfg.n_items, cfg.n_levels, dtype=torch.long))
+        self.register_buffer("item_keys", torch.zeros(cfg.n_items, dtype=torch.long))
         self.apply(self._init)
 
     @staticmethod
@@ -681,6 +695,18 @@ class Recommender(nn.Module):
         Raises:
             ModelError: if an input or adapter tensor has the wrong shape.
         """
+        _, logits, new_cache = self.run(tokens, ctx, adapters, cache, return_cache)
+        return logits, new_cache
+
+    def run(
+        self,
+        tokens: Tensor,
+        ctx: Tensor,
+        adapters: RowAdapters | None = None,
+        cache: KVCache | None = None,
+        return_cache: bool = False,
+    ) -> tuple[Tensor, Tensor, KVCache | None]:
+        """:meth:`forward` that also returns the final hidden states (B, T, d), first."""
         self._check(tokens, ctx, adapters)
         b, t = tokens.shape
         c = _Ctx(adapters)
@@ -720,9 +746,60 @@ class Recommender(nn.Module):
         h = c.film(2 * self.cfg.n_layers, self.norm(x))
         logits = h @ self.tok.weight[FIRST_CODE:].T  # tied output embedding
         if not return_cache:
-            return logits, None
+            return h, logits, None
         nxt = pos[:, -1] + valid[:, -1].long() if t else start
-        return logits, KVCache(new_layers, key_valid, nxt, prefix_valid, service)
+        return h, logits, KVCache(new_layers, key_valid, nxt, prefix_valid, service)
+
+    def set_items(self, codes: Tensor) -> Tensor:
+        """Give the dense item head its catalog: (n_items, n_levels) codes; returns the order.
+
+        Items are kept in Semantic ID order (:func:`~userlayer.sdk.model.tokens.item_key`):
+        the returned permutation maps head index to row of ``codes``.
+
+        Raises:
+            ModelError: without a head, with another item count, or codes out of range.
+        """
+        n, lv = self.cfg.n_items, self.cfg.n_levels
+        if not n or tuple(codes.shape) != (n, lv):
+            raise ModelError(f"item codes should be ({n}, {lv}), got {tuple(codes.shape)}")
+        sizes = torch.tensor(self.cfg.level_sizes)
+        if bool(((codes < 0) | (codes >= sizes)).any()):
+            raise ModelError("item codes out of their levels' range")
+        keys = (codes.long() * self.radix.cpu()).sum(1)
+        order = keys.argsort()
+        if bool((keys[order][1:] == keys[order][:-1]).any()):
+            raise ModelError("two items share a Semantic ID")
+        self.item_keys.copy_(keys[order])
+        self.item_codes.copy_(codes.long()[order])
+        return order
+
+    def item_index(self, codes: Tensor) -> Tensor:
+        """Head index of each code tuple (…, n_levels); -1 where no item has it."""
+        keys = (codes * self.radix).sum(-1)
+        idx = torch.searchsorted(self.item_keys, keys).clamp(max=max(self.cfg.n_items - 1, 0))
+        hit = self.item_keys[idx] == keys if self.cfg.n_items else torch.zeros_like(keys).bool()
+        return torch.where(hit, idx, torch.full_like(idx, -1))
+
+    def item_scores(self, h: Tensor, logits: Tensor) -> Tensor:
+        """Every item's score (…, n_items) from hidden states (…, d) and code logits (…, n_codes).
+
+        An item's score is its free vector's product with ``h`` plus the sum of its
+        codes' logits (the tied code embeddings read from the same state).
+        """
+        if self.item_emb is None:
+            raise ModelError("this model has no dense item head (n_items 0)")
+        flat = (self.item_codes + self.code_offsets).reshape(-1)
+        picked = logits.index_select(-1, flat)
+        code_part = picked.reshape(*picked.shape[:-1], self.cfg.n_items, -1).sum(-1)
+        out: Tensor = h @ self.item_emb.weight.T + code_part
+        return out
+
+    def item_logits(
+        self, tokens: Tensor, ctx: Tensor, adapters: RowAdapters | None = None
+    ) -> Tensor:
+        """Dense scores (B, n_items) of the item each prompt (ending with ``CTX``) asks for."""
+        h, logits, _ = self.run(tokens, ctx, adapters)
+        return self.item_scores(h[:, -1], logits[:, -1])
 
     def decode(
         self,
@@ -797,6 +874,20 @@ class Recommender(nn.Module):
         """
         return self._targets(tokens, last_item_only)[2].sum()
 
+    def _item_ce(
+        self, h: Tensor, logits: Tensor, target: Tensor, level: Tensor, use: Tensor
+    ) -> Tensor:
+        """The items' cross-entropy (B, T), at each position that predicts an item's first code."""
+        start, codes = _item_targets(target, level, use, self.cfg.n_levels, self.code_offsets)
+        out = torch.zeros(target.shape, dtype=h.dtype, device=h.device)
+        idx = self.item_index(codes)
+        start = start & (idx >= 0)
+        if not bool(start.any()):
+            return out
+        scores = self.item_scores(h[start], logits[start])
+        out[start] = F.cross_entropy(scores, idx[start], reduction="none")
+        return out
+
     def loss(
         self,
         tokens: Tensor,
@@ -812,18 +903,34 @@ class Recommender(nn.Module):
         scored on its target. ``reduction``: ``mean`` over the code positions,
         ``sum`` of them, or ``none`` (per row: the mean over its positions).
         """
-        logits, _ = self(tokens, ctx, adapters)
+        h, logits, _ = self.run(tokens, ctx, adapters)
         level, target, use = self._targets(tokens, last_item_only)
         lg = self.level_logits(logits[:, :-1], level)
         ce = F.cross_entropy(
             lg.reshape(-1, lg.shape[-1]), target.clamp(min=0).reshape(-1), reduction="none"
         ).view(target.shape)
         ce = ce * use
+        if self.item_emb is not None and self.cfg.item_loss > 0:
+            ce = ce + self.cfg.item_loss * self._item_ce(
+                h[:, :-1], logits[:, :-1], target, level, use
+            )
         if reduction == "none":  # per row: mean over its code positions
             return ce.sum(1) / use.sum(1).clamp(min=1)
         if reduction == "sum":
             return ce.sum()
         return ce.sum() / use.sum().clamp(min=1)
+
+
+def _item_targets(
+    target: Tensor, level: Tensor, use: Tensor, n_levels: int, offsets: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Where an item starts (level 0 predicted, all its codes counted) and its codes (…, L)."""
+    b = target.shape[0]
+    pad = torch.full((b, n_levels - 1), -1, dtype=target.dtype, device=target.device)
+    win = torch.cat([target, pad], 1).unfold(1, n_levels, 1)  # (B, T, L) codes from here on
+    ok = torch.cat([use, torch.zeros_like(pad, dtype=torch.bool)], 1).unfold(1, n_levels, 1)
+    start = (level == 0) & ok.all(-1)
+    return start, (win - offsets).clamp(min=0)
 
 
 def new_adapter(

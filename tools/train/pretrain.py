@@ -525,13 +525,19 @@ def _pretrain(
         raise ToolsError(f"{data_dir} has no sids.json: run `userlayer sids build` first")
     table = SemanticIdTable.load(sids_path)
     ds = Dataset.load(data_dir)
-    mcfg = ModelConfig(level_sizes=table.level_sizes, **{"profile_dim": 32, **cfg.model})
+    overrides: dict[str, Any] = {"profile_dim": 32, **cfg.model}
+    if overrides.get("n_items"):  # the dense item head scores every item of the table
+        overrides["n_items"] = len(table)
+    mcfg = ModelConfig(level_sizes=table.level_sizes, **overrides)
     seqs = UserSequences.from_dataset(ds, table, mcfg.geo_buckets)
     tokens, ctx = training_windows(seqs, mcfg.max_items)
     if len(tokens) == 0:
         raise ToolsError("no training sequences: users need at least 4 events")
     torch.manual_seed(cfg.seed)
-    model = Recommender(mcfg).to(dist.device)
+    model = Recommender(mcfg)
+    if mcfg.n_items:
+        model.set_items(torch.tensor([table.codes[i] for i in table.codes], dtype=torch.long))
+    model = model.to(dist.device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(

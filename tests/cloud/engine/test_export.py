@@ -144,6 +144,30 @@ def test_a_base_with_domain_experts_exports_and_equals_torch(tmp_path: Path) -> 
             np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=0)
 
 
+def test_a_base_with_a_dense_item_head_still_exports_and_equals_torch(tmp_path: Path) -> None:
+    """The item head is outside the serving graphs: they export and equal the module as before."""
+    torch.manual_seed(2)
+    cfg = ModelConfig(**{**CFG.to_dict(), "n_items": 6})
+    m = Recommender(cfg)
+    m.set_items(
+        torch.tensor([[i % cfg.level_sizes[0]] + [0] * (cfg.n_levels - 1) for i in range(6)])
+    )
+    save_model(m.eval(), tmp_path / "m")
+    acfg = AdapterConfig(rank=2)
+    export_onnx(tmp_path / "m", tmp_path / "onnx", acfg)
+    pre, dec = _sessions(tmp_path / "onnx")
+    model = load_model(tmp_path / "m")
+    spec = GraphSpec(model, acfg)
+    p_args, d_args = example_inputs(model, acfg, b=3, t=13, g=2, tn=1)
+    with torch.no_grad():
+        ref = _Prefill(model, spec)(*p_args)
+        ref_d = _Decode(model, spec)(*d_args)
+    out = _run(pre, spec.prefill_inputs, p_args)
+    out_d = _run(dec, spec.decode_inputs, d_args)
+    for got, want in [*zip(out, ref, strict=True), *zip(out_d, ref_d, strict=True)]:
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=0)
+
+
 def test_an_export_of_another_format_is_refused(model_dir: Path, tmp_path: Path) -> None:
     export_onnx(model_dir, tmp_path / "onnx")
     manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())

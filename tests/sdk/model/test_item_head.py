@@ -1,0 +1,103 @@
+"""The dense item head: every catalog item scored where the next item's first code is predicted."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+
+from userlayer.sdk.model import load_model, save_model
+from userlayer.sdk.model.config import ModelConfig, ModelError
+from userlayer.sdk.model.tokens import CTX, item_key, item_tokens
+from userlayer.sdk.model.transformer import Recommender
+
+SIZES = (4, 4, 2)
+CODES = torch.tensor(list(itertools.product(*(range(s) for s in SIZES)))[:20])
+
+
+def _model(**kw: object) -> Recommender:
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        level_sizes=SIZES, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=64,
+        max_items=6, n_items=20, **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+    m = Recommender(cfg)
+    m.set_items(CODES[torch.randperm(20, generator=torch.Generator().manual_seed(1))])
+    return m
+
+
+def _rows() -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """8 sequences of 5 items walking the catalog; the next item of row r is r + 4 (mod 20)."""
+    toks = []
+    for r in range(8):
+        toks.append(
+            [t for j in range(5) for t in [CTX, *item_tokens(SIZES, CODES[(r + j) % 20].tolist())]]
+        )
+    tok = torch.tensor(toks)
+    return tok, torch.zeros(*tok.shape, 7, dtype=torch.long), [(r + 4) % 20 for r in range(8)]
+
+
+def test_items_are_kept_in_semantic_id_order_and_found_by_their_codes() -> None:
+    m = _model()
+    keys = [item_key(SIZES, c) for c in CODES.tolist()]
+    assert m.item_keys.tolist() == sorted(keys)
+    assert m.item_index(CODES[[3, 0, 19]]).tolist() == [3, 0, 19]
+    assert m.item_index(torch.tensor([[3, 3, 1]])).tolist() == [-1]  # no such item
+    with pytest.raises(ModelError, match="share a Semantic ID"):
+        m.set_items(torch.cat([CODES[:19], CODES[:1]]))
+    with pytest.raises(ModelError, match="out of"):
+        m.set_items(CODES + 4)
+    with pytest.raises(ModelError, match=r"\(20, 3\)"):
+        m.set_items(CODES[:5])
+
+
+def test_the_head_learns_the_next_item_and_ranks_it_first() -> None:
+    m = _model()
+    tok, ctx, nxt = _rows()
+    prompt_tok, prompt_ctx = tok[:, : 4 * 4 + 1], ctx[:, : 4 * 4 + 1]  # 4 items, then CTX
+    before = m.loss(tok, ctx).item()
+    opt = torch.optim.Adam(m.parameters(), 1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        m.loss(tok, ctx).backward()
+        opt.step()
+    assert m.loss(tok, ctx).item() < 0.3 * before
+    assert m.item_emb is not None and m.item_emb.weight.grad is not None
+    m.eval()
+    scores = m.item_logits(prompt_tok, prompt_ctx)
+    assert scores.shape == (8, 20)
+    want = m.item_index(CODES[nxt])
+    assert scores.argmax(1).tolist() == want.tolist()
+
+
+def test_the_item_loss_adds_to_the_codes_loss_only_when_weighted() -> None:
+    tok, ctx, _ = _rows()
+    with_head = _model().loss(tok, ctx)
+    without = _model(item_loss=0.0).loss(tok, ctx)  # the same weights, the head not counted
+    assert with_head.item() > without.item() + 1.0  # log(20) per item start, over the codes
+    with pytest.raises(ModelError, match="item_loss"):
+        ModelConfig(level_sizes=SIZES, n_items=3, item_loss=-1.0)
+
+
+def test_a_model_without_a_head_refuses_dense_scores_and_keeps_its_config() -> None:
+    cfg = ModelConfig(level_sizes=SIZES, d_model=32, n_heads=2, n_kv_heads=1)
+    assert "n_items" not in cfg.to_dict()  # fingerprints of older models stay valid
+    m = Recommender(cfg)
+    tok, ctx, _ = _rows()
+    with pytest.raises(ModelError, match="no dense item head"):
+        m.item_logits(tok, ctx)
+    with pytest.raises(ModelError):
+        m.set_items(CODES)
+
+
+def test_the_head_and_its_catalog_are_saved_with_the_model(tmp_path: Path) -> None:
+    m = _model()
+    save_model(m, tmp_path / "m")
+    again = load_model(tmp_path / "m")
+    assert again.cfg.n_items == 20
+    assert torch.equal(again.item_codes, m.item_codes)
+    tok, ctx, _ = _rows()
+    m.eval()
+    torch.testing.assert_close(again.item_logits(tok, ctx), m.item_logits(tok, ctx))
