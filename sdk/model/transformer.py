@@ -780,26 +780,29 @@ class Recommender(nn.Module):
         hit = self.item_keys[idx] == keys if self.cfg.n_items else torch.zeros_like(keys).bool()
         return torch.where(hit, idx, torch.full_like(idx, -1))
 
-    def item_scores(self, h: Tensor, logits: Tensor) -> Tensor:
-        """Every item's score (…, n_items) from hidden states (…, d) and code logits (…, n_codes).
-
-        An item's score is its free vector's product with ``h`` plus the sum of its
-        codes' logits (the tied code embeddings read from the same state).
-        """
+    def item_vectors(self) -> Tensor:
+        """Each item's output vector (n_items, d): its free vector plus its codes' embeddings."""
         if self.item_emb is None:
             raise ModelError("this model has no dense item head (n_items 0)")
-        flat = (self.item_codes + self.code_offsets).reshape(-1)
-        picked = logits.index_select(-1, flat)
-        code_part = picked.reshape(*picked.shape[:-1], self.cfg.n_items, -1).sum(-1)
-        out: Tensor = h @ self.item_emb.weight.T + code_part
+        codes = self.tok.weight[FIRST_CODE + self.code_offsets + self.item_codes]  # (n, L, d)
+        out: Tensor = self.item_emb.weight + codes.sum(1)
+        return out
+
+    def item_scores(self, h: Tensor) -> Tensor:
+        """Every item's score (…, n_items) from final hidden states (…, d).
+
+        An item's score is ``h`` times its free vector plus the sum of its codes'
+        logits read from the same state (the code output embeddings are tied).
+        """
+        out: Tensor = h @ self.item_vectors().T
         return out
 
     def item_logits(
         self, tokens: Tensor, ctx: Tensor, adapters: RowAdapters | None = None
     ) -> Tensor:
         """Dense scores (B, n_items) of the item each prompt (ending with ``CTX``) asks for."""
-        h, logits, _ = self.run(tokens, ctx, adapters)
-        return self.item_scores(h[:, -1], logits[:, -1])
+        h, _, _ = self.run(tokens, ctx, adapters)
+        return self.item_scores(h[:, -1])
 
     def decode(
         self,
@@ -874,9 +877,7 @@ class Recommender(nn.Module):
         """
         return self._targets(tokens, last_item_only)[2].sum()
 
-    def _item_ce(
-        self, h: Tensor, logits: Tensor, target: Tensor, level: Tensor, use: Tensor
-    ) -> Tensor:
+    def _item_ce(self, h: Tensor, target: Tensor, level: Tensor, use: Tensor) -> Tensor:
         """The items' cross-entropy (B, T), at each position that predicts an item's first code."""
         start, codes = _item_targets(target, level, use, self.cfg.n_levels, self.code_offsets)
         out = torch.zeros(target.shape, dtype=h.dtype, device=h.device)
@@ -884,7 +885,7 @@ class Recommender(nn.Module):
         start = start & (idx >= 0)
         if not bool(start.any()):
             return out
-        scores = self.item_scores(h[start], logits[start])
+        scores = self.item_scores(h[start])
         out[start] = F.cross_entropy(scores, idx[start], reduction="none")
         return out
 
@@ -911,9 +912,7 @@ class Recommender(nn.Module):
         ).view(target.shape)
         ce = ce * use
         if self.item_emb is not None and self.cfg.item_loss > 0:
-            ce = ce + self.cfg.item_loss * self._item_ce(
-                h[:, :-1], logits[:, :-1], target, level, use
-            )
+            ce = ce + self.cfg.item_loss * self._item_ce(h[:, :-1], target, level, use)
         if reduction == "none":  # per row: mean over its code positions
             return ce.sum(1) / use.sum(1).clamp(min=1)
         if reduction == "sum":
