@@ -30,7 +30,7 @@ from typing import Any
 
 from userlayer.tools.exceptions import ToolsError
 from userlayer.tools.procs import console_script, free_port, stop_groups
-from userlayer.tools.reaper import reap_on_exit
+from userlayer.tools.reaper import reap_on_exit, release
 
 __all__ = ["APP_PYPROJECT", "LocalFederation", "NodeSpec", "write_app"]
 
@@ -135,8 +135,8 @@ class LocalFederation:
     env: dict[str, str] = field(default_factory=dict)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list, init=False)
     port: int = field(default=0, init=False)
-    # stops them if this process is killed before it can (userlayer.tools.reaper)
-    reaper: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    # one per process started: stop it if this process is killed first (userlayer.tools.reaper)
+    reapers: list[subprocess.Popen[bytes]] = field(default_factory=list, init=False)
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -158,6 +158,7 @@ class LocalFederation:
                 start_new_session=True,  # its own process group: stopped with its children
             )
         self.procs.append(p)
+        self.reapers.append(reap_on_exit([p.pid]))  # watched from its first moment
         return p
 
     def start(self) -> LocalFederation:
@@ -202,7 +203,6 @@ class LocalFederation:
                         n.node_config(),
                     ],
                 )
-            self.reaper = reap_on_exit([p.pid for p in self.procs])
         except BaseException:
             self.stop()
             raise
@@ -273,10 +273,9 @@ class LocalFederation:
         """Stop every process this federation started (its process group, by PID)."""
         stop_groups(list(reversed(self.procs)), grace)
         self.procs.clear()
-        if self.reaper is not None:
-            self.reaper.terminate()
-            self.reaper.wait(10)
-            self.reaper = None
+        for r in self.reapers:
+            release(r)
+        self.reapers.clear()
 
     def __enter__(self) -> LocalFederation:
         return self.start()

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from userlayer.tools.exceptions import ToolsError
-from userlayer.tools.reaper import reap_on_exit
+from userlayer.tools.reaper import reap_on_exit, release
 
 __all__ = ["ApiProcess", "console_script", "free_port", "group_members", "stop_groups"]
 
@@ -132,8 +132,7 @@ class ApiProcess:
     def stop(self) -> None:
         """Stop the server's process group (SIGTERM, then SIGKILL after a grace period)."""
         stop_groups([self.proc], grace=20.0)
-        self.reaper.terminate()
-        self.reaper.wait(10)
+        release(self.reaper)
 
     def __enter__(self) -> ApiProcess:
         return self

@@ -6,11 +6,15 @@ process groups on exit. A tool killed by SIGKILL (the OOM killer, ``kill
 -9``) runs no exit code: its children would keep running, holding ports,
 memory and Ray's workers. :func:`reap_on_exit` starts this module as a small
 watchdog process in a session of its own: it polls every ``POLL`` seconds,
-remembers every descendant of the watched groups' leaders (Ray re-parents
-some), and once the owner is gone it sends SIGTERM to the groups and those
-descendants, waits ``GRACE`` seconds, then SIGKILLs what is left. It exits by
-itself when the watched processes are all gone (the owner stopped them). Only
-the PIDs it was given and their descendants are signalled, never by name.
+remembers every descendant of the watched groups' leaders (Ray moves some
+into sessions of their own), and once the owner is gone it sends SIGTERM to
+the groups and those descendants, waits ``GRACE`` seconds, then SIGKILLs
+what is left. After a normal stop the owner calls :func:`release`: the
+watchdog stops the descendants that left their group, then exits (it also
+exits when everything it watches has ended). The leaders are resolved once,
+as children of the owner leading their own group, and processes are held as
+``psutil`` handles, which check a PID's start time: a reused PID is never
+signalled. Nothing is signalled by name.
 
 Run as ``python -m userlayer.tools.reaper OWNER_PID PID [PID ...]``.
 """
@@ -29,7 +33,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import psutil
 
-__all__ = ["reap_on_exit"]
+__all__ = ["reap_on_exit", "release"]
 
 POLL = 0.5
 GRACE = 10.0
@@ -39,12 +43,13 @@ def reap_on_exit(pids: Sequence[int], owner: int | None = None) -> subprocess.Po
     """Start the watchdog for the process groups led by ``pids`` (each its own session).
 
     ``owner`` (default: this process) is the process whose death triggers the
-    reaping. Stop the watchdog (``terminate()``) before stopping the groups
-    normally, or leave it: it exits once they are gone.
+    reaping. After stopping the groups normally, call :func:`release`: the
+    watchdog then stops any descendant that left its group (Ray's) and exits.
     """
     return subprocess.Popen(  # noqa: S603 - this interpreter and module, no shell
         [
             sys.executable,
+            "-P",  # not the working directory first on sys.path: nothing planted there runs
             "-m",
             "userlayer.tools.reaper",
             str(owner or os.getpid()),
@@ -57,6 +62,18 @@ def reap_on_exit(pids: Sequence[int], owner: int | None = None) -> subprocess.Po
     )
 
 
+def release(watchdog: subprocess.Popen[bytes], timeout: float = GRACE + 5) -> None:
+    """After a normal stop: the watchdog stops what is left of its tree now, then exits."""
+    if watchdog.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            watchdog.send_signal(signal.SIGUSR1)
+    try:
+        watchdog.wait(timeout)
+    except subprocess.TimeoutExpired:
+        watchdog.kill()
+        watchdog.wait(5)
+
+
 def _gone(proc: psutil.Process | None) -> bool:
     import psutil
 
@@ -66,41 +83,64 @@ def _gone(proc: psutil.Process | None) -> bool:
         return True
 
 
-def watch(owner: int, leaders: Sequence[int]) -> int:
-    """Watch until the owner dies (then reap; returns how many were signalled) or all are gone."""
+def _leaders(owner: int, pids: Sequence[int]) -> list[psutil.Process]:
+    """The watched leaders, resolved once: children of the owner that lead their own group."""
     import psutil
 
-    from userlayer.tools.procs import group_members
+    out = []
+    for pid in pids:
+        if pid <= 1 or pid == os.getpid():
+            continue
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            p = psutil.Process(pid)
+            if p.ppid() == owner and os.getpgid(pid) == pid:
+                out.append(p)
+    return out
 
-    seen: dict[int, psutil.Process] = {}
+
+class _Released:
+    """Set by SIGUSR1: the owner stopped the groups itself; reap what is left, then exit."""
+
+    now = False
+
+    @classmethod
+    def handler(cls, signum: int, frame: object) -> None:
+        cls.now = True
+
+
+def watch(owner: int, leader_pids: Sequence[int]) -> int:
+    """Watch until the owner dies or releases it (then reap; returns how many were signalled).
+
+    Returns 0 without signalling anything when every watched process ends by itself.
+    """
+    import psutil
+
     try:
         owner_proc: psutil.Process | None = psutil.Process(owner)
     except psutil.NoSuchProcess:
         owner_proc = None  # gone before we looked: reap at once
+    leaders = _leaders(owner, leader_pids)
+    seen: dict[int, psutil.Process] = {p.pid: p for p in leaders}
     while True:
-        for pid in leaders:
+        for p in [q for q in seen.values() if not _gone(q)]:  # live ones: no reused PIDs
             with contextlib.suppress(psutil.Error):
-                for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
-                    seen.setdefault(p.pid, p)
-        if _gone(owner_proc):
+                for c in p.children(recursive=True):
+                    if c.pid not in seen or _gone(seen[c.pid]):
+                        seen[c.pid] = c
+        if _Released.now or _gone(owner_proc):
             break
-        if not any(group_members(pid) for pid in leaders) and not any(
-            p.is_running() for p in seen.values()
-        ):
+        if all(_gone(p) for p in seen.values()):
             return 0
         time.sleep(POLL)
-    live = [p for p in seen.values() if p.is_running()]  # is_running checks the start time
-    for pid in leaders:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGTERM)
+    live = [p for p in seen.values() if not _gone(p)]
+    for p in leaders:
+        if not _gone(p):  # the group still has its leader: its PGID is not reused
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGTERM)
     for p in live:
         with contextlib.suppress(psutil.Error):
             p.terminate()
     _, left = psutil.wait_procs(live, timeout=GRACE)
-    for pid in leaders:
-        if group_members(pid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
     for p in left:
         with contextlib.suppress(psutil.Error):
             p.kill()
@@ -114,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m userlayer.tools.reaper OWNER_PID PID [PID ...]", file=sys.stderr)
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the owner's to handle
+    signal.signal(signal.SIGUSR1, _Released.handler)
     watch(int(args[0]), [int(a) for a in args[1:]])
     return 0
 

@@ -23,7 +23,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -138,6 +138,11 @@ def verify_weights(
                 h.update(chunk)
     except OSError as e:
         raise ToolsError(f"cannot read the text encoder's weights at {path}: {e}") from e
+    check_digest(h, path, expected, package)
+
+
+def check_digest(h: Any, path: Path, expected: str, package: str) -> None:
+    """Raise unless the finished hash ``h`` is ``expected`` (see :func:`verify_weights`)."""
     if h.hexdigest() != expected:
         raise ToolsError(
             f"the text encoder's weights at {path} have SHA-256 {h.hexdigest()}, not the pinned "

@@ -5,8 +5,9 @@ English-only; WordLlama's bundled Llama-2 token table puts Russian titles of
 unrelated categories at cosine 0.4-0.6, see docs/semantic_ids.md), so a
 Cyrillic catalog is encoded with navec: 250,002 words (Russian news, with
 common Latin words and brands), 300 dimensions, product-quantized, MIT
-licence, inside the ``natasha`` 1.6.0 wheel. The file's SHA-256 is pinned
-(:data:`NAVEC_SHA256`) and navec reads it without pickle.
+licence, inside the ``natasha`` 1.6.0 wheel. The file is read once, its
+SHA-256 checked against :data:`NAVEC_SHA256`, and navec's parsers read those
+same bytes (a plain tar, JSON, gzip and raw arrays: no pickle).
 
 A text is the SIF average of its tokens' vectors (Arora et al., 2017: each
 word weighted ``a / (a + p(word))`` by its corpus frequency), L2-normalized.
@@ -25,9 +26,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import logging
 import re
-from collections.abc import Sequence
+import tarfile
+import unicodedata
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from userlayer.tools.exceptions import ToolsError
-from userlayer.tools.sids.embed import verify_weights
+from userlayer.tools.sids.embed import check_digest
 
 __all__ = ["NAVEC_SHA256", "NavecEncoding", "cyrillic_share", "navec_embeddings", "navec_path"]
 
@@ -88,18 +92,50 @@ def navec_path() -> Path:
     return path
 
 
-def _tokens(text: str) -> list[str]:
+def _tokens(text: str, vocab: Container[str]) -> list[str]:
     out: list[str] = []
-    for w in _WORD.findall(text.lower()):
-        out.append(w.replace(",", "."))
-        if "-" in w:  # "трусики-подгузники": the parts too, the whole may be unknown
+    for w in _WORD.findall(unicodedata.normalize("NFC", text).lower()):
+        w = w.replace(",", ".")
+        if "-" in w and w not in vocab:  # "трусики-подгузники": its parts, when unknown whole
             out.extend(w.split("-"))
+        else:
+            out.append(w)
     return out
 
 
+def _load(path: Path) -> Any:
+    """Read the file once, check its SHA-256, and load navec from those same bytes."""
+    try:
+        from navec.meta import Meta
+        from navec.navec import META, PQ_, VOCAB, Navec
+        from navec.pq import PQ
+        from navec.vocab import Vocab
+    except ImportError as e:
+        raise ToolsError(
+            "Russian text embeddings need navec: pip install 'userlayer[sids-text]'"
+        ) from e
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ToolsError(f"cannot read the text encoder's weights at {path}: {e}") from e
+    check_digest(hashlib.sha256(data), path, NAVEC_SHA256, "natasha==1.6.0")
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:  # plain tar, as pinned
+
+        def member(name: str) -> Any:
+            f = tar.extractfile(name)
+            if f is None:
+                raise ToolsError(f"{path} has no {name}")
+            return f
+
+        meta = Meta.from_file(member(META))
+        Meta.check_protocol(meta.protocol)
+        return Navec(meta, Vocab.from_file(member(VOCAB)), PQ.from_file(member(PQ_)))
+
+
 def _oov_vector(token: str, dim: int) -> np.ndarray:
-    seed = int.from_bytes(hashlib.blake2b(token.encode(), digest_size=8).digest(), "little")
-    v = np.random.default_rng(seed).standard_normal(dim)
+    """A unit vector fixed by the token's text alone (SHAKE-256 bytes, not a numpy RNG stream)."""
+    raw = np.frombuffer(hashlib.shake_256(token.encode()).digest(4 * dim), dtype="<u4")
+    v = raw.astype(np.float64) / 2**32 - 0.5
     out: np.ndarray = v / np.linalg.norm(v)
     return out
 
@@ -110,21 +146,16 @@ def navec_embeddings(
     """SIF-averaged navec vectors of ``texts`` (see the module docstring).
 
     Raises:
-        ToolsError: if navec is missing or its file is not the pinned one.
+        ToolsError: if navec is missing, its file is not the pinned one, or
+            ``oov_scale`` is negative or not finite.
     """
-    try:
-        from navec import Navec
-    except ImportError as e:
-        raise ToolsError(
-            "Russian text embeddings need navec: pip install 'userlayer[sids-text]'"
-        ) from e
-    path = path or navec_path()
-    verify_weights(path, NAVEC_SHA256, "natasha==1.6.0")
-    nv: Any = Navec.load(str(path))
+    if not 0.0 <= oov_scale < float("inf"):
+        raise ToolsError(f"`oov_scale` should be finite and >= 0, got {oov_scale}")
+    nv = _load(path or navec_path())
     ids = nv.vocab.word_ids
     counts = np.asarray(nv.vocab.counts, dtype=np.float64)
     weight_of = SIF_A / (SIF_A + counts / counts.sum())
-    tokenized = [_tokens(t) for t in texts]
+    tokenized = [_tokens(t, ids) for t in texts]
     known_ids = sorted({ids[w] for ws in tokenized for w in ws if w in ids})
     col = {wid: j for j, wid in enumerate(known_ids)}
     table = (
@@ -133,7 +164,7 @@ def navec_embeddings(
         else np.zeros((0, nv.pq.dim))
     )
     dim = int(nv.pq.dim)
-    typical = float(np.median(np.linalg.norm(table, axis=1))) if len(table) else 1.0
+    typical = float(np.median(nv.pq.norm))  # the vocabulary's, so no text depends on another
     oov: dict[str, np.ndarray] = {}
     emb = np.zeros((len(texts), dim))
     words = known = empty = 0
@@ -142,7 +173,7 @@ def navec_embeddings(
         hit = [ids[w] for w in ws if w in ids]
         known += len(hit)
         empty += not hit
-        miss = [w for w in ws if w not in ids and "-" not in w] if oov_scale > 0 else []
+        miss = [w for w in ws if w not in ids] if oov_scale > 0 else []
         if not hit and not miss:
             continue
         vecs = [table[[col[h] for h in hit]]] if hit else []

@@ -85,3 +85,14 @@ def test_sids_build_uses_navec_for_a_russian_catalog() -> None:
     table, report = build_semantic_ids(ds, SidConfig(codebook_size=32, embedding="text"))
     assert "navec" in report.source and len(table) == ds.items.num_rows
     assert report.codes_used[0] == 32
+
+
+def test_decomposed_unicode_and_bad_scales() -> None:
+    import unicodedata
+
+    nfc = ["Йогурт Danone клубника, 130 г", "Кофе в зёрнах Jardin арабика, 1 кг"]
+    nfd = [unicodedata.normalize("NFD", t) for t in nfc]
+    np.testing.assert_allclose(navec_embeddings(nfd).vectors, navec_embeddings(nfc).vectors)
+    for bad in (-1.0, float("inf")):
+        with pytest.raises(ToolsError, match="oov_scale"):
+            navec_embeddings(nfc, oov_scale=bad)
