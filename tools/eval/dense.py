@@ -6,8 +6,10 @@ hidden state where the next item's first code is predicted
 generative retrieval with dense scoring:
 
 * ``dense``: every item of the request's service by its dense score;
-* ``beam+dense``: the union of the beam's candidates (``beam`` of them) and the
-  dense head's top ``beam``, ordered by the dense score.
+* ``beam+dense``: the beam's candidates (``beam`` of them) reranked by the
+  dense score. (Adding the dense head's own top items to the candidates, as
+  LIGER does for cold-start items, would make this the ``dense`` ranking
+  whenever every item has a dense score: the dense top-k always wins.)
 
 Both honour the protocol's service restriction and, with ``exclude_seen``, the
 history exclusion; per-row adapters apply as in the beam search.
@@ -99,10 +101,9 @@ def rank_dense(
                 exclude=[p.history for p in chunk] if exclude_seen else None,
                 adapters=rows,
             )
-            dense_top = scores.topk(min(beam, len(ids)), dim=1).indices.tolist()
             ranked = []
             for r, rec in enumerate(recs):
-                cand = {pos[x.item_id] for x in rec if x.item_id in pos} | set(dense_top[r])
+                cand = {pos[x.item_id] for x in rec if x.item_id in pos}
                 cand = {j for j in cand if scores[r, j] > float("-inf")}
                 row = scores[r]
                 order = sorted(cand, key=lambda j: -float(row[j]))
