@@ -276,8 +276,9 @@ def pretrain_cmd(
             "dropout": dropout,
             "n_experts": experts,
             "expert_ff": expert_ff,
-            **({"n_items": 1, "item_loss": item_loss} if item_head else {}),
+            "item_loss": item_loss,
         },
+        item_head=item_head,
     )
     with progress_bar(console) as progress:
         progress.columns = (*progress.columns, TextColumn("{task.fields[info]}"))

@@ -30,6 +30,7 @@ __all__ = [
     "item_key",
     "item_tokens",
     "level_offsets",
+    "level_radix",
 ]
 
 PAD = 0
@@ -55,12 +56,17 @@ def item_tokens(level_sizes: Sequence[int], codes: Sequence[int]) -> list[int]:
     return [FIRST_CODE + o + c for o, c in zip(offs, codes, strict=True)]
 
 
+def level_radix(level_sizes: Sequence[int]) -> list[int]:
+    """Each level's place value when a Semantic ID is read as one mixed-radix integer."""
+    out = [1] * len(level_sizes)
+    for lvl in range(len(level_sizes) - 2, -1, -1):
+        out[lvl] = out[lvl + 1] * level_sizes[lvl + 1]
+    return out
+
+
 def item_key(level_sizes: Sequence[int], codes: Sequence[int]) -> int:
     """An item's Semantic ID as one integer (mixed radix): the dense item head's sort key."""
-    key = 0
-    for size, code in zip(level_sizes, codes, strict=True):
-        key = key * size + code
-    return key
+    return sum(c * r for c, r in zip(codes, level_radix(level_sizes), strict=True))
 
 
 def _ids(values: Sequence[str]) -> dict[str, int]:

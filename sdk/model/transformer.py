@@ -26,7 +26,14 @@ from torch import Tensor, nn
 
 from userlayer.sdk.model.config import AdapterConfig, ModelConfig, ModelError
 from userlayer.sdk.model.encoder import ProfileEncoder
-from userlayer.sdk.model.tokens import CTX, FIRST_CODE, PAD, ContextVocab, level_offsets
+from userlayer.sdk.model.tokens import (
+    CTX,
+    FIRST_CODE,
+    PAD,
+    ContextVocab,
+    level_offsets,
+    level_radix,
+)
 
 __all__ = ["BeamCache", "KVCache", "Recommender", "RowAdapters", "adapter_shapes", "new_adapter"]
 
@@ -597,9 +604,7 @@ class Recommender(nn.Module):
         self.register_buffer("next_level", nxt, persistent=False)
         # the dense item head (cfg.n_items): a free vector per item, plus its codes' output
         # embeddings; items in Semantic ID order (item_key), their codes saved with the weights
-        radix = torch.ones(cfg.n_levels, dtype=torch.long)
-        for lvl in range(cfg.n_levels - 2, -1, -1):
-            radix[lvl] = radix[lvl + 1] * cfg.level_sizes[lvl + 1]
+        radix = torch.tensor(level_radix(cfg.level_sizes), dtype=torch.long)
         self.register_buffer("radix", radix, persistent=False)
         self.register_buffer("code_offsets", torch.tensor(offs, dtype=torch.long), persistent=False)
         self.item_emb = nn.Embedding(cfg.n_items, cfg.d_model) if cfg.n_items else None

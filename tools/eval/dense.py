@@ -22,7 +22,6 @@ from collections.abc import Callable
 import torch
 
 from userlayer.sdk.model.decoding import beam_search
-from userlayer.sdk.model.tokens import item_key
 from userlayer.sdk.model.transformer import Recommender, RowAdapters
 from userlayer.sdk.semantic_ids import SemanticIdTable, SidTrie
 from userlayer.tools.eval.metrics import Accumulator
@@ -42,10 +41,14 @@ def head_items(model: Recommender, table: SemanticIdTable) -> list[str]:
     """
     if not model.cfg.n_items:
         raise ToolsError("the model has no dense item head (pretrain with --item-head)")
-    ids = sorted(table.codes, key=lambda i: item_key(table.level_sizes, table.codes[i]))
-    keys = torch.tensor([item_key(table.level_sizes, table.codes[i]) for i in ids])
-    if len(ids) != model.cfg.n_items or not torch.equal(keys, model.item_keys.cpu()):
+    items = list(table.codes)
+    codes = torch.tensor([table.codes[i] for i in items], dtype=torch.long)
+    idx = model.item_index(codes.to(model.item_keys.device)).cpu()
+    if len(items) != model.cfg.n_items or bool((idx < 0).any()):
         raise ToolsError("the dense item head was trained on another Semantic ID table")
+    ids = [""] * len(items)
+    for item, j in zip(items, idx.tolist(), strict=True):
+        ids[j] = item  # Semantic IDs are unique: one item per head index
     return ids
 
 

@@ -110,6 +110,7 @@ class PretrainConfig:
     profile_exact: float = 0.2  # share of private rows with an exact (noise-free) profile
     profile_noise: tuple[float, float] = (0.3, 8.0)  # noise multipliers of the others
     favourites: int = 10  # favourites simulated in private rows with a prefix (0: none)
+    item_head: bool = False  # a dense head over every item of the table (ModelConfig.n_items)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "checkpoint_every"):
@@ -525,10 +526,8 @@ def _pretrain(
         raise ToolsError(f"{data_dir} has no sids.json: run `userlayer sids build` first")
     table = SemanticIdTable.load(sids_path)
     ds = Dataset.load(data_dir)
-    overrides: dict[str, Any] = {"profile_dim": 32, **cfg.model}
-    if overrides.get("n_items"):  # the dense item head scores every item of the table
-        overrides["n_items"] = len(table)
-    mcfg = ModelConfig(level_sizes=table.level_sizes, **overrides)
+    head = {"n_items": len(table)} if cfg.item_head else {}
+    mcfg = ModelConfig(level_sizes=table.level_sizes, **{"profile_dim": 32, **cfg.model, **head})
     seqs = UserSequences.from_dataset(ds, table, mcfg.geo_buckets)
     tokens, ctx = training_windows(seqs, mcfg.max_items)
     if len(tokens) == 0:

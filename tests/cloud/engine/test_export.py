@@ -46,6 +46,24 @@ def _run(sess: ort.InferenceSession, names: list[str], args: tuple[torch.Tensor,
     return sess.run(None, {n: a.numpy() for n, a in zip(names, args, strict=True) if n in wanted})
 
 
+def _assert_graphs_equal_module(
+    d: Path, acfg: AdapterConfig, shapes: list[tuple[int, int, int, int]]
+) -> None:
+    """The graphs exported to ``d/onnx`` from ``d/m`` equal the module on each (b, t, g, tn)."""
+    pre, dec = _sessions(d / "onnx")
+    model = load_model(d / "m")
+    spec = GraphSpec(model, acfg)
+    for b, t, g, tn in shapes:
+        p_args, d_args = example_inputs(model, acfg, b=b, t=t, g=g, tn=tn)
+        with torch.no_grad():
+            ref = _Prefill(model, spec)(*p_args)
+            ref_d = _Decode(model, spec)(*d_args)
+        out = _run(pre, spec.prefill_inputs, p_args)
+        out_d = _run(dec, spec.decode_inputs, d_args)
+        for got, want in [*zip(out, ref, strict=True), *zip(out_d, ref_d, strict=True)]:
+            np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize(
     "acfg",
     [AdapterConfig(), AdapterConfig(rank=4, n_prefix=0, n_modes=0, film=False)],
@@ -130,18 +148,7 @@ def test_a_base_with_domain_experts_exports_and_equals_torch(tmp_path: Path) -> 
     acfg = AdapterConfig(rank=2)
     manifest = export_onnx(tmp_path / "m", tmp_path / "onnx", acfg)
     assert "service" in manifest["prefill"]["outputs"]
-    pre, dec = _sessions(tmp_path / "onnx")
-    model = load_model(tmp_path / "m")
-    spec = GraphSpec(model, acfg)
-    for b, t, g, tn in [(5, 17, 3, 0), (2, 9, 4, 1)]:
-        p_args, d_args = example_inputs(model, acfg, b=b, t=t, g=g, tn=tn)
-        with torch.no_grad():
-            ref = _Prefill(model, spec)(*p_args)
-            ref_d = _Decode(model, spec)(*d_args)
-        out = _run(pre, spec.prefill_inputs, p_args)
-        out_d = _run(dec, spec.decode_inputs, d_args)
-        for got, want in [*zip(out, ref, strict=True), *zip(out_d, ref_d, strict=True)]:
-            np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=0)
+    _assert_graphs_equal_module(tmp_path, acfg, [(5, 17, 3, 0), (2, 9, 4, 1)])
 
 
 def test_a_base_with_a_dense_item_head_still_exports_and_equals_torch(tmp_path: Path) -> None:
@@ -155,17 +162,7 @@ def test_a_base_with_a_dense_item_head_still_exports_and_equals_torch(tmp_path: 
     save_model(m.eval(), tmp_path / "m")
     acfg = AdapterConfig(rank=2)
     export_onnx(tmp_path / "m", tmp_path / "onnx", acfg)
-    pre, dec = _sessions(tmp_path / "onnx")
-    model = load_model(tmp_path / "m")
-    spec = GraphSpec(model, acfg)
-    p_args, d_args = example_inputs(model, acfg, b=3, t=13, g=2, tn=1)
-    with torch.no_grad():
-        ref = _Prefill(model, spec)(*p_args)
-        ref_d = _Decode(model, spec)(*d_args)
-    out = _run(pre, spec.prefill_inputs, p_args)
-    out_d = _run(dec, spec.decode_inputs, d_args)
-    for got, want in [*zip(out, ref, strict=True), *zip(out_d, ref_d, strict=True)]:
-        np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=0)
+    _assert_graphs_equal_module(tmp_path, acfg, [(3, 13, 2, 1)])
 
 
 def test_an_export_of_another_format_is_refused(model_dir: Path, tmp_path: Path) -> None:

@@ -225,7 +225,7 @@ def test_a_base_with_a_dense_item_head_pretrains_and_is_evaluated_three_ways(
     pretrain(
         synth_data_dir,
         out,
-        PretrainConfig(epochs=2, batch_size=32, model={**TINY, "n_items": 1}),
+        PretrainConfig(epochs=2, batch_size=32, model=TINY, item_head=True),
     )
     model = load_model(out)
     from userlayer.sdk import SemanticIdTable
