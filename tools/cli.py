@@ -253,6 +253,10 @@ def pretrain_cmd(
         typer.Option(help="Also train a dense head scoring every item (eval ranks with it too)."),
     ] = False,
     item_loss: Annotated[float, typer.Option(help="The dense head's loss weight.")] = 1.0,
+    item_free: Annotated[
+        bool,
+        typer.Option(help="A free vector per item in the dense head (--no-item-free: codes only)."),
+    ] = True,
 ) -> None:
     """Pretrain the base model (next Semantic ID) on all users' training sequences."""
     from userlayer.tools.train.pretrain import EpochReport, PretrainConfig, pretrain
@@ -277,6 +281,7 @@ def pretrain_cmd(
             "n_experts": experts,
             "expert_ff": expert_ff,
             "item_loss": item_loss,
+            "item_free": item_free,
         },
         item_head=item_head,
     )

@@ -52,6 +52,7 @@ class ModelConfig:
     # scored from the hidden state where an item's first code is predicted; 0: none
     n_items: int = 0
     item_loss: float = 1.0  # weight of the items' cross-entropy beside the codes'
+    item_free: bool = True  # a free vector per item (False: its codes' embeddings only)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "level_sizes", tuple(int(s) for s in self.level_sizes))
@@ -135,7 +136,9 @@ class ModelConfig:
         if not self.n_experts:
             del d["n_experts"], d["expert_ff"]
         if not self.n_items:
-            del d["n_items"], d["item_loss"]
+            del d["n_items"], d["item_loss"], d["item_free"]
+        elif self.item_free:
+            del d["item_free"]
         return d
 
     @classmethod

@@ -607,7 +607,8 @@ class Recommender(nn.Module):
         radix = torch.tensor(level_radix(cfg.level_sizes), dtype=torch.long)
         self.register_buffer("radix", radix, persistent=False)
         self.register_buffer("code_offsets", torch.tensor(offs, dtype=torch.long), persistent=False)
-        self.item_emb = nn.Embedding(cfg.n_items, cfg.d_model) if cfg.n_items else None
+        free = cfg.n_items and cfg.item_free
+        self.item_emb = nn.Embedding(cfg.n_items, cfg.d_model) if free else None
         self.register_buffer("item_codes", torch.zeros(cfg.n_items, cfg.n_levels, dtype=torch.long))
         self.register_buffer("item_keys", torch.zeros(cfg.n_items, dtype=torch.long))
         self.apply(self._init)
@@ -786,11 +787,16 @@ class Recommender(nn.Module):
         return torch.where(hit, idx, torch.full_like(idx, -1))
 
     def item_vectors(self) -> Tensor:
-        """Each item's output vector (n_items, d): its free vector plus its codes' embeddings."""
-        if self.item_emb is None:
+        """Each item's output vector (n_items, d): its codes' embeddings plus its free vector.
+
+        Without free vectors (``item_free`` false) the head adds no parameter to the base.
+        """
+        if not self.cfg.n_items:
             raise ModelError("this model has no dense item head (n_items 0)")
         codes = self.tok.weight[FIRST_CODE + self.code_offsets + self.item_codes]  # (n, L, d)
-        out: Tensor = self.item_emb.weight + codes.sum(1)
+        out: Tensor = codes.sum(1)
+        if self.item_emb is not None:
+            out = out + self.item_emb.weight
         return out
 
     def item_scores(self, h: Tensor) -> Tensor:
@@ -916,7 +922,7 @@ class Recommender(nn.Module):
             lg.reshape(-1, lg.shape[-1]), target.clamp(min=0).reshape(-1), reduction="none"
         ).view(target.shape)
         ce = ce * use
-        if self.item_emb is not None and self.cfg.item_loss > 0:
+        if self.cfg.n_items and self.cfg.item_loss > 0:
             ce = ce + self.cfg.item_loss * self._item_ce(h[:, :-1], target, level, use)
         if reduction == "none":  # per row: mean over its code positions
             return ce.sum(1) / use.sum(1).clamp(min=1)

@@ -101,3 +101,23 @@ def test_the_head_and_its_catalog_are_saved_with_the_model(tmp_path: Path) -> No
     tok, ctx, _ = _rows()
     m.eval()
     torch.testing.assert_close(again.item_logits(tok, ctx), m.item_logits(tok, ctx))
+
+
+def test_a_head_without_free_vectors_adds_no_parameter_and_still_learns() -> None:
+    plain = Recommender(ModelConfig(**{**_model().cfg.to_dict(), "n_items": 0}))
+    m = _model(item_free=False)
+    assert m.item_emb is None
+    assert sum(p.numel() for p in m.parameters()) == sum(p.numel() for p in plain.parameters())
+    assert m.cfg.to_dict()["item_free"] is False  # kept in the config, so a reload matches
+    assert "item_free" not in _model().cfg.to_dict()  # older head models keep their fingerprint
+    tok, ctx, nxt = _rows()
+    before = m.loss(tok, ctx).item()
+    assert before > _model(item_free=False, item_loss=0.0).loss(tok, ctx).item()  # head counted
+    opt = torch.optim.Adam(m.parameters(), 1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        m.loss(tok, ctx).backward()
+        opt.step()
+    m.eval()
+    scores = m.item_logits(tok[:, : 4 * 4 + 1], ctx[:, : 4 * 4 + 1])
+    assert scores.argmax(1).tolist() == m.item_index(CODES[nxt]).tolist()
