@@ -47,6 +47,7 @@ __all__ = ["Metrics", "Serving"]
 NO_ADAPTER = "no adapter"
 UNVERIFIED = "adapter failed verification"
 UNAVAILABLE = "adapter store unavailable"
+LEARNED_STEER = "learned steer"  # CritiqueResult.steer: the text read by the trained steer
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,12 @@ class Serving:
             steer = []
         else:
             c_lang = c.language
-        outcome = "applied" if v.applied or v.steer is not None else "ignored"
+            if c_lang in ("ru", "en"):  # the learned steer reads the text itself
+                if self.engine.steer is not None:
+                    steer.append(LEARNED_STEER)
+                elif self.engine.steer_reason:
+                    v = Verdict(v.allowed, v.applied, (*v.flags, self.engine.steer_reason), v.steer)
+        outcome = "applied" if v.applied or v.steer is not None or steer else "ignored"
         self.metrics.critiques.labels(outcome).inc()
         result = CritiqueResult(
             language=c_lang, applied=list(v.applied), steer=steer, flags=list(v.flags)
@@ -204,6 +210,7 @@ class Serving:
                     favourites=rows[(r.service.value, r.user_id)].favourites,
                     allowed=None if v is None else v[1].allowed,
                     bonus=None if v is None else v[1].steer,
+                    critique=r.critique if v is not None and LEARNED_STEER in v[0].steer else None,
                 )
                 for r, v in zip(reqs, verdicts, strict=True)
             ]

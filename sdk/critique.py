@@ -488,6 +488,7 @@ class CatalogIndex:
         self._concepts = {name: self._concept_mask(c) for name, c in CONCEPTS.items()}
         for m in self._concepts.values():
             m.setflags(write=False)
+        self._steers: dict[tuple[str, ...], np.ndarray] = {}  # read-only, few distinct keys
 
     @classmethod
     def from_json(
@@ -609,8 +610,18 @@ class CatalogIndex:
         "healthier": items described as light, organic, whole grain, no sugar,
         vegetables, fruit; "kids": items for children; "bigger"/"smaller": the
         pack size against the median of its category words (titles' "400 g",
-        "1 l", "2 kg", "6 pcs").
+        "1 l", "2 kg", "6 pcs"). Read-only: kept per distinct list of steers.
         """
+        key = tuple(steers)
+        got = self._steers.get(key)
+        if got is None:
+            got = self._steer(key)
+            got.setflags(write=False)
+            if len(self._steers) < 64:
+                self._steers[key] = got
+        return got
+
+    def _steer(self, steers: tuple[str, ...]) -> np.ndarray:
         bonus = np.zeros(self._n, dtype=np.float64)
         for s in steers:
             if s == "healthier":

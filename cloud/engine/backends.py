@@ -45,9 +45,16 @@ class Backend(Protocol):
     name: str
 
     def decoder(
-        self, active: np.ndarray, tensors: dict[str, np.ndarray], mode_weights: np.ndarray
+        self,
+        active: np.ndarray,
+        tensors: dict[str, np.ndarray],
+        mode_weights: np.ndarray,
+        steer: np.ndarray | None = None,
     ) -> Decoder:
-        """A decoder with these rows bound: ``active`` (A,), ``tensors`` (A, ...)."""
+        """A decoder with these rows bound: ``active`` (A,), ``tensors`` (A, ...).
+
+        ``steer`` (A, S, d): each row's critique steer (zeros: none).
+        """
 
 
 class TorchBackend:
@@ -63,10 +70,14 @@ class TorchBackend:
         self.device = torch.device(device)
 
     def decoder(
-        self, active: np.ndarray, tensors: dict[str, np.ndarray], mode_weights: np.ndarray
+        self,
+        active: np.ndarray,
+        tensors: dict[str, np.ndarray],
+        mode_weights: np.ndarray,
+        steer: np.ndarray | None = None,
     ) -> Decoder:
-        """See :class:`Backend`; a batch without any adapter runs the base alone."""
-        if not active.any():
+        """See :class:`Backend`; a batch without any adapter or steer runs the base alone."""
+        if not active.any() and steer is None:
             return TorchDecoder(self.model, None)
         dev = self.device
         rows = RowAdapters(
@@ -74,6 +85,7 @@ class TorchBackend:
             torch.from_numpy(active).to(dev),
             {k: torch.from_numpy(v).to(dev) for k, v in tensors.items()},
             torch.from_numpy(mode_weights).to(dev),
+            None if steer is None else torch.from_numpy(steer).to(dev),
         )
         return TorchDecoder(self.model, rows)
 
@@ -147,6 +159,7 @@ class OnnxBackend:
             )
         self.manifest = manifest
         self.acfg = AdapterConfig.from_dict(manifest["adapter"])
+        self.steer = int(manifest.get("steer", 0))  # the critique steer's prefix vectors
         sizes = manifest["model"]["level_sizes"]
         self.wants = [level_codes(sizes, i).numpy() for i in range(len(sizes))]
         so = ort.SessionOptions()
@@ -175,13 +188,27 @@ class OnnxBackend:
         self.base_graphs = pair("base_")
 
     def decoder(
-        self, active: np.ndarray, tensors: dict[str, np.ndarray], mode_weights: np.ndarray
+        self,
+        active: np.ndarray,
+        tensors: dict[str, np.ndarray],
+        mode_weights: np.ndarray,
+        steer: np.ndarray | None = None,
     ) -> Decoder:
-        """See :class:`Backend`; a batch without any adapter runs the base graphs."""
-        if not active.any():
+        """See :class:`Backend`; a batch without any adapter or steer runs the base graphs.
+
+        Raises:
+            EngineError: a steer the export was not made with.
+        """
+        if not active.any() and steer is None:
             return _OrtDecoder(self.base_graphs, {}, self.wants)
         feeds = {"active": active, "mode_weights": mode_weights}
         feeds |= {f"ad.{k}": v for k, v in tensors.items()}
+        if self.steer:
+            b = len(active)
+            d = int(self.manifest["model"]["d_model"])
+            feeds["steer"] = np.zeros((b, self.steer, d), np.float32) if steer is None else steer
+        elif steer is not None:
+            raise EngineError("this ONNX export has no critique steer input: export it again")
         return _OrtDecoder(self.graphs, feeds, self.wants)
 
 

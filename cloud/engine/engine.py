@@ -10,6 +10,7 @@ adapters and runs constrained beam search on the configured backend.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
@@ -27,11 +28,13 @@ from userlayer.cloud.engine.backends import (
     tensorrt_available,
 )
 from userlayer.sdk.critique import load_catalog
+from userlayer.sdk.exceptions import TextEncoderError
 from userlayer.sdk.model import AdapterConfig, adapter_shapes
-from userlayer.sdk.model.config import ModelConfig
+from userlayer.sdk.model.config import ModelConfig, ModelError
 from userlayer.sdk.model.decoding import Recommendation, beam_search
 from userlayer.sdk.model.io import fingerprint, load_model
 from userlayer.sdk.model.prompt import encode_request, mode_one_hot, pack_prompts
+from userlayer.sdk.model.steer import SteerEncoder, load_steer
 from userlayer.sdk.model.trie_search import TensorTrie, trie_beam_search
 from userlayer.sdk.schemas import Context, Service
 from userlayer.sdk.semantic_ids import SemanticIdTable
@@ -39,6 +42,8 @@ from userlayer.sdk.semantic_ids import SemanticIdTable
 __all__ = ["BACKENDS", "Engine", "EngineConfig", "EngineRequest", "Slab"]
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
+
+logger = logging.getLogger(__name__)
 SEARCHES = ("tensor", "reference")
 
 
@@ -85,6 +90,8 @@ class EngineRequest:
     # the engine's catalog order (``Engine.catalog.items``, the tensor trie's)
     allowed: np.ndarray | None = None
     bonus: np.ndarray | None = None
+    # the critique's text, for the learned steer (Engine.steer); None or blank: no steer
+    critique: str | None = None
 
 
 class Slab:
@@ -157,6 +164,27 @@ class Slab:
         return len(self._keys)
 
 
+def _load_steer(d: Path, base: str, backend: Backend) -> tuple[SteerEncoder | None, str | None]:
+    """The critique steer beside the model, ready to encode texts; else None and why.
+
+    Raises:
+        EngineError: a steer saved for another base, or one that does not load.
+    """
+    try:
+        got = load_steer(d, base)
+    except ModelError as e:
+        raise EngineError(str(e)) from e
+    if got is None:  # none trained: nothing to report
+        return None, None
+    if isinstance(backend, OnnxBackend) and backend.steer != got[0].cfg.n_vectors:
+        return None, "the ONNX export predates the learned steer: export it again"
+    try:
+        return SteerEncoder(got[0]), None
+    except (TextEncoderError, ModelError) as e:  # navec is optional: userlayer[critique-text]
+        logger.warning("the learned critique steer is off: %s", e)
+        return None, f"learned steer unavailable: {e}"
+
+
 def _len(x: object) -> int:
     return len(x) if isinstance(x, tuple) else 1
 
@@ -207,6 +235,7 @@ class Engine:
             raise EngineError("backend tensorrt: engine building is not implemented yet")
         self.acfg = adapter
         self.backend = backend
+        self.steer, self.steer_reason = _load_steer(d, self.fingerprint, backend)
         self.shapes = adapter_shapes(self.model_cfg, adapter)
         self.slab = Slab(self.shapes, cfg.slots)
         torch.set_flush_denormal(True)
@@ -245,7 +274,11 @@ class Engine:
             dtype=np.float32,
         ).reshape(len(reqs), n_modes)
         k = max(r.k for r in reqs)
-        dec = self.backend.decoder(active, tensors, mw)
+        texts = [r.critique or "" for r in reqs]
+        steer = (
+            self.steer(texts) if self.steer is not None and any(t.strip() for t in texts) else None
+        )
+        dec = self.backend.decoder(active, tensors, mw, steer)
         services = [r.service for r in reqs]
         exclude = [r.exclude for r in reqs]
         beam = max(self.cfg.beam, k)

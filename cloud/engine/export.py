@@ -10,6 +10,9 @@ Two graphs serve every mix of users (dynamic batch and sequence axes):
     (L, B, KV, P, hd) when the adapter has prefix vectors, ``key_valid``
     (B, T) bool, ``next_pos`` (B,) int64, ``prefix_valid`` (B, P) bool, and
     with domain experts ``service`` (B,) int64, the request's service.
+    With a critique steer beside the model (:mod:`userlayer.sdk.model.steer`)
+    prefill also takes ``steer`` (B, S, d) float: S more prefix positions,
+    off for a row of zeros.
 
 ``decode.onnx``
     one beam-search step: inputs ``codes`` (N, 1) int64 and ``origin`` (N,)
@@ -42,6 +45,7 @@ from userlayer.cloud.exceptions import CloudError
 from userlayer.sdk.model import AdapterConfig, Recommender, RowAdapters, adapter_shapes
 from userlayer.sdk.model.decoding import level_codes
 from userlayer.sdk.model.io import fingerprint, load_model
+from userlayer.sdk.model.steer import load_steer
 from userlayer.sdk.model.transformer import BeamCache, KVCache, _LayerCache
 
 __all__ = [
@@ -69,11 +73,14 @@ class GraphSpec:
     inputs at all): what a batch without any personalized row runs.
     """
 
-    def __init__(self, model: Recommender, acfg: AdapterConfig, base: bool = False) -> None:
+    def __init__(
+        self, model: Recommender, acfg: AdapterConfig, base: bool = False, steer: int = 0
+    ) -> None:
         self.acfg = acfg
         self.base = base
+        self.steer = 0 if base else steer  # prefix vectors of a critique steer (0: none)
         self.adapter = [] if base else list(adapter_shapes(model.cfg, acfg))
-        self.prefix = not base and acfg.n_prefix_total > 0
+        self.prefix = not base and (acfg.n_prefix_total > 0 or self.steer > 0)
         cache = ["k", "v", *(["pk", "pv"] if self.prefix else []), "key_valid", "next_pos"]
         if self.prefix:
             cache.append("prefix_valid")
@@ -84,23 +91,33 @@ class GraphSpec:
         ads = [f"ad.{n}" for n in self.adapter]
         rows = [] if base else ["active"]
         self.prefill_inputs = ["tokens", "ctx", *rows, *([] if base else ["mode_weights"]), *ads]
+        if self.steer:
+            self.prefill_inputs.append("steer")
         self.decode_inputs = ["codes", "origin", "want", *self.prompt, *BEAMS, *rows, *ads]
         self.outputs = ["logits", *cache]
         self.decode_outputs = ["logits", *(f"out.{n}" for n in BEAMS)]
 
     def rows(self, args: tuple[Tensor, ...], mode_weights: bool) -> RowAdapters | None:
-        """The adapter rows from the graph's trailing inputs (None for the base graphs)."""
+        """The adapter rows from the graph's trailing inputs (None for the base graphs).
+
+        Prefill (``mode_weights``) ends with the steer when the graphs have one.
+        """
         if self.base:
             return None
         active, rest = args[0], args[1:]
+        steer = None
+        if mode_weights and self.steer:
+            rest, steer = rest[:-1], rest[-1]
         mw = rest[0] if mode_weights else None
         ad = rest[1:] if mode_weights else rest
-        return RowAdapters(self.acfg, active, dict(zip(self.adapter, ad, strict=True)), mw)
+        return RowAdapters(self.acfg, active, dict(zip(self.adapter, ad, strict=True)), mw, steer)
 
 
-def graph_spec(model: Recommender, acfg: AdapterConfig, base: bool = False) -> GraphSpec:
+def graph_spec(
+    model: Recommender, acfg: AdapterConfig, base: bool = False, steer: int = 0
+) -> GraphSpec:
     """The graphs' input and output names."""
-    return GraphSpec(model, acfg, base)
+    return GraphSpec(model, acfg, base, steer)
 
 
 def _cache_out(logits: Tensor, cache: KVCache | None, spec: GraphSpec) -> tuple[Tensor, ...]:
@@ -175,6 +192,7 @@ def example_inputs(
     g: int = 2,
     base: bool = False,
     tn: int = 1,
+    steer: int = 0,
 ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
     """Small random inputs for both graphs (tracing, parity tests).
 
@@ -199,7 +217,10 @@ def example_inputs(
         for s in shapes.values()
     )
     prefill = (tokens, ctx) if base else (tokens, ctx, active, mw, *ad)
-    spec = GraphSpec(model, acfg, base)
+    spec = GraphSpec(model, acfg, base, steer)
+    if spec.steer:  # a critique on the odd rows only (no adapter there), zeros elsewhere
+        on = torch.tensor([i % 2 == 1 for i in range(b)]).view(-1, 1, 1)
+        prefill = (*prefill, torch.randn(b, steer, cfg.d_model, generator=gen) * 0.5 * on)
     with torch.no_grad():
         outs = _Prefill(model, spec)(*prefill)
     cache = dict(zip(spec.cache, outs[1:], strict=True))
@@ -249,9 +270,17 @@ def _dynamic_axes(spec: GraphSpec, decode: bool) -> dict[str, dict[int, str]]:
             ax[name] = {0: "B"}
     if not spec.base:
         ax["active"] = {0: "B"}
+    if spec.steer and not decode:
+        ax["steer"] = {0: "B"}
     for n in spec.adapter:
         ax[f"ad.{n}"] = {0: "B"}
     return ax
+
+
+def _steer_vectors(model_dir: str | Path, model: Recommender) -> int:
+    """Prefix vectors of the critique steer saved beside the model (0: none)."""
+    got = load_steer(model_dir, fingerprint(model))
+    return 0 if got is None else got[0].cfg.n_vectors
 
 
 def export_onnx(
@@ -259,11 +288,14 @@ def export_onnx(
 ) -> dict[str, Any]:
     """Export ``prefill.onnx`` and ``decode.onnx`` plus ``manifest.json``; returns the manifest.
 
+    A critique steer beside the model adds the adapter graphs' ``steer`` input.
+
     Raises:
         ExportError: if the export fails.
     """
     acfg = acfg or AdapterConfig()
     model = load_model(model_dir).eval()
+    steer = _steer_vectors(model_dir, model)
     for p in model.parameters():
         p.requires_grad_(False)
     out = Path(out_dir)
@@ -271,8 +303,8 @@ def export_onnx(
     jobs = []
     graphs: dict[str, Any] = {}
     for base in (False, True):
-        spec = GraphSpec(model, acfg, base)
-        prefill, decode = example_inputs(model, acfg, base=base)
+        spec = GraphSpec(model, acfg, base, steer)
+        prefill, decode = example_inputs(model, acfg, base=base, steer=steer)
         dec_outputs = spec.decode_outputs
         pre = "base_" if base else ""
         jobs += [
@@ -318,6 +350,7 @@ def export_onnx(
         "fingerprint": fingerprint(model),
         "model": model.cfg.to_dict(),
         "adapter": acfg.to_dict(),
+        "steer": steer,
         "opset": OPSET,
         **graphs,
         "torch": torch.__version__,
@@ -334,8 +367,11 @@ def ensure_onnx(model_dir: str | Path) -> Path:
         manifest = json.loads((out / "manifest.json").read_text("utf-8"))
     except (OSError, ValueError):
         manifest = {}
-    if manifest.get("format") != EXPORT_FORMAT or manifest.get("fingerprint") != fingerprint(
-        load_model(d)
+    model = load_model(d)
+    if (
+        manifest.get("format") != EXPORT_FORMAT
+        or manifest.get("fingerprint") != fingerprint(model)
+        or manifest.get("steer", 0) != _steer_vectors(d, model)
     ):
         adapter = manifest.get("adapter")
         export_onnx(d, out, AdapterConfig.from_dict(adapter) if adapter else None)

@@ -88,12 +88,17 @@ class RowAdapters:
     delta and FiLM scale and shift are applied without a per-row branch, and
     zeros make them exact no-ops, so such a row equals the base model bit for
     bit (``active`` still switches the prefix positions off).
+
+    ``steer`` (A, S, d), when given, holds each row's critique steer
+    (:mod:`userlayer.sdk.model.steer`): S more prefix positions, on for a row
+    whose vectors are not all zero, whether or not the row has an adapter.
     """
 
     config: AdapterConfig
     active: Tensor
     tensors: dict[str, Tensor]
     mode_weights: Tensor | None = None
+    steer: Tensor | None = None
 
     @classmethod
     def gather(
@@ -120,6 +125,7 @@ class RowAdapters:
             self.active.index_select(0, rows),
             {n: t.index_select(0, rows) for n, t in self.tensors.items()},
             None if self.mode_weights is None else self.mode_weights.index_select(0, rows),
+            None if self.steer is None else self.steer.index_select(0, rows),
         )
 
     @property
@@ -150,6 +156,12 @@ class RowAdapters:
                 raise ModelError(
                     f"adapter tensor {name!r} has shape {got}, expected {(batch, *shape)}"
                 )
+        if self.steer is not None and (
+            self.steer.dim() != 3 or tuple(self.steer.shape[::2]) != (batch, cfg.d_model)
+        ):
+            raise ModelError(
+                f"`steer` has shape {tuple(self.steer.shape)}, expected ({batch}, S, {cfg.d_model})"
+            )
         if self.mode_weights is not None and tuple(self.mode_weights.shape) != (
             batch,
             self.config.n_modes,
@@ -609,8 +621,11 @@ class Recommender(nn.Module):
         self.register_buffer("code_offsets", torch.tensor(offs, dtype=torch.long), persistent=False)
         free = cfg.n_items and cfg.item_free
         self.item_emb = nn.Embedding(cfg.n_items, cfg.d_model) if free else None
-        self.register_buffer("item_codes", torch.zeros(cfg.n_items, cfg.n_levels, dtype=torch.long))
-        self.register_buffer("item_keys", torch.zeros(cfg.n_items, dtype=torch.long))
+        # saved only with a head: a base without one keeps its state dict and fingerprint
+        keep = bool(cfg.n_items)
+        codes = torch.zeros(cfg.n_items, cfg.n_levels, dtype=torch.long)
+        self.register_buffer("item_codes", codes, persistent=keep)
+        self.register_buffer("item_keys", torch.zeros(cfg.n_items, dtype=torch.long), persistent=keep)
         self.apply(self._init)
 
     @staticmethod
@@ -646,7 +661,7 @@ class Recommender(nn.Module):
     def _prefix(
         self, ad: RowAdapters | None, b: int, dtype: torch.dtype
     ) -> tuple[Tensor | None, Tensor | None]:
-        if ad is None or ad.config.n_prefix_total == 0:
+        if ad is None or (ad.config.n_prefix_total == 0 and ad.steer is None):
             return None, None
         parts, valid = [], []
         act = ad.active
@@ -660,6 +675,11 @@ class Recommender(nn.Module):
             parts.append(torch.einsum("bm,bmpd->bpd", w.to(dtype), ad.tensors["mode_prefix"]))
             on = act & (w.abs().sum(-1) > 0)
             valid.append(on[:, None].expand(-1, ad.config.n_mode_prefix))
+        if ad.steer is not None:  # a critique's steer: on where its vectors are not all zero
+            parts.append(ad.steer.to(dtype))
+            valid.append(
+                (ad.steer.abs().sum(-1) > 0).any(-1, keepdim=True).expand_as(ad.steer[..., 0])
+            )
         if not parts:
             return None, None
         p, v = torch.cat(parts, dim=1), torch.cat(valid, dim=1)

@@ -12,7 +12,9 @@ such critique is drawn (seeded):
 - the reference mentions a concept the target does not (meat, sugar, ...):
   "без мяса" / "no meat";
 - a bigger (smaller) pack of its category: "побольше" / "bigger pack" (a soft
-  steer: ranks, does not filter).
+  steer: ranks, does not filter);
+- healthier, or for a child, by the lexicon's soft scores: "полезнее" /
+  "healthier", "для ребёнка" / "for a kid" (soft).
 
 The next item then satisfies the critique by construction. Where the dataset
 comes with the simulator's own episodes (``critiques.jsonl``: a shown item
@@ -51,7 +53,10 @@ from userlayer.tools.data.critique_episodes import load_episodes
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.eval.metrics import Accumulator
 
-__all__ = ["CritiqueEvalConfig", "evaluate_critiques", "make_episode"]
+__all__ = ["LEARNED", "LEARNED_ONLY", "CritiqueEvalConfig", "evaluate_critiques", "make_episode"]
+
+LEARNED = "with critique + learned steer"  # hard constraints, lexicon and learned steer
+LEARNED_ONLY = "learned steer only"  # no mask, no lexicon: what the learned steer does alone
 
 _TEXT = {
     "ru": {
@@ -60,6 +65,8 @@ _TEXT = {
         "brand": "другой бренд",
         "bigger": "побольше упаковку",
         "smaller": "поменьше упаковку",
+        "healthier": "полезнее",
+        "kids": "для ребёнка",
     },
     "en": {
         "cheaper": "cheaper",
@@ -67,6 +74,8 @@ _TEXT = {
         "brand": "another brand",
         "bigger": "bigger pack",
         "smaller": "smaller pack",
+        "healthier": "healthier",
+        "kids": "for a kid",
     },
 }
 _WITHOUT_EN = {"meat": "meat", "fish": "fish", "sugar": "sugar", "dairy": "milk",
@@ -142,6 +151,10 @@ def make_episode(
     )
     if same_cat and not np.isnan(sr) and not np.isnan(st) and sr != st:
         kinds.append(("bigger", words["bigger"]) if st > sr else ("smaller", words["smaller"]))
+    for soft in ("healthier", "kids"):  # the lexicon's soft scores: the target scores higher
+        score = catalog.steer([soft])
+        if score[t] > score[r] and score[t] > 0:
+            kinds.append((soft, words[soft]))
     if not kinds:
         return None
     kind, text = kinds[int(rng.integers(len(kinds)))]
@@ -207,26 +220,35 @@ def evaluate_critiques(
     steered = [
         replace(r, allowed=v.allowed, bonus=v.steer) for r, v in zip(plain, verdicts, strict=True)
     ]
-    acc = {"without critique": Accumulator(), "with critique": Accumulator()}
+    runs: dict[str, list[EngineRequest]] = {"without critique": plain, "with critique": steered}
+    if engine.steer is not None:  # the learned steer: with the hard part, and alone
+        runs[LEARNED] = [
+            replace(r, critique=e.text) for r, e in zip(steered, episodes, strict=True)
+        ]
+        runs[LEARNED_ONLY] = [
+            replace(r, critique=e.text) for r, e in zip(plain, episodes, strict=True)
+        ]
+    acc = {n: Accumulator() for n in runs}
     per_kind: dict[str, dict[str, Accumulator]] = {}
-    returned = violating = 0
+    returned = dict.fromkeys(runs, 0)
+    violating = dict.fromkeys(runs, 0)
     total = len(episodes)
     for s in range(0, total, cfg.batch):
         sl = slice(s, s + cfg.batch)
-        out_plain = engine.recommend(plain[sl])
-        out_crit = engine.recommend(steered[sl])
-        for e, c, a, b in zip(episodes[sl], crits[sl], out_plain, out_crit, strict=True):
-            for name, recs in (("without critique", a), ("with critique", b)):
-                ids = [x.item_id for x in recs]
+        outs = {n: engine.recommend(reqs[sl]) for n, reqs in runs.items()}
+        for j, (e, c) in enumerate(zip(episodes[sl], crits[sl], strict=True)):
+            for name, out in outs.items():
+                ids = [x.item_id for x in out[j]]
                 acc[name].add(ids, e.target.item_id, e.target.service.value)
                 per_kind.setdefault(e.kind, {n: Accumulator() for n in acc})[name].add(
                     ids, e.target.item_id, e.target.service.value
                 )
-            returned += len(b)
-            violating += sum(_violations(catalog, c, e.session, x.item_id) for x in b)
+                if name != "without critique":
+                    returned[name] += len(ids)
+                    violating[name] += sum(_violations(catalog, c, e.session, x) for x in ids)
         if on_step:
             on_step(min(s + cfg.batch, total), total)
-    speed = _speed(engine, plain, steered, cfg) if episodes else {}
+    speed = _speed(engine, plain, runs.get(LEARNED, steered), cfg) if episodes else {}
     return {
         "episodes": total,
         "source": "simulator (critiques.jsonl)" if simulated is not None else "derived",
@@ -236,15 +258,36 @@ def evaluate_critiques(
         "per_kind": {
             k: {n: a.result()["all"] for n, a in v.items()} for k, v in sorted(per_kind.items())
         },
-        "hard_constraints": {
-            "returned_items": returned,
-            "violating_items": violating,
-            "violating_share": violating / returned if returned else 0.0,
+        "hard_constraints": {  # the product's rows (the learned steer alone has no mask)
+            "returned_items": returned["with critique"],
+            "violating_items": violating["with critique"],
+            "violating_share": _share(violating["with critique"], returned["with critique"]),
+            **(
+                {
+                    "learned": {
+                        "returned_items": returned[LEARNED],
+                        "violating_items": violating[LEARNED],
+                    },
+                    "learned_only": {
+                        "returned_items": returned[LEARNED_ONLY],
+                        "violating_items": violating[LEARNED_ONLY],
+                        "violating_share": _share(violating[LEARNED_ONLY], returned[LEARNED_ONLY]),
+                    },
+                }
+                if LEARNED in runs
+                else {}
+            ),
         },
+        "learned_steer": engine.steer_reason
+        or ("on" if engine.steer is not None else "none trained"),
         "speed": speed,
         "backend": engine.backend.name,
         "seconds": round(time.perf_counter() - t0, 1),
     }
+
+
+def _share(a: int, b: int) -> float:
+    return a / b if b else 0.0
 
 
 def _speed(

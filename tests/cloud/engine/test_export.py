@@ -21,6 +21,7 @@ from userlayer.cloud.engine.export import (
 )
 from userlayer.sdk.model import AdapterConfig, ModelConfig, ModelError, Recommender, RowAdapters
 from userlayer.sdk.model.io import load_model, save_model
+from userlayer.sdk.model.steer import CritiqueSteer, SteerConfig, save_steer
 
 # two layers and grouped-query attention, so that both are in the graph
 CFG = ModelConfig(level_sizes=(16, 16, 8), d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=48)
@@ -47,14 +48,14 @@ def _run(sess: ort.InferenceSession, names: list[str], args: tuple[torch.Tensor,
 
 
 def _assert_graphs_equal_module(
-    d: Path, acfg: AdapterConfig, shapes: list[tuple[int, int, int, int]]
+    d: Path, acfg: AdapterConfig, shapes: list[tuple[int, int, int, int]], steer: int = 0
 ) -> None:
     """The graphs exported to ``d/onnx`` from ``d/m`` equal the module on each (b, t, g, tn)."""
     pre, dec = _sessions(d / "onnx")
     model = load_model(d / "m")
-    spec = GraphSpec(model, acfg)
+    spec = GraphSpec(model, acfg, steer=steer)
     for b, t, g, tn in shapes:
-        p_args, d_args = example_inputs(model, acfg, b=b, t=t, g=g, tn=tn)
+        p_args, d_args = example_inputs(model, acfg, b=b, t=t, g=g, tn=tn, steer=steer)
         with torch.no_grad():
             ref = _Prefill(model, spec)(*p_args)
             ref_d = _Decode(model, spec)(*d_args)
@@ -163,6 +164,27 @@ def test_a_base_with_a_dense_item_head_still_exports_and_equals_torch(tmp_path: 
     acfg = AdapterConfig(rank=2)
     export_onnx(tmp_path / "m", tmp_path / "onnx", acfg)
     _assert_graphs_equal_module(tmp_path, acfg, [(3, 13, 2, 1)])
+
+
+@pytest.mark.parametrize(
+    "acfg",
+    [AdapterConfig(rank=2), AdapterConfig(rank=2, n_prefix=0, n_modes=0, film=False)],
+    ids=["full-adapter", "no-adapter-prefix"],
+)
+def test_a_critique_steer_beside_the_model_is_a_prefill_input_and_equals_torch(
+    acfg: AdapterConfig, tmp_path: Path
+) -> None:
+    """Odd rows carry a steer and no adapter; even rows an adapter and no steer."""
+    torch.manual_seed(3)
+    m = Recommender(CFG).eval()
+    fp = save_model(m, tmp_path / "m")
+    save_steer(CritiqueSteer(SteerConfig(d_model=CFG.d_model, n_vectors=2)), tmp_path / "m", fp, {})
+    manifest = export_onnx(tmp_path / "m", tmp_path / "onnx", acfg)
+    assert manifest["steer"] == 2 and manifest["prefill"]["inputs"][-1] == "steer"
+    assert "steer" not in manifest["base_prefill"]["inputs"]
+    _assert_graphs_equal_module(tmp_path, acfg, [(4, 13, 2, 1), (3, 9, 3, 0)], steer=2)
+    backend = OnnxBackend(tmp_path / "onnx", fp)
+    assert backend.steer == 2
 
 
 def test_an_export_of_another_format_is_refused(model_dir: Path, tmp_path: Path) -> None:

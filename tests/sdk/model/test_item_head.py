@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from userlayer.sdk.model import load_model, save_model
+from userlayer.sdk.model import fingerprint, load_model, save_model
 from userlayer.sdk.model.config import ModelConfig, ModelError
 from userlayer.sdk.model.tokens import CTX, item_key, item_tokens
 from userlayer.sdk.model.transformer import Recommender
@@ -121,3 +121,13 @@ def test_a_head_without_free_vectors_adds_no_parameter_and_still_learns() -> Non
     m.eval()
     scores = m.item_logits(tok[:, : 4 * 4 + 1], ctx[:, : 4 * 4 + 1])
     assert scores.argmax(1).tolist() == m.item_index(CODES[nxt]).tolist()
+
+
+def test_a_base_without_a_head_saves_no_head_buffers_so_older_models_load(tmp_path: Path) -> None:
+    """Models saved before the head existed lack its buffers; they must load, same fingerprint."""
+    cfg = ModelConfig(level_sizes=SIZES, d_model=32, n_heads=2, n_kv_heads=1)
+    m = Recommender(cfg)
+    assert not {"item_codes", "item_keys"} & set(m.state_dict())
+    save_model(m, tmp_path / "m")
+    assert fingerprint(load_model(tmp_path / "m")) == fingerprint(m)
+    assert {"item_codes", "item_keys"} <= set(_model().state_dict())  # a head keeps its catalog

@@ -38,10 +38,16 @@ from typing import Any
 
 import numpy as np
 
-from userlayer.tools.exceptions import ToolsError
-from userlayer.tools.sids.embed import check_digest
+from userlayer.sdk.exceptions import TextEncoderError
 
-__all__ = ["NAVEC_SHA256", "NavecEncoding", "cyrillic_share", "navec_embeddings", "navec_path"]
+__all__ = [
+    "NAVEC_SHA256",
+    "Navec",
+    "NavecEncoding",
+    "cyrillic_share",
+    "navec_embeddings",
+    "navec_path",
+]
 
 NAVEC_FILE = "data/emb/navec_news_v1_1B_250K_300d_100q.tar"
 # navec_news_v1_1B_250K_300d_100q.tar inside natasha 1.6.0
@@ -79,16 +85,18 @@ def navec_path() -> Path:
     """The navec file inside the installed ``natasha`` package (natasha is not imported).
 
     Raises:
-        ToolsError: if natasha is not installed or lacks the file.
+        TextEncoderError: if natasha is not installed or lacks the file.
     """
     spec = importlib.util.find_spec("natasha")
     if spec is None or not spec.submodule_search_locations:
-        raise ToolsError(
+        raise TextEncoderError(
             "Russian text embeddings need navec: pip install 'userlayer[sids-text]' (natasha)"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / NAVEC_FILE
     if not path.is_file():
-        raise ToolsError(f"the natasha package has no {NAVEC_FILE} (reinstall natasha==1.6.0)")
+        raise TextEncoderError(
+            f"the natasha package has no {NAVEC_FILE} (reinstall natasha==1.6.0)"
+        )
     return path
 
 
@@ -111,20 +119,25 @@ def _load(path: Path) -> Any:
         from navec.pq import PQ
         from navec.vocab import Vocab
     except ImportError as e:
-        raise ToolsError(
+        raise TextEncoderError(
             "Russian text embeddings need navec: pip install 'userlayer[sids-text]'"
         ) from e
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise ToolsError(f"cannot read the text encoder's weights at {path}: {e}") from e
-    check_digest(hashlib.sha256(data), path, NAVEC_SHA256, "natasha==1.6.0")
+        raise TextEncoderError(f"cannot read the text encoder's weights at {path}: {e}") from e
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != NAVEC_SHA256:
+        raise TextEncoderError(
+            f"the text encoder's weights at {path} have SHA-256 {digest}, not the pinned "
+            f"{NAVEC_SHA256}: refusing to load them (reinstall natasha==1.6.0)"
+        )
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:  # plain tar, as pinned
 
         def member(name: str) -> Any:
             f = tar.extractfile(name)
             if f is None:
-                raise ToolsError(f"{path} has no {name}")
+                raise TextEncoderError(f"{path} has no {name}")
             return f
 
         meta = Meta.from_file(member(META))
@@ -140,55 +153,77 @@ def _oov_vector(token: str, dim: int) -> np.ndarray:
     return out
 
 
+class Navec:
+    """navec loaded once (checked against :data:`NAVEC_SHA256`); encodes texts on demand."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        nv = _load(path or navec_path())
+        self._nv = nv
+        self.ids: dict[str, int] = nv.vocab.word_ids
+        counts = np.asarray(nv.vocab.counts, dtype=np.float64)
+        self.weight_of = SIF_A / (SIF_A + counts / counts.sum())
+        self.dim = int(nv.pq.dim)
+        self.typical = float(np.median(nv.pq.norm))  # the vocabulary's: no text depends on another
+
+    def encode(self, texts: Sequence[str], oov_scale: float = OOV_SCALE) -> NavecEncoding:
+        """SIF-averaged vectors of ``texts`` (see the module docstring).
+
+        Raises:
+            TextEncoderError: if ``oov_scale`` is negative or not finite.
+        """
+        if not 0.0 <= oov_scale < float("inf"):
+            raise TextEncoderError(f"`oov_scale` should be finite and >= 0, got {oov_scale}")
+        ids, weight_of, dim = self.ids, self.weight_of, self.dim
+        tokenized = [_tokens(t, ids) for t in texts]
+        known_ids = sorted({ids[w] for ws in tokenized for w in ws if w in ids})
+        col = {wid: j for j, wid in enumerate(known_ids)}
+        table = (
+            self._nv.pq.sampled(np.asarray(known_ids, dtype=np.int64)).unpack().astype(np.float64)
+            if known_ids
+            else np.zeros((0, dim))
+        )
+        oov: dict[str, np.ndarray] = {}
+        emb = np.zeros((len(texts), dim))
+        words = known = empty = 0
+        for i, ws in enumerate(tokenized):
+            words += len(ws)
+            hit = [ids[w] for w in ws if w in ids]
+            known += len(hit)
+            empty += not hit
+            miss = [w for w in ws if w not in ids] if oov_scale > 0 else []
+            if not hit and not miss:
+                continue
+            vecs = [table[[col[h] for h in hit]]] if hit else []
+            weights = [weight_of[hit]] if hit else []
+            if miss:
+                for w in miss:
+                    if w not in oov:
+                        oov[w] = oov_scale * self.typical * _oov_vector(w, dim)
+                vecs.append(np.stack([oov[w] for w in miss]))
+                weights.append(np.ones(len(miss)))
+            v, wt = np.concatenate(vecs), np.concatenate(weights)
+            emb[i] = (wt[:, None] * v).sum(0) / wt.sum()
+        norm = np.linalg.norm(emb, axis=1, keepdims=True)
+        emb = np.divide(emb, norm, out=np.zeros_like(emb), where=norm > 0)
+        logger.info(
+            "navec: %d texts, %d of %d words known, %d texts with none",
+            len(texts),
+            known,
+            words,
+            empty,
+        )
+        return NavecEncoding(emb.astype(np.float32), words, known, empty)
+
+
 def navec_embeddings(
     texts: Sequence[str], path: Path | None = None, oov_scale: float = OOV_SCALE
 ) -> NavecEncoding:
-    """SIF-averaged navec vectors of ``texts`` (see the module docstring).
+    """SIF-averaged navec vectors of ``texts`` (loads navec for this call).
 
     Raises:
-        ToolsError: if navec is missing, its file is not the pinned one, or
+        TextEncoderError: if navec is missing, its file is not the pinned one, or
             ``oov_scale`` is negative or not finite.
     """
     if not 0.0 <= oov_scale < float("inf"):
-        raise ToolsError(f"`oov_scale` should be finite and >= 0, got {oov_scale}")
-    nv = _load(path or navec_path())
-    ids = nv.vocab.word_ids
-    counts = np.asarray(nv.vocab.counts, dtype=np.float64)
-    weight_of = SIF_A / (SIF_A + counts / counts.sum())
-    tokenized = [_tokens(t, ids) for t in texts]
-    known_ids = sorted({ids[w] for ws in tokenized for w in ws if w in ids})
-    col = {wid: j for j, wid in enumerate(known_ids)}
-    table = (
-        nv.pq.sampled(np.asarray(known_ids, dtype=np.int64)).unpack().astype(np.float64)
-        if known_ids
-        else np.zeros((0, nv.pq.dim))
-    )
-    dim = int(nv.pq.dim)
-    typical = float(np.median(nv.pq.norm))  # the vocabulary's, so no text depends on another
-    oov: dict[str, np.ndarray] = {}
-    emb = np.zeros((len(texts), dim))
-    words = known = empty = 0
-    for i, ws in enumerate(tokenized):
-        words += len(ws)
-        hit = [ids[w] for w in ws if w in ids]
-        known += len(hit)
-        empty += not hit
-        miss = [w for w in ws if w not in ids] if oov_scale > 0 else []
-        if not hit and not miss:
-            continue
-        vecs = [table[[col[h] for h in hit]]] if hit else []
-        weights = [weight_of[hit]] if hit else []
-        if miss:
-            for w in miss:
-                if w not in oov:
-                    oov[w] = oov_scale * typical * _oov_vector(w, dim)
-            vecs.append(np.stack([oov[w] for w in miss]))
-            weights.append(np.ones(len(miss)))
-        v, wt = np.concatenate(vecs), np.concatenate(weights)
-        emb[i] = (wt[:, None] * v).sum(0) / wt.sum()
-    norm = np.linalg.norm(emb, axis=1, keepdims=True)
-    emb = np.divide(emb, norm, out=np.zeros_like(emb), where=norm > 0)
-    logger.info(
-        "navec: %d texts, %d of %d words known, %d texts with none", len(texts), known, words, empty
-    )
-    return NavecEncoding(emb.astype(np.float32), words, known, empty)
+        raise TextEncoderError(f"`oov_scale` should be finite and >= 0, got {oov_scale}")
+    return Navec(path).encode(texts, oov_scale)

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from userlayer.sdk.exceptions import TextEncoderError
+from userlayer.sdk.navec import cyrillic_share, navec_embeddings, navec_path
 from userlayer.tools.exceptions import ToolsError
 from userlayer.tools.sids.embed import resolve_encoder, text_embeddings
-from userlayer.tools.sids.navec_text import cyrillic_share, navec_embeddings, navec_path
 
 pytest.importorskip("navec", reason="navec comes with the sids-text extra")
 
@@ -73,7 +74,7 @@ def test_other_weights_are_refused(tmp_path: Path) -> None:
     shutil.copyfile(navec_path(), fake)
     with fake.open("ab") as f:
         f.write(b"\0")
-    with pytest.raises(ToolsError, match=r"natasha==1\.6\.0"):
+    with pytest.raises(TextEncoderError, match=r"natasha==1\.6\.0"):
         navec_embeddings(FOOD, path=fake)
 
 
@@ -94,5 +95,5 @@ def test_decomposed_unicode_and_bad_scales() -> None:
     nfd = [unicodedata.normalize("NFD", t) for t in nfc]
     np.testing.assert_allclose(navec_embeddings(nfd).vectors, navec_embeddings(nfc).vectors)
     for bad in (-1.0, float("inf")):
-        with pytest.raises(ToolsError, match="oov_scale"):
+        with pytest.raises(TextEncoderError, match="oov_scale"):
             navec_embeddings(nfc, oov_scale=bad)
