@@ -27,10 +27,10 @@ from collections.abc import Callable
 import numpy as np
 from sklearn.metrics import normalized_mutual_info_score
 
+from userlayer.sdk.navec import navec_embeddings
 from userlayer.tools.data.synth import SynthConfig, synthesize
 from userlayer.tools.sids.build import add_collision_level
 from userlayer.tools.sids.embed import _minilm_embeddings, item_texts
-from userlayer.sdk.navec import navec_embeddings
 from userlayer.tools.sids.rqkmeans import ResidualKMeans
 
 

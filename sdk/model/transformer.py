@@ -624,8 +624,9 @@ class Recommender(nn.Module):
         # saved only with a head: a base without one keeps its state dict and fingerprint
         keep = bool(cfg.n_items)
         codes = torch.zeros(cfg.n_items, cfg.n_levels, dtype=torch.long)
+        keys = torch.zeros(cfg.n_items, dtype=torch.long)
         self.register_buffer("item_codes", codes, persistent=keep)
-        self.register_buffer("item_keys", torch.zeros(cfg.n_items, dtype=torch.long), persistent=keep)
+        self.register_buffer("item_keys", keys, persistent=keep)
         self.apply(self._init)
 
     @staticmethod
