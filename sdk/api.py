@@ -77,7 +77,11 @@ class CritiqueResult(_Body):
 
     language: str = Field(description="ru, en or unknown")
     applied: list[str] = Field(default_factory=list, description="hard constraints applied")
-    steer: list[str] = Field(default_factory=list, description="soft preferences applied")
+    steer: list[str] = Field(
+        default_factory=list,
+        description="soft preferences applied: lexicon steers (healthier, kids, bigger, "
+        "smaller), and 'learned steer' when the trained steer read the critique's text",
+    )
     flags: list[str] = Field(default_factory=list, description="what was ignored, and why")
 
 

@@ -25,6 +25,7 @@ from userlayer.cloud.engine.export import EXPORT_FORMAT
 from userlayer.cloud.exceptions import CloudError
 from userlayer.sdk.model import AdapterConfig, Recommender, RowAdapters
 from userlayer.sdk.model.decoding import Decoder, TorchDecoder, level_codes
+from userlayer.sdk.model.steer import STEER_ONLY
 
 __all__ = [
     "Backend",
@@ -80,6 +81,11 @@ class TorchBackend:
         if not active.any() and steer is None:
             return TorchDecoder(self.model, None)
         dev = self.device
+        if not active.any():  # a steer only: no zero adapter to multiply through
+            assert steer is not None
+            none = torch.zeros(len(active), dtype=torch.bool, device=dev)
+            only = RowAdapters(STEER_ONLY, none, {}, None, torch.from_numpy(steer).to(dev))
+            return TorchDecoder(self.model, only)
         rows = RowAdapters(
             self.acfg,
             torch.from_numpy(active).to(dev),

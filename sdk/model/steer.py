@@ -20,6 +20,9 @@ and to the text encoder's pinned digest. Nothing is unpickled.
 from __future__ import annotations
 
 import json
+import threading
+import unicodedata
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +32,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from userlayer.sdk.model.config import ModelError
+from userlayer.sdk.model.config import AdapterConfig, ModelError
 
 __all__ = [
     "STEER_FORMAT",
+    "STEER_ONLY",
     "CritiqueSteer",
     "SteerConfig",
     "SteerEncoder",
@@ -43,6 +47,8 @@ __all__ = [
 STEER_FORMAT = "userlayer.steer/1"
 STEER_WEIGHTS = "steer.safetensors"
 STEER_META = "steer.json"
+# adapter rows that carry nothing but the steer (no LoRA, FiLM, prefix or modes)
+STEER_ONLY = AdapterConfig(targets=(), n_prefix=0, film=False, n_modes=0)
 
 
 @dataclass(frozen=True)
@@ -127,10 +133,14 @@ def load_steer(directory: str | Path, base: str) -> tuple[CritiqueSteer, dict[st
 class SteerEncoder:
     """Critique texts -> prefix vectors: navec (loaded once), then the trained MLP."""
 
+    CACHE = 4096  # distinct critique texts kept (critiques repeat: "подешевле", "без мяса")
+
     def __init__(self, steer: CritiqueSteer, navec_path: Path | None = None) -> None:
         from userlayer.sdk.navec import Navec  # needs navec: userlayer[critique-text]
 
         self.steer = steer.eval()
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
         self.navec = Navec(navec_path)
         if self.navec.dim != steer.cfg.text_dim:
             raise ModelError(
@@ -144,7 +154,20 @@ class SteerEncoder:
 
     @torch.no_grad()
     def __call__(self, texts: list[str]) -> np.ndarray:
-        """(B, n_vectors, d_model) float32 prefix vectors."""
-        v = torch.from_numpy(self.text_vectors(texts))
-        out: np.ndarray = self.steer(v).numpy()
-        return out
+        """(B, n_vectors, d_model) float32 prefix vectors (each distinct text computed once)."""
+        keys = [unicodedata.normalize("NFC", t).strip().lower() for t in texts]
+        with self._lock:
+            known = {k: self._cache[k] for k in set(keys) if k in self._cache}
+            for k in known:
+                self._cache.move_to_end(k)
+        new = sorted({k for k in keys if k not in known})
+        if new:
+            v = torch.from_numpy(self.text_vectors(new))
+            out = self.steer(v).numpy()
+            with self._lock:
+                for k, row in zip(new, out, strict=True):
+                    row.setflags(write=False)
+                    known[k] = self._cache[k] = row
+                while len(self._cache) > self.CACHE:
+                    self._cache.popitem(last=False)
+        return np.stack([known[k] for k in keys])

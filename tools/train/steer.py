@@ -30,10 +30,10 @@ import torch
 
 from userlayer.edge.examples import ExampleConfig, session_before
 from userlayer.sdk.critique import CatalogIndex, load_catalog
-from userlayer.sdk.model import AdapterConfig, RowAdapters, load_model
+from userlayer.sdk.model import RowAdapters, load_model
 from userlayer.sdk.model.io import fingerprint
 from userlayer.sdk.model.prompt import encode_request, pack_prompts
-from userlayer.sdk.model.steer import CritiqueSteer, SteerConfig, save_steer
+from userlayer.sdk.model.steer import STEER_ONLY, CritiqueSteer, SteerConfig, save_steer
 from userlayer.sdk.model.tokens import ContextVocab, item_tokens
 from userlayer.sdk.navec import NAVEC_SHA256, Navec
 from userlayer.sdk.semantic_ids import SemanticIdTable
@@ -43,15 +43,12 @@ from userlayer.tools.exceptions import ToolsError
 
 __all__ = [
     "PHRASES",
-    "STEER_ONLY",
     "SteerExample",
     "SteerTrainConfig",
     "steer_examples",
     "train_steer",
 ]
 
-# adapter rows that carry nothing but the steer (no LoRA, FiLM, prefix or modes)
-STEER_ONLY = AdapterConfig(targets=(), n_prefix=0, film=False, n_modes=0)
 
 # more ways to say each critique kind; make_episode's own text is always one of them
 PHRASES: dict[str, dict[str, tuple[str, ...]]] = {

@@ -7,13 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from userlayer.sdk.model import AdapterConfig, RowAdapters
+from userlayer.sdk.model import RowAdapters
 from userlayer.sdk.model.config import ModelConfig, ModelError
-from userlayer.sdk.model.steer import CritiqueSteer, SteerConfig, load_steer, save_steer
+from userlayer.sdk.model.steer import STEER_ONLY, CritiqueSteer, SteerConfig, load_steer, save_steer
 from userlayer.sdk.model.tokens import CTX
 from userlayer.sdk.model.transformer import Recommender
 
-STEER_ONLY = AdapterConfig(targets=(), n_prefix=0, film=False, n_modes=0)
 CFG = ModelConfig(level_sizes=(4, 4), d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=48)
 
 
