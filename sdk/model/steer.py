@@ -19,7 +19,10 @@ and to the text encoder's pinned digest. Nothing is unpickled.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import os
 import threading
 import unicodedata
 from collections import OrderedDict
@@ -139,7 +142,9 @@ class SteerEncoder:
         from userlayer.sdk.navec import Navec  # needs navec: userlayer[critique-text]
 
         self.steer = steer.eval()
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        # keyed by an HMAC of the text under a per-process random key: the text is not kept
+        self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._key = os.urandom(32)
         self._lock = threading.Lock()
         self.navec = Navec(navec_path)
         if self.navec.dim != steer.cfg.text_dim:
@@ -155,14 +160,16 @@ class SteerEncoder:
     @torch.no_grad()
     def __call__(self, texts: list[str]) -> np.ndarray:
         """(B, n_vectors, d_model) float32 prefix vectors (each distinct text computed once)."""
-        keys = [unicodedata.normalize("NFC", t).strip().lower() for t in texts]
+        norm = [unicodedata.normalize("NFC", t).strip().lower() for t in texts]
+        keys = [hmac.new(self._key, t.encode(), hashlib.sha256).digest() for t in norm]
         with self._lock:
             known = {k: self._cache[k] for k in set(keys) if k in self._cache}
             for k in known:
                 self._cache.move_to_end(k)
-        new = sorted({k for k in keys if k not in known})
-        if new:
-            v = torch.from_numpy(self.text_vectors(new))
+        todo = {k: t for k, t in zip(keys, norm, strict=True) if k not in known}
+        if todo:
+            new = list(todo)
+            v = torch.from_numpy(self.text_vectors([todo[k] for k in new]))
             out = self.steer(v).numpy()
             with self._lock:
                 for k, row in zip(new, out, strict=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -58,3 +59,23 @@ def test_the_steer_gives_zeros_for_no_text_and_reloads_only_for_its_base(tmp_pat
     assert load_steer(tmp_path / "none", "base-a") is None
     with pytest.raises(ModelError, match="n_vectors"):
         SteerConfig(d_model=32, n_vectors=0)
+
+
+def test_the_encoder_computes_each_text_once_and_keeps_no_text() -> None:
+    pytest.importorskip("navec", reason="the steer's encoder needs navec: userlayer[critique-text]")
+    from userlayer.sdk.model.steer import SteerEncoder
+
+    torch.manual_seed(0)
+    enc = SteerEncoder(CritiqueSteer(SteerConfig(d_model=32, hidden=16)))
+    texts = ["Подешевле", "без мяса", "подешевле ", ""]
+    out = enc(texts)
+    assert out.shape == (4, 2, 32)
+    np.testing.assert_array_equal(out[0], out[2])  # one text, however cased and spaced
+    assert not out[3].any()  # no text: zeros, the positions stay off
+    with torch.no_grad():
+        direct = enc.steer(torch.from_numpy(enc.text_vectors(["без мяса"]))).numpy()
+    np.testing.assert_allclose(out[1], direct[0], rtol=0, atol=1e-6)
+    assert len(enc._cache) == 3
+    assert all(len(k) == 32 for k in enc._cache)  # HMAC-SHA256 digests, not texts
+    assert not any("мяс".encode() in k for k in enc._cache)
+    np.testing.assert_array_equal(enc(["без мяса"])[0], out[1])  # from the cache
