@@ -170,7 +170,9 @@ class Serving:
             steer = []
         else:
             c_lang = c.language
-            if c_lang in ("ru", "en"):  # the learned steer reads the text itself
+            # the learned steer reads the text itself, but only a critique the parser
+            # understood: it was trained on those kinds, and free text moves it anywhere
+            if c_lang in ("ru", "en") and c.understood:
                 if self.engine.steer is not None:
                     steer.append(LEARNED_STEER)
                 elif self.engine.steer_reason:

@@ -90,7 +90,8 @@ def navec_path() -> Path:
     spec = importlib.util.find_spec("natasha")
     if spec is None or not spec.submodule_search_locations:
         raise TextEncoderError(
-            "Russian text embeddings need navec: pip install 'userlayer[sids-text]' (natasha)"
+            "Russian text vectors need navec: pip install 'userlayer[critique-text]' "
+            "(serving) or 'userlayer[sids-text]' (Semantic IDs)"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / NAVEC_FILE
     if not path.is_file():
@@ -120,7 +121,8 @@ def _load(path: Path) -> Any:
         from navec.vocab import Vocab
     except ImportError as e:
         raise TextEncoderError(
-            "Russian text embeddings need navec: pip install 'userlayer[sids-text]'"
+            "Russian text vectors need navec: pip install 'userlayer[critique-text]' "
+            "(serving) or 'userlayer[sids-text]' (Semantic IDs)"
         ) from e
     try:
         data = path.read_bytes()
@@ -165,6 +167,17 @@ class Navec:
         self.dim = int(nv.pq.dim)
         self.typical = float(np.median(nv.pq.norm))  # the vocabulary's: no text depends on another
 
+    def _rows(self, ids: np.ndarray) -> np.ndarray:
+        """The words' vectors (n, dim) float64, decoded from their product-quantized codes.
+
+        Read straight from the codebooks: navec's ``pq.sampled`` rebuilds a
+        centroid-product table on every call (milliseconds a text).
+        """
+        pq = self._nv.pq
+        parts = pq.codes[np.arange(pq.qdim), pq.indexes[ids]]  # (n, qdim, dim / qdim)
+        out: np.ndarray = parts.reshape(len(ids), self.dim).astype(np.float64)
+        return out
+
     def encode(self, texts: Sequence[str], oov_scale: float = OOV_SCALE) -> NavecEncoding:
         """SIF-averaged vectors of ``texts`` (see the module docstring).
 
@@ -177,11 +190,7 @@ class Navec:
         tokenized = [_tokens(t, ids) for t in texts]
         known_ids = sorted({ids[w] for ws in tokenized for w in ws if w in ids})
         col = {wid: j for j, wid in enumerate(known_ids)}
-        table = (
-            self._nv.pq.sampled(np.asarray(known_ids, dtype=np.int64)).unpack().astype(np.float64)
-            if known_ids
-            else np.zeros((0, dim))
-        )
+        table = self._rows(np.asarray(known_ids, dtype=np.int64))
         oov: dict[str, np.ndarray] = {}
         emb = np.zeros((len(texts), dim))
         words = known = empty = 0

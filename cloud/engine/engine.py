@@ -36,6 +36,7 @@ from userlayer.sdk.model.io import fingerprint, load_model
 from userlayer.sdk.model.prompt import encode_request, mode_one_hot, pack_prompts
 from userlayer.sdk.model.steer import SteerEncoder, load_steer
 from userlayer.sdk.model.trie_search import TensorTrie, trie_beam_search
+from userlayer.sdk.navec import NAVEC_SHA256
 from userlayer.sdk.schemas import Context, Service
 from userlayer.sdk.semantic_ids import SemanticIdTable
 
@@ -164,18 +165,24 @@ class Slab:
         return len(self._keys)
 
 
-def _load_steer(d: Path, base: str, backend: Backend) -> tuple[SteerEncoder | None, str | None]:
+def _load_steer(
+    d: Path, base: str, d_model: int, backend: Backend
+) -> tuple[SteerEncoder | None, str | None]:
     """The critique steer beside the model, ready to encode texts; else None and why.
 
-    Raises:
-        EngineError: a steer saved for another base, or one that does not load.
+    A steer of another base (the base retrained in place), of another text
+    encoder, or one that does not load is switched off with the reason, which
+    requests with a critique get in their flags; serving goes on.
     """
     try:
-        got = load_steer(d, base)
-    except ModelError as e:
-        raise EngineError(str(e)) from e
+        got = load_steer(d, base, d_model)
+    except ModelError as e:  # a stale or broken steer: serve without it, and say why
+        logger.warning("the learned critique steer is off: %s", e)
+        return None, f"learned steer unavailable: {e}"
     if got is None:  # none trained: nothing to report
         return None, None
+    if got[1].get("encoder_sha256") != NAVEC_SHA256:
+        return None, "learned steer unavailable: trained with another text encoder"
     if isinstance(backend, OnnxBackend) and backend.steer != got[0].cfg.n_vectors:
         return None, "the ONNX export predates the learned steer: export it again"
     try:
@@ -235,7 +242,7 @@ class Engine:
             raise EngineError("backend tensorrt: engine building is not implemented yet")
         self.acfg = adapter
         self.backend = backend
-        self.steer, self.steer_reason = _load_steer(d, self.fingerprint, backend)
+        self.steer, self.steer_reason = _load_steer(d, self.fingerprint, model.cfg.d_model, backend)
         self.shapes = adapter_shapes(self.model_cfg, adapter)
         self.slab = Slab(self.shapes, cfg.slots)
         torch.set_flush_denormal(True)

@@ -42,7 +42,13 @@ import torch
 from torch import Tensor, nn
 
 from userlayer.cloud.exceptions import CloudError
-from userlayer.sdk.model import AdapterConfig, Recommender, RowAdapters, adapter_shapes
+from userlayer.sdk.model import (
+    AdapterConfig,
+    ModelError,
+    Recommender,
+    RowAdapters,
+    adapter_shapes,
+)
 from userlayer.sdk.model.decoding import level_codes
 from userlayer.sdk.model.io import fingerprint, load_model
 from userlayer.sdk.model.steer import load_steer
@@ -278,8 +284,14 @@ def _dynamic_axes(spec: GraphSpec, decode: bool) -> dict[str, dict[int, str]]:
 
 
 def _steer_vectors(model_dir: str | Path, model: Recommender) -> int:
-    """Prefix vectors of the critique steer saved beside the model (0: none)."""
-    got = load_steer(model_dir, fingerprint(model))
+    """Prefix vectors of the critique steer saved beside the model (0: none or unusable).
+
+    A stale or broken steer exports no steer input; the engine switches it off too.
+    """
+    try:
+        got = load_steer(model_dir, fingerprint(model), model.cfg.d_model)
+    except ModelError:
+        return 0
     return 0 if got is None else got[0].cfg.n_vectors
 
 

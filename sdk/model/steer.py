@@ -19,13 +19,8 @@ and to the text encoder's pinned digest. Nothing is unpickled.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-import os
-import threading
 import unicodedata
-from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -92,9 +87,10 @@ class CritiqueSteer(nn.Module):
         """The prefix vectors; a zero text vector (no critique) gives zeros."""
         b = text.shape[0]
         v: Tensor = self.mlp(text).view(b, self.cfg.n_vectors, self.cfg.d_model)
-        on = (text.abs().sum(-1) > 0).to(v.dtype)[:, None, None]
-        # a zero row must stay exactly zero: zeros switch the positions off in the base
-        return v * on
+        on = (text.abs().sum(-1) > 0)[:, None, None]
+        # a zero row must stay exactly zero (zeros switch the positions off in the base),
+        # whatever the weights hold: where, not a product (0 * inf is NaN)
+        return torch.where(on, v, torch.zeros_like(v))
 
 
 def save_steer(
@@ -108,17 +104,25 @@ def save_steer(
     (d / STEER_META).write_text(json.dumps(doc, indent=2), "utf-8")
 
 
-def load_steer(directory: str | Path, base: str) -> tuple[CritiqueSteer, dict[str, Any]] | None:
+MAX_WIDTH = 8192  # no steer field above this (a malformed file must not allocate gigabytes)
+
+
+def load_steer(
+    directory: str | Path, base: str, d_model: int | None = None
+) -> tuple[CritiqueSteer, dict[str, Any]] | None:
     """The steer saved beside the base ``base`` (None: the directory has none).
 
     Raises:
-        ModelError: a steer of another base or format, or tensors that do not fit.
+        ModelError: a steer of another base, width or format, fields out of
+            bounds, non-finite weights, or tensors that do not fit.
     """
     d = Path(directory)
     if not (d / STEER_META).exists():
         return None
     try:
         doc = json.loads((d / STEER_META).read_text("utf-8"))
+        if not isinstance(doc, dict) or not isinstance(doc.get("steer"), dict):
+            raise ModelError(f"{d / STEER_META} is not a steer description")
         if doc.get("format") != STEER_FORMAT:
             raise ModelError(f"{d / STEER_META} has format {doc.get('format')!r}")
         if doc.get("base") != base:
@@ -126,26 +130,34 @@ def load_steer(directory: str | Path, base: str) -> tuple[CritiqueSteer, dict[st
                 f"the steer in {d} was trained for base {doc.get('base')}, not {base}: "
                 "train it again (`userlayer train-steer`)"
             )
-        steer = CritiqueSteer(SteerConfig(**doc["steer"]))
-        steer.load_state_dict(load_file(str(d / STEER_WEIGHTS)))
+        cfg = SteerConfig(**doc["steer"])
+        if max(cfg.d_model, cfg.text_dim, cfg.hidden, cfg.n_vectors) > MAX_WIDTH:
+            raise ModelError(f"steer fields above {MAX_WIDTH}: {doc['steer']}")
+        if d_model is not None and cfg.d_model != d_model:
+            raise ModelError(f"the steer's width {cfg.d_model} is not the base's {d_model}")
+        steer = CritiqueSteer(cfg)
+        state = load_file(str(d / STEER_WEIGHTS))
+        if not all(bool(torch.isfinite(t).all()) for t in state.values()):
+            raise ModelError(f"{d / STEER_WEIGHTS} holds non-finite weights")
+        steer.load_state_dict(state)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
         raise ModelError(f"cannot load the steer in {d}: {e}") from e
     return steer.eval(), doc
 
 
 class SteerEncoder:
-    """Critique texts -> prefix vectors: navec (loaded once), then the trained MLP."""
+    """Critique texts -> prefix vectors: navec (loaded once), then the trained MLP.
 
-    CACHE = 4096  # distinct critique texts kept (critiques repeat: "подешевле", "без мяса")
+    Nothing is kept between calls: a cache shared by requests would answer a
+    text that someone sent recently faster than a new one, telling a caller
+    what other tenants' users wrote. Within one call (one batch) each
+    distinct text is encoded once.
+    """
 
     def __init__(self, steer: CritiqueSteer, navec_path: Path | None = None) -> None:
         from userlayer.sdk.navec import Navec  # needs navec: userlayer[critique-text]
 
         self.steer = steer.eval()
-        # keyed by an HMAC of the text under a per-process random key: the text is not kept
-        self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
-        self._key = os.urandom(32)
-        self._lock = threading.Lock()
         self.navec = Navec(navec_path)
         if self.navec.dim != steer.cfg.text_dim:
             raise ModelError(
@@ -159,22 +171,13 @@ class SteerEncoder:
 
     @torch.no_grad()
     def __call__(self, texts: list[str]) -> np.ndarray:
-        """(B, n_vectors, d_model) float32 prefix vectors (each distinct text computed once)."""
+        """(B, n_vectors, d_model) float32 prefix vectors (each distinct text encoded once).
+
+        Each text goes through the MLP alone, so its vectors do not depend on
+        what else is in the batch (a batched product may round differently).
+        """
         norm = [unicodedata.normalize("NFC", t).strip().lower() for t in texts]
-        keys = [hmac.new(self._key, t.encode(), hashlib.sha256).digest() for t in norm]
-        with self._lock:
-            known = {k: self._cache[k] for k in set(keys) if k in self._cache}
-            for k in known:
-                self._cache.move_to_end(k)
-        todo = {k: t for k, t in zip(keys, norm, strict=True) if k not in known}
-        if todo:
-            new = list(todo)
-            v = torch.from_numpy(self.text_vectors([todo[k] for k in new]))
-            out = self.steer(v).numpy()
-            with self._lock:
-                for k, row in zip(new, out, strict=True):
-                    row.setflags(write=False)
-                    known[k] = self._cache[k] = row
-                while len(self._cache) > self.CACHE:
-                    self._cache.popitem(last=False)
-        return np.stack([known[k] for k in keys])
+        distinct = sorted(set(norm))
+        vecs = torch.from_numpy(self.text_vectors(distinct))
+        out = {t: self.steer(vecs[i : i + 1])[0].numpy() for i, t in enumerate(distinct)}
+        return np.stack([out[t] for t in norm])

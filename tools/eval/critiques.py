@@ -52,6 +52,7 @@ from userlayer.sdk.schemas import Event
 from userlayer.tools.data.critique_episodes import load_episodes
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.eval.metrics import Accumulator
+from userlayer.tools.train.examples import DEFAULT_ACTIONS
 
 __all__ = ["LEARNED", "LEARNED_ONLY", "CritiqueEvalConfig", "evaluate_critiques", "make_episode"]
 
@@ -191,7 +192,11 @@ def evaluate_critiques(
     engine = Engine(model_dir, cfg.engine)
     attrs: dict[str, ItemAttributes] = ds.attributes()
     catalog = engine.catalog or CatalogIndex(engine.tensor_trie.items, attrs)
-    by_user = ds.user_events()
+    by_user = {  # the actions the base is pretrained on (a re-rating is not a next item)
+        u: kept
+        for u, evs in ds.user_events().items()
+        if (kept := [e for e in evs if e.action.value in DEFAULT_ACTIONS])
+    }
     rng = np.random.default_rng(cfg.seed)
     ok = sorted(u for u, ev in by_user.items() if len(ev) >= cfg.min_events)
     simulated = load_episodes(data_dir)

@@ -2,8 +2,9 @@
 
 Episodes come from the training sequences, as ``eval-critiques`` derives them
 from held-out events (:func:`userlayer.tools.eval.critiques.make_episode`):
-at every training position of a user (never the last two events, the
-validation and test targets), the session before it is the request, its last
+at every training position of a user (the events the base is pretrained on:
+views, carts, purchases; never the last two, the validation and test
+targets), the session before it is the request, its last
 item the one the user reacts to, and a critique that the next item satisfies
 against it is drawn: cheaper, another brand, without meat, healthier... The
 critique's text is written in Russian or English, in one of several phrasings
@@ -40,6 +41,7 @@ from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.eval.critiques import make_episode
 from userlayer.tools.exceptions import ToolsError
+from userlayer.tools.train.examples import DEFAULT_ACTIONS
 
 __all__ = [
     "PHRASES",
@@ -134,7 +136,12 @@ def steer_examples(
     rng: np.random.Generator,
 ) -> tuple[list[SteerExample], list[SteerExample]]:
     """Training and held-out episodes (by user) from the training positions."""
-    by_user = ds.user_events()
+    # the actions the base is pretrained on: positions then match its held-out targets
+    by_user = {
+        u: kept
+        for u, evs in ds.user_events().items()
+        if (kept := [e for e in evs if e.action.value in DEFAULT_ACTIONS])
+    }
     users = sorted(by_user)
     held = set(np.asarray(users)[rng.random(len(users)) < cfg.valid_share].tolist())
     scfg = ExampleConfig()

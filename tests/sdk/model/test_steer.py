@@ -61,7 +61,7 @@ def test_the_steer_gives_zeros_for_no_text_and_reloads_only_for_its_base(tmp_pat
         SteerConfig(d_model=32, n_vectors=0)
 
 
-def test_the_encoder_computes_each_text_once_and_keeps_no_text() -> None:
+def test_the_encoder_reads_one_text_however_written_and_keeps_nothing() -> None:
     pytest.importorskip("navec", reason="the steer's encoder needs navec: userlayer[critique-text]")
     from userlayer.sdk.model.steer import SteerEncoder
 
@@ -75,7 +75,4 @@ def test_the_encoder_computes_each_text_once_and_keeps_no_text() -> None:
     with torch.no_grad():
         direct = enc.steer(torch.from_numpy(enc.text_vectors(["без мяса"]))).numpy()
     np.testing.assert_allclose(out[1], direct[0], rtol=0, atol=1e-6)
-    assert len(enc._cache) == 3
-    assert all(len(k) == 32 for k in enc._cache)  # HMAC-SHA256 digests, not texts
-    assert not any("мяс".encode() in k for k in enc._cache)
-    np.testing.assert_array_equal(enc(["без мяса"])[0], out[1])  # from the cache
+    assert not [k for k, v in vars(enc).items() if isinstance(v, dict | list)]  # no cache
