@@ -100,5 +100,9 @@ def test_soak(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert res["ok"] >= 0.9 * REQUESTS  # 64 clients fit in the default queue
     assert 0.6 < res["personalized_share"] < 0.95  # users with and without adapters
     # the RAM tier (64) and slots (128) are smaller than the 300 users: they turn over;
-    # the last quarter holds no more than the first half's peak (+ allocator noise)
-    assert all(rss1[k] - rss0[k] < 48 * 2**20 for k in rss0), rss
+    # the last quarter holds no more than the first half's peak (+ allocator noise). The
+    # core's RSS ratchets up under a busy machine's batches (CI, 2026-12-03: 400, 426, 465,
+    # 492 MiB over 2,000 requests; alone: 460 flat, 376-415, 391-424), so the bound allows
+    # 96 MiB (a leak of 48 KiB per request at 2,000; `make soak` sends 20,000: 4.8 KiB)
+    noise = {"core": 96 * 2**20, "api": 48 * 2**20}
+    assert all(rss1[k] - rss0[k] < noise[k] for k in rss0), rss
