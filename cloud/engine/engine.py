@@ -43,9 +43,9 @@ from userlayer.sdk.semantic_ids import SemanticIdTable
 __all__ = ["BACKENDS", "Engine", "EngineConfig", "EngineRequest", "Slab"]
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
+SEARCHES = ("tensor", "reference")
 
 logger = logging.getLogger(__name__)
-SEARCHES = ("tensor", "reference")
 
 
 @dataclass(frozen=True)

@@ -283,13 +283,13 @@ def _dynamic_axes(spec: GraphSpec, decode: bool) -> dict[str, dict[int, str]]:
     return ax
 
 
-def _steer_vectors(model_dir: str | Path, model: Recommender) -> int:
-    """Prefix vectors of the critique steer saved beside the model (0: none or unusable).
+def _steer_vectors(model_dir: str | Path, model: Recommender, fp: str) -> int:
+    """Prefix vectors of the critique steer saved beside the model ``fp`` (0: none or unusable).
 
     A stale or broken steer exports no steer input; the engine switches it off too.
     """
     try:
-        got = load_steer(model_dir, fingerprint(model), model.cfg.d_model)
+        got = load_steer(model_dir, fp, model.cfg.d_model)
     except ModelError:
         return 0
     return 0 if got is None else got[0].cfg.n_vectors
@@ -307,7 +307,8 @@ def export_onnx(
     """
     acfg = acfg or AdapterConfig()
     model = load_model(model_dir).eval()
-    steer = _steer_vectors(model_dir, model)
+    fp = fingerprint(model)
+    steer = _steer_vectors(model_dir, model, fp)
     for p in model.parameters():
         p.requires_grad_(False)
     out = Path(out_dir)
@@ -359,7 +360,7 @@ def export_onnx(
             raise ExportError(f"exporting {fname} failed: {e}") from e
     manifest = {
         "format": EXPORT_FORMAT,
-        "fingerprint": fingerprint(model),
+        "fingerprint": fp,
         "model": model.cfg.to_dict(),
         "adapter": acfg.to_dict(),
         "steer": steer,
@@ -380,10 +381,11 @@ def ensure_onnx(model_dir: str | Path) -> Path:
     except (OSError, ValueError):
         manifest = {}
     model = load_model(d)
+    fp = fingerprint(model)
     if (
         manifest.get("format") != EXPORT_FORMAT
-        or manifest.get("fingerprint") != fingerprint(model)
-        or manifest.get("steer", 0) != _steer_vectors(d, model)
+        or manifest.get("fingerprint") != fp
+        or manifest.get("steer", 0) != _steer_vectors(d, model, fp)
     ):
         adapter = manifest.get("adapter")
         export_onnx(d, out, AdapterConfig.from_dict(adapter) if adapter else None)

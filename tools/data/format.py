@@ -295,11 +295,19 @@ class Dataset:
             out.setdefault(u, []).append(i)
         return out
 
-    def user_events(self, users: Sequence[str] | None = None) -> dict[str, list[Event]]:
-        """Events as schema objects, per user in time order (what an edge store holds)."""
+    def user_events(
+        self, users: Sequence[str] | None = None, actions: Sequence[str] | None = None
+    ) -> dict[str, list[Event]]:
+        """Events as schema objects, per user in time order (what an edge store holds).
+
+        ``actions``: only events of these actions (a user left with none is absent).
+        """
         ev = self.events
         if users is not None:
             keep = pc.is_in(ev.column("user_id").cast(pa.string()), pa.array(list(users)))
+            ev = ev.filter(keep)
+        if actions is not None:
+            keep = pc.is_in(ev.column("action").cast(pa.string()), pa.array(list(actions)))
             ev = ev.filter(keep)
         cols = {
             n: ev.column(n).cast(pa.string()).to_pylist()

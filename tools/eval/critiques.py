@@ -192,11 +192,8 @@ def evaluate_critiques(
     engine = Engine(model_dir, cfg.engine)
     attrs: dict[str, ItemAttributes] = ds.attributes()
     catalog = engine.catalog or CatalogIndex(engine.tensor_trie.items, attrs)
-    by_user = {  # the actions the base is pretrained on (a re-rating is not a next item)
-        u: kept
-        for u, evs in ds.user_events().items()
-        if (kept := [e for e in evs if e.action.value in DEFAULT_ACTIONS])
-    }
+    # the actions the base is pretrained on (a re-rating is not a next item)
+    by_user = ds.user_events(actions=DEFAULT_ACTIONS)
     rng = np.random.default_rng(cfg.seed)
     ok = sorted(u for u, ev in by_user.items() if len(ev) >= cfg.min_events)
     simulated = load_episodes(data_dir)

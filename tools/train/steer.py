@@ -137,11 +137,7 @@ def steer_examples(
 ) -> tuple[list[SteerExample], list[SteerExample]]:
     """Training and held-out episodes (by user) from the training positions."""
     # the actions the base is pretrained on: positions then match its held-out targets
-    by_user = {
-        u: kept
-        for u, evs in ds.user_events().items()
-        if (kept := [e for e in evs if e.action.value in DEFAULT_ACTIONS])
-    }
+    by_user = ds.user_events(actions=DEFAULT_ACTIONS)
     users = sorted(by_user)
     held = set(np.asarray(users)[rng.random(len(users)) < cfg.valid_share].tolist())
     scfg = ExampleConfig()
