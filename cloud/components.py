@@ -32,6 +32,7 @@ def build_engine(s: Settings) -> Engine:
             backend=s.backend,
             onnx_dir=None if s.onnx_dir is None else str(s.onnx_dir),
             beam=s.beam,
+            ranking=s.ranking,
             slots=s.slots,
             threads=s.threads,
             device=s.device,

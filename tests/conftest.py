@@ -54,3 +54,16 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, synth_data_dir: Pat
     out = tmp_path_factory.mktemp("tiny") / "m"
     pretrain(synth_data_dir, out, PretrainConfig(epochs=1, batch_size=32, model=TINY))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_head_model_dir(tmp_path_factory: pytest.TempPathFactory, synth_data_dir: Path) -> Path:
+    """``tiny_model_dir``'s base with a dense item head, exported (read-only for tests)."""
+    from userlayer.cloud.engine.export import export_onnx
+    from userlayer.tools.train.pretrain import PretrainConfig, pretrain
+
+    out = tmp_path_factory.mktemp("tiny_head") / "m"
+    cfg = PretrainConfig(epochs=1, batch_size=32, model=TINY, item_head=True)
+    pretrain(synth_data_dir, out, cfg)
+    export_onnx(out, out / "onnx")
+    return out

@@ -76,23 +76,36 @@ def bench_serving_cmd(
     repeats: Annotated[int, typer.Option()] = 7,
     threads: Annotated[int | None, typer.Option()] = None,
     naive: Annotated[bool, typer.Option(help="Also time the peft per-request swap.")] = True,
+    rankings: Annotated[
+        str,
+        typer.Option(
+            help="Comma list of rankings timed side by side: auto, beam, dense, beam+dense "
+            "(the last two need a base with a dense item head)."
+        ),
+    ] = "auto",
     json_out: JsonOut = None,
     markdown: Markdown = DOCS,
 ) -> None:
     """Engine rows/s: per-user adapters vs the base alone vs peft swapped per request."""
     from userlayer.tools.bench.serving import ServingBenchConfig, bench_serving
 
-    cfg = ServingBenchConfig(
-        batches=_ints(batches),
-        backends=tuple(backends.split(",")),
-        users=users,
-        repeats=repeats,
-        threads=threads,
-        naive=naive,
-    )
+    try:
+        cfg = ServingBenchConfig(
+            batches=_ints(batches),
+            backends=tuple(backends.split(",")),
+            users=users,
+            repeats=repeats,
+            threads=threads,
+            naive=naive,
+            rankings=tuple(r for r in rankings.split(",") if r),
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
     cmd = (
         f"userlayer bench serving --model {model} --batches {batches} --backends {backends} "
         f"--users {users} --repeats {repeats}"
+        + ("" if rankings == "auto" else f" --rankings {rankings}")
+        + ("" if naive else " --no-naive")
     )
     from userlayer.tools.bench.serving import serving_steps
 

@@ -104,7 +104,7 @@ class _Graphs:
     decode: Any
     prefill_inputs: list[str]
     decode_inputs: list[str]
-    cache_names: list[str]  # prefill's outputs after the logits
+    cache_names: list[str]  # prefill's outputs after the logits (and the items' scores last)
 
 
 class _OrtDecoder:
@@ -116,11 +116,13 @@ class _OrtDecoder:
         self.wants = wants  # per level: its code indices
         self.prompt: dict[str, np.ndarray] = {}
         self.beams: dict[str, np.ndarray] = {}
+        self.scores: np.ndarray | None = None  # the dense item head's (prefill's ``items``)
 
     def prefill(self, tokens: Tensor, ctx: Tensor) -> Tensor:
         feed = {"tokens": tokens.numpy(), "ctx": ctx.numpy(), **self.feeds}
         out = self.g.prefill.run(None, {n: feed[n] for n in self.g.prefill_inputs})
         self.prompt = dict(zip(self.g.cache_names, out[1:], strict=True))
+        self.scores = self.prompt.pop("items", None)
         k = self.prompt["k"]
         empty = np.zeros((*k.shape[:3], 0, k.shape[4]), dtype=k.dtype)
         self.beams = {"bk": empty, "bv": empty, "bpos": self.prompt["next_pos"]}
@@ -132,6 +134,10 @@ class _OrtDecoder:
         out = self.g.decode.run(None, {n: feed[n] for n in self.g.decode_inputs})
         self.beams = {"bk": out[1], "bv": out[2], "bpos": out[3]}
         return torch.from_numpy(out[0])
+
+    def items(self) -> Tensor | None:
+        """The dense item scores of the last prefill (an export with the head), else None."""
+        return None if self.scores is None else torch.from_numpy(self.scores)
 
 
 class OnnxBackend:
@@ -166,6 +172,7 @@ class OnnxBackend:
         self.manifest = manifest
         self.acfg = AdapterConfig.from_dict(manifest["adapter"])
         self.steer = int(manifest.get("steer", 0))  # the critique steer's prefix vectors
+        self.items = int(manifest.get("items", 0))  # the dense item head's items (0: none)
         sizes = manifest["model"]["level_sizes"]
         self.wants = [level_codes(sizes, i).numpy() for i in range(len(sizes))]
         so = ort.SessionOptions()

@@ -5,7 +5,9 @@ tensor, shape (slots, *shape)), like S-LoRA's unified adapter memory: loading
 an adapter copies it into a slot (the least recently used one is reused), a
 batch gathers its rows' slots, and a row with slot -1 runs the base model
 alone. :meth:`Engine.recommend` encodes the requests' prompts, gathers the
-adapters and runs constrained beam search on the configured backend.
+adapters and runs constrained beam search on the configured backend, or, for
+a base with a dense item head, ranks by the head
+(:mod:`userlayer.sdk.model.dense_search`: every item, or the beam reranked).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from userlayer.cloud.engine.backends import (
     Backend,
@@ -32,9 +35,11 @@ from userlayer.sdk.exceptions import TextEncoderError
 from userlayer.sdk.model import AdapterConfig, adapter_shapes
 from userlayer.sdk.model.config import ModelConfig, ModelError
 from userlayer.sdk.model.decoding import Recommendation, beam_search
+from userlayer.sdk.model.dense_search import RANKINGS, dense_search, head_order
 from userlayer.sdk.model.io import fingerprint, load_model
 from userlayer.sdk.model.prompt import encode_request, mode_one_hot, pack_prompts
 from userlayer.sdk.model.steer import SteerEncoder, load_steer
+from userlayer.sdk.model.transformer import Recommender
 from userlayer.sdk.model.trie_search import TensorTrie, trie_beam_search
 from userlayer.sdk.navec import NAVEC_SHA256
 from userlayer.sdk.schemas import Context, Service
@@ -65,10 +70,18 @@ class EngineConfig:
     # constrained decoding: "tensor" (the trie as tensors, userlayer.sdk.model.trie_search)
     # or "reference" (userlayer.sdk.model.decoding.beam_search); both return the same
     search: str = "tensor"
+    # how items are ranked: "beam" (constrained beam search), "dense" (every item by the
+    # base's dense item head), "beam+dense" (the beam's candidates reranked by the head);
+    # "auto": "dense" for a base with a head, else "beam"
+    ranking: str = "auto"
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise EngineError(f"`backend` should be one of {BACKENDS}, got {self.backend!r}")
+        if self.ranking not in ("auto", *RANKINGS):
+            raise EngineError(
+                f"`ranking` should be one of {('auto', *RANKINGS)}, got {self.ranking!r}"
+            )
         if self.search not in SEARCHES:
             raise EngineError(f"`search` should be one of {SEARCHES}, got {self.search!r}")
         for name in ("beam", "slots", "max_session_items"):
@@ -192,6 +205,30 @@ def _load_steer(
         return None, f"learned steer unavailable: {e}"
 
 
+def _ranking(
+    ranking: str, model: Recommender, trie: TensorTrie, backend: Backend
+) -> tuple[str, Tensor | None]:
+    """The ranking to serve (``auto`` resolved) and, with the head, its order of the trie's items.
+
+    Raises:
+        EngineError: a ranking by the head for a base without one (or trained on
+            another table), or an ONNX export made before the head.
+    """
+    if ranking == "auto":
+        ranking = "dense" if model.cfg.n_items else "beam"
+    if ranking == "beam":
+        return ranking, None
+    try:
+        order = head_order(model, trie)
+    except ModelError as e:
+        raise EngineError(f"ranking {ranking!r}: {e}") from e
+    if isinstance(backend, OnnxBackend) and backend.items != model.cfg.n_items:
+        raise EngineError(
+            f"ranking {ranking!r}: the ONNX export has no dense item scores: export it again"
+        )
+    return ranking, order
+
+
 def _len(x: object) -> int:
     return len(x) if isinstance(x, tuple) else 1
 
@@ -242,6 +279,7 @@ class Engine:
             raise EngineError("backend tensorrt: engine building is not implemented yet")
         self.acfg = adapter
         self.backend = backend
+        self.ranking, self.head_order = _ranking(cfg.ranking, model, self.tensor_trie, backend)
         self.steer, self.steer_reason = _load_steer(d, self.fingerprint, model.cfg.d_model, backend)
         self.shapes = adapter_shapes(self.model_cfg, adapter)
         self.slab = Slab(self.shapes, cfg.slots)
@@ -301,7 +339,23 @@ class Engine:
                     np.float32
                 )
             )
-        if self.cfg.search == "tensor":
+        if self.head_order is not None:
+            rerank = beam if self.ranking == "beam+dense" else 0
+            out = dense_search(
+                dec,
+                self.tensor_trie,
+                self.head_order,
+                tok,
+                ctx,
+                k,
+                rerank,
+                services,
+                exclude,
+                None,
+                allowed,
+                bonus,
+            )
+        elif self.cfg.search == "tensor":
             out = trie_beam_search(
                 dec, self.tensor_trie, tok, ctx, k, beam, services, exclude, None, allowed, bonus
             )

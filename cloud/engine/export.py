@@ -12,7 +12,9 @@ Two graphs serve every mix of users (dynamic batch and sequence axes):
     with domain experts ``service`` (B,) int64, the request's service.
     With a critique steer beside the model (:mod:`userlayer.sdk.model.steer`)
     prefill also takes ``steer`` (B, S, d) float: S more prefix positions,
-    off for a row of zeros.
+    off for a row of zeros. With a dense item head
+    (:mod:`userlayer.sdk.model.dense_search`) prefill's last output is
+    ``items`` (B, n_items) float, every item's dense score in head order.
 
 ``decode.onnx``
     one beam-search step: inputs ``codes`` (N, 1) int64 and ``origin`` (N,)
@@ -93,6 +95,7 @@ class GraphSpec:
         if model.cfg.n_experts:
             cache.append("service")  # each row's request service: its experts route by it
         self.cache = cache  # prefill's outputs after the logits
+        self.items = model.cfg.n_items > 0  # the dense item head's scores, prefill's last output
         self.prompt = [n for n in cache if n != "next_pos"]  # what decode reads of them
         ads = [f"ad.{n}" for n in self.adapter]
         rows = [] if base else ["active"]
@@ -100,7 +103,7 @@ class GraphSpec:
         if self.steer:
             self.prefill_inputs.append("steer")
         self.decode_inputs = ["codes", "origin", "want", *self.prompt, *BEAMS, *rows, *ads]
-        self.outputs = ["logits", *cache]
+        self.outputs = ["logits", *cache, *(["items"] if self.items else [])]
         self.decode_outputs = ["logits", *(f"out.{n}" for n in BEAMS)]
 
     def rows(self, args: tuple[Tensor, ...], mode_weights: bool) -> RowAdapters | None:
@@ -154,10 +157,13 @@ class _Prefill(nn.Module):
         self.model, self.spec = model, spec
 
     def forward(self, tokens: Tensor, ctx: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
-        """Prompts in; next-code logits and the cache out."""
+        """Prompts in; next-code logits, the cache and (with a head) the items' scores out."""
         rows = self.spec.rows(rest, mode_weights=True)
-        logits, cache = self.model(tokens, ctx, rows, return_cache=True)
-        return _cache_out(logits, cache, self.spec)
+        h, logits, cache = self.model.run(tokens, ctx, rows, return_cache=True)
+        out = _cache_out(logits, cache, self.spec)
+        if self.spec.items:
+            out = (*out, self.model.item_scores(h[:, -1]))
+        return out
 
 
 class _Decode(nn.Module):
@@ -229,7 +235,7 @@ def example_inputs(
         prefill = (*prefill, torch.randn(b, steer, cfg.d_model, generator=gen) * 0.5 * on)
     with torch.no_grad():
         outs = _Prefill(model, spec)(*prefill)
-    cache = dict(zip(spec.cache, outs[1:], strict=True))
+    cache = dict(zip(spec.cache, outs[1 : 1 + len(spec.cache)], strict=True))
     # the beams so far: g per prompt when tn > 0 (random positions stand in for decoded ones)
     r = b * g if tn else b
     kv = (cfg.n_layers, r, cfg.n_kv_heads, tn, cfg.head_dim)
@@ -262,6 +268,8 @@ def _dynamic_axes(spec: GraphSpec, decode: bool) -> dict[str, dict[int, str]]:
         names = spec.prompt  # inputs here, B rows
     else:
         ax = {"tokens": {0: "B", 1: "T"}, "ctx": {0: "B", 1: "T"}, "logits": {0: "B"}}
+        if spec.items:
+            ax["items"] = {0: "B"}
         if not spec.base:
             ax["mode_weights"] = {0: "B"}
         names = spec.cache
@@ -364,6 +372,7 @@ def export_onnx(
         "model": model.cfg.to_dict(),
         "adapter": acfg.to_dict(),
         "steer": steer,
+        "items": model.cfg.n_items,  # the dense head's items (prefill's ``items`` output)
         "opset": OPSET,
         **graphs,
         "torch": torch.__version__,
@@ -386,6 +395,7 @@ def ensure_onnx(model_dir: str | Path) -> Path:
         manifest.get("format") != EXPORT_FORMAT
         or manifest.get("fingerprint") != fp
         or manifest.get("steer", 0) != _steer_vectors(d, model, fp)
+        or manifest.get("items", 0) != model.cfg.n_items
     ):
         adapter = manifest.get("adapter")
         export_onnx(d, out, AdapterConfig.from_dict(adapter) if adapter else None)

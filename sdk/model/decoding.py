@@ -60,6 +60,9 @@ class Decoder(Protocol):
         now has N rows.
         """
 
+    def items(self) -> Tensor | None:
+        """The last prefill's dense item scores (B, n_items) in head order; None without a head."""
+
 
 class TorchDecoder:
     """:class:`Decoder` on the torch module (reference and fallback backend).
@@ -73,15 +76,17 @@ class TorchDecoder:
         self.adapters = adapters
         self.prompt: KVCache | None = None
         self.beams: BeamCache | None = None
+        self.last: Tensor | None = None  # the prompts' last hidden states (dense item head)
         self.device = model.tok.weight.device  # inputs go there, logits come back to the CPU
 
     def prefill(self, tokens: Tensor, ctx: Tensor) -> Tensor:
         """See :meth:`Decoder.prefill`."""
         dev = self.device
-        logits, self.prompt = self.model(
+        h, logits, self.prompt = self.model.run(
             tokens.to(dev), ctx.to(dev), self.adapters, return_cache=True
         )
         assert self.prompt is not None
+        self.last = h[:, -1]
         self.beams = BeamCache.start(self.prompt)
         out: Tensor = logits[:, -1].float().cpu()
         return out
@@ -100,6 +105,14 @@ class TorchDecoder:
             level_codes(self.model.cfg.level_sizes, level).to(dev),
         )
         out: Tensor = logits.float().cpu()
+        return out
+
+    def items(self) -> Tensor | None:
+        """See :meth:`Decoder.items`."""
+        assert self.last is not None, "prefill first"
+        if not self.model.cfg.n_items:
+            return None
+        out: Tensor = self.model.item_scores(self.last).float().cpu()
         return out
 
 

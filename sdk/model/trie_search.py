@@ -32,7 +32,7 @@ from userlayer.sdk.model.transformer import Recommender, RowAdapters
 from userlayer.sdk.schemas import Service
 from userlayer.sdk.semantic_ids import SemanticIdTable
 
-__all__ = ["TensorTrie", "trie_beam_search"]
+__all__ = ["TensorTrie", "item_mask", "trie_beam_search"]
 
 _BIT = {s: 1 << i for i, s in enumerate(Service)}
 _ALL = (1 << len(Service)) - 1
@@ -99,6 +99,30 @@ class TensorTrie:
         return out
 
 
+def _row_bits(b: int, services: Sequence[Service | str | None] | None) -> Tensor:
+    """Each row's service bit (all bits for a row without a service)."""
+    return torch.tensor(
+        [_ALL if s is None else _BIT[Service(s)] for s in (services or [None] * b)],
+        dtype=torch.long,
+    )
+
+
+def item_mask(
+    trie: TensorTrie,
+    b: int,
+    services: Sequence[Service | str | None] | None = None,
+    exclude: Sequence[Sequence[str]] | None = None,
+    allowed: Tensor | None = None,
+) -> Tensor:
+    """Which items (B, n_items) a row may get: its service's, not excluded, allowed."""
+    ok = (trie.bits[-1][None, : len(trie.items)] & _row_bits(b, services)[:, None]) != 0
+    for r, e in enumerate(exclude or ()):
+        ok[r, [trie.index[i] for i in e if i in trie.index]] = False
+    if allowed is not None:
+        ok &= allowed
+    return ok
+
+
 @torch.no_grad()
 def trie_beam_search(
     model: Recommender | Decoder,
@@ -123,10 +147,7 @@ def trie_beam_search(
     """
     b = tokens.shape[0]
     beam = max(beam or max(k, 10), k)
-    row_bits = torch.tensor(
-        [_ALL if s is None else _BIT[Service(s)] for s in (services or [None] * b)],
-        dtype=torch.long,
-    )
+    row_bits = _row_bits(b, services)
     reach = None
     if allowed is not None:  # allowed and of the row's service, for every level's pruning
         in_service = (trie.bits[-1][None, :] & row_bits[:, None]) != 0  # per item

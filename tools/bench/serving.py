@@ -1,5 +1,9 @@
 """``userlayer bench serving``: rows/s of one engine call (forward plus beam search).
 
+With ``rankings`` a base with a dense item head is also timed ranking by it
+(``dense``: one prefill and the head over every item; ``beam+dense``: the
+beam reranked), each beside the beam search in the same run.
+
 For each backend and batch size, in the same run and interleaved: a batch
 whose every row is a different user with their own adapter (drawn from
 ``users`` adapters, loaded into the engine's slots), and the same batch with
@@ -23,6 +27,7 @@ from userlayer.cloud.engine.engine import Engine, EngineConfig, EngineRequest
 from userlayer.cloud.engine.export import ensure_onnx
 from userlayer.sdk.critique import parse_critique
 from userlayer.sdk.model import new_adapter
+from userlayer.sdk.model.dense_search import RANKINGS
 from userlayer.sdk.schemas import Context, Daypart, Mode
 from userlayer.tools.bench.naive import NaivePeftServer
 from userlayer.tools.bench.report import BenchReport
@@ -49,6 +54,14 @@ class ServingBenchConfig:
     naive: bool = True  # also time peft with a per-request adapter swap (torch, batch 1)
     device: str = "cpu"  # the torch backend's device (cuda on a GPU)
     providers: tuple[str, ...] = ()  # ONNX Runtime's execution providers (default: CPU)
+    rankings: tuple[str, ...] = ("auto",)  # EngineConfig.ranking: each one timed, side by side
+
+    def __post_init__(self) -> None:
+        for r in self.rankings:
+            if r not in ("auto", *RANKINGS):
+                raise ValueError(f"ranking {r!r} should be one of {('auto', *RANKINGS)}")
+        if not self.rankings:
+            raise ValueError("`rankings` is empty")
 
 
 def _requests(e: Engine, n: int, rng: np.random.Generator) -> list[EngineRequest]:
@@ -152,7 +165,11 @@ def engine_rows_per_s(
 
 def serving_steps(cfg: ServingBenchConfig) -> int:
     """How many times :func:`bench_serving` calls ``on_step``."""
-    return len(cfg.backends) * len(cfg.batches) + (1 if cfg.naive else 0)
+    return len(cfg.backends) * len(cfg.rankings) * len(cfg.batches) + (1 if cfg.naive else 0)
+
+
+def _label(backend: str, ranking: str) -> str:
+    return backend if ranking == "auto" else f"{backend}, {ranking}"
 
 
 def bench_serving(
@@ -171,8 +188,9 @@ def bench_serving(
         ensure_onnx(d)  # (again, if an older export format)
     rows: list[list[object]] = []
     results: dict[str, dict[str, float]] = {}
-    ratios: dict[int, float] = {}
-    for backend in cfg.backends:
+    ratios: dict[str, float] = {}
+    for backend, ranking in [(b, r) for b in cfg.backends for r in cfg.rankings]:
+        label = _label(backend, ranking)
         e = Engine(
             d,
             EngineConfig(
@@ -182,6 +200,7 @@ def bench_serving(
                 threads=cfg.threads,
                 device=cfg.device,
                 providers=cfg.providers,
+                ranking=ranking,
             ),
         )
         ads = _adapters(e, cfg.users, cfg.seed)
@@ -212,7 +231,7 @@ def bench_serving(
                 "ms_adapters": sa * 1000,
                 "ratio": sb / sa,
             }
-            results[f"{backend}/{b}"] = res
+            results[f"{label}/{b}"] = res
             crit = _with_critiques(e, with_ad) if b == max(cfg.batches) else None
             if crit is not None:  # what a critique adds: parsing, masks, the masked search
                 t_plain, t_crit = [], []
@@ -224,14 +243,16 @@ def bench_serving(
                     assert crit is not None
                     t_crit.append(_time(e, crit, cfg.repeats) + parse)
                 sp, sc = min(t_plain), min(t_crit)
-                results[f"{backend}/{b}/critiques"] = {
+                results[f"{label}/{b}/critiques"] = {
                     "rows_per_s_adapters": b / sp,
                     "rows_per_s_adapters_critiques": b / sc,
                     "ms_added_per_request": (sc - sp) * 1000 / b,
                 }
             rows.append(
                 [
-                    backend,
+                    f"{label} ({e.ranking})"
+                    if ranking == "auto" and cfg.rankings != ("auto",)
+                    else label,
                     b,
                     res["rows_per_s_base"],
                     res["rows_per_s_adapters"],
@@ -239,7 +260,7 @@ def bench_serving(
                     f"{res['ratio']:.2f}",
                 ]
             )
-            step(f"{backend}, batch {b}")
+            step(f"{label}, batch {b}")
     if cfg.naive:
         naive = NaivePeftServer(d, e, e.acfg)
         for b in cfg.batches:
@@ -248,7 +269,11 @@ def bench_serving(
             users = rng.choice(cfg.users, size=b, replace=False)
             jobs = [(r, ads[int(u)]) for r, u in zip(reqs, users, strict=True)]
             tn = _time_naive(naive, jobs, max(3, cfg.repeats // 2))
-            best = max(results[f"{k}/{b}"]["rows_per_s_adapters"] for k in cfg.backends)
+            best = max(
+                results[f"{_label(k, r)}/{b}"]["rows_per_s_adapters"]
+                for k in cfg.backends
+                for r in cfg.rankings
+            )
             results[f"naive_peft/{b}"] = {
                 "rows_per_s_adapters": b / tn,
                 "ms_adapters": tn * 1000,
@@ -257,9 +282,12 @@ def bench_serving(
             rows.append(["peft swap per request (torch)", b, "", b / tn, tn * 1000, ""])
         step("peft swap per request")
     for b in cfg.batches:
-        if f"onnxruntime/{b}" in results and f"torch/{b}" in results:
-            o, t = results[f"onnxruntime/{b}"], results[f"torch/{b}"]
-            ratios[b] = o["rows_per_s_adapters"] / t["rows_per_s_adapters"]
+        for r in cfg.rankings:
+            o = results.get(f"{_label('onnxruntime', r)}/{b}")
+            t = results.get(f"{_label('torch', r)}/{b}")
+            if o is not None and t is not None:
+                key = str(b) if r == "auto" else f"{r}/{b}"
+                ratios[key] = o["rows_per_s_adapters"] / t["rows_per_s_adapters"]
     notes = [
         f"every row a different user drawn from {cfg.users:,} adapters in the engine's slots; "
         f"beam {cfg.beam}, k {cfg.k}; median of {cfg.repeats} calls, best of 2 interleaved rounds",
@@ -301,6 +329,6 @@ def bench_serving(
             "adapters/base",
         ],
         rows=rows,
-        results={**results, "ort_vs_torch": {str(b): r for b, r in ratios.items()}},
+        results={**results, "ort_vs_torch": ratios},
         notes=notes,
     )

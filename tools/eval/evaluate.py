@@ -27,6 +27,7 @@ import torch
 from userlayer.sdk.model.decoding import beam_search
 from userlayer.sdk.model.io import load_model
 from userlayer.sdk.model.transformer import Recommender, RowAdapters
+from userlayer.sdk.model.trie_search import TensorTrie
 from userlayer.sdk.semantic_ids import SemanticIdTable, SidTrie
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.eval.dense import DENSE_MODES, rank_dense
@@ -207,13 +208,13 @@ def evaluate(
         }
         timings["generative"] = time.perf_counter() - t0
         if model.cfg.n_items:  # the dense item head: alone and reranking the beam
+            tensor_trie = TensorTrie(table)
             for mode in DENSE_MODES:
                 t0 = time.perf_counter()
                 results[f"generative ({mode})"] = {
                     r: rank_dense(
                         model,
-                        table,
-                        trie,
+                        tensor_trie,
                         prompts[r],
                         mode,
                         cfg.k,

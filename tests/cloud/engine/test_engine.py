@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +184,62 @@ def test_tensorrt_says_why_it_cannot_run(tiny_model_dir: Path) -> None:
         pytest.skip("TensorRT is available here: covered by the GPU run")
     with pytest.raises(EngineError, match="tensorrt"):
         Engine(tiny_model_dir, EngineConfig(backend="tensorrt"))
+
+
+@pytest.fixture(scope="module")
+def head_engines(tiny_head_model_dir: Path) -> tuple[Path, Engine, Engine]:
+    """A tiny base pretrained with a dense item head, on ONNX Runtime and torch."""
+    d = tiny_head_model_dir
+    eo = Engine(d, EngineConfig(backend="onnxruntime", slots=8))
+    et = Engine(d, EngineConfig(backend="torch", slots=8))
+    return d, eo, et
+
+
+def test_a_base_with_a_dense_head_is_served_by_it_alike_on_both_backends(
+    head_engines: tuple[Path, Engine, Engine],
+) -> None:
+    d, eo, et = head_engines
+    assert eo.ranking == et.ranking == "dense"  # auto: the head, where the base has one
+    slots = [e.slab.load(("samokat", "h", 1), _adapter(e, 4)) for e in (eo, et)]
+    reqs = _requests(eo, [slots[0], -1, slots[0], -1])
+    items = sorted(eo.table.codes)
+    reqs[3] = EngineRequest(**{**reqs[3].__dict__, "exclude": tuple(items[:50])})
+    allowed = np.zeros(len(eo.tensor_trie.items), bool)
+    allowed[::3] = True
+    reqs[2] = EngineRequest(**{**reqs[2].__dict__, "allowed": allowed})
+    got_o, got_t = eo.recommend(reqs), et.recommend(reqs)
+    for a, b in zip(got_o, got_t, strict=True):
+        assert [x.item_id for x in a] == [x.item_id for x in b] and len(a) == 5
+        np.testing.assert_allclose([x.score for x in a], [x.score for x in b], atol=1e-4)
+    for r, out in zip(reqs, got_o, strict=True):
+        assert all(eo.table.services[x.item_id] == r.service for x in out)
+        assert not {x.item_id for x in out} & set(r.exclude)
+    assert all(allowed[eo.tensor_trie.index[x.item_id]] for x in got_o[2])
+    assert [x.item_id for x in got_o[0]] != [x.item_id for x in got_o[1]]  # the layer applies
+    beam = Engine(d, EngineConfig(backend="onnxruntime", slots=8, ranking="beam"))
+    both = Engine(d, EngineConfig(backend="onnxruntime", slots=8, ranking="beam+dense"))
+    plain = [EngineRequest(**{**r.__dict__, "slot": -1, "allowed": None}) for r in reqs]
+    wide = beam.recommend([EngineRequest(**{**r.__dict__, "k": 20}) for r in plain])
+    for cands, reranked in zip(wide, both.recommend(plain), strict=True):
+        assert len(reranked) == 5 and {x.item_id for x in reranked} <= {x.item_id for x in cands}
+
+
+def test_a_ranking_by_the_head_needs_one_in_the_model_and_in_its_export(
+    head_engines: tuple[Path, Engine, Engine], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(EngineError, match="ranking"):
+        EngineConfig(ranking="dense-ish")
+    with pytest.raises(EngineError, match="no dense item head"):
+        Engine(tiny_model_dir, EngineConfig(backend="torch", ranking="dense"))
+    assert Engine(tiny_model_dir, EngineConfig(backend="torch")).ranking == "beam"
+    d, _, _ = head_engines
+    old = tmp_path / "onnx"  # an export made before the head's scores were a prefill output
+    old.mkdir()
+    for f in (d / "onnx").iterdir():
+        (old / f.name).write_bytes(f.read_bytes())
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["items"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EngineError, match="export it again"):
+        Engine(d, EngineConfig(backend="onnxruntime", onnx_dir=str(old)))
+    assert Engine(d, EngineConfig(onnx_dir=str(old), ranking="beam")).ranking == "beam"

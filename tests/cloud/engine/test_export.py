@@ -16,6 +16,7 @@ from userlayer.cloud.engine.export import (
     GraphSpec,
     _Decode,
     _Prefill,
+    ensure_onnx,
     example_inputs,
     export_onnx,
 )
@@ -152,8 +153,10 @@ def test_a_base_with_domain_experts_exports_and_equals_torch(tmp_path: Path) -> 
     _assert_graphs_equal_module(tmp_path, acfg, [(5, 17, 3, 0), (2, 9, 4, 1)])
 
 
-def test_a_base_with_a_dense_item_head_still_exports_and_equals_torch(tmp_path: Path) -> None:
-    """The item head is outside the serving graphs: they export and equal the module as before."""
+def test_a_dense_item_heads_scores_are_prefills_last_output_and_equal_torch(
+    tmp_path: Path,
+) -> None:
+    """Prefill (with and without adapters) also returns every item's dense score, as torch."""
     torch.manual_seed(2)
     cfg = ModelConfig(**{**CFG.to_dict(), "n_items": 6})
     m = Recommender(cfg)
@@ -162,8 +165,24 @@ def test_a_base_with_a_dense_item_head_still_exports_and_equals_torch(tmp_path: 
     )
     save_model(m.eval(), tmp_path / "m")
     acfg = AdapterConfig(rank=2)
-    export_onnx(tmp_path / "m", tmp_path / "onnx", acfg)
-    _assert_graphs_equal_module(tmp_path, acfg, [(3, 13, 2, 1)])
+    manifest = export_onnx(tmp_path / "m", tmp_path / "onnx", acfg)
+    assert manifest["items"] == 6
+    assert manifest["prefill"]["outputs"][-1] == manifest["base_prefill"]["outputs"][-1] == "items"
+    _assert_graphs_equal_module(tmp_path, acfg, [(3, 13, 2, 1), (5, 7, 1, 0)])
+    model = load_model(tmp_path / "m")
+    p_args, _ = example_inputs(model, acfg, b=4, t=9)
+    out = _run(_sessions(tmp_path / "onnx")[0], GraphSpec(model, acfg).prefill_inputs, p_args)
+    with torch.no_grad():
+        rows = GraphSpec(model, acfg).rows(p_args[2:], mode_weights=True)
+        want = model.item_logits(p_args[0], p_args[1], rows)
+    assert out[-1].shape == (4, 6)
+    np.testing.assert_allclose(out[-1], want.numpy(), atol=1e-4, rtol=0)
+    base = ort.InferenceSession(str(tmp_path / "onnx" / "base_prefill.onnx"))
+    got = base.run(None, {"tokens": p_args[0].numpy(), "ctx": p_args[1].numpy()})[-1]
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            got, model.item_logits(p_args[0], p_args[1]).numpy(), atol=1e-4, rtol=0
+        )
 
 
 @pytest.mark.parametrize(
@@ -205,3 +224,22 @@ def test_export_failure_names_the_graph(model_dir: Path, tmp_path: Path) -> None
     (tmp_path / "onnx").write_text("a file where the directory should be")
     with pytest.raises((ExportError, OSError)):
         export_onnx(model_dir, tmp_path / "onnx")
+
+
+def test_ensure_onnx_exports_again_when_the_heads_scores_are_missing(tmp_path: Path) -> None:
+    """An export made before the head's ``items`` output is replaced; a current one is kept."""
+    torch.manual_seed(4)
+    cfg = ModelConfig(**{**CFG.to_dict(), "n_items": 4})
+    m = Recommender(cfg)
+    m.set_items(torch.tensor([[i, 0, 0] for i in range(4)]))
+    save_model(m.eval(), tmp_path / "m")
+    out = ensure_onnx(tmp_path / "m")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["items"] == 4
+    stamp = (out / "prefill.onnx").stat().st_mtime_ns
+    assert ensure_onnx(tmp_path / "m") == out and (out / "prefill.onnx").stat().st_mtime_ns == stamp
+    del manifest["items"]  # as an export of the previous release wrote it
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    ensure_onnx(tmp_path / "m")
+    assert json.loads((out / "manifest.json").read_text())["items"] == 4
+    assert OnnxBackend(out, manifest["fingerprint"]).items == 4

@@ -31,3 +31,25 @@ def test_bench_serving_smoke(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert "every row with a critique" in md.read_text()
     # its progress, also in a log: 2 backends x 2 batches + the peft swap, the total exact
     assert "serving benchmark: peft swap per request: 5/5" in r.output
+
+
+def test_bench_serving_times_the_dense_heads_rankings_beside_the_beam(
+    tmp_path: Path, tiny_head_model_dir: Path, tiny_model_dir: Path
+) -> None:
+    js = tmp_path / "serving.json"
+    args = ["bench", "serving", "--model", str(tiny_head_model_dir), "--batches", "2"]
+    args += ["--backends", "onnxruntime", "--users", "10", "--repeats", "1", "--no-naive"]
+    args += ["--markdown", str(tmp_path / "b.md"), "--json", str(js)]
+    r = CliRunner().invoke(app, [*args, "--rankings", "beam,dense,beam+dense"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(js.read_text())["results"]
+    for ranking in ("beam", "dense", "beam+dense"):
+        assert res[f"onnxruntime, {ranking}/2"]["rows_per_s_adapters"] > 0
+    assert "--rankings beam,dense,beam+dense" in json.loads(js.read_text())["command"]
+    bad = CliRunner().invoke(app, [*args, "--rankings", "greedy"])
+    assert bad.exit_code == 2 and "greedy" in bad.output
+    no_head = [*args[:2], "--model", str(tiny_model_dir), *args[4:], "--rankings", "dense"]
+    refused = CliRunner().invoke(app, no_head)
+    assert refused.exit_code != 0 and "no dense item head" in str(
+        refused.exception or refused.output
+    )

@@ -1,0 +1,111 @@
+"""Ranking with the base's dense item head: every item scored, or the beam's reranked.
+
+A base pretrained with a dense item head (``ModelConfig.n_items``) scores
+every catalog item from the hidden state where the next item's first code is
+predicted (:meth:`~userlayer.sdk.model.transformer.Recommender.item_scores`).
+LIGER combines generative retrieval with such dense scoring; two rankings use
+the head here, beside the beam search alone (``beam``):
+
+* ``dense``: every item of the row's service by its dense score. One prefill
+  and one product with the item table; no decoding step at all.
+* ``beam+dense``: the constrained beam's candidates (``beam`` of them)
+  reranked by the dense score.
+
+Both honour what the beam search honours, row by row: the service, excluded
+items, a critique's hard constraints (``allowed``: no other item is returned)
+and its soft steer (``bonus``, added to the item's log-probability). The
+score returned is the item's log-probability under the head (log-softmax over
+the whole catalog), plus the bonus.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from userlayer.sdk.model.config import ModelError
+from userlayer.sdk.model.decoding import Decoder, Recommendation, TorchDecoder
+from userlayer.sdk.model.transformer import Recommender, RowAdapters
+from userlayer.sdk.model.trie_search import TensorTrie, item_mask, trie_beam_search
+from userlayer.sdk.schemas import Service
+
+__all__ = ["RANKINGS", "dense_search", "head_order"]
+
+RANKINGS = ("beam", "dense", "beam+dense")
+
+
+def head_order(model: Recommender, trie: TensorTrie) -> Tensor:
+    """The head's index of each of ``trie.items`` (n_items,).
+
+    Raises:
+        ModelError: if the model has no dense head, or its head was trained on
+            another Semantic ID table (another item count, or codes it lacks).
+    """
+    if not model.cfg.n_items:
+        raise ModelError("this model has no dense item head (pretrain with --item-head)")
+    codes = torch.tensor([trie.table.codes[i] for i in trie.items], dtype=torch.long)
+    idx = model.item_index(codes.to(model.item_keys.device)).cpu()
+    if len(trie.items) != model.cfg.n_items or bool((idx < 0).any()):
+        raise ModelError(
+            f"the dense item head was trained on another Semantic ID table "
+            f"({model.cfg.n_items} items; this table has {len(trie.items)})"
+        )
+    return idx
+
+
+@torch.no_grad()
+def dense_search(
+    model: Recommender | Decoder,
+    trie: TensorTrie,
+    order: Tensor,
+    tokens: Tensor,
+    ctx: Tensor,
+    k: int = 10,
+    rerank: int = 0,
+    services: Sequence[Service | str | None] | None = None,
+    exclude: Sequence[Sequence[str]] | None = None,
+    adapters: RowAdapters | None = None,
+    allowed: Tensor | None = None,
+    bonus: Tensor | None = None,
+) -> list[list[Recommendation]]:
+    """Top-``k`` items per row by the dense head, best first.
+
+    ``order``: :func:`head_order`. ``rerank`` > 0 ranks only the candidates of
+    a constrained beam search of that width (``beam+dense``); 0 ranks every
+    item (``dense``). The other arguments are :func:`trie_beam_search`'s.
+
+    Raises:
+        ModelError: if the decoder gives no dense scores (a model or an export
+            without the head).
+    """
+    b = tokens.shape[0]
+    dec = TorchDecoder(model, adapters) if isinstance(model, Recommender) else model
+    ok = item_mask(trie, b, services, exclude, allowed)
+    if rerank:
+        beams = trie_beam_search(
+            dec, trie, tokens, ctx, rerank, rerank, services, exclude, None, allowed, bonus
+        )
+        cand = torch.zeros_like(ok)
+        for r, recs in enumerate(beams):
+            cand[r, [trie.index[x.item_id] for x in recs]] = True
+        ok &= cand
+    else:
+        dec.prefill(tokens, ctx)
+    scores = dec.items()
+    if scores is None:
+        raise ModelError("no dense item scores: the model or its export has no dense item head")
+    lp = scores[:, order.to(scores.device)].float().log_softmax(-1)
+    if bonus is not None:
+        lp = lp + bonus
+    lp = lp.masked_fill(~ok, float("-inf"))
+    top = lp.topk(min(k, lp.shape[1]), dim=-1)
+    return [
+        [
+            Recommendation(trie.items[int(j)], float(s))
+            for j, s in zip(top.indices[r].tolist(), top.values[r].tolist(), strict=True)
+            if s != float("-inf")
+        ]
+        for r in range(b)
+    ]

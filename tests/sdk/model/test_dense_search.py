@@ -1,0 +1,144 @@
+"""Ranking by the dense item head: the top-k of every item, or of the beam's, under every mask."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from userlayer.sdk import SemanticIdTable, Service
+from userlayer.sdk.model import ModelConfig, ModelError, Recommender
+from userlayer.sdk.model.dense_search import dense_search, head_order
+from userlayer.sdk.model.tokens import CTX, item_tokens
+from userlayer.sdk.model.trie_search import TensorTrie, trie_beam_search
+
+
+@pytest.fixture(scope="module")
+def head(setup: tuple[Recommender, SemanticIdTable]) -> tuple[Recommender, TensorTrie]:
+    """The conftest's model with a dense head over its table (random weights)."""
+    plain, table = setup
+    torch.manual_seed(3)
+    m = Recommender(ModelConfig(**{**plain.cfg.to_dict(), "n_items": len(table.codes)})).eval()
+    trie = TensorTrie(table)
+    m.set_items(torch.tensor([table.codes[i] for i in reversed(trie.items)]))  # not trie order
+    with torch.no_grad():
+        assert m.item_emb is not None
+        m.item_emb.weight.normal_(0, 2.0)  # spread the scores: ties would make orders arbitrary
+    return m, trie
+
+
+def _prompts(table: SemanticIdTable, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    items = sorted(table.codes)
+    rows = [
+        [
+            t
+            for j in range(r % 3 + 1)
+            for t in [CTX, *item_tokens((6, 6, 6), table.codes[items[5 * r + j]])]
+        ]
+        + [CTX]
+        for r in range(b)
+    ]
+    t = max(map(len, rows))
+    tok = torch.tensor([[0] * (t - len(r)) + r for r in rows])
+    return tok, torch.zeros(*tok.shape, 7, dtype=torch.long)
+
+
+def _brute(m: Recommender, trie: TensorTrie, tok: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+    """Every item's log-probability under the head, in trie order, computed the long way."""
+    with torch.no_grad():
+        scores = m.item_logits(tok, ctx).log_softmax(-1)
+    idx = [int(m.item_index(torch.tensor([trie.table.codes[i]]))[0]) for i in trie.items]
+    return scores[:, idx]
+
+
+def test_dense_ranks_every_allowed_item_of_the_rows_service_by_its_score(
+    head: tuple[Recommender, TensorTrie],
+) -> None:
+    m, trie = head
+    tok, ctx = _prompts(trie.table, 6)
+    services: list[Service | None] = [
+        None,
+        Service.SAMOKAT,
+        Service.KUPER,
+        None,
+        Service.MEGAMARKET,
+        None,
+    ]
+    exclude = [[], [], [], list(trie.items[:30]), [], ["not-an-item"]]
+    allowed = torch.ones(6, len(trie.items), dtype=torch.bool)
+    allowed[4, ::2] = False
+    got = dense_search(
+        m, trie, head_order(m, trie), tok, ctx, 7, 0, services, exclude, None, allowed
+    )
+    want = _brute(m, trie, tok, ctx)
+    for r in range(6):
+        ok = [
+            j
+            for j, it in enumerate(trie.items)
+            if services[r] in (None, trie.table.services[it])
+            and it not in exclude[r]
+            and bool(allowed[r, j])
+        ]
+        ok.sort(key=lambda j: -float(want[r, j]))
+        assert [x.item_id for x in got[r]] == [trie.items[j] for j in ok[:7]]
+        assert [x.score for x in got[r]] == pytest.approx(
+            [float(want[r, j]) for j in ok[:7]], abs=1e-5
+        )
+
+
+def test_beam_plus_dense_reorders_the_beams_candidates_and_nothing_else(
+    head: tuple[Recommender, TensorTrie],
+) -> None:
+    m, trie = head
+    tok, ctx = _prompts(trie.table, 4)
+    order = head_order(m, trie)
+    beams = trie_beam_search(m, trie, tok, ctx, 8, 8)
+    got = dense_search(m, trie, order, tok, ctx, 5, rerank=8)
+    everything = dense_search(m, trie, order, tok, ctx, 5)
+    want = _brute(m, trie, tok, ctx)
+    moved = 0
+    for r in range(4):
+        cand = {x.item_id for x in beams[r]}
+        ids = [x.item_id for x in got[r]]
+        assert set(ids) <= cand and len(ids) == 5
+        scores = [float(want[r, trie.index[i]]) for i in ids]
+        assert scores == sorted(scores, reverse=True)
+        assert min(scores) >= max(float(want[r, trie.index[i]]) for i in cand - set(ids))
+        moved += ids != [x.item_id for x in beams[r]][:5] or ids != [
+            x.item_id for x in everything[r]
+        ]
+    assert moved  # the head's order is not the beam's (else the test shows nothing)
+
+
+def test_a_bonus_lifts_an_item_and_the_score_includes_it(
+    head: tuple[Recommender, TensorTrie],
+) -> None:
+    m, trie = head
+    tok, ctx = _prompts(trie.table, 2)
+    order = head_order(m, trie)
+    plain = dense_search(m, trie, order, tok, ctx, 3)
+    last = trie.index[dense_search(m, trie, order, tok, ctx, len(trie.items))[0][-1].item_id]
+    bonus = torch.zeros(2, len(trie.items))
+    bonus[0, last] = 100.0
+    got = dense_search(m, trie, order, tok, ctx, 3, bonus=bonus)
+    assert got[0][0].item_id == trie.items[last]
+    assert got[0][0].score == pytest.approx(float(_brute(m, trie, tok, ctx)[0, last]) + 100.0)
+    assert [x.item_id for x in got[1]] == [x.item_id for x in plain[1]]  # the other row keeps its
+
+
+def test_a_model_without_a_head_or_with_another_catalog_is_refused(
+    setup: tuple[Recommender, SemanticIdTable], head: tuple[Recommender, TensorTrie]
+) -> None:
+    plain, table = setup
+    trie = TensorTrie(table)
+    with pytest.raises(ModelError, match="no dense item head"):
+        head_order(plain, trie)
+    m, _ = head
+    codes = dict(list(table.codes.items())[:-1])
+    fewer = SemanticIdTable(
+        codes=codes, services={i: table.services[i] for i in codes}, level_sizes=table.level_sizes
+    )
+    with pytest.raises(ModelError, match="another Semantic ID table"):
+        head_order(m, TensorTrie(fewer))
+    tok, ctx = _prompts(table, 1)
+    with pytest.raises(ModelError, match="no dense item scores"):
+        dense_search(plain, trie, torch.arange(len(trie.items)), tok, ctx)
