@@ -69,6 +69,10 @@ class TorchBackend:
         self.model = model.to(device).eval()
         self.acfg = acfg
         self.device = torch.device(device)
+        self.item_vectors = None  # the dense head's, made once: the model is frozen here
+        if model.cfg.n_items:
+            with torch.no_grad():
+                self.item_vectors = self.model.item_vectors().detach()
 
     def decoder(
         self,
@@ -79,13 +83,13 @@ class TorchBackend:
     ) -> Decoder:
         """See :class:`Backend`; a batch without any adapter or steer runs the base alone."""
         if not active.any() and steer is None:
-            return TorchDecoder(self.model, None)
+            return TorchDecoder(self.model, None, self.item_vectors)
         dev = self.device
         if not active.any():  # a steer only: no zero adapter to multiply through
             assert steer is not None
             none = torch.zeros(len(active), dtype=torch.bool, device=dev)
             only = RowAdapters(STEER_ONLY, none, {}, None, torch.from_numpy(steer).to(dev))
-            return TorchDecoder(self.model, only)
+            return TorchDecoder(self.model, only, self.item_vectors)
         rows = RowAdapters(
             self.acfg,
             torch.from_numpy(active).to(dev),
@@ -93,7 +97,7 @@ class TorchBackend:
             torch.from_numpy(mode_weights).to(dev),
             None if steer is None else torch.from_numpy(steer).to(dev),
         )
-        return TorchDecoder(self.model, rows)
+        return TorchDecoder(self.model, rows, self.item_vectors)
 
 
 @dataclass
@@ -110,8 +114,16 @@ class _Graphs:
 class _OrtDecoder:
     """The prompts' cache stays as prefill gave it (B rows); only the beams' rows move."""
 
-    def __init__(self, g: _Graphs, feeds: dict[str, np.ndarray], wants: list[np.ndarray]) -> None:
+    def __init__(
+        self,
+        g: _Graphs,
+        feeds: dict[str, np.ndarray],
+        wants: list[np.ndarray],
+        items: bool = True,
+    ) -> None:
         self.g = g
+        # prefill's outputs fetched: the items' scores only where the ranking reads them
+        self.fetch = ["logits", *(n for n in g.cache_names if items or n != "items")]
         self.feeds = feeds
         self.wants = wants  # per level: its code indices
         self.prompt: dict[str, np.ndarray] = {}
@@ -120,8 +132,8 @@ class _OrtDecoder:
 
     def prefill(self, tokens: Tensor, ctx: Tensor) -> Tensor:
         feed = {"tokens": tokens.numpy(), "ctx": ctx.numpy(), **self.feeds}
-        out = self.g.prefill.run(None, {n: feed[n] for n in self.g.prefill_inputs})
-        self.prompt = dict(zip(self.g.cache_names, out[1:], strict=True))
+        out = self.g.prefill.run(self.fetch, {n: feed[n] for n in self.g.prefill_inputs})
+        self.prompt = dict(zip(self.fetch[1:], out[1:], strict=True))
         self.scores = self.prompt.pop("items", None)
         k = self.prompt["k"]
         empty = np.zeros((*k.shape[:3], 0, k.shape[4]), dtype=k.dtype)
@@ -173,6 +185,7 @@ class OnnxBackend:
         self.acfg = AdapterConfig.from_dict(manifest["adapter"])
         self.steer = int(manifest.get("steer", 0))  # the critique steer's prefix vectors
         self.items = int(manifest.get("items", 0))  # the dense item head's items (0: none)
+        self.score_items = self.items > 0  # fetch them (the engine turns it off for the beam)
         sizes = manifest["model"]["level_sizes"]
         self.wants = [level_codes(sizes, i).numpy() for i in range(len(sizes))]
         so = ort.SessionOptions()
@@ -213,7 +226,7 @@ class OnnxBackend:
             EngineError: a steer the export was not made with.
         """
         if not active.any() and steer is None:
-            return _OrtDecoder(self.base_graphs, {}, self.wants)
+            return _OrtDecoder(self.base_graphs, {}, self.wants, self.score_items)
         feeds = {"active": active, "mode_weights": mode_weights}
         feeds |= {f"ad.{k}": v for k, v in tensors.items()}
         if self.steer:
@@ -222,7 +235,7 @@ class OnnxBackend:
             feeds["steer"] = np.zeros((b, self.steer, d), np.float32) if steer is None else steer
         elif steer is not None:
             raise EngineError("this ONNX export has no critique steer input: export it again")
-        return _OrtDecoder(self.graphs, feeds, self.wants)
+        return _OrtDecoder(self.graphs, feeds, self.wants, self.score_items)
 
 
 def tensorrt_available() -> str | None:

@@ -207,26 +207,34 @@ def _load_steer(
 
 def _ranking(
     ranking: str, model: Recommender, trie: TensorTrie, backend: Backend
-) -> tuple[str, Tensor | None]:
-    """The ranking to serve (``auto`` resolved) and, with the head, its order of the trie's items.
+) -> tuple[str, Tensor | None, str | None]:
+    """The ranking to serve, the head's order of the trie's items (or None), and a note.
+
+    ``auto`` ranks by the head where the base has a usable one; where it has
+    one that cannot serve (trained on another table, an ONNX export without
+    its scores) ``auto`` serves the beam and the note says why.
 
     Raises:
-        EngineError: a ranking by the head for a base without one (or trained on
-            another table), or an ONNX export made before the head.
+        EngineError: ``dense`` or ``beam+dense`` asked for a base without a
+            usable head.
     """
+    asked = ranking
     if ranking == "auto":
-        ranking = "dense" if model.cfg.n_items else "beam"
+        if not model.cfg.n_items:
+            return "beam", None, None
+        ranking = "dense"
     if ranking == "beam":
-        return ranking, None
+        return ranking, None, None
     try:
         order = head_order(model, trie)
+        if isinstance(backend, OnnxBackend) and backend.items != model.cfg.n_items:
+            raise ModelError("the ONNX export has no dense item scores: export it again")
     except ModelError as e:
+        if asked == "auto":
+            logger.warning("ranking by the beam, not the dense item head: %s", e)
+            return "beam", None, f"the dense item head is not used: {e}"
         raise EngineError(f"ranking {ranking!r}: {e}") from e
-    if isinstance(backend, OnnxBackend) and backend.items != model.cfg.n_items:
-        raise EngineError(
-            f"ranking {ranking!r}: the ONNX export has no dense item scores: export it again"
-        )
-    return ranking, order
+    return ranking, order, None
 
 
 def _len(x: object) -> int:
@@ -279,7 +287,11 @@ class Engine:
             raise EngineError("backend tensorrt: engine building is not implemented yet")
         self.acfg = adapter
         self.backend = backend
-        self.ranking, self.head_order = _ranking(cfg.ranking, model, self.tensor_trie, backend)
+        self.ranking, self.head_order, self.ranking_reason = _ranking(
+            cfg.ranking, model, self.tensor_trie, backend
+        )
+        if isinstance(backend, OnnxBackend):
+            backend.score_items = self.head_order is not None  # the beam never reads them
         self.steer, self.steer_reason = _load_steer(d, self.fingerprint, model.cfg.d_model, backend)
         self.shapes = adapter_shapes(self.model_cfg, adapter)
         self.slab = Slab(self.shapes, cfg.slots)

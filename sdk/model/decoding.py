@@ -71,12 +71,19 @@ class TorchDecoder:
     through :meth:`Recommender.decode`'s group view.
     """
 
-    def __init__(self, model: Recommender, adapters: RowAdapters | None = None) -> None:
+    def __init__(
+        self,
+        model: Recommender,
+        adapters: RowAdapters | None = None,
+        item_vectors: Tensor | None = None,
+    ) -> None:
         self.model = model
         self.adapters = adapters
         self.prompt: KVCache | None = None
         self.beams: BeamCache | None = None
         self.last: Tensor | None = None  # the prompts' last hidden states (dense item head)
+        # the head's item vectors made once by a server (Recommender.item_vectors); else per call
+        self.item_vectors = item_vectors
         self.device = model.tok.weight.device  # inputs go there, logits come back to the CPU
 
     def prefill(self, tokens: Tensor, ctx: Tensor) -> Tensor:
@@ -112,7 +119,10 @@ class TorchDecoder:
         assert self.last is not None, "prefill first"
         if not self.model.cfg.n_items:
             return None
-        out: Tensor = self.model.item_scores(self.last).float().cpu()
+        if self.item_vectors is not None:
+            out: Tensor = (self.last @ self.item_vectors.T).float().cpu()
+        else:
+            out = self.model.item_scores(self.last).float().cpu()
         return out
 
 

@@ -9,7 +9,9 @@ the head here, beside the beam search alone (``beam``):
 * ``dense``: every item of the row's service by its dense score. One prefill
   and one product with the item table; no decoding step at all.
 * ``beam+dense``: the constrained beam's candidates (``beam`` of them)
-  reranked by the dense score.
+  reranked by the dense score. As for the beam ranking, one width serves a
+  batch (the engine's: the beam or the largest ``k`` of its rows), so a row
+  asking for many items widens its batch-mates' candidates.
 
 Both honour what the beam search honours, row by row: the service, excluded
 items, a critique's hard constraints (``allowed``: no other item is returned)
@@ -45,12 +47,24 @@ def head_order(model: Recommender, trie: TensorTrie) -> Tensor:
     """
     if not model.cfg.n_items:
         raise ModelError("this model has no dense item head (pretrain with --item-head)")
-    codes = torch.tensor([trie.table.codes[i] for i in trie.items], dtype=torch.long)
-    idx = model.item_index(codes.to(model.item_keys.device)).cpu()
-    if len(trie.items) != model.cfg.n_items or bool((idx < 0).any()):
+    sizes = tuple(trie.table.level_sizes)
+    if sizes != tuple(model.cfg.level_sizes):
+        raise ModelError(
+            f"the dense item head was trained on Semantic IDs of levels "
+            f"{tuple(model.cfg.level_sizes)}, this table has {sizes}"
+        )
+    if len(trie.items) != model.cfg.n_items:
         raise ModelError(
             f"the dense item head was trained on another Semantic ID table "
             f"({model.cfg.n_items} items; this table has {len(trie.items)})"
+        )
+    codes = torch.tensor([trie.table.codes[i] for i in trie.items], dtype=torch.long)
+    idx = model.item_index(codes.to(model.item_keys.device)).cpu()
+    lacking = int((idx < 0).sum())
+    if lacking:
+        raise ModelError(
+            f"the dense item head was trained on another Semantic ID table "
+            f"({lacking} of this table's items have codes the head lacks)"
         )
     return idx
 

@@ -215,13 +215,21 @@ def test_a_base_with_a_dense_head_is_served_by_it_alike_on_both_backends(
         assert all(eo.table.services[x.item_id] == r.service for x in out)
         assert not {x.item_id for x in out} & set(r.exclude)
     assert all(allowed[eo.tensor_trie.index[x.item_id]] for x in got_o[2])
-    assert [x.item_id for x in got_o[0]] != [x.item_id for x in got_o[1]]  # the layer applies
+    without = eo.recommend([EngineRequest(**{**reqs[0].__dict__, "slot": -1}), reqs[1]])
+    assert [x.item_id for x in without[0]] != [x.item_id for x in got_o[0]]  # the layer applies
+    assert [x.score for x in without[1]] == pytest.approx([x.score for x in got_o[1]], abs=1e-5)
+    alone = [eo.recommend([r])[0] for r in reqs]  # a row's items do not depend on its batch
+    for a, b in zip(alone, got_o, strict=True):
+        assert [x.item_id for x in a] == [x.item_id for x in b]
     beam = Engine(d, EngineConfig(backend="onnxruntime", slots=8, ranking="beam"))
     both = Engine(d, EngineConfig(backend="onnxruntime", slots=8, ranking="beam+dense"))
-    plain = [EngineRequest(**{**r.__dict__, "slot": -1, "allowed": None}) for r in reqs]
+    plain = [EngineRequest(**{**r.__dict__, "slot": -1}) for r in reqs]
     wide = beam.recommend([EngineRequest(**{**r.__dict__, "k": 20}) for r in plain])
-    for cands, reranked in zip(wide, both.recommend(plain), strict=True):
+    for r, cands, reranked in zip(plain, wide, both.recommend(plain), strict=True):
         assert len(reranked) == 5 and {x.item_id for x in reranked} <= {x.item_id for x in cands}
+        assert r.allowed is None or all(
+            r.allowed[eo.tensor_trie.index[x.item_id]] for x in reranked
+        )
 
 
 def test_a_ranking_by_the_head_needs_one_in_the_model_and_in_its_export(
@@ -241,5 +249,9 @@ def test_a_ranking_by_the_head_needs_one_in_the_model_and_in_its_export(
     del manifest["items"]
     (old / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(EngineError, match="export it again"):
-        Engine(d, EngineConfig(backend="onnxruntime", onnx_dir=str(old)))
-    assert Engine(d, EngineConfig(onnx_dir=str(old), ranking="beam")).ranking == "beam"
+        Engine(d, EngineConfig(backend="onnxruntime", onnx_dir=str(old), ranking="dense"))
+    # auto serves as before the head could be served: by the beam, and says why
+    e = Engine(d, EngineConfig(backend="onnxruntime", onnx_dir=str(old)))
+    assert e.ranking == "beam" and "export it again" in (e.ranking_reason or "")
+    assert len(e.recommend(_requests(e, [-1]))[0]) == 5
+    assert Engine(d, EngineConfig(onnx_dir=str(old), ranking="beam")).ranking_reason is None

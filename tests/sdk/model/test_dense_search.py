@@ -103,9 +103,8 @@ def test_beam_plus_dense_reorders_the_beams_candidates_and_nothing_else(
         scores = [float(want[r, trie.index[i]]) for i in ids]
         assert scores == sorted(scores, reverse=True)
         assert min(scores) >= max(float(want[r, trie.index[i]]) for i in cand - set(ids))
-        moved += ids != [x.item_id for x in beams[r]][:5] or ids != [
-            x.item_id for x in everything[r]
-        ]
+        moved += ids != [x.item_id for x in beams[r]][:5]
+        assert everything[r][0].score >= got[r][0].score  # the beam's best is never above all's
     assert moved  # the head's order is not the beam's (else the test shows nothing)
 
 
@@ -139,6 +138,23 @@ def test_a_model_without_a_head_or_with_another_catalog_is_refused(
     )
     with pytest.raises(ModelError, match="another Semantic ID table"):
         head_order(m, TensorTrie(fewer))
+    moved = dict(table.codes)
+    free = next(
+        c
+        for c in ((a, b, d) for a in range(6) for b in range(6) for d in range(6))
+        if c not in set(table.codes.values())
+    )
+    moved[next(iter(moved))] = free  # the same count, one item's codes the head lacks
+    other = SemanticIdTable(codes=moved, services=table.services, level_sizes=table.level_sizes)
+    with pytest.raises(ModelError, match="1 of this table's items have codes the head lacks"):
+        head_order(m, TensorTrie(other))
+    deeper = SemanticIdTable(
+        codes={i: (*c, 0) for i, c in table.codes.items()},
+        services=table.services,
+        level_sizes=(*table.level_sizes, 2),
+    )
+    with pytest.raises(ModelError, match=r"levels \(6, 6, 6\), this table has \(6, 6, 6, 2\)"):
+        head_order(m, TensorTrie(deeper))
     tok, ctx = _prompts(table, 1)
     with pytest.raises(ModelError, match="no dense item scores"):
         dense_search(plain, trie, torch.arange(len(trie.items)), tok, ctx)

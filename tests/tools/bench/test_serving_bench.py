@@ -45,6 +45,7 @@ def test_bench_serving_times_the_dense_heads_rankings_beside_the_beam(
     res = json.loads(js.read_text())["results"]
     for ranking in ("beam", "dense", "beam+dense"):
         assert res[f"onnxruntime, {ranking}/2"]["rows_per_s_adapters"] > 0
+        assert res[f"onnxruntime, {ranking}/2"]["ranking"] == ranking
     assert "--rankings beam,dense,beam+dense" in json.loads(js.read_text())["command"]
     bad = CliRunner().invoke(app, [*args, "--rankings", "greedy"])
     assert bad.exit_code == 2 and "greedy" in bad.output
