@@ -36,7 +36,7 @@ from userlayer.sdk.model import AdapterConfig, adapter_shapes
 from userlayer.sdk.model.config import ModelConfig, ModelError
 from userlayer.sdk.model.decoding import Recommendation, beam_search
 from userlayer.sdk.model.dense_search import RANKINGS, dense_search, head_order
-from userlayer.sdk.model.io import fingerprint, load_model
+from userlayer.sdk.model.io import fingerprint, load_model, preferred_ranking
 from userlayer.sdk.model.prompt import encode_request, mode_one_hot, pack_prompts
 from userlayer.sdk.model.steer import SteerEncoder, load_steer
 from userlayer.sdk.model.transformer import Recommender
@@ -72,7 +72,8 @@ class EngineConfig:
     search: str = "tensor"
     # how items are ranked: "beam" (constrained beam search), "dense" (every item by the
     # base's dense item head), "beam+dense" (the beam's candidates reranked by the head);
-    # "auto": "dense" for a base with a head, else "beam"
+    # "auto": for a base with a head, the one its pretraining validated best (else dense);
+    # else "beam"
     ranking: str = "auto"
 
     def __post_init__(self) -> None:
@@ -206,13 +207,19 @@ def _load_steer(
 
 
 def _ranking(
-    ranking: str, model: Recommender, trie: TensorTrie, backend: Backend
+    ranking: str,
+    model: Recommender,
+    trie: TensorTrie,
+    backend: Backend,
+    preferred: str | None = None,
 ) -> tuple[str, Tensor | None, str | None]:
     """The ranking to serve, the head's order of the trie's items (or None), and a note.
 
-    ``auto`` ranks by the head where the base has a usable one; where it has
-    one that cannot serve (trained on another table, an ONNX export without
-    its scores) ``auto`` serves the beam and the note says why.
+    ``auto`` ranks as ``preferred`` (what pretraining validated best for a
+    base with a dense head; ``dense`` where it recorded none), or by the beam
+    for a base without a head. Where the head cannot serve (trained on
+    another table, an ONNX export without its scores) ``auto`` serves the
+    beam and the note says why.
 
     Raises:
         EngineError: ``dense`` or ``beam+dense`` asked for a base without a
@@ -222,7 +229,7 @@ def _ranking(
     if ranking == "auto":
         if not model.cfg.n_items:
             return "beam", None, None
-        ranking = "dense"
+        ranking = preferred if preferred in RANKINGS else "dense"
     if ranking == "beam":
         return ranking, None, None
     try:
@@ -288,7 +295,7 @@ class Engine:
         self.acfg = adapter
         self.backend = backend
         self.ranking, self.head_order, self.ranking_reason = _ranking(
-            cfg.ranking, model, self.tensor_trie, backend
+            cfg.ranking, model, self.tensor_trie, backend, preferred_ranking(d)
         )
         if isinstance(backend, OnnxBackend):
             backend.score_items = self.head_order is not None  # the beam never reads them

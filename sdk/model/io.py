@@ -19,7 +19,15 @@ from safetensors.torch import load_file, save_file
 from userlayer.sdk.model.config import ModelConfig, ModelError
 from userlayer.sdk.model.transformer import Recommender
 
-__all__ = ["MODEL_FORMAT", "fingerprint", "load_hf_into", "load_model", "save_model"]
+__all__ = [
+    "MODEL_FORMAT",
+    "RANKING_KEY",
+    "fingerprint",
+    "load_hf_into",
+    "load_model",
+    "preferred_ranking",
+    "save_model",
+]
 
 MODEL_FORMAT = "userlayer.model/1"
 
@@ -33,6 +41,24 @@ def fingerprint(model: Recommender) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+RANKING_KEY = "ranking"  # config.json: the ranking pretraining validated best (a dense head)
+
+
+def preferred_ranking(directory: str | Path) -> str | None:
+    """The ranking recorded in a model directory's config by pretraining, or None.
+
+    A base with a dense item head records which of beam, dense and
+    beam+dense ranked its validation users best; older models record none.
+    """
+    try:
+        doc = json.loads((Path(directory) / "config.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    got = doc.get(RANKING_KEY) if isinstance(doc, dict) else None
+    pref = got.get("preferred") if isinstance(got, dict) else None
+    return pref if isinstance(pref, str) else None
 
 
 def save_model(

@@ -59,14 +59,16 @@ from torch import Tensor, nn
 
 from userlayer.sdk.critique import CATALOG_FILE, catalog_document
 from userlayer.sdk.model.config import AdapterConfig, ModelConfig
-from userlayer.sdk.model.io import save_model
+from userlayer.sdk.model.io import RANKING_KEY, save_model
 from userlayer.sdk.model.tokens import CTX, PAD, ContextVocab, item_tokens
 from userlayer.sdk.model.transformer import Recommender, RowAdapters
+from userlayer.sdk.model.trie_search import TensorTrie
 from userlayer.sdk.privacy.favourites import FavouritesConfig, occasions, top_favourites
 from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.exceptions import ToolsError
 from userlayer.tools.train.examples import (
+    Prompt,
     UserSequences,
     build_prompts,
     epoch_batches,
@@ -155,14 +157,44 @@ def _lr(cfg: PretrainConfig, step: int, total: int) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def _validation_prompts(
+    seqs: UserSequences, users: int, seed: int, max_history: int
+) -> list[Prompt]:
+    """The sampled users' validation prompts (the loss and the head's ranking read them)."""
+    prompts = build_prompts(seqs, "valid", "full", max_history=max_history)
+    if users == 0 or not prompts:
+        return []
+    pick = np.random.default_rng([seed, 1]).permutation(len(prompts))[:users]
+    return [prompts[i] for i in sorted(pick)]
+
+
 def _validation_rows(
     seqs: UserSequences, table: SemanticIdTable, users: int, seed: int, max_history: int
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    prompts = build_prompts(seqs, "valid", "full", max_history=max_history)
-    if users == 0 or not prompts:
-        return None
-    pick = np.random.default_rng([seed, 1]).permutation(len(prompts))[:users]
-    return pack_scored([prompts[i] for i in sorted(pick)], table)
+    prompts = _validation_prompts(seqs, users, seed, max_history)
+    return pack_scored(prompts, table) if prompts else None
+
+
+def choose_ranking(
+    model: Recommender, table: SemanticIdTable, prompts: list[Prompt]
+) -> dict[str, Any]:
+    """Which ranking serves a base with a dense item head best, on validation prompts.
+
+    Each of beam, dense and beam+dense ranks the prompts (k 10, beam 20, no
+    item excluded, as the engine serves); the best validation NDCG@10 is
+    ``preferred``, what the engine's ``auto`` ranking serves. Whether the
+    head ranks better than the beam depends on the Semantic IDs and the
+    head's loss weight (docs/model.md), so it is measured, not assumed.
+    """
+    from userlayer.tools.eval.dense import DENSE_MODES, rank_dense
+    from userlayer.tools.eval.evaluate import EvalConfig, rank_generative
+
+    trie = TensorTrie(table)
+    ndcg = {"beam": rank_generative(model, table.trie(), prompts, EvalConfig())["all"]["N@10"]}
+    for mode in DENSE_MODES:
+        ndcg[mode] = rank_dense(model, trie, prompts, mode)["all"]["N@10"]
+    best = max(ndcg, key=lambda m: (ndcg[m], m == "beam"))  # a tie: the beam
+    return {"preferred": best, "valid_ndcg10": ndcg, "users": len(prompts)}
 
 
 @torch.no_grad()
@@ -674,6 +706,11 @@ def _pretrain(
         "data": str(data_dir),
     }
     fp = ""
+    if lead and mcfg.n_items and cfg.valid_users:  # which ranking serves this head best
+        prompts = _validation_prompts(seqs, cfg.valid_users, cfg.seed, mcfg.max_items - 1)
+        if prompts:
+            meta[RANKING_KEY] = choose_ranking(model.cpu(), table, prompts)
+            logger.info("ranking by validation NDCG@10: %s", meta[RANKING_KEY])
     if lead:
         fp = save_model(model.cpu(), out, meta)
         table.save(out / "sids.json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from userlayer.cloud.engine.backends import EngineError, tensorrt_available
 from userlayer.cloud.engine.engine import Engine, EngineConfig, EngineRequest, Slab
 from userlayer.cloud.engine.export import export_onnx
 from userlayer.sdk.model import new_adapter
+from userlayer.sdk.model.io import preferred_ranking
 from userlayer.sdk.schemas import Context, Mode
 
 
@@ -190,8 +192,8 @@ def test_tensorrt_says_why_it_cannot_run(tiny_model_dir: Path) -> None:
 def head_engines(tiny_head_model_dir: Path) -> tuple[Path, Engine, Engine]:
     """A tiny base pretrained with a dense item head, on ONNX Runtime and torch."""
     d = tiny_head_model_dir
-    eo = Engine(d, EngineConfig(backend="onnxruntime", slots=8))
-    et = Engine(d, EngineConfig(backend="torch", slots=8))
+    eo = Engine(d, EngineConfig(backend="onnxruntime", slots=8, ranking="dense"))
+    et = Engine(d, EngineConfig(backend="torch", slots=8, ranking="dense"))
     return d, eo, et
 
 
@@ -199,7 +201,7 @@ def test_a_base_with_a_dense_head_is_served_by_it_alike_on_both_backends(
     head_engines: tuple[Path, Engine, Engine],
 ) -> None:
     d, eo, et = head_engines
-    assert eo.ranking == et.ranking == "dense"  # auto: the head, where the base has one
+    assert eo.ranking == et.ranking == "dense"
     slots = [e.slab.load(("samokat", "h", 1), _adapter(e, 4)) for e in (eo, et)]
     reqs = _requests(eo, [slots[0], -1, slots[0], -1])
     items = sorted(eo.table.codes)
@@ -241,6 +243,18 @@ def test_a_ranking_by_the_head_needs_one_in_the_model_and_in_its_export(
         Engine(tiny_model_dir, EngineConfig(backend="torch", ranking="dense"))
     assert Engine(tiny_model_dir, EngineConfig(backend="torch")).ranking == "beam"
     d, _, _ = head_engines
+    # auto: what pretraining validated best (recorded in config.json); dense where none
+    assert Engine(d, EngineConfig(backend="torch")).ranking == preferred_ranking(d)
+    m = tmp_path / "m"
+    shutil.copytree(d, m)
+    doc = json.loads((m / "config.json").read_text())
+    for recorded, served in [("beam+dense", "beam+dense"), ("beam", "beam"), ("greedy", "dense")]:
+        doc["ranking"]["preferred"] = recorded
+        (m / "config.json").write_text(json.dumps(doc))
+        assert Engine(m, EngineConfig(backend="torch")).ranking == served
+    del doc["ranking"]  # a head model pretrained before the choice was recorded
+    (m / "config.json").write_text(json.dumps(doc))
+    assert Engine(m, EngineConfig(backend="torch")).ranking == "dense"
     old = tmp_path / "onnx"  # an export made before the head's scores were a prefill output
     old.mkdir()
     for f in (d / "onnx").iterdir():
@@ -251,7 +265,7 @@ def test_a_ranking_by_the_head_needs_one_in_the_model_and_in_its_export(
     with pytest.raises(EngineError, match="export it again"):
         Engine(d, EngineConfig(backend="onnxruntime", onnx_dir=str(old), ranking="dense"))
     # auto serves as before the head could be served: by the beam, and says why
-    e = Engine(d, EngineConfig(backend="onnxruntime", onnx_dir=str(old)))
+    e = Engine(m, EngineConfig(backend="onnxruntime", onnx_dir=str(old)))  # auto: dense
     assert e.ranking == "beam" and "export it again" in (e.ranking_reason or "")
     assert len(e.recommend(_requests(e, [-1]))[0]) == 5
     assert Engine(d, EngineConfig(onnx_dir=str(old), ranking="beam")).ranking_reason is None

@@ -10,6 +10,7 @@ import torch
 
 from tests.conftest import TINY
 from userlayer.sdk.model import fingerprint, load_model
+from userlayer.sdk.model.io import preferred_ranking
 from userlayer.tools.data.synth import SynthResult
 from userlayer.tools.eval.evaluate import EvalConfig, evaluate
 from userlayer.tools.eval.sasrec import SASRecConfig
@@ -243,3 +244,9 @@ def test_a_base_with_a_dense_item_head_pretrains_and_is_evaluated_three_ways(
     pop = res["results"]["popularity"]["full"]["all"]
     assert dense["n"] == 40 and 0 <= dense["N@10"] <= dense["R@10"] <= 1
     assert dense["R@10"] > 0 and pop["n"] == 40  # 0.1 here: the head ranks real targets
+    # pretraining recorded which ranking its validation users rank best by, for `auto`
+    rec = json.loads((out / "config.json").read_text())["ranking"]
+    assert set(rec["valid_ndcg10"]) == {"beam", "dense", "beam+dense"} and rec["users"] > 0
+    assert rec["valid_ndcg10"][rec["preferred"]] == max(rec["valid_ndcg10"].values())
+    assert preferred_ranking(out) == rec["preferred"]
+    assert preferred_ranking(tmp_path) is None  # no model here
