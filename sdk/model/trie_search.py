@@ -150,8 +150,7 @@ def trie_beam_search(
     row_bits = _row_bits(b, services)
     reach = None
     if allowed is not None:  # allowed and of the row's service, for every level's pruning
-        in_service = (trie.bits[-1][None, :] & row_bits[:, None]) != 0  # per item
-        reach = trie.reachable(allowed & in_service)
+        reach = trie.reachable(item_mask(trie, b, services, None, allowed))
     excl_lists = [[trie.index[i] for i in e if i in trie.index] for e in (exclude or [()] * b)]
     n_excl = max((len(e) for e in excl_lists), default=0)
     excl = torch.full((b, max(n_excl, 1)), -1, dtype=torch.long)

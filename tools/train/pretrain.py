@@ -168,13 +168,6 @@ def _validation_prompts(
     return [prompts[i] for i in sorted(pick)]
 
 
-def _validation_rows(
-    seqs: UserSequences, table: SemanticIdTable, users: int, seed: int, max_history: int
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    prompts = _validation_prompts(seqs, users, seed, max_history)
-    return pack_scored(prompts, table) if prompts else None
-
-
 def choose_ranking(
     model: Recommender, table: SemanticIdTable, prompts: list[Prompt]
 ) -> dict[str, Any]:
@@ -586,11 +579,12 @@ def _pretrain(
     pairs = _private_targets(seqs) if model.profile is not None else None
     catalog = _Catalog.of(table, ContextVocab(mcfg.geo_buckets)) if cfg.favourites else None
     step, losses, valid = 0, list[float](), list[float]()
-    valid_rows = (
-        _validation_rows(seqs, table, cfg.valid_users, cfg.seed, min(20, mcfg.max_items - 1))
+    valid_prompts = (  # rank 0's: the loss after each epoch, and the head's ranking at the end
+        _validation_prompts(seqs, cfg.valid_users, cfg.seed, min(20, mcfg.max_items - 1))
         if lead
-        else None
+        else []
     )
+    valid_rows = pack_scored(valid_prompts, table) if valid_prompts else None
     ckpt = out / _CKPT
     if (ckpt / "trainer.json").exists():
         step, losses, valid = _load_checkpoint(ckpt, model, opt)
@@ -706,11 +700,9 @@ def _pretrain(
         "data": str(data_dir),
     }
     fp = ""
-    if lead and mcfg.n_items and cfg.valid_users:  # which ranking serves this head best
-        prompts = _validation_prompts(seqs, cfg.valid_users, cfg.seed, mcfg.max_items - 1)
-        if prompts:
-            meta[RANKING_KEY] = choose_ranking(model.cpu(), table, prompts)
-            logger.info("ranking by validation NDCG@10: %s", meta[RANKING_KEY])
+    if lead and mcfg.n_items and valid_prompts:  # which ranking serves this head best
+        meta[RANKING_KEY] = choose_ranking(model.cpu(), table, valid_prompts)
+        logger.info("ranking by validation NDCG@10: %s", meta[RANKING_KEY])
     if lead:
         fp = save_model(model.cpu(), out, meta)
         table.save(out / "sids.json")
