@@ -344,6 +344,9 @@ def eval_cmd(
     sasrec_patience: Annotated[
         int, typer.Option(help="Validations without a gain before stopping (0: never stop).")
     ] = 5,
+    sasrec_val_users: Annotated[
+        int, typer.Option(help="Validation users scored for SASRec's early stopping.")
+    ] = 5_000,
     exclude_seen: Annotated[
         bool,
         typer.Option(help="No model returns an item of the prompt's history (eSASRec's protocol)."),
@@ -366,6 +369,7 @@ def eval_cmd(
             blocks=sasrec_blocks,
             batch_size=sasrec_batch,
             patience=sasrec_patience,
+            val_users=sasrec_val_users,
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e

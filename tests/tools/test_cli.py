@@ -78,6 +78,9 @@ def test_load_and_errors(tmp_path: Path) -> None:
     r = _cli("data", "info", "nowhere", cwd=tmp_path)
     assert r.returncode == 2
     assert "not a dataset directory" in r.stderr
+    r = _cli("eval", "--data", "d", "--sasrec-val-users", "0", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "val_users" in r.stderr
 
 
 @pytest.mark.slow
