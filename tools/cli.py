@@ -341,6 +341,7 @@ def eval_cmd(
     sasrec_d: Annotated[int, typer.Option(help="SASRec's width.")] = 64,
     sasrec_blocks: Annotated[int, typer.Option()] = 2,
     sasrec_batch: Annotated[int, typer.Option()] = 256,
+    sasrec_lr: Annotated[float, typer.Option(help="SASRec's Adam learning rate.")] = 1e-3,
     sasrec_patience: Annotated[
         int, typer.Option(help="Validations without a gain before stopping (0: never stop).")
     ] = 5,
@@ -368,6 +369,7 @@ def eval_cmd(
             d=sasrec_d,
             blocks=sasrec_blocks,
             batch_size=sasrec_batch,
+            lr=sasrec_lr,
             patience=sasrec_patience,
             val_users=sasrec_val_users,
         )

@@ -81,6 +81,9 @@ def test_load_and_errors(tmp_path: Path) -> None:
     r = _cli("eval", "--data", "d", "--sasrec-val-users", "0", cwd=tmp_path)
     assert r.returncode == 2
     assert "val_users" in r.stderr
+    r = _cli("eval", "--data", "d", "--sasrec-lr", "0", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "lr positive" in r.stderr
 
 
 @pytest.mark.slow
