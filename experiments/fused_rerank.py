@@ -47,7 +47,7 @@ def _args() -> argparse.Namespace:
 
 
 def main() -> None:
-    """Print and return the metrics of each alpha."""
+    """Print each alpha's R@10 and N@10, then every figure as one JSON line."""
     a = _args()
     torch.set_flush_denormal(True)
     model = load_model(a.model).eval()
