@@ -253,6 +253,13 @@ def pretrain_cmd(
         typer.Option(help="Also train a dense head scoring every item (eval ranks with it too)."),
     ] = False,
     item_loss: Annotated[float, typer.Option(help="The dense head's loss weight.")] = 1.0,
+    select: Annotated[
+        str,
+        typer.Option(
+            help="Keep the epoch with the best validation loss, or ndcg: rank the validation "
+            "users by beam search after each epoch and keep the best NDCG@10."
+        ),
+    ] = "loss",
     item_free: Annotated[
         bool,
         typer.Option(help="A free vector per item in the dense head (--no-item-free: codes only)."),
@@ -284,6 +291,7 @@ def pretrain_cmd(
             "item_free": item_free,
         },
         item_head=item_head,
+        select=select,
     )
     with progress_bar(console) as progress:
         progress.columns = (*progress.columns, TextColumn("{task.fields[info]}"))
@@ -298,6 +306,8 @@ def pretrain_cmd(
         def on_epoch(r: EpochReport) -> None:
             nonlocal valid
             v = "" if r.valid_loss is None else f"  validation loss {r.valid_loss:.4f}"
+            if r.valid_ranks is not None:
+                v += f"  R@10 {r.valid_ranks['R@10']:.4f}  N@10 {r.valid_ranks['N@10']:.4f}"
             valid = "" if r.valid_loss is None else f"  valid {r.valid_loss:.3f}"
             progress.console.print(
                 f"epoch {r.epoch}: lr {r.lr:.2e}  train loss {r.train_loss:.4f}{v}"
@@ -311,7 +321,8 @@ def pretrain_cmd(
         console.print(
             f"[green]model {result.fingerprint}[/green] -> {out} "
             f"({result.steps} steps, {result.seconds:.0f} s, "
-            f"final loss {result.losses[-1]:.3f})"
+            f"final loss {result.losses[-1]:.3f}"
+            f"{'' if result.best_epoch is None else f', weights of epoch {result.best_epoch}'})"
         )
     else:
         console.print(f"stopped at step {result.steps}; rerun the same command to resume")

@@ -84,6 +84,10 @@ def test_load_and_errors(tmp_path: Path) -> None:
     r = _cli("eval", "--data", "d", "--sasrec-lr", "0", cwd=tmp_path)
     assert r.returncode == 2
     assert "lr positive" in r.stderr
+    r = _cli("pretrain", "--data", "d", "--out", "m", "--select", "recall", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "`select` should be one of" in r.stderr and "'recall'" in r.stderr
+    assert not (tmp_path / "m").exists()  # refused before anything is written
 
 
 @pytest.mark.slow

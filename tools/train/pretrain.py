@@ -8,7 +8,8 @@ same output directory resumes from the last checkpoint; the batch order is a
 pure function of ``(seed, epoch)`` and every random draw of a step (dropout,
 private rows) a function of ``(seed, step)``, so an interrupted and resumed run
 ends with the same weights as an uninterrupted one. The model written at the
-end holds the weights of the epoch with the lowest validation loss.
+end holds the weights of the best validation epoch: the lowest validation
+loss, or with ``select="ndcg"`` the highest beam-search NDCG@10.
 
 Data-parallel: under ``torchrun`` (``torchrun --nproc-per-node N -m
 userlayer.tools.cli pretrain ...``; multi-node with ``--nnodes``,
@@ -36,11 +37,17 @@ cross-entropy of each sampled user's held-out validation item (the one before
 the test item, never trained on) given their last 20 items (fewer if the
 model's window is shorter). It tells a model that cannot fit (training and
 validation loss close) from one that memorises (validation loss rising while
-training loss falls).
+training loss falls). The loss is a coarse stand-in for the ranking (two
+checkpoints of one loss can rank 5% apart, docs/model.md), so ``select="ndcg"``
+also ranks the same users after every epoch by beam search (k 10, beam 20, no
+item excluded, as the engine serves), reports R@10 and N@10, and keeps the
+epoch with the best NDCG@10. It costs one beam search over the validation users
+per epoch (rank 0 ranks; the other ranks wait).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -64,7 +71,7 @@ from userlayer.sdk.model.tokens import CTX, PAD, ContextVocab, item_tokens
 from userlayer.sdk.model.transformer import Recommender, RowAdapters
 from userlayer.sdk.model.trie_search import TensorTrie
 from userlayer.sdk.privacy.favourites import FavouritesConfig, occasions, top_favourites
-from userlayer.sdk.semantic_ids import SemanticIdTable
+from userlayer.sdk.semantic_ids import SemanticIdTable, SidTrie
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.exceptions import ToolsError
 from userlayer.tools.train.examples import (
@@ -89,6 +96,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 _CKPT = "checkpoint"
 _BEST = "best.safetensors"  # in the checkpoint directory: the best validation epoch's weights
+SELECTIONS = ("loss", "ndcg")  # PretrainConfig.select
 
 
 @dataclass(frozen=True)
@@ -113,8 +121,11 @@ class PretrainConfig:
     profile_noise: tuple[float, float] = (0.3, 8.0)  # noise multipliers of the others
     favourites: int = 10  # favourites simulated in private rows with a prefix (0: none)
     item_head: bool = False  # a dense head over every item of the table (ModelConfig.n_items)
+    select: str = "loss"  # which validation figure picks the kept epoch: "loss" or "ndcg"
 
     def __post_init__(self) -> None:
+        if self.select not in SELECTIONS:
+            raise ToolsError(f"`select` should be one of {SELECTIONS}, got {self.select!r}")
         for name in ("epochs", "batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ToolsError(f"`{name}` should be positive, got {getattr(self, name)}")
@@ -148,6 +159,9 @@ class PretrainResult:
     seconds: float
     finished: bool
     valid_losses: list[float] = field(default_factory=list)  # one per finished epoch
+    # with select="ndcg": per finished epoch, the validation users' beam {"R@10", "N@10"}
+    valid_ranks: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int | None = None  # the epoch whose weights the model holds (None: the last)
 
 
 def _lr(cfg: PretrainConfig, step: int, total: int) -> float:
@@ -190,6 +204,24 @@ def choose_ranking(
     return {"preferred": best, "valid_ndcg10": ndcg, "users": len(prompts)}
 
 
+def validation_ranks(model: Recommender, trie: SidTrie, prompts: list[Prompt]) -> dict[str, float]:
+    """Beam-search R@10 and N@10 of validation prompts (k 10, beam 20, no item excluded).
+
+    Ranks in eval mode (no dropout, so no RNG draw) on the CPU, as the engine
+    serves; a model on a GPU is ranked as a CPU copy. Restores the model's mode.
+    """
+    from userlayer.tools.eval.evaluate import EvalConfig, rank_generative
+
+    ranker = model if model.tok.weight.device.type == "cpu" else copy.deepcopy(model).cpu()
+    was_training = model.training
+    ranker.eval()
+    try:
+        m = rank_generative(ranker, trie, prompts, EvalConfig())["all"]
+    finally:
+        model.train(was_training)
+    return {"R@10": round(m["R@10"], 5), "N@10": round(m["N@10"], 5)}
+
+
 @torch.no_grad()
 def validation_loss(model: Recommender, rows: tuple[torch.Tensor, torch.Tensor]) -> float:
     """Mean target loss of rows from :func:`pack_scored`.
@@ -222,6 +254,7 @@ def _save_checkpoint(
     losses: list[float],
     valid: list[float],
     best: bool = False,
+    ranks: list[dict[str, float]] | None = None,
 ) -> None:
     tmp = d.with_name(d.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -237,7 +270,10 @@ def _save_checkpoint(
                 tensors[f"opt.{n}.step"] = st["step"].reshape(1).float().cpu()
     save_file(tensors, str(tmp / "state.safetensors"))
     (tmp / "trainer.json").write_text(
-        json.dumps({"step": step, "losses": losses, "valid_losses": valid}), "utf-8"
+        json.dumps(
+            {"step": step, "losses": losses, "valid_losses": valid, "valid_ranks": ranks or []}
+        ),
+        "utf-8",
     )
     if best:  # this step ends the best validation epoch so far: its weights
         save_file(
@@ -252,7 +288,7 @@ def _save_checkpoint(
 
 def _load_checkpoint(
     d: Path, model: Recommender, opt: torch.optim.AdamW
-) -> tuple[int, list[float], list[float]]:
+) -> tuple[int, list[float], list[float], list[dict[str, float]]]:
     tensors = load_file(str(d / "state.safetensors"))
     meta = json.loads((d / "trainer.json").read_text("utf-8"))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
@@ -263,7 +299,8 @@ def _load_checkpoint(
                 "exp_avg_sq": tensors[f"opt.{n}.exp_avg_sq"].to(p.device),
                 "step": tensors[f"opt.{n}.step"].reshape(()).clone(),
             }
-    return int(meta["step"]), list(meta["losses"]), list(meta.get("valid_losses", []))
+    ranks = [{k: float(v) for k, v in r.items()} for r in meta.get("valid_ranks", [])]
+    return int(meta["step"]), list(meta["losses"]), list(meta.get("valid_losses", [])), ranks
 
 
 def _private_targets(seqs: UserSequences, holdout: int = 2) -> np.ndarray:
@@ -434,7 +471,8 @@ class EpochReport:
     train_loss: float  # mean over the epoch's steps
     valid_loss: float | None  # None without validation users
     seq_per_s: float  # training sequences per second over the epoch (all ranks)
-    best: bool  # the best validation loss so far (its weights are kept)
+    best: bool  # the best validation epoch so far by ``select`` (its weights are kept)
+    valid_ranks: dict[str, float] | None = None  # beam R@10 and N@10 (select="ndcg" only)
 
 
 @dataclass(frozen=True)
@@ -578,16 +616,23 @@ def _pretrain(
     total = per_epoch * epochs
     pairs = _private_targets(seqs) if model.profile is not None else None
     catalog = _Catalog.of(table, ContextVocab(mcfg.geo_buckets)) if cfg.favourites else None
-    step, losses, valid = 0, list[float](), list[float]()
+    step, losses, valid, ranks = 0, list[float](), list[float](), list[dict[str, float]]()
     valid_prompts = (  # rank 0's: the loss after each epoch, and the head's ranking at the end
         _validation_prompts(seqs, cfg.valid_users, cfg.seed, min(20, mcfg.max_items - 1))
         if lead
         else []
     )
     valid_rows = pack_scored(valid_prompts, table) if valid_prompts else None
+    trie = table.trie() if valid_prompts and cfg.select == "ndcg" else None
     ckpt = out / _CKPT
     if (ckpt / "trainer.json").exists():
-        step, losses, valid = _load_checkpoint(ckpt, model, opt)
+        step, losses, valid, ranks = _load_checkpoint(ckpt, model, opt)
+        was = "ndcg" if ranks else "loss"
+        if valid and was != cfg.select:  # every rank reads the same checkpoint: all refuse
+            raise ToolsError(
+                f"{out} was started with select={was!r}, so its epochs' figures cannot pick "
+                f"by {cfg.select!r}: resume with select={was!r} (--select {was}) or a new --out"
+            )
         logger.info("resuming from step %d", step)
     if not dist.agree(step):
         raise ToolsError(
@@ -659,6 +704,11 @@ def _pretrain(
             valid.append(validation_loss(model, valid_rows))
             logger.info("epoch %d: validation loss %.4f", step // per_epoch, valid[-1])
             best = valid[-1] < min(valid[:-1], default=math.inf)  # the first of ties, as argmin
+            if trie is not None:
+                ranks.append(validation_ranks(model, trie, valid_prompts))
+                logger.info("epoch %d: validation %s", step // per_epoch, ranks[-1])
+                ndcg = [r["N@10"] for r in ranks]
+                best = ndcg[-1] > max(ndcg[:-1], default=-math.inf)  # the first of ties
         if end_of_epoch and on_epoch is not None:
             n = per_epoch
             on_epoch(
@@ -669,6 +719,7 @@ def _pretrain(
                     valid[-1] if valid_rows is not None else None,
                     done_epoch / max(time.perf_counter() - t_epoch, 1e-9),
                     best,
+                    ranks[-1] if trie is not None else None,
                 )
             )
         if end_of_epoch:
@@ -676,13 +727,15 @@ def _pretrain(
         stop = cfg.max_steps is not None and step >= cfg.max_steps and step < total
         if step % cfg.checkpoint_every == 0 or end_of_epoch or stop:
             if lead:  # the best epoch's weights go into the same atomic switch
-                _save_checkpoint(ckpt, model, opt, step, losses, valid, best)
+                _save_checkpoint(ckpt, model, opt, step, losses, valid, best, ranks)
             dist.barrier()  # no rank leaves (or stops) before the checkpoint is whole
         if stop:
             seconds = time.perf_counter() - t0
-            return PretrainResult(out, "", step, losses, seconds, False, valid)
+            return PretrainResult(out, "", step, losses, seconds, False, valid, ranks)
     model.eval()
     best_epoch = int(np.argmin(valid)) + 1 if valid else epochs
+    if ranks:
+        best_epoch = int(np.argmax([r["N@10"] for r in ranks])) + 1  # the first of ties
     if valid and (ckpt / _BEST).exists():  # keep the best validation epoch's weights
         model.load_state_dict(load_file(str(ckpt / _BEST), device=str(dev)))
     meta = {
@@ -696,6 +749,7 @@ def _pretrain(
             "examples": len(tokens),
             "final_loss": losses[-1] if losses else None,
             "valid_losses": valid,
+            "valid_ranks": ranks,
         },
         "data": str(data_dir),
     }
@@ -710,4 +764,6 @@ def _pretrain(
         doc = catalog_document({i: attrs[i] for i in table.codes if i in attrs})
         (out / CATALOG_FILE).write_text(json.dumps(doc, ensure_ascii=False), "utf-8")
     dist.barrier()
-    return PretrainResult(out, fp, step, losses, time.perf_counter() - t0, True, valid)
+    return PretrainResult(
+        out, fp, step, losses, time.perf_counter() - t0, True, valid, ranks, best_epoch
+    )

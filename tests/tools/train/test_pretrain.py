@@ -109,6 +109,39 @@ def test_validation_loss_scores_the_held_out_item(
         PretrainConfig(valid_users=-1)
 
 
+def test_select_by_ndcg_keeps_the_best_ranking_epoch_and_resumes(
+    tmp_path: Path, synth_data_dir: Path, small_synth: SynthResult
+) -> None:
+    """select="ndcg": every epoch ranks the validation users; the best NDCG@10's weights stay."""
+    from userlayer.sdk import SemanticIdTable
+    from userlayer.tools.train.pretrain import _validation_prompts, validation_ranks
+
+    cfg = PretrainConfig(epochs=3, batch_size=32, valid_users=60, model=TINY, select="ndcg")
+    res = pretrain(synth_data_dir, tmp_path / "a", cfg)
+    assert len(res.valid_ranks) == 3 and len(res.valid_losses) == 3
+    assert all(0 <= r["N@10"] <= r["R@10"] <= 1 for r in res.valid_ranks)
+    ndcg = [r["N@10"] for r in res.valid_ranks]
+    assert res.best_epoch == int(np.argmax(ndcg)) + 1
+    meta = json.loads((tmp_path / "a" / "config.json").read_text("utf-8"))["pretrain"]
+    assert meta["valid_ranks"] == res.valid_ranks and meta["best_epoch"] == res.best_epoch
+    # the written model is the kept epoch's: it ranks the same users exactly as it did then
+    table = SemanticIdTable.load(synth_data_dir / "sids.json")
+    seqs = UserSequences.from_dataset(small_synth.dataset, table)
+    prompts = _validation_prompts(seqs, 60, cfg.seed, TINY["max_items"] - 1)
+    model = load_model(tmp_path / "a")
+    assert validation_ranks(model, table.trie(), prompts) == res.valid_ranks[res.best_epoch - 1]
+    # stopped inside the second epoch and resumed: the same figures, the same model
+    stop = replace(cfg, max_steps=res.steps // 2 + 1)
+    assert not pretrain(synth_data_dir, tmp_path / "b", stop).finished
+    with pytest.raises(ToolsError, match="select='ndcg'"):  # one run, one criterion
+        pretrain(synth_data_dir, tmp_path / "b", replace(cfg, select="loss"))
+    resumed = pretrain(synth_data_dir, tmp_path / "b", cfg)
+    assert resumed.valid_ranks == res.valid_ranks and resumed.best_epoch == res.best_epoch
+    assert resumed.fingerprint == res.fingerprint
+    with pytest.raises(ToolsError, match="select"):
+        PretrainConfig(select="recall")
+
+
 def test_pretrain_needs_sids(tmp_path: Path, small_synth: SynthResult) -> None:
     small_synth.dataset.save(tmp_path / "d")
     with pytest.raises(ToolsError, match=r"no sids\.json"):
