@@ -353,6 +353,9 @@ def eval_cmd(
     sasrec_blocks: Annotated[int, typer.Option()] = 2,
     sasrec_batch: Annotated[int, typer.Option()] = 256,
     sasrec_lr: Annotated[float, typer.Option(help="SASRec's Adam learning rate.")] = 1e-3,
+    sasrec_seed: Annotated[
+        int, typer.Option(help="SASRec's seed (initialisation, batches, negatives).")
+    ] = 0,
     sasrec_patience: Annotated[
         int, typer.Option(help="Validations without a gain before stopping (0: never stop).")
     ] = 5,
@@ -383,6 +386,7 @@ def eval_cmd(
             lr=sasrec_lr,
             patience=sasrec_patience,
             val_users=sasrec_val_users,
+            seed=sasrec_seed,
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e

@@ -84,6 +84,9 @@ def test_load_and_errors(tmp_path: Path) -> None:
     r = _cli("eval", "--data", "d", "--sasrec-lr", "0", cwd=tmp_path)
     assert r.returncode == 2
     assert "lr positive" in r.stderr
+    r = _cli("eval", "--data", "d", "--sasrec-seed", "-1", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "seed should be >= 0, got -1" in r.stderr
     r = _cli("pretrain", "--data", "d", "--out", "m", "--select", "recall", cwd=tmp_path)
     assert r.returncode == 2
     assert "`select` should be one of" in r.stderr and "'recall'" in r.stderr

@@ -73,6 +73,8 @@ class SASRecConfig:
             raise ValueError(
                 "SASRecConfig.dropout should be in [0, 1), lr positive, weight_decay >= 0"
             )
+        if self.seed < 0:
+            raise ValueError(f"SASRecConfig.seed should be >= 0, got {self.seed}")
 
 
 class SASRec(nn.Module):

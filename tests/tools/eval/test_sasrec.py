@@ -77,6 +77,20 @@ def test_without_validation_or_patience_every_epoch_runs() -> None:
     assert epochs[-2:] == [1, 2]
 
 
+def test_the_seed_makes_a_run_repeatable_and_another_seed_a_different_run() -> None:
+    import torch
+
+    seqs = _cycles(users=10)
+
+    def weights(seed: int) -> list[torch.Tensor]:
+        cfg = SASRecConfig(d=8, epochs=2, loss="sampled", negatives=4, seed=seed)
+        return [p.detach().clone() for p in train_sasrec(seqs, N, cfg).parameters()]
+
+    a, b, c = weights(0), weights(0), weights(1)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -85,6 +99,7 @@ def test_without_validation_or_patience_every_epoch_runs() -> None:
         ({"dropout": 1.0}, "dropout"),
         ({"loss": "bpr"}, "loss"),
         ({"negatives": 0}, "negatives"),
+        ({"seed": -1}, "seed"),
     ],
 )
 def test_config_validation(kwargs: dict[str, float], match: str) -> None:
