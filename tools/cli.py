@@ -232,7 +232,10 @@ def pretrain_cmd(
     seed: Annotated[int, typer.Option()] = 0,
     max_steps: Annotated[int | None, typer.Option(help="Stop early, leaving a checkpoint.")] = None,
     valid_users: Annotated[
-        int, typer.Option(help="Users sampled for the per-epoch validation loss (0: none).")
+        int,
+        typer.Option(
+            help="Users sampled for the per-epoch validation loss and --select ndcg (0: none)."
+        ),
     ] = 2000,
     min_steps: Annotated[
         int, typer.Option(help="Raise the epochs until the run takes at least this many steps.")
@@ -256,8 +259,9 @@ def pretrain_cmd(
     select: Annotated[
         str,
         typer.Option(
-            help="Keep the epoch with the best validation loss, or ndcg: rank the validation "
-            "users by beam search after each epoch and keep the best NDCG@10."
+            help="Which epoch's weights to keep. loss: the lowest validation loss; ndcg: rank "
+            "the validation users by beam search after each epoch (R@10, N@10) and keep the "
+            "best NDCG@10. A resumed run needs its first --select."
         ),
     ] = "loss",
     item_free: Annotated[

@@ -126,6 +126,8 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.select not in SELECTIONS:
             raise ToolsError(f"`select` should be one of {SELECTIONS}, got {self.select!r}")
+        if self.select == "ndcg" and self.valid_users == 0:
+            raise ToolsError("`select` 'ndcg' ranks the validation users: `valid_users` is 0")
         for name in ("epochs", "batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ToolsError(f"`{name}` should be positive, got {getattr(self, name)}")
@@ -161,7 +163,9 @@ class PretrainResult:
     valid_losses: list[float] = field(default_factory=list)  # one per finished epoch
     # with select="ndcg": per finished epoch, the validation users' beam {"R@10", "N@10"}
     valid_ranks: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int | None = None  # the epoch whose weights the model holds (None: the last)
+    # the epoch whose weights the model holds (the last without validation users); None
+    # while unfinished. Validation figures are rank 0's: other ranks hold what they resumed
+    best_epoch: int | None = None
 
 
 def _lr(cfg: PretrainConfig, step: int, total: int) -> float:
@@ -209,6 +213,9 @@ def validation_ranks(model: Recommender, trie: SidTrie, prompts: list[Prompt]) -
 
     Ranks in eval mode (no dropout, so no RNG draw) on the CPU, as the engine
     serves; a model on a GPU is ranked as a CPU copy. Restores the model's mode.
+    Under torchrun the other ranks wait at the next barrier meanwhile (about
+    14 s for 2,000 users at the default size on 2 cores): keep ``valid_users``
+    well inside the process group's timeout.
     """
     from userlayer.tools.eval.evaluate import EvalConfig, rank_generative
 

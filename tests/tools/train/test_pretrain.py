@@ -142,6 +142,34 @@ def test_select_by_ndcg_keeps_the_best_ranking_epoch_and_resumes(
         PretrainConfig(select="recall")
 
 
+def test_select_by_ndcg_keeps_the_epoch_that_ranked_best_not_the_last_or_the_lowest_loss(
+    tmp_path: Path, synth_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scripted NDCG@10 per epoch (0.3, 0.5, 0.4): the model holds epoch 2's weights."""
+    from safetensors.torch import load_file
+
+    import userlayer.tools.train.pretrain as pt
+
+    cfg = PretrainConfig(epochs=3, batch_size=32, valid_users=20, model=TINY)
+    by_loss = pretrain(synth_data_dir, tmp_path / "loss", cfg)
+    script = iter([0.3, 0.5, 0.4])
+    monkeypatch.setattr(pt, "validation_ranks", lambda *_: {"R@10": 0.9, "N@10": next(script)})
+    res = pretrain(synth_data_dir, tmp_path / "ndcg", replace(cfg, select="ndcg"))
+    assert [r["N@10"] for r in res.valid_ranks] == [0.3, 0.5, 0.4] and res.best_epoch == 2
+    assert res.losses == by_loss.losses  # ranking after each epoch leaves training alone
+    assert res.valid_losses == by_loss.valid_losses
+    # epoch 2's weights: those of the same run stopped at the end of epoch 2
+    stop = replace(cfg, max_steps=2 * res.steps // 3)
+    assert not pretrain(synth_data_dir, tmp_path / "two", stop).finished
+    epoch2 = load_file(str(tmp_path / "two" / "checkpoint" / "state.safetensors"))
+    kept = load_model(tmp_path / "ndcg").state_dict()
+    assert all(torch.equal(v, epoch2[f"model.{k}"]) for k, v in kept.items())
+    last = load_file(str(tmp_path / "loss" / "checkpoint" / "state.safetensors"))  # epoch 3's
+    assert not all(torch.equal(v, last[f"model.{k}"]) for k, v in kept.items())
+    with pytest.raises(ToolsError, match="valid_users"):
+        PretrainConfig(select="ndcg", valid_users=0)
+
+
 def test_pretrain_needs_sids(tmp_path: Path, small_synth: SynthResult) -> None:
     small_synth.dataset.save(tmp_path / "d")
     with pytest.raises(ToolsError, match=r"no sids\.json"):
