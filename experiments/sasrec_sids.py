@@ -8,9 +8,9 @@ unread), takes its item embeddings (the input table, tied to the output) and
 runs the same PCA, residual k-means and collision level as ``sids build``.
 With ``--mix hybrid`` the SASRec table sits beside the co-occurrence
 embedding (each centred and scaled to the same weight, as ``--embedding
-hybrid`` does with text). It writes a new dataset directory (a copy of ``--data`` with the new
-``sids.json``), so the plain ``userlayer pretrain`` / ``eval`` commands run on
-it unchanged::
+hybrid`` does with text). It writes a new dataset directory (a copy of
+``--data`` with the new ``sids.json``), so the plain ``userlayer pretrain``
+/ ``eval`` commands run on it unchanged::
 
     python experiments/sasrec_sids.py --data beauty_cf --out beauty_sas --epochs 8
 """
@@ -22,6 +22,7 @@ import json
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,11 @@ def main() -> None:
             seed=a.seed,
         ),
     )
+    # build_semantic_ids names the patched embedding "collaborative": record what it was
+    source = f"sequential:SASRec item table ({a.epochs} epochs, d {a.d}, {a.loss} loss)"
+    if a.mix == "hybrid":
+        source = "hybrid:collaborative:co-occurrence PPMI+SVD + " + source
+    table, rep.source = replace(table, source=source), source
     out = Path(a.out)
     if out.exists():
         raise SystemExit(f"{out} exists")
