@@ -21,8 +21,6 @@ import argparse
 import json
 import shutil
 import time
-from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +28,12 @@ import torch
 
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.eval.sasrec import SASRecConfig, train_sasrec
-from userlayer.tools.sids import build as sid_build
-from userlayer.tools.sids.build import SidConfig, _balanced, build_semantic_ids
+from userlayer.tools.sids.build import (
+    SidConfig,
+    _balanced,
+    quantize_embeddings,
+    training_sequences,
+)
 from userlayer.tools.sids.embed import collaborative_embeddings
 
 
@@ -71,36 +73,22 @@ def main() -> None:
         seed=a.seed,
     )
     t0 = time.perf_counter()
-
-    def sasrec_embeddings(
-        sequences: Sequence[Sequence[int]], n_items: int, dim: int = 64, seed: int = 0
-    ) -> np.ndarray:
-        seqs = [[i + 1 for i in s] for s in sequences if len(s) >= 2]
-        model = train_sasrec(
-            seqs, n_items, cfg, on_epoch=lambda e, loss: print(f"epoch {e}: loss {loss:.4f}")
-        )
-        emb: np.ndarray = model.item.weight.detach()[1:].numpy().astype(np.float32)
-        if a.mix == "hybrid":
-            cf = collaborative_embeddings(sequences, n_items, seed=seed)
-            emb = np.concatenate([_balanced(cf), _balanced(emb)], 1)
-        return emb
-
-    sid_build.collaborative_embeddings = sasrec_embeddings  # type: ignore[assignment]
-    table, rep = build_semantic_ids(
-        ds,
-        SidConfig(
-            levels=a.levels,
-            codebook_size=a.codebook,
-            embedding="collaborative",
-            holdout=a.holdout,
-            seed=a.seed,
-        ),
+    seqs = training_sequences(ds, a.holdout)
+    n_items = ds.items.num_rows
+    model = train_sasrec(
+        [[i + 1 for i in s] for s in seqs if len(s) >= 2],  # SASRec's item 0 is padding
+        n_items,
+        cfg,
+        on_epoch=lambda e, loss: print(f"epoch {e}: loss {loss:.4f}"),
     )
-    # build_semantic_ids names the patched embedding "collaborative": record what it was
+    emb: np.ndarray = model.item.weight.detach()[1:].numpy().astype(np.float32)
     source = f"sequential:SASRec item table ({a.epochs} epochs, d {a.d}, {a.loss} loss)"
     if a.mix == "hybrid":
+        cf = collaborative_embeddings(seqs, n_items, seed=a.seed)
+        emb = np.concatenate([_balanced(cf), _balanced(emb)], 1)
         source = "hybrid:collaborative:co-occurrence PPMI+SVD + " + source
-    table, rep.source = replace(table, source=source), source
+    sid_cfg = SidConfig(levels=a.levels, codebook_size=a.codebook, holdout=a.holdout, seed=a.seed)
+    table, rep = quantize_embeddings(ds, emb, source, sid_cfg, started=t0)
     out = Path(a.out)
     if out.exists():
         raise SystemExit(f"{out} exists")

@@ -44,6 +44,8 @@ __all__ = [
     "add_collision_level",
     "build_semantic_ids",
     "load_precomputed",
+    "quantize_embeddings",
+    "training_sequences",
 ]
 
 Embedding = Literal["auto", "text", "collaborative", "hybrid"]
@@ -199,8 +201,7 @@ def build_semantic_ids(
     cfg = cfg or SidConfig()
     step = on_step or (lambda name: None)
     t0 = time.perf_counter()
-    ids = ds.items.column("item_id").to_pylist()
-    services = ds.items.column("service").to_pylist()
+    n_items = ds.items.num_rows
     texts = item_texts(ds.items)
     with_text = sum(1 for t in texts if t) / max(len(texts), 1)
     kind = resolve_embedding(ds, cfg, with_text)
@@ -213,18 +214,49 @@ def build_semantic_ids(
         names.append(f"text:{ENCODER_NAMES[encoder]}(title,brand,category)")
         step("text embeddings")
     if kind in ("collaborative", "hybrid"):
-        index = {item: n for n, item in enumerate(ids)}
-        seqs = [
-            [index[i] for i in seq[: max(0, len(seq) - cfg.holdout)]]
-            for seq in ds.sequences().values()
-        ]
-        parts.append(collaborative_embeddings(seqs, len(ids), seed=cfg.seed))
+        seqs = training_sequences(ds, cfg.holdout)
+        parts.append(collaborative_embeddings(seqs, n_items, seed=cfg.seed))
         names.append("collaborative:co-occurrence PPMI+SVD")
         step("co-occurrence embeddings")
-    for part in parts:
-        check_embeddings(part, len(ids))
+    for part in parts:  # each before they are joined (quantize_embeddings checks the whole)
+        check_embeddings(part, n_items)
     emb = parts[0] if len(parts) == 1 else np.concatenate([_balanced(x) for x in parts], 1)
     source = names[0] if len(names) == 1 else "hybrid:" + " + ".join(names)
+    return quantize_embeddings(ds, emb, source, cfg, step, t0)
+
+
+def training_sequences(ds: Dataset, holdout: int) -> list[list[int]]:
+    """Each user's item rows (indices into ``ds.items``) without their last ``holdout`` events."""
+    index = {item: n for n, item in enumerate(ds.items.column("item_id").to_pylist())}
+    return [
+        [index[i] for i in seq[: max(0, len(seq) - holdout)]] for seq in ds.sequences().values()
+    ]
+
+
+def quantize_embeddings(
+    ds: Dataset,
+    emb: np.ndarray,
+    source: str,
+    cfg: SidConfig | None = None,
+    on_step: Callable[[str], None] | None = None,
+    started: float | None = None,
+) -> tuple[SemanticIdTable, SidReport]:
+    """PCA, residual k-means and the collision level over ``emb`` (one row per item of ``ds``).
+
+    ``source`` names what the embedding was made from (kept in the table);
+    ``on_step`` reports PCA, each k-means level and the collision level;
+    the report's seconds count from ``started`` (``time.perf_counter()``;
+    default: now).
+
+    Raises:
+        ToolsError: if ``emb`` is not one finite row per item.
+    """
+    cfg = cfg or SidConfig()
+    step = on_step or (lambda name: None)
+    t0 = time.perf_counter() if started is None else started
+    ids = ds.items.column("item_id").to_pylist()
+    services = ds.items.column("service").to_pylist()
+    check_embeddings(emb, len(ids))
     x = emb.astype(np.float64) - emb.mean(0)
     dim = min(cfg.pca_dim, x.shape[1], max(len(x) - 1, 1))
     _, _, vt = np.linalg.svd(x, full_matrices=False)
