@@ -268,6 +268,15 @@ def pretrain_cmd(
         bool,
         typer.Option(help="A free vector per item in the dense head (--no-item-free: codes only)."),
     ] = True,
+    item_input: Annotated[
+        bool,
+        typer.Option(
+            help="A free input vector per history item, beside its codes (needs --item-head)."
+        ),
+    ] = False,
+    item_input_drop: Annotated[
+        float, typer.Option(help="Training dropout of each history item's free input vector.")
+    ] = 0.5,
 ) -> None:
     """Pretrain the base model (next Semantic ID) on all users' training sequences."""
     from userlayer.tools.train.pretrain import EpochReport, PretrainConfig, pretrain
@@ -293,6 +302,8 @@ def pretrain_cmd(
             "expert_ff": expert_ff,
             "item_loss": item_loss,
             "item_free": item_free,
+            "item_input": item_input,
+            "item_input_drop": item_input_drop,
         },
         item_head=item_head,
         select=select,

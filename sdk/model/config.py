@@ -53,6 +53,10 @@ class ModelConfig:
     n_items: int = 0
     item_loss: float = 1.0  # weight of the items' cross-entropy beside the codes'
     item_free: bool = True  # a free vector per item (False: its codes' embeddings only)
+    # a free input vector per item (needs the head's catalog), added where a history item's
+    # last code is read; during training each is dropped with probability item_input_drop
+    item_input: bool = False
+    item_input_drop: float = 0.5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "level_sizes", tuple(int(s) for s in self.level_sizes))
@@ -100,6 +104,10 @@ class ModelConfig:
                 f"`n_items` should be >= 0 and `item_loss` finite and >= 0, "
                 f"got {self.n_items}, {self.item_loss}"
             )
+        if self.item_input and not self.n_items:
+            raise ModelError("`item_input` needs the dense item head's catalog (`n_items` > 0)")
+        if not 0.0 <= self.item_input_drop < 1.0:
+            raise ModelError(f"`item_input_drop` should be in [0, 1), got {self.item_input_drop}")
 
     @property
     def head_dim(self) -> int:
@@ -139,6 +147,8 @@ class ModelConfig:
             del d["n_items"], d["item_loss"], d["item_free"]
         elif self.item_free:
             del d["item_free"]
+        if not self.item_input:
+            del d["item_input"], d["item_input_drop"]
         return d
 
     @classmethod

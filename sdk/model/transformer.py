@@ -584,6 +584,7 @@ class Recommender(nn.Module):
     item_keys: Tensor
     radix: Tensor
     code_offsets: Tensor
+    token_level: Tensor
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -609,11 +610,14 @@ class Recommender(nn.Module):
         mask = torch.zeros(cfg.n_levels, cfg.n_codes, dtype=torch.bool)
         nxt = torch.full((FIRST_CODE + cfg.n_codes,), -1, dtype=torch.long)
         nxt[CTX] = 0
+        lvl_of = torch.full_like(nxt, -1)  # each code token's level (-1: not a code)
         for lvl, (o, s) in enumerate(zip(offs, cfg.level_sizes, strict=True)):
             mask[lvl, o : o + s] = True
             nxt[FIRST_CODE + o : FIRST_CODE + o + s] = lvl + 1 if lvl + 1 < cfg.n_levels else -1
+            lvl_of[FIRST_CODE + o : FIRST_CODE + o + s] = lvl
         self.register_buffer("level_mask", mask, persistent=False)
         self.register_buffer("next_level", nxt, persistent=False)
+        self.register_buffer("token_level", lvl_of, persistent=False)
         # the dense item head (cfg.n_items): a free vector per item, plus its codes' output
         # embeddings; items in Semantic ID order (item_key), their codes saved with the weights
         radix = torch.tensor(level_radix(cfg.level_sizes), dtype=torch.long)
@@ -621,6 +625,8 @@ class Recommender(nn.Module):
         self.register_buffer("code_offsets", torch.tensor(offs, dtype=torch.long), persistent=False)
         free = cfg.n_items and cfg.item_free
         self.item_emb = nn.Embedding(cfg.n_items, cfg.d_model) if free else None
+        # the free input vector of each history item (cfg.item_input), in head order too
+        self.item_in = nn.Embedding(cfg.n_items, cfg.d_model) if cfg.item_input else None
         # saved only with a head: a base without one keeps its state dict and fingerprint
         keep = bool(cfg.n_items)
         codes = torch.zeros(cfg.n_items, cfg.n_levels, dtype=torch.long)
@@ -653,11 +659,46 @@ class Recommender(nn.Module):
             adapters.check(self.cfg, b)
 
     def embed(self, tokens: Tensor, ctx: Tensor) -> Tensor:
-        """Token embeddings plus context-field embeddings: (B, T, d)."""
+        """Token embeddings plus context-field embeddings: (B, T, d).
+
+        With ``item_input``, each complete item's free input vector is added
+        where its last code is read (:meth:`item_inputs`).
+        """
         x: Tensor = self.tok(tokens)
         for f, emb in enumerate(self.ctx):
             x = x + emb(ctx[..., f])
+        if self.item_in is not None:
+            x = x + self.item_inputs(tokens)
         return x
+
+    def item_inputs(self, tokens: Tensor) -> Tensor:
+        """Free input vectors (B, T, d): an item's at the position of its last code, else 0.
+
+        Only a position that ends a whole item (its codes of levels 0..L-1, in
+        order, in ``tokens``) gets one, so no position sees an item before all
+        its codes are read: a code being predicted never leaks through it. In
+        training each is dropped with probability ``item_input_drop`` (and the
+        kept ones scaled by ``1 / (1 - p)``), so the codes stay learned.
+        """
+        assert self.item_in is not None
+        n_lv, t = self.cfg.n_levels, tokens.shape[1]
+        padded = F.pad(tokens, (n_lv - 1, 0), value=PAD)
+        whole = torch.ones_like(tokens, dtype=torch.bool)
+        key = torch.zeros_like(tokens)
+        for lvl in range(n_lv):  # the code of level lvl sits n_lv - 1 - lvl positions back
+            tk = padded[:, lvl : lvl + t]
+            whole = whole & (self.token_level[tk] == lvl)
+            code = (tk - FIRST_CODE - self.code_offsets[lvl]).clamp(min=0)
+            key = key + code * self.radix[lvl]
+        idx = self._key_index(key)
+        on = whole & (idx >= 0)
+        p = self.cfg.item_input_drop
+        scale = 1.0
+        if self.training and p > 0:
+            on = on & (torch.rand(on.shape, device=on.device) >= p)
+            scale = 1.0 / (1.0 - p)
+        vec: Tensor = self.item_in(idx.clamp(min=0)) * (on[..., None].to(self.tok.weight.dtype))
+        return vec * scale if scale != 1.0 else vec
 
     def _prefix(
         self, ad: RowAdapters | None, b: int, dtype: torch.dtype
@@ -802,9 +843,26 @@ class Recommender(nn.Module):
 
     def item_index(self, codes: Tensor) -> Tensor:
         """Head index of each code tuple (…, n_levels); -1 where no item has it."""
-        keys = (codes * self.radix).sum(-1)
-        idx = torch.searchsorted(self.item_keys, keys).clamp(max=max(self.cfg.n_items - 1, 0))
-        hit = self.item_keys[idx] == keys if self.cfg.n_items else torch.zeros_like(keys).bool()
+        return self._key_index((codes * self.radix).sum(-1))
+
+    def _key_index(self, keys: Tensor) -> Tensor:
+        """Head index of each Semantic ID key (any shape); -1 where no item has it.
+
+        A branchless binary search over the sorted ``item_keys`` (log2 n_items
+        gathers, unrolled): it exports to ONNX, which has no searchsorted.
+        """
+        n = self.cfg.n_items
+        if not n:
+            return torch.full_like(keys, -1)
+        count = torch.zeros_like(keys)  # items whose key is <= keys, found so far
+        step = 1 << (n.bit_length() - 1)
+        while step:
+            cand = count + step
+            probe = self.item_keys[(cand - 1).clamp(max=n - 1)]
+            count = torch.where((cand <= n) & (probe <= keys), cand, count)
+            step >>= 1
+        idx = (count - 1).clamp(min=0)
+        hit = (count > 0) & (self.item_keys[idx] == keys)
         return torch.where(hit, idx, torch.full_like(idx, -1))
 
     def item_vectors(self) -> Tensor:

@@ -185,6 +185,36 @@ def test_a_dense_item_heads_scores_are_prefills_last_output_and_equal_torch(
         )
 
 
+def test_free_item_inputs_are_looked_up_inside_the_graphs_and_equal_torch(
+    tmp_path: Path,
+) -> None:
+    """The history items' free input vectors (a binary search of the catalog) export too."""
+    torch.manual_seed(3)
+    n = 37  # not a power of two: every step of the search's unrolled loop is traced
+    cfg = ModelConfig(**{**CFG.to_dict(), "n_items": n, "item_input": True})
+    m = Recommender(cfg)
+    gen = torch.Generator().manual_seed(4)
+    k = torch.randperm(16 * 16 * 8, generator=gen)[:n]  # n distinct code tuples
+    m.set_items(torch.stack([k // 128, k // 8 % 16, k % 8], 1))
+    assert m.item_in is not None
+    with torch.no_grad():
+        m.item_in.weight.normal_(0, 0.5)
+    save_model(m.eval(), tmp_path / "m")
+    acfg = AdapterConfig(rank=2)
+    export_onnx(tmp_path / "m", tmp_path / "onnx", acfg)
+    _assert_graphs_equal_module(tmp_path, acfg, [(3, 13, 2, 1), (5, 22, 1, 0)])
+    p_args, _ = example_inputs(m, acfg, b=4, t=17)
+    assert bool((m.item_inputs(p_args[0]).abs().sum(-1) > 0).any())  # the check reads items
+    base = ort.InferenceSession(str(tmp_path / "onnx" / "base_prefill.onnx"))
+    got = base.run(None, {"tokens": p_args[0].numpy(), "ctx": p_args[1].numpy()})
+    with torch.no_grad():
+        want, _ = m(p_args[0], p_args[1])
+        m.item_in.weight.zero_()
+        without, _ = m(p_args[0], p_args[1])
+    np.testing.assert_allclose(got[0], want[:, -1].numpy(), atol=1e-4, rtol=0)
+    assert np.abs(got[0] - without[:, -1].numpy()).max() > 1e-3
+
+
 @pytest.mark.parametrize(
     "acfg",
     [AdapterConfig(rank=2), AdapterConfig(rank=2, n_prefix=0, n_modes=0, film=False)],
