@@ -277,6 +277,9 @@ def pretrain_cmd(
     item_input_drop: Annotated[
         float, typer.Option(help="Training dropout of each history item's free input vector.")
     ] = 0.5,
+    item_input_dim: Annotated[
+        int, typer.Option(help="Width of each item's input vector, mapped up (0: --d-model).")
+    ] = 0,
 ) -> None:
     """Pretrain the base model (next Semantic ID) on all users' training sequences."""
     from userlayer.tools.train.pretrain import EpochReport, PretrainConfig, pretrain
@@ -304,6 +307,7 @@ def pretrain_cmd(
             "item_free": item_free,
             "item_input": item_input,
             "item_input_drop": item_input_drop,
+            "item_input_dim": item_input_dim,
         },
         item_head=item_head,
         select=select,

@@ -57,6 +57,7 @@ class ModelConfig:
     # last code is read; during training each is dropped with probability item_input_drop
     item_input: bool = False
     item_input_drop: float = 0.5
+    item_input_dim: int = 0  # width of each item's vector, mapped up to d_model (0: d_model)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "level_sizes", tuple(int(s) for s in self.level_sizes))
@@ -108,6 +109,8 @@ class ModelConfig:
             raise ModelError("`item_input` needs the dense item head's catalog (`n_items` > 0)")
         if not 0.0 <= self.item_input_drop < 1.0:
             raise ModelError(f"`item_input_drop` should be in [0, 1), got {self.item_input_drop}")
+        if self.item_input_dim < 0:
+            raise ModelError(f"`item_input_dim` should be >= 0, got {self.item_input_dim}")
 
     @property
     def head_dim(self) -> int:
@@ -149,6 +152,8 @@ class ModelConfig:
             del d["item_free"]
         if not self.item_input:
             del d["item_input"], d["item_input_drop"]
+        if not self.item_input_dim:
+            del d["item_input_dim"]
         return d
 
     @classmethod

@@ -625,8 +625,12 @@ class Recommender(nn.Module):
         self.register_buffer("code_offsets", torch.tensor(offs, dtype=torch.long), persistent=False)
         free = cfg.n_items and cfg.item_free
         self.item_emb = nn.Embedding(cfg.n_items, cfg.d_model) if free else None
-        # the free input vector of each history item (cfg.item_input), in head order too
-        self.item_in = nn.Embedding(cfg.n_items, cfg.d_model) if cfg.item_input else None
+        # the free input vector of each history item (cfg.item_input), in head order too;
+        # narrower than d_model (item_input_dim), it is mapped up by one shared matrix
+        r = cfg.item_input_dim or cfg.d_model
+        self.item_in = nn.Embedding(cfg.n_items, r) if cfg.item_input else None
+        low = cfg.item_input and cfg.item_input_dim
+        self.item_in_up = nn.Linear(r, cfg.d_model, bias=False) if low else None
         # saved only with a head: a base without one keeps its state dict and fingerprint
         keep = bool(cfg.n_items)
         codes = torch.zeros(cfg.n_items, cfg.n_levels, dtype=torch.long)
@@ -697,7 +701,10 @@ class Recommender(nn.Module):
         if self.training and p > 0:
             on = on & (torch.rand(on.shape, device=on.device) >= p)
             scale = 1.0 / (1.0 - p)
-        vec: Tensor = self.item_in(idx.clamp(min=0)) * (on[..., None].to(self.tok.weight.dtype))
+        vec: Tensor = self.item_in(idx.clamp(min=0))
+        if self.item_in_up is not None:
+            vec = self.item_in_up(vec)
+        vec = vec * on[..., None].to(vec.dtype)
         return vec * scale if scale != 1.0 else vec
 
     def _prefix(

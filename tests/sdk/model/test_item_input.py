@@ -114,3 +114,18 @@ def test_the_config_needs_a_catalog_and_keeps_older_fingerprints() -> None:
     plain = ModelConfig(level_sizes=SIZES, n_items=4).to_dict()
     assert "item_input" not in plain and "item_input_drop" not in plain
     assert Recommender(ModelConfig(level_sizes=SIZES, n_items=4)).item_in is None
+
+
+def test_narrow_item_vectors_are_mapped_up_by_one_shared_matrix() -> None:
+    m = _model(item_input_dim=4)
+    assert m.item_in is not None and m.item_in_up is not None
+    assert tuple(m.item_in.weight.shape) == (20, 4)
+    tok = _row([3, 7])
+    got = m.item_inputs(tok)[0]
+    idx = m.item_index(CODES[[3, 7]])
+    torch.testing.assert_close(got[[3, 7]], m.item_in_up(m.item_in.weight[idx]))
+    assert not got[[0, 1, 2, 4, 5, 6]].any()
+    assert m.cfg.to_dict()["item_input_dim"] == 4
+    assert "item_input_dim" not in _model().cfg.to_dict()
+    with pytest.raises(ModelError, match="item_input_dim"):
+        ModelConfig(level_sizes=SIZES, n_items=4, item_input=True, item_input_dim=-1)
