@@ -280,6 +280,10 @@ def pretrain_cmd(
     item_input_dim: Annotated[
         int, typer.Option(help="Width of each item's input vector, mapped up (0: --d-model).")
     ] = 0,
+    label_smoothing: Annotated[
+        float,
+        typer.Option(help="Label smoothing of the training loss (codes within their level)."),
+    ] = 0.0,
 ) -> None:
     """Pretrain the base model (next Semantic ID) on all users' training sequences."""
     from userlayer.tools.train.pretrain import EpochReport, PretrainConfig, pretrain
@@ -311,6 +315,7 @@ def pretrain_cmd(
         },
         item_head=item_head,
         select=select,
+        label_smoothing=label_smoothing,
     )
     with progress_bar(console) as progress:
         progress.columns = (*progress.columns, TextColumn("{task.fields[info]}"))

@@ -974,7 +974,9 @@ class Recommender(nn.Module):
         """
         return self._targets(tokens, last_item_only)[2].sum()
 
-    def _item_ce(self, h: Tensor, target: Tensor, level: Tensor, use: Tensor) -> Tensor:
+    def _item_ce(
+        self, h: Tensor, target: Tensor, level: Tensor, use: Tensor, smoothing: float = 0.0
+    ) -> Tensor:
         """The items' cross-entropy (B, T), at each position that predicts an item's first code."""
         start, codes = _item_targets(target, level, use, self.cfg.n_levels, self.code_offsets)
         out = torch.zeros(target.shape, dtype=h.dtype, device=h.device)
@@ -983,7 +985,9 @@ class Recommender(nn.Module):
         if not bool(start.any()):
             return out
         scores = self.item_scores(h[start])
-        out[start] = F.cross_entropy(scores, idx[start], reduction="none")
+        out[start] = F.cross_entropy(
+            scores, idx[start], reduction="none", label_smoothing=smoothing
+        )
         return out
 
     def loss(
@@ -993,6 +997,7 @@ class Recommender(nn.Module):
         adapters: RowAdapters | None = None,
         reduction: str = "mean",
         last_item_only: bool = False,
+        label_smoothing: float = 0.0,
     ) -> Tensor:
         """Next-code cross-entropy on every code position (each level masked to its codes).
 
@@ -1000,16 +1005,30 @@ class Recommender(nn.Module):
         (rows end at the last position: left padding), as when a prompt is
         scored on its target. ``reduction``: ``mean`` over the code positions,
         ``sum`` of them, or ``none`` (per row: the mean over its positions).
+        ``label_smoothing`` spreads that share of each target over the codes
+        of its level only (and over every item for the dense head's loss).
+
+        Raises:
+            ModelError: if ``label_smoothing`` is not in [0, 1).
         """
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ModelError(f"`label_smoothing` should be in [0, 1), got {label_smoothing}")
         h, logits, _ = self.run(tokens, ctx, adapters)
         level, target, use = self._targets(tokens, last_item_only)
         lg = self.level_logits(logits[:, :-1], level)
         ce = F.cross_entropy(
             lg.reshape(-1, lg.shape[-1]), target.clamp(min=0).reshape(-1), reduction="none"
         ).view(target.shape)
+        if label_smoothing:  # the uniform part over the level's own codes (others are masked)
+            allowed = self.level_mask[level.clamp(min=0)]
+            logp = lg.log_softmax(-1)
+            spread = -torch.where(allowed, logp, torch.zeros_like(logp)).sum(-1)
+            spread = spread / allowed.sum(-1).clamp(min=1)
+            ce = (1.0 - label_smoothing) * ce + label_smoothing * spread
         ce = ce * use
         if self.cfg.n_items and self.cfg.item_loss > 0:
-            ce = ce + self.cfg.item_loss * self._item_ce(h[:, :-1], target, level, use)
+            item = self._item_ce(h[:, :-1], target, level, use, label_smoothing)
+            ce = ce + self.cfg.item_loss * item
         if reduction == "none":  # per row: mean over its code positions
             return ce.sum(1) / use.sum(1).clamp(min=1)
         if reduction == "sum":

@@ -122,6 +122,7 @@ class PretrainConfig:
     favourites: int = 10  # favourites simulated in private rows with a prefix (0: none)
     item_head: bool = False  # a dense head over every item of the table (ModelConfig.n_items)
     select: str = "loss"  # which validation figure picks the kept epoch: "loss" or "ndcg"
+    label_smoothing: float = 0.0  # of the training loss (codes within their level; items)
 
     def __post_init__(self) -> None:
         if self.select not in SELECTIONS:
@@ -137,6 +138,8 @@ class PretrainConfig:
             raise ToolsError(f"`lr` should be in (0, 1), got {self.lr}")
         if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip <= 0:
             raise ToolsError("`warmup_steps`, `weight_decay` should be >= 0 and `grad_clip` > 0")
+        if not 0 <= self.label_smoothing < 1:
+            raise ToolsError(f"`label_smoothing` should be in [0, 1), got {self.label_smoothing}")
         if self.min_steps < 0:
             raise ToolsError(f"`min_steps` should be >= 0, got {self.min_steps}")
         if not 0 <= self.favourites <= 64:
@@ -438,10 +441,11 @@ class _StepLoss(nn.Module):
     exactly that of one process's mean over the global batch.
     """
 
-    def __init__(self, model: Recommender, world: int) -> None:
+    def __init__(self, model: Recommender, world: int, label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.model = model
         self.world = world
+        self.smoothing = label_smoothing
         self.acfg = AdapterConfig(
             n_prefix=model.cfg.profile_prefix, film=False, n_modes=0, targets=()
         )
@@ -457,14 +461,22 @@ class _StepLoss(nn.Module):
         """The scaled loss of this rank's rows."""
         if tok.shape[0] == 0:  # an empty share of a short batch: zero, with zero gradients
             return torch.stack([p.sum() for p in self.model.parameters()]).sum() * 0.0
-        loss = self.model.loss(tok, ctx, reduction="sum") / n_main.clamp(min=1)
+        loss = self.model.loss(tok, ctx, reduction="sum", label_smoothing=self.smoothing)
+        loss = loss / n_main.clamp(min=1)
         if priv is not None and n_private is not None:
             enc = self.model.profile
             assert enc is not None
             stats = enc.stats(priv.codes, priv.ages, priv.mask)
             prefix = enc(stats + priv.z[:, None] * priv.noise, priv.z)
             rows = RowAdapters(self.acfg, ~priv.absent, {"prefix": prefix})
-            part = self.model.loss(priv.tok, priv.ctx, rows, reduction="sum", last_item_only=True)
+            part = self.model.loss(
+                priv.tok,
+                priv.ctx,
+                rows,
+                reduction="sum",
+                last_item_only=True,
+                label_smoothing=self.smoothing,
+            )
             loss = loss + part / n_private.clamp(min=1)
         return loss * self.world
 
@@ -646,7 +658,7 @@ def _pretrain(
             f"rank {dist.rank} would resume at step {step} but another rank elsewhere: every "
             f"rank must read the same checkpoint, so {out} must be on a filesystem they share"
         )
-    step_loss: nn.Module = _StepLoss(model, dist.world)
+    step_loss: nn.Module = _StepLoss(model, dist.world, cfg.label_smoothing)
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 

@@ -307,3 +307,29 @@ def test_expert_config_is_validated_and_a_dense_fingerprint_is_unchanged() -> No
         ModelConfig(level_sizes=(4,), n_experts=2)
     assert "n_experts" not in CFG.to_dict() and MOE.to_dict()["n_experts"] == 3
     assert ModelConfig.from_dict(MOE.to_dict()) == MOE
+
+
+def test_label_smoothing_spreads_over_the_targets_level_only(model: Recommender) -> None:
+    """Smoothed loss = (1 - e) CE + e * mean of -log p over the level's codes, by hand."""
+    tok, ctx = _batch(seed=5)
+    eps = 0.2
+    with torch.no_grad():
+        logits, _ = model(tok, ctx)
+        got = model.loss(tok, ctx, reduction="sum", label_smoothing=eps)
+        plain = model.loss(tok, ctx, reduction="sum")
+    levels = ((0, 8), (8, 8), (16, 3))
+    want = torch.zeros(())
+    want_plain = torch.zeros(())
+    for r in range(tok.shape[0]):
+        for t in range(tok.shape[1] - 1):
+            nxt = int(tok[r, t + 1]) - FIRST_CODE
+            if nxt < 0 or int(tok[r, t]) == 0:
+                continue
+            off, size = next((o, s) for o, s in levels if o <= nxt < o + s)
+            logp = logits[r, t, off : off + size].log_softmax(-1)
+            want = want - (1 - eps) * logp[nxt - off] - eps * logp.mean()
+            want_plain = want_plain - logp[nxt - off]
+    torch.testing.assert_close(plain, want_plain)
+    torch.testing.assert_close(got, want)
+    with pytest.raises(ModelError, match="label_smoothing"):
+        model.loss(tok, ctx, label_smoothing=1.0)

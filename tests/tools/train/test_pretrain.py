@@ -311,3 +311,16 @@ def test_a_base_with_a_dense_item_head_pretrains_and_is_evaluated_three_ways(
     assert rec["valid_ndcg10"][rec["preferred"]] == max(rec["valid_ndcg10"].values())
     assert preferred_ranking(out) == rec["preferred"]
     assert preferred_ranking(tmp_path) is None  # no model here
+
+
+def test_label_smoothing_reaches_the_training_loss_and_is_recorded(
+    synth_data_dir: Path, tmp_path: Path
+) -> None:
+    cfg = PretrainConfig(epochs=1, batch_size=32, model=TINY, min_steps=3, valid_users=0)
+    plain = pretrain(synth_data_dir, tmp_path / "plain", cfg)
+    smooth = pretrain(synth_data_dir, tmp_path / "smooth", replace(cfg, label_smoothing=0.3))
+    assert smooth.losses[0] != pytest.approx(plain.losses[0], abs=1e-6)  # same batch, same init
+    doc = json.loads((tmp_path / "smooth" / "config.json").read_text())
+    assert doc["pretrain"]["label_smoothing"] == 0.3
+    with pytest.raises(ToolsError, match="label_smoothing"):
+        PretrainConfig(label_smoothing=1.0)
