@@ -109,8 +109,11 @@ class ModelConfig:
             raise ModelError("`item_input` needs the dense item head's catalog (`n_items` > 0)")
         if not 0.0 <= self.item_input_drop < 1.0:
             raise ModelError(f"`item_input_drop` should be in [0, 1), got {self.item_input_drop}")
-        if self.item_input_dim < 0:
-            raise ModelError(f"`item_input_dim` should be >= 0, got {self.item_input_dim}")
+        if self.item_input_dim < 0 or (self.item_input_dim and not self.item_input):
+            raise ModelError(
+                f"`item_input_dim` should be >= 0, and set only with `item_input`, "
+                f"got {self.item_input_dim}"
+            )
 
     @property
     def head_dim(self) -> int:

@@ -662,18 +662,32 @@ class Recommender(nn.Module):
         if adapters is not None:
             adapters.check(self.cfg, b)
 
-    def embed(self, tokens: Tensor, ctx: Tensor) -> Tensor:
+    def embed(self, tokens: Tensor, ctx: Tensor, items: bool = True) -> Tensor:
         """Token embeddings plus context-field embeddings: (B, T, d).
 
-        With ``item_input``, each complete item's free input vector is added
-        where its last code is read (:meth:`item_inputs`).
+        With ``item_input`` (and ``items``), each complete item's free input
+        vector is added where its last code is read (:meth:`item_inputs`).
         """
         x: Tensor = self.tok(tokens)
         for f, emb in enumerate(self.ctx):
             x = x + emb(ctx[..., f])
-        if self.item_in is not None:
+        if items and self.item_in is not None:
             x = x + self.item_inputs(tokens)
         return x
+
+    def _check_whole_items(self, tokens: Tensor) -> None:
+        """A chunk run after a cache must not end an item begun in the cache.
+
+        :meth:`item_inputs` reads an item's codes from the chunk alone, so such
+        an item would lose its input vector and the chunk's outputs would
+        differ from one run over the whole sequence.
+        """
+        head = tokens[:, : self.cfg.n_levels - 1]  # too close to the start to hold a whole item
+        if bool((self.token_level[head] == self.cfg.n_levels - 1).any()):
+            raise ModelError(
+                "with `item_input`, a chunk run after a cache must not hold the last code of "
+                "an item whose first codes are in the cache: run whole items"
+            )
 
     def item_inputs(self, tokens: Tensor) -> Tensor:
         """Free input vectors (B, T, d): an item's at the position of its last code, else 0.
@@ -686,6 +700,7 @@ class Recommender(nn.Module):
         """
         assert self.item_in is not None
         n_lv, t = self.cfg.n_levels, tokens.shape[1]
+        tokens = tokens.long()  # keys of 3-4 levels of 256 codes overflow int32
         padded = F.pad(tokens, (n_lv - 1, 0), value=PAD)
         whole = torch.ones_like(tokens, dtype=torch.bool)
         key = torch.zeros_like(tokens)
@@ -783,6 +798,8 @@ class Recommender(nn.Module):
     ) -> tuple[Tensor, Tensor, KVCache | None]:
         """:meth:`forward` that also returns the final hidden states (B, T, d), first."""
         self._check(tokens, ctx, adapters)
+        if cache is not None and self.item_in is not None:
+            self._check_whole_items(tokens)
         b, t = tokens.shape
         c = _Ctx(adapters)
         x = self.drop(self.embed(tokens, ctx))
@@ -927,7 +944,7 @@ class Recommender(nn.Module):
         ctx = torch.zeros(
             *codes.shape, len(self.ctx_vocab.sizes), dtype=torch.long, device=codes.device
         )
-        x = self.embed(codes, ctx)
+        x = self.embed(codes, ctx, items=False)  # a beam never reads an item's last code
         route = None
         if self.cfg.n_experts and prompt.service is not None:  # the request's service, per beam
             groups = codes.reshape(prompt.service.shape[0], -1)  # (B, w)

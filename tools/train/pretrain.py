@@ -122,7 +122,9 @@ class PretrainConfig:
     favourites: int = 10  # favourites simulated in private rows with a prefix (0: none)
     item_head: bool = False  # a dense head over every item of the table (ModelConfig.n_items)
     select: str = "loss"  # which validation figure picks the kept epoch: "loss" or "ndcg"
-    label_smoothing: float = 0.0  # of the training loss (codes within their level; items)
+    # of the training loss (codes within their level; items): the training losses it reports
+    # are smoothed, so not comparable with an unsmoothed run's; the validation loss is not
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         if self.select not in SELECTIONS:

@@ -131,3 +131,23 @@ def test_a_base_without_a_head_saves_no_head_buffers_so_older_models_load(tmp_pa
     save_model(m, tmp_path / "m")
     assert fingerprint(load_model(tmp_path / "m")) == fingerprint(m)
     assert {"item_codes", "item_keys"} <= set(_model().state_dict())  # a head keeps its catalog
+
+
+def test_label_smoothing_of_the_items_loss_spreads_over_every_item() -> None:
+    """The head's part of the smoothed loss, by hand: (1 - e) CE + e * mean of -log p."""
+    tok, ctx, _ = _rows()
+    m, codes_only = _model().eval(), _model(item_loss=0.0).eval()  # the same weights
+    eps = 0.3
+    with torch.no_grad():
+        got = m.loss(tok, ctx, reduction="sum", label_smoothing=eps) - codes_only.loss(
+            tok, ctx, reduction="sum", label_smoothing=eps
+        )
+        h, _, _ = m.run(tok, ctx)
+    want = torch.zeros(())
+    for r in range(tok.shape[0]):
+        for j in range(5):  # each item of the row is predicted from its CTX position
+            t = 4 * j
+            nxt = m.item_index(CODES[(r + j) % 20][None])[0]
+            logp = m.item_scores(h[r, t]).log_softmax(-1)
+            want = want - (1 - eps) * logp[nxt] - eps * logp.mean()
+    torch.testing.assert_close(got, want)

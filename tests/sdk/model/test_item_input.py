@@ -14,7 +14,9 @@ from userlayer.sdk.model.tokens import CTX, PAD, item_tokens
 from userlayer.sdk.model.transformer import Recommender
 
 SIZES = (4, 4, 2)
-CODES = torch.tensor(list(itertools.product(*(range(s) for s in SIZES)))[:20])
+ALL = torch.tensor(list(itertools.product(*(range(s) for s in SIZES))))  # 32 code tuples
+# 20 of them, drawn: gaps in the keys, and keys below the smallest and above the largest
+CODES = ALL[torch.randperm(32, generator=torch.Generator().manual_seed(7))[:20]]
 
 
 def _model(**kw: object) -> Recommender:
@@ -39,11 +41,11 @@ def _row(items: list[int], pad: int = 0) -> torch.Tensor:
 
 def test_the_key_search_finds_every_item_and_misses_the_rest() -> None:
     m = _model()
-    every = torch.tensor(list(itertools.product(*(range(s) for s in SIZES))))  # 32 code tuples
-    keys = (every * m.radix).sum(-1)
+    keys = (ALL * m.radix).sum(-1)
+    assert int(keys.min()) < int(m.item_keys.min()) and int(keys.max()) > int(m.item_keys.max())
     pos = torch.searchsorted(m.item_keys, keys).clamp(max=19)
     want = torch.where(m.item_keys[pos] == keys, pos, -1)  # the reference: searchsorted
-    assert torch.equal(m.item_index(every), want)
+    assert torch.equal(m.item_index(ALL), want)
     assert int((want >= 0).sum()) == 20
     assert sorted(m.item_index(CODES).tolist()) == list(range(20))
 
@@ -129,3 +131,27 @@ def test_narrow_item_vectors_are_mapped_up_by_one_shared_matrix() -> None:
     assert "item_input_dim" not in _model().cfg.to_dict()
     with pytest.raises(ModelError, match="item_input_dim"):
         ModelConfig(level_sizes=SIZES, n_items=4, item_input=True, item_input_dim=-1)
+    with pytest.raises(ModelError, match="only with `item_input`"):
+        ModelConfig(level_sizes=SIZES, n_items=4, item_input_dim=8)
+
+
+def test_int32_tokens_find_their_items_too() -> None:
+    m = _model()
+    tok = _row([3, 7])
+    torch.testing.assert_close(m.item_inputs(tok.int()), m.item_inputs(tok))
+
+
+def test_a_cached_run_equals_the_whole_run_and_refuses_a_split_item() -> None:
+    m = _model()
+    tok = _row([3, 7, 11])
+    ctx = torch.zeros(*tok.shape, 7, dtype=torch.long)
+    with torch.no_grad():
+        whole, _ = m(tok, ctx)
+        _, cache = m(tok[:, :4], ctx[:, :4], return_cache=True)  # the first item, whole
+        assert cache is not None
+        rest, _ = m(tok[:, 4:], ctx[:, 4:], cache=cache)
+        torch.testing.assert_close(rest, whole[:, 4:])
+        _, cut = m(tok[:, :6], ctx[:, :6], return_cache=True)  # item 7's first code cached
+        assert cut is not None
+        with pytest.raises(ModelError, match="run whole items"):
+            m(tok[:, 6:], ctx[:, 6:], cache=cut)
