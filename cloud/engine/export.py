@@ -214,9 +214,6 @@ def example_inputs(
     """
     cfg = model.cfg
     gen = torch.Generator().manual_seed(0)
-    tokens = torch.randint(2, 2 + cfg.n_codes, (b, t), generator=gen)
-    tokens[:, -1] = 1
-    tokens[:, ::5] = 1
     if cfg.n_items:  # whole catalog items, so that item lookups (item_input) are in the check
         step = 1 + cfg.n_levels
         items = torch.randint(0, cfg.n_items, (b, t // step + 1), generator=gen)
@@ -224,6 +221,10 @@ def example_inputs(
         lead = torch.full((*items.shape, 1), CTX, dtype=torch.long)
         steps = torch.cat([lead, codes], -1).reshape(b, -1)
         tokens = torch.cat([steps, torch.full((b, 1), CTX, dtype=torch.long)], 1)[:, -t:]
+    else:
+        tokens = torch.randint(2, 2 + cfg.n_codes, (b, t), generator=gen)
+        tokens[:, -1] = 1
+        tokens[:, ::5] = 1
     tokens[0, :3] = 0  # left padding
     ctx = torch.randint(0, 3, (b, t, len(model.ctx_vocab.sizes)), generator=gen)
     ctx[..., 0] = torch.randint(0, model.ctx_vocab.sizes[0], (b, t), generator=gen)  # services

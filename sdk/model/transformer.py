@@ -701,26 +701,21 @@ class Recommender(nn.Module):
         assert self.item_in is not None
         n_lv, t = self.cfg.n_levels, tokens.shape[1]
         tokens = tokens.long()  # keys of 3-4 levels of 256 codes overflow int32
+        # the n_lv tokens ending at each position (B, T, L); stacked slices, as unfold does
+        # not export to ONNX over a dynamic length
         padded = F.pad(tokens, (n_lv - 1, 0), value=PAD)
-        whole = torch.ones_like(tokens, dtype=torch.bool)
-        key = torch.zeros_like(tokens)
-        for lvl in range(n_lv):  # the code of level lvl sits n_lv - 1 - lvl positions back
-            tk = padded[:, lvl : lvl + t]
-            whole = whole & (self.token_level[tk] == lvl)
-            code = (tk - FIRST_CODE - self.code_offsets[lvl]).clamp(min=0)
-            key = key + code * self.radix[lvl]
-        idx = self._key_index(key)
-        on = whole & (idx >= 0)
+        win = torch.stack([padded[:, lvl : lvl + t] for lvl in range(n_lv)], -1)
+        levels = torch.arange(n_lv, device=tokens.device)
+        whole = (self.token_level[win] == levels).sum(-1) == n_lv
+        idx = self.item_index((win - FIRST_CODE - self.code_offsets).clamp(min=0))
+        keep = (whole & (idx >= 0)).to(self.tok.weight.dtype)
         p = self.cfg.item_input_drop
-        scale = 1.0
         if self.training and p > 0:
-            on = on & (torch.rand(on.shape, device=on.device) >= p)
-            scale = 1.0 / (1.0 - p)
+            keep = keep * (torch.rand(keep.shape, device=keep.device) >= p) / (1.0 - p)
         vec: Tensor = self.item_in(idx.clamp(min=0))
         if self.item_in_up is not None:
             vec = self.item_in_up(vec)
-        vec = vec * on[..., None].to(vec.dtype)
-        return vec * scale if scale != 1.0 else vec
+        return vec * keep[..., None]
 
     def _prefix(
         self, ad: RowAdapters | None, b: int, dtype: torch.dtype
@@ -1032,13 +1027,10 @@ class Recommender(nn.Module):
             raise ModelError(f"`label_smoothing` should be in [0, 1), got {label_smoothing}")
         h, logits, _ = self.run(tokens, ctx, adapters)
         level, target, use = self._targets(tokens, last_item_only)
-        lg = self.level_logits(logits[:, :-1], level)
-        ce = F.cross_entropy(
-            lg.reshape(-1, lg.shape[-1]), target.clamp(min=0).reshape(-1), reduction="none"
-        ).view(target.shape)
+        logp = self.level_logits(logits[:, :-1], level).log_softmax(-1)
+        ce = -logp.gather(-1, target.clamp(min=0)[..., None])[..., 0]
         if label_smoothing:  # the uniform part over the level's own codes (others are masked)
             allowed = self.level_mask[level.clamp(min=0)]
-            logp = lg.log_softmax(-1)
             spread = -torch.where(allowed, logp, torch.zeros_like(logp)).sum(-1)
             spread = spread / allowed.sum(-1).clamp(min=1)
             ce = (1.0 - label_smoothing) * ce + label_smoothing * spread
