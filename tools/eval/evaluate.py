@@ -41,7 +41,14 @@ from userlayer.tools.train.examples import (
     target_offset,
 )
 
-__all__ = ["EvalConfig", "evaluate", "full_history_check", "rank_generative", "sasrec_results"]
+__all__ = [
+    "EvalConfig",
+    "evaluate",
+    "full_history_check",
+    "rank_generative",
+    "sasrec_rankings",
+    "sasrec_results",
+]
 
 REGIMES = ("full", "private")
 logger = logging.getLogger(__name__)
@@ -121,13 +128,17 @@ def full_history_check(results: dict[str, Any]) -> dict[str, Any]:
     return {"ok": not bad, "violations": bad}
 
 
-def sasrec_results(
+def sasrec_rankings(
     seqs: UserSequences,
     table: SemanticIdTable,
     prompts: dict[str, list[Prompt]],
     cfg: EvalConfig,
-) -> dict[str, dict[str, dict[str, float]]]:
-    """Train SASRec on every user's training part and rank each regime's prompts with it."""
+    k: int | None = None,
+) -> dict[str, list[list[str]]]:
+    """Train SASRec on every user's training part; each regime's top-``k`` item ids per prompt.
+
+    ``k`` defaults to ``cfg.k``.
+    """
     back = target_offset(cfg.split)
     item_ids = sorted(table.codes)
     index = {i: n + 1 for n, i in enumerate(item_ids)}
@@ -161,11 +172,24 @@ def sasrec_results(
         hist = [[index[i] for i in p.history] for p in ps]
         allowed = torch.stack([svc_mask[p.service] for p in ps])
         ranked = rank_sasrec(
-            sasrec, hist, cfg.k, allowed, exclude=hist if cfg.exclude_seen else None
+            sasrec, hist, k or cfg.k, allowed, exclude=hist if cfg.exclude_seen else None
         )
+        out[r] = [[item_ids[j - 1] for j in rk] for rk in ranked]
+    return out
+
+
+def sasrec_results(
+    seqs: UserSequences,
+    table: SemanticIdTable,
+    prompts: dict[str, list[Prompt]],
+    cfg: EvalConfig,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Train SASRec on every user's training part and rank each regime's prompts with it."""
+    out = {}
+    for r, ranked in sasrec_rankings(seqs, table, prompts, cfg).items():
         acc = Accumulator()
-        for p, rk in zip(ps, ranked, strict=True):
-            acc.add([item_ids[j - 1] for j in rk], p.target, p.service)
+        for p, rk in zip(prompts[r], ranked, strict=True):
+            acc.add(rk, p.target, p.service)
         out[r] = acc.result()
     return out
 
