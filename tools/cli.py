@@ -169,6 +169,10 @@ def sids_build(
     precomputed: Annotated[
         Path | None, typer.Option(help="Use a ready table ({item: [codes]}) instead of building.")
     ] = None,
+    normalize: Annotated[
+        bool,
+        typer.Option(help="Unit-norm each item's embedding first: cluster by direction."),
+    ] = False,
     seed: Annotated[int, typer.Option()] = 0,
     out: Annotated[Path | None, typer.Option(help="Output file (default DATA/sids.json).")] = None,
     report: Annotated[Path | None, typer.Option(help="Also write the report as JSON.")] = None,
@@ -189,6 +193,7 @@ def sids_build(
             embedding=embedding,  # type: ignore[arg-type]
             text_encoder=text_encoder,  # type: ignore[arg-type]
             seed=seed,
+            normalize=normalize,
         )
         total = build_steps(cfg, resolve_embedding(ds, cfg))
         with steps(console, "building Semantic IDs", total) as step:
@@ -202,12 +207,14 @@ def sids_build(
 
 def _print_sid_report(rep: Any, target: Path) -> None:
     t = Table(title=f"Semantic IDs -> {target}", title_justify="left")
-    for col in ("level", "size", "codes used", "usage"):
+    for col in ("level", "size", "codes used", "usage", "most items on one prefix"):
         t.add_column(col, justify="right")
+    groups = list(rep.largest_prefix_group)
     for i, (size, used, usage) in enumerate(
         zip(rep.level_sizes, rep.codes_used, rep.usage, strict=True)
     ):
-        t.add_row(str(i + 1), str(size), str(used), f"{usage:.1%}")
+        group = str(groups[i]) if i < len(groups) else "1"  # the collision level: one each
+        t.add_row(str(i + 1), str(size), str(used), f"{usage:.1%}", group)
     console.print(t)
     console.print(f"{rep.n_items} items, {rep.method}; source {rep.source}")
     console.print(

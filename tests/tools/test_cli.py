@@ -48,7 +48,17 @@ def test_synth_then_sids(tmp_path: Path) -> None:
     assert "separated before the collision level" in r.stdout
     table = SemanticIdTable.load(tmp_path / "d" / "sids.json")
     assert len(table) == ds.items.num_rows
-    assert json.loads((tmp_path / "rep.json").read_text())["n_items"] == len(table)
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    assert rep["n_items"] == len(table) and "unit-norm" not in rep["method"]
+    assert len(rep["largest_prefix_group"]) == 3
+    r = _cli(
+        "sids", "build", "--data", "d", "--embedding", "collaborative", "--codebook", "16",
+        "--normalize", "--out", "unit.json", "--report", "unit_rep.json", cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "most items on one prefix" in r.stdout
+    assert "unit-norm" in json.loads((tmp_path / "unit_rep.json").read_text())["method"]
+    assert len(SemanticIdTable.load(tmp_path / "unit.json")) == len(table)
     r = _cli("data", "info", "d", cwd=tmp_path)
     assert r.returncode == 0
     assert "synthetic" in r.stdout

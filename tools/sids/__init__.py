@@ -8,6 +8,7 @@ from userlayer.tools.sids.build import (
     add_collision_level,
     build_semantic_ids,
     load_precomputed,
+    quantize_embeddings,
 )
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "add_collision_level",
     "build_semantic_ids",
     "load_precomputed",
+    "quantize_embeddings",
 ]

@@ -66,6 +66,10 @@ class SidConfig:
     # collaborative only: each user's last `holdout` events stay out of the co-occurrence
     # counts, as they stay out of pretraining (leave-one-out targets never shape the IDs)
     holdout: int = 2
+    # scale every item's embedding to unit length before PCA and k-means, so items cluster
+    # by direction: a rare item's co-occurrence vector is short, and short vectors otherwise
+    # pile into one cluster near the origin whatever their direction (code balance)
+    normalize: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.levels <= 8:
@@ -100,6 +104,9 @@ class SidReport:
     usage: list[float]  # used / size per level
     unique_before_collision: float  # share of items whose first L levels are unique
     max_collision_group: int
+    # per level, the most items sharing one prefix of that length (code balance: the
+    # share of the catalog one first code, or one code pair, must tell apart)
+    largest_prefix_group: list[int] = field(default_factory=list)
     seconds: float = 0.0
     ignored_items: int = 0  # rows of a precomputed table that are not in the catalog
     extra: dict[str, Any] = field(default_factory=dict)
@@ -141,6 +148,10 @@ def _report(
         usage=[u / s for u, s in zip(used, table.level_sizes, strict=True)],
         unique_before_collision=unique / max(len(table), 1),
         max_collision_group=max(prefix.values(), default=0),
+        largest_prefix_group=[
+            max(Counter(tuple(row[: n + 1]) for row in codes.tolist()).values(), default=0)
+            for n in range(n_base_levels)
+        ],
         seconds=round(seconds, 3),
         ignored_items=ignored,
     )
@@ -257,7 +268,10 @@ def quantize_embeddings(
     ids = ds.items.column("item_id").to_pylist()
     services = ds.items.column("service").to_pylist()
     check_embeddings(emb, len(ids))
-    x = emb.astype(np.float64) - emb.mean(0)
+    x = emb.astype(np.float64)
+    if cfg.normalize:
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x -= x.mean(0)
     dim = min(cfg.pca_dim, x.shape[1], max(len(x) - 1, 1))
     _, _, vt = np.linalg.svd(x, full_matrices=False)
     x = x @ vt[:dim].T
@@ -268,7 +282,8 @@ def quantize_embeddings(
     codes = add_collision_level(codes, ids)
     step("collision level")
     sizes = [cfg.codebook_size] * cfg.levels + [int(codes[:, -1].max()) + 1]
-    method = f"rq-kmeans {cfg.levels}x{cfg.codebook_size} + collision level (pca {dim})"
+    unit = " (unit-norm)" if cfg.normalize else ""
+    method = f"rq-kmeans {cfg.levels}x{cfg.codebook_size}{unit} + collision level (pca {dim})"
     table = _table(ids, services, codes, sizes, method, source)
     return table, _report(table, method, source, cfg.levels, time.perf_counter() - t0)
 

@@ -16,6 +16,7 @@ from userlayer.tools.sids import (
     add_collision_level,
     build_semantic_ids,
     load_precomputed,
+    quantize_embeddings,
 )
 from userlayer.tools.sids.build import build_steps
 from userlayer.tools.sids.rqkmeans import ResidualKMeans, kmeans
@@ -190,3 +191,29 @@ def test_text_encoder_weights_are_checked_before_loading(tmp_path: Path) -> None
     verify_weights(f, hashlib.sha256(b"not the weights").hexdigest())  # the pinned one passes
     with pytest.raises(ToolsError, match="cannot read"):
         verify_weights(tmp_path / "missing")
+
+
+def test_normalize_clusters_rare_items_by_direction(tmp_path: Path) -> None:
+    # four directions; half of each direction's items are rare (short vectors). Plain
+    # k-means leaves the short ones to whichever centre is nearest the origin; unit norm
+    # groups every item with its own direction
+    lines = [f"{u} " + " ".join(str((u + k) % 40) for k in range(4)) + "\n" for u in range(40)]
+    (tmp_path / "d.txt").write_text("".join(lines))
+    ds = load("sasrec", tmp_path / "d.txt")[0]
+    n = ds.items.num_rows
+    rng = np.random.default_rng(0)
+    direction = np.arange(n) % 4
+    unit = np.stack([np.cos(direction * np.pi / 2), np.sin(direction * np.pi / 2)], 1)
+    length = np.where(np.arange(n) % 8 < 4, 10.0, 0.05)
+    emb = (unit * length[:, None] + rng.normal(0, 0.002, (n, 2))).astype(np.float32)
+    cfg = SidConfig(levels=1, codebook_size=4, normalize=True)
+    table, report = quantize_embeddings(ds, emb, "test", cfg)
+    ids = ds.items.column("item_id").to_pylist()
+    first = np.array([table.codes[i][0] for i in ids])
+    for d in range(4):
+        assert len(set(first[direction == d].tolist())) == 1
+    assert len(set(first.tolist())) == 4
+    assert report.largest_prefix_group == [n // 4]
+    assert "unit-norm" in report.method
+    plain = quantize_embeddings(ds, emb, "test", SidConfig(levels=1, codebook_size=4))[1]
+    assert "unit-norm" not in plain.method
