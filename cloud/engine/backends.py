@@ -51,10 +51,13 @@ class Backend(Protocol):
         tensors: dict[str, np.ndarray],
         mode_weights: np.ndarray,
         steer: np.ndarray | None = None,
+        items: bool = True,
     ) -> Decoder:
         """A decoder with these rows bound: ``active`` (A,), ``tensors`` (A, ...).
 
-        ``steer`` (A, S, d): each row's critique steer (zeros: none).
+        ``steer`` (A, S, d): each row's critique steer (zeros: none). ``items``:
+        the ranking reads the dense head's item scores (False: a backend may
+        skip making or fetching them).
         """
 
 
@@ -80,8 +83,12 @@ class TorchBackend:
         tensors: dict[str, np.ndarray],
         mode_weights: np.ndarray,
         steer: np.ndarray | None = None,
+        items: bool = True,
     ) -> Decoder:
-        """See :class:`Backend`; a batch without any adapter or steer runs the base alone."""
+        """See :class:`Backend`; a batch without any adapter or steer runs the base alone.
+
+        The torch decoder scores items only when asked, so ``items`` changes nothing here.
+        """
         if not active.any() and steer is None:
             return TorchDecoder(self.model, None, self.item_vectors)
         dev = self.device
@@ -185,7 +192,6 @@ class OnnxBackend:
         self.acfg = AdapterConfig.from_dict(manifest["adapter"])
         self.steer = int(manifest.get("steer", 0))  # the critique steer's prefix vectors
         self.items = int(manifest.get("items", 0))  # the dense item head's items (0: none)
-        self.score_items = self.items > 0  # fetch them (the engine turns it off for the beam)
         sizes = manifest["model"]["level_sizes"]
         self.wants = [level_codes(sizes, i).numpy() for i in range(len(sizes))]
         so = ort.SessionOptions()
@@ -219,14 +225,19 @@ class OnnxBackend:
         tensors: dict[str, np.ndarray],
         mode_weights: np.ndarray,
         steer: np.ndarray | None = None,
+        items: bool = True,
     ) -> Decoder:
         """See :class:`Backend`; a batch without any adapter or steer runs the base graphs.
+
+        The items' scores are fetched from prefill only with ``items`` and an
+        export that has them.
 
         Raises:
             EngineError: a steer the export was not made with.
         """
+        items = items and self.items > 0
         if not active.any() and steer is None:
-            return _OrtDecoder(self.base_graphs, {}, self.wants, self.score_items)
+            return _OrtDecoder(self.base_graphs, {}, self.wants, items)
         feeds = {"active": active, "mode_weights": mode_weights}
         feeds |= {f"ad.{k}": v for k, v in tensors.items()}
         if self.steer:
@@ -235,7 +246,7 @@ class OnnxBackend:
             feeds["steer"] = np.zeros((b, self.steer, d), np.float32) if steer is None else steer
         elif steer is not None:
             raise EngineError("this ONNX export has no critique steer input: export it again")
-        return _OrtDecoder(self.graphs, feeds, self.wants, self.score_items)
+        return _OrtDecoder(self.graphs, feeds, self.wants, items)
 
 
 def tensorrt_available() -> str | None:

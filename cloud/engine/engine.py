@@ -297,8 +297,6 @@ class Engine:
         self.ranking, self.head_order, self.ranking_reason = _ranking(
             cfg.ranking, model, self.tensor_trie, backend, preferred_ranking(d)
         )
-        if isinstance(backend, OnnxBackend):
-            backend.score_items = self.head_order is not None  # the beam never reads them
         self.steer, self.steer_reason = _load_steer(d, self.fingerprint, model.cfg.d_model, backend)
         self.shapes = adapter_shapes(self.model_cfg, adapter)
         self.slab = Slab(self.shapes, cfg.slots)
@@ -342,7 +340,8 @@ class Engine:
         steer = (
             self.steer(texts) if self.steer is not None and any(t.strip() for t in texts) else None
         )
-        dec = self.backend.decoder(active, tensors, mw, steer)
+        # the beam never reads the head's item scores: a backend need not make them
+        dec = self.backend.decoder(active, tensors, mw, steer, items=self.head_order is not None)
         services = [r.service for r in reqs]
         exclude = [r.exclude for r in reqs]
         beam = max(self.cfg.beam, k)

@@ -272,4 +272,8 @@ def test_ensure_onnx_exports_again_when_the_heads_scores_are_missing(tmp_path: P
     (out / "manifest.json").write_text(json.dumps(manifest))
     ensure_onnx(tmp_path / "m")
     assert json.loads((out / "manifest.json").read_text())["items"] == 4
-    assert OnnxBackend(out, manifest["fingerprint"]).items == 4
+    backend = OnnxBackend(out, manifest["fingerprint"])
+    assert backend.items == 4
+    none, mw = np.zeros(1, dtype=bool), np.zeros((1, 0), np.float32)
+    assert "items" in backend.decoder(none, {}, mw).fetch
+    assert "items" not in backend.decoder(none, {}, mw, items=False).fetch  # the beam's
