@@ -176,12 +176,21 @@ def sids_build(
     seed: Annotated[int, typer.Option()] = 0,
     out: Annotated[Path | None, typer.Option(help="Output file (default DATA/sids.json).")] = None,
     report: Annotated[Path | None, typer.Option(help="Also write the report as JSON.")] = None,
+    save_embedding: Annotated[
+        bool,
+        typer.Option(
+            help="Also write the vectors quantized to item_embedding.safetensors beside the "
+            "table (pretrain --item-features reads them)."
+        ),
+    ] = False,
 ) -> None:
     """Give every catalog item a unique Semantic ID and report code usage."""
     from userlayer.tools.data.format import Dataset
     from userlayer.tools.sids import SidConfig, build_semantic_ids, load_precomputed
     from userlayer.tools.sids.build import build_steps, resolve_embedding
 
+    if precomputed is not None and save_embedding:
+        raise typer.BadParameter("--save-embedding: a precomputed table has no embedding")
     ds = Dataset.load(data)
     if precomputed is not None:
         with console.status(f"reading {precomputed}"):
@@ -200,6 +209,12 @@ def sids_build(
             table, rep = build_semantic_ids(ds, cfg, step)
     target = out or data / "sids.json"
     table.save(target)
+    if save_embedding:
+        from userlayer.tools.sids.features import EMBEDDING_FILE, save_item_embedding
+
+        assert rep.embedding is not None  # built here (checked above)
+        ids = ds.items.column("item_id").to_pylist()
+        save_item_embedding(target.parent / EMBEDDING_FILE, ids, rep.embedding, rep.source)
     if report:
         report.write_text(json.dumps(rep.as_dict(), indent=2), "utf-8")
     _print_sid_report(rep, target)
@@ -291,6 +306,13 @@ def pretrain_cmd(
         float,
         typer.Option(help="Label smoothing of the training loss (codes within their level)."),
     ] = 0.0,
+    item_features: Annotated[
+        bool,
+        typer.Option(
+            help="Fixed item features: the embedding the IDs were built from "
+            "(DATA/item_embedding.safetensors, `sids build --save-embedding`; needs --item-head)."
+        ),
+    ] = False,
 ) -> None:
     """Pretrain the base model (next Semantic ID) on all users' training sequences."""
     from userlayer.tools.train.pretrain import EpochReport, PretrainConfig, pretrain
@@ -323,6 +345,7 @@ def pretrain_cmd(
         item_head=item_head,
         select=select,
         label_smoothing=label_smoothing,
+        item_features=item_features,
     )
     with progress_bar(console) as progress:
         progress.columns = (*progress.columns, TextColumn("{task.fields[info]}"))

@@ -58,6 +58,10 @@ class ModelConfig:
     item_input: bool = False
     item_input_drop: float = 0.5
     item_input_dim: int = 0  # width of each item's vector, mapped up to d_model (0: d_model)
+    # width of a fixed feature vector per item (needs the head's catalog; 0: none), e.g.
+    # the embedding its Semantic ID was built from: one learned map adds it where a history
+    # item's last code is read, another to the head's output vector of the item
+    item_features: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "level_sizes", tuple(int(s) for s in self.level_sizes))
@@ -109,6 +113,11 @@ class ModelConfig:
             raise ModelError("`item_input` needs the dense item head's catalog (`n_items` > 0)")
         if not 0.0 <= self.item_input_drop < 1.0:
             raise ModelError(f"`item_input_drop` should be in [0, 1), got {self.item_input_drop}")
+        if self.item_features < 0 or (self.item_features and not self.n_items):
+            raise ModelError(
+                f"`item_features` should be >= 0, and set only with the dense item head's "
+                f"catalog (`n_items` > 0), got {self.item_features}"
+            )
         if self.item_input_dim < 0 or (self.item_input_dim and not self.item_input):
             raise ModelError(
                 f"`item_input_dim` should be >= 0, and set only with `item_input`, "
@@ -157,6 +166,8 @@ class ModelConfig:
             del d["item_input"], d["item_input_drop"]
         if not self.item_input_dim:
             del d["item_input_dim"]
+        if not self.item_features:
+            del d["item_features"]
         return d
 
     @classmethod

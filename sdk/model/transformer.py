@@ -582,6 +582,7 @@ class Recommender(nn.Module):
     next_level: Tensor
     item_codes: Tensor
     item_keys: Tensor
+    item_feats: Tensor
     radix: Tensor
     code_offsets: Tensor
     token_level: Tensor
@@ -631,6 +632,12 @@ class Recommender(nn.Module):
         self.item_in = nn.Embedding(cfg.n_items, r) if cfg.item_input else None
         low = cfg.item_input and cfg.item_input_dim
         self.item_in_up = nn.Linear(r, cfg.d_model, bias=False) if low else None
+        # fixed feature vectors per item (cfg.item_features), in head order, and the two
+        # learned maps that read them: into the input, into the head's output vectors
+        nf = cfg.item_features
+        self.feat_in = nn.Linear(nf, cfg.d_model, bias=False) if nf else None
+        self.feat_out = nn.Linear(nf, cfg.d_model, bias=False) if nf else None
+        self.register_buffer("item_feats", torch.zeros(cfg.n_items, nf), persistent=bool(nf))
         # saved only with a head: a base without one keeps its state dict and fingerprint
         keep = bool(cfg.n_items)
         codes = torch.zeros(cfg.n_items, cfg.n_levels, dtype=torch.long)
@@ -665,15 +672,21 @@ class Recommender(nn.Module):
     def embed(self, tokens: Tensor, ctx: Tensor, items: bool = True) -> Tensor:
         """Token embeddings plus context-field embeddings: (B, T, d).
 
-        With ``item_input`` (and ``items``), each complete item's free input
-        vector is added where its last code is read (:meth:`item_inputs`).
+        With ``item_input`` or ``item_features`` (and ``items``), each complete
+        item's input vector is added where its last code is read
+        (:meth:`item_inputs`).
         """
         x: Tensor = self.tok(tokens)
         for f, emb in enumerate(self.ctx):
             x = x + emb(ctx[..., f])
-        if items and self.item_in is not None:
+        if items and self.reads_items:
             x = x + self.item_inputs(tokens)
         return x
+
+    @property
+    def reads_items(self) -> bool:
+        """Whether a history item's input depends on the whole item (free vectors, features)."""
+        return self.item_in is not None or self.feat_in is not None
 
     def _check_whole_items(self, tokens: Tensor) -> None:
         """A chunk run after a cache must not end an item begun in the cache.
@@ -685,20 +698,22 @@ class Recommender(nn.Module):
         head = tokens[:, : self.cfg.n_levels - 1]  # too close to the start to hold a whole item
         if bool((self.token_level[head] == self.cfg.n_levels - 1).any()):
             raise ModelError(
-                "with `item_input`, a chunk run after a cache must not hold the last code of "
+                "with item inputs, a chunk run after a cache must not hold the last code of "
                 "an item whose first codes are in the cache: run whole items"
             )
 
     def item_inputs(self, tokens: Tensor) -> Tensor:
-        """Free input vectors (B, T, d): an item's at the position of its last code, else 0.
+        """Item input vectors (B, T, d): an item's at the position of its last code, else 0.
 
         Only a position that ends a whole item (its codes of levels 0..L-1, in
         order, in ``tokens``) gets one, so no position sees an item before all
-        its codes are read: a code being predicted never leaks through it. In
-        training each is dropped with probability ``item_input_drop`` (and the
-        kept ones scaled by ``1 / (1 - p)``), so the codes stay learned.
+        its codes are read: a code being predicted never leaks through it. The
+        vector is the item's free input vector (``item_input``) plus its mapped
+        fixed features (``item_features``). In training each free vector is
+        dropped with probability ``item_input_drop`` (and the kept ones scaled
+        by ``1 / (1 - p)``), so the codes stay learned; features, fixed, are not.
         """
-        assert self.item_in is not None
+        assert self.reads_items
         n_lv, t = self.cfg.n_levels, tokens.shape[1]
         tokens = tokens.long()  # keys of 3-4 levels of 256 codes overflow int32
         # the n_lv tokens ending at each position (B, T, L); stacked slices, as unfold does
@@ -708,14 +723,21 @@ class Recommender(nn.Module):
         levels = torch.arange(n_lv, device=tokens.device)
         whole = (self.token_level[win] == levels).sum(-1) == n_lv
         idx = self.item_index((win - FIRST_CODE - self.code_offsets).clamp(min=0))
-        keep = (whole & (idx >= 0)).to(self.tok.weight.dtype)
-        p = self.cfg.item_input_drop
-        if self.training and p > 0:
-            keep = keep * (torch.rand(keep.shape, device=keep.device) >= p) / (1.0 - p)
-        vec: Tensor = self.item_in(idx.clamp(min=0))
-        if self.item_in_up is not None:
-            vec = self.item_in_up(vec)
-        return vec * keep[..., None]
+        found = (whole & (idx >= 0)).to(self.tok.weight.dtype)
+        idx = idx.clamp(min=0)
+        parts = []
+        if self.feat_in is not None:
+            parts.append(self.feat_in(self.item_feats[idx]) * found[..., None])
+        if self.item_in is not None:
+            keep, p = found, self.cfg.item_input_drop
+            if self.training and p > 0:
+                keep = keep * (torch.rand(keep.shape, device=keep.device) >= p) / (1.0 - p)
+            vec: Tensor = self.item_in(idx)
+            if self.item_in_up is not None:
+                vec = self.item_in_up(vec)
+            parts.append(vec * keep[..., None])
+        out: Tensor = parts[0] if len(parts) == 1 else parts[0] + parts[1]
+        return out
 
     def _prefix(
         self, ad: RowAdapters | None, b: int, dtype: torch.dtype
@@ -793,7 +815,7 @@ class Recommender(nn.Module):
     ) -> tuple[Tensor, Tensor, KVCache | None]:
         """:meth:`forward` that also returns the final hidden states (B, T, d), first."""
         self._check(tokens, ctx, adapters)
-        if cache is not None and self.item_in is not None:
+        if cache is not None and self.reads_items:
             self._check_whole_items(tokens)
         b, t = tokens.shape
         c = _Ctx(adapters)
@@ -837,18 +859,31 @@ class Recommender(nn.Module):
         nxt = pos[:, -1] + valid[:, -1].long() if t else start
         return h, logits, KVCache(new_layers, key_valid, nxt, prefix_valid, service)
 
-    def set_items(self, codes: Tensor) -> Tensor:
+    def set_items(self, codes: Tensor, features: Tensor | None = None) -> Tensor:
         """Give the dense item head its catalog: (n_items, n_levels) codes; returns the order.
 
         Items are kept in Semantic ID order (:func:`~userlayer.sdk.model.tokens.item_key`):
-        the returned permutation maps head index to row of ``codes``.
+        the returned permutation maps head index to row of ``codes``. ``features``
+        (n_items, item_features), one row per row of ``codes``, is required exactly
+        when the model has ``item_features``.
 
         Raises:
-            ModelError: without a head, with another item count, or codes out of range.
+            ModelError: without a head, with another item count, codes out of range,
+                or features missing, unexpected, misshapen or not finite.
         """
-        n, lv = self.cfg.n_items, self.cfg.n_levels
+        n, lv, nf = self.cfg.n_items, self.cfg.n_levels, self.cfg.item_features
         if not n or tuple(codes.shape) != (n, lv):
             raise ModelError(f"item codes should be ({n}, {lv}), got {tuple(codes.shape)}")
+        if (features is None) != (nf == 0):
+            raise ModelError(
+                f"this model reads {nf} item features: give them with the codes, and only then"
+            )
+        if features is not None and (
+            tuple(features.shape) != (n, nf) or not bool(torch.isfinite(features).all())
+        ):
+            raise ModelError(
+                f"item features should be finite, ({n}, {nf}), got {tuple(features.shape)}"
+            )
         sizes = torch.tensor(self.cfg.level_sizes)
         if bool(((codes < 0) | (codes >= sizes)).any()):
             raise ModelError("item codes out of their levels' range")
@@ -858,6 +893,8 @@ class Recommender(nn.Module):
             raise ModelError("two items share a Semantic ID")
         self.item_keys.copy_(keys[order])
         self.item_codes.copy_(codes.long()[order])
+        if features is not None:
+            self.item_feats.copy_(features.to(self.item_feats)[order])
         return order
 
     def item_index(self, codes: Tensor) -> Tensor:
@@ -895,6 +932,8 @@ class Recommender(nn.Module):
         out: Tensor = codes.sum(1)
         if self.item_emb is not None:
             out = out + self.item_emb.weight
+        if self.feat_out is not None:
+            out = out + self.feat_out(self.item_feats)
         return out
 
     def item_scores(self, h: Tensor) -> Tensor:

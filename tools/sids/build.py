@@ -110,10 +110,13 @@ class SidReport:
     seconds: float = 0.0
     ignored_items: int = 0  # rows of a precomputed table that are not in the catalog
     extra: dict[str, Any] = field(default_factory=dict)
+    # the vectors quantized (after normalizing and PCA), one row per catalog item in the
+    # dataset's order; not part of the JSON report (save it with save_item_embedding)
+    embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain-dict view for JSON."""
-        return asdict(self)
+        """Plain-dict view for JSON (without the embedding)."""
+        return {k: v for k, v in asdict(self).items() if k != "embedding"}
 
 
 def add_collision_level(codes: np.ndarray, order_keys: list[str]) -> np.ndarray:
@@ -285,7 +288,9 @@ def quantize_embeddings(
     unit = " (unit-norm)" if cfg.normalize else ""
     method = f"rq-kmeans {cfg.levels}x{cfg.codebook_size}{unit} + collision level (pca {dim})"
     table = _table(ids, services, codes, sizes, method, source)
-    return table, _report(table, method, source, cfg.levels, time.perf_counter() - t0)
+    rep = _report(table, method, source, cfg.levels, time.perf_counter() - t0)
+    rep.embedding = x.astype(np.float32)
+    return table, rep
 
 
 def load_precomputed(path: str | Path, ds: Dataset) -> tuple[SemanticIdTable, SidReport]:

@@ -74,6 +74,7 @@ from userlayer.sdk.privacy.favourites import FavouritesConfig, occasions, top_fa
 from userlayer.sdk.semantic_ids import SemanticIdTable, SidTrie
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.exceptions import ToolsError
+from userlayer.tools.sids.features import EMBEDDING_FILE, load_item_embedding
 from userlayer.tools.train.examples import (
     Prompt,
     UserSequences,
@@ -122,6 +123,9 @@ class PretrainConfig:
     favourites: int = 10  # favourites simulated in private rows with a prefix (0: none)
     item_head: bool = False  # a dense head over every item of the table (ModelConfig.n_items)
     select: str = "loss"  # which validation figure picks the kept epoch: "loss" or "ndcg"
+    # give the head's items fixed features: the embedding the IDs were built from, read
+    # from the data directory's item_embedding.safetensors (`sids build --save-embedding`)
+    item_features: bool = False
     # of the training loss (codes within their level; items): the training losses it reports
     # are smoothed, so not comparable with an unsmoothed run's; the validation loss is not
     label_smoothing: float = 0.0
@@ -142,6 +146,8 @@ class PretrainConfig:
             raise ToolsError("`warmup_steps`, `weight_decay` should be >= 0 and `grad_clip` > 0")
         if not 0 <= self.label_smoothing < 1:
             raise ToolsError(f"`label_smoothing` should be in [0, 1), got {self.label_smoothing}")
+        if self.item_features and not self.item_head:
+            raise ToolsError("`item_features` are the dense item head's: set `item_head` too")
         if self.min_steps < 0:
             raise ToolsError(f"`min_steps` should be >= 0, got {self.min_steps}")
         if not 0 <= self.favourites <= 64:
@@ -610,7 +616,12 @@ def _pretrain(
         raise ToolsError(f"{data_dir} has no sids.json: run `userlayer sids build` first")
     table = SemanticIdTable.load(sids_path)
     ds = Dataset.load(data_dir)
-    head = {"n_items": len(table)} if cfg.item_head else {}
+    head: dict[str, Any] = {"n_items": len(table)} if cfg.item_head else {}
+    feats = None
+    if cfg.item_features:
+        emb = load_item_embedding(data_dir / EMBEDDING_FILE, list(table.codes))
+        feats = torch.from_numpy(emb)
+        head["item_features"] = emb.shape[1]
     mcfg = ModelConfig(level_sizes=table.level_sizes, **{"profile_dim": 32, **cfg.model, **head})
     seqs = UserSequences.from_dataset(ds, table, mcfg.geo_buckets)
     tokens, ctx = training_windows(seqs, mcfg.max_items)
@@ -619,7 +630,8 @@ def _pretrain(
     torch.manual_seed(cfg.seed)
     model = Recommender(mcfg)
     if mcfg.n_items:
-        model.set_items(torch.tensor([table.codes[i] for i in table.codes], dtype=torch.long))
+        codes = torch.tensor([table.codes[i] for i in table.codes], dtype=torch.long)
+        model.set_items(codes, feats)
     model = model.to(dist.device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]

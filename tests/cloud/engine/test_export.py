@@ -215,6 +215,34 @@ def test_free_item_inputs_are_looked_up_inside_the_graphs_and_equal_torch(
     assert np.abs(got[0] - without[:, -1].numpy()).max() > 1e-3
 
 
+def test_fixed_item_features_export_with_the_graphs_and_equal_torch(tmp_path: Path) -> None:
+    """Item features (a buffer, looked up by the same search) feed input and head alike."""
+    torch.manual_seed(3)
+    n = 37
+    cfg = ModelConfig(**{**CFG.to_dict(), "n_items": n, "item_features": 5})
+    m = Recommender(cfg)
+    gen = torch.Generator().manual_seed(4)
+    k = torch.randperm(16 * 16 * 8, generator=gen)[:n]
+    m.set_items(torch.stack([k // 128, k // 8 % 16, k % 8], 1), torch.randn(n, 5, generator=gen))
+    assert m.feat_in is not None
+    with torch.no_grad():
+        m.feat_in.weight.normal_(0, 0.5)
+    save_model(m.eval(), tmp_path / "m")
+    acfg = AdapterConfig(rank=2)
+    manifest = export_onnx(tmp_path / "m", tmp_path / "onnx", acfg)
+    assert manifest["items"] == n
+    _assert_graphs_equal_module(tmp_path, acfg, [(3, 13, 2, 1), (5, 22, 1, 0)])
+    p_args, _ = example_inputs(m, acfg, b=4, t=17)
+    assert bool((m.item_inputs(p_args[0]).abs().sum(-1) > 0).any())  # the check reads items
+    base = ort.InferenceSession(str(tmp_path / "onnx" / "base_prefill.onnx"))
+    got = base.run(None, {"tokens": p_args[0].numpy(), "ctx": p_args[1].numpy()})
+    with torch.no_grad():
+        want, _ = m(p_args[0], p_args[1])
+        items = m.item_logits(p_args[0], p_args[1])
+    np.testing.assert_allclose(got[0], want[:, -1].numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got[-1], items.numpy(), atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize(
     "acfg",
     [AdapterConfig(rank=2), AdapterConfig(rank=2, n_prefix=0, n_modes=0, film=False)],

@@ -324,3 +324,40 @@ def test_label_smoothing_reaches_the_training_loss_and_is_recorded(
     assert doc["pretrain"]["label_smoothing"] == 0.3
     with pytest.raises(ToolsError, match="label_smoothing"):
         PretrainConfig(label_smoothing=1.0)
+
+
+def test_item_features_come_from_the_ids_embedding_and_stay_with_the_model(
+    small_synth: SynthResult, tmp_path: Path
+) -> None:
+    """--item-features reads the vectors the IDs were built from, in the table's item order."""
+    from userlayer.sdk import SemanticIdTable
+    from userlayer.tools.sids import SidConfig, build_semantic_ids
+    from userlayer.tools.sids.features import EMBEDDING_FILE, save_item_embedding
+
+    data = tmp_path / "d"
+    small_synth.save(data)
+    table, rep = build_semantic_ids(
+        small_synth.dataset, SidConfig(codebook_size=16, embedding="collaborative")
+    )
+    table.save(data / "sids.json")
+    cfg = PretrainConfig(
+        epochs=1, batch_size=32, model=TINY, min_steps=3, item_head=True, item_features=True
+    )
+    with pytest.raises(ToolsError, match="not an item embedding file"):
+        pretrain(data, tmp_path / "none", cfg)  # the file is not there
+    assert rep.embedding is not None
+    ids = small_synth.dataset.items.column("item_id").to_pylist()
+    save_item_embedding(data / EMBEDDING_FILE, ids, rep.embedding, rep.source)
+    pretrain(data, tmp_path / "m", cfg)
+    model = load_model(tmp_path / "m")
+    assert model.cfg.item_features == rep.embedding.shape[1]
+    # each item's row of the head is its own embedding row, whatever the orders
+    item = ids[5]
+    want = torch.from_numpy(rep.embedding[5])
+    row = int(
+        model.item_index(torch.tensor([SemanticIdTable.load(data / "sids.json").codes[item]]))[0]
+    )
+    scale = float(np.sqrt((rep.embedding.astype(np.float64) ** 2).sum(1).mean()))
+    torch.testing.assert_close(model.item_feats[row], want / scale, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ToolsError, match="item_head"):
+        PretrainConfig(item_features=True)

@@ -1,0 +1,90 @@
+"""Rerank the beam's final list with a popularity penalty (research script, not the product).
+
+The generative base ranks popular targets as well as the strong SASRec and
+rare ones at half its recall (``experiments/beam_limits.py``). Logit
+adjustment (Menon et al., 2021) subtracts ``beta * log(count + 1)`` from each
+candidate's log-probability, where ``count`` is the item's occurrences in
+the training part (every user's events but the last two). This script ranks
+the validation and test splits by the beam (history excluded) and prints
+R@10 / N@10 for each ``beta``, so beta is chosen on validation and read on
+test::
+
+    python experiments/pop_adjust.py --data beauty_cf --model cf_nofree10 \
+        --betas 0,0.05,0.1,0.2,0.3 --json pop_adjust.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections import Counter
+
+import torch
+
+from userlayer.sdk.model.decoding import beam_search
+from userlayer.sdk.model.io import load_model
+from userlayer.sdk.semantic_ids import SemanticIdTable
+from userlayer.tools.data.format import Dataset
+from userlayer.tools.eval.metrics import Accumulator
+from userlayer.tools.train.examples import UserSequences, build_prompts, pack_prompts
+
+
+def main() -> None:
+    """Rank both splits once, rerank per beta, print (and write ``--json``)."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--beam", type=int, default=20)
+    ap.add_argument("--betas", default="0,0.05,0.1,0.2,0.3")
+    ap.add_argument("--users", type=int, default=0, help="first N users (0: all)")
+    ap.add_argument("--json", default="")
+    a = ap.parse_args()
+    torch.set_flush_denormal(True)
+    t0 = time.time()
+    betas = [float(b) for b in a.betas.split(",")]
+    model = load_model(a.model).eval()
+    table = SemanticIdTable.load(f"{a.model}/sids.json")
+    seqs = UserSequences.from_dataset(Dataset.load(a.data), table, model.cfg.geo_buckets)
+    count = Counter(i for items in seqs.items for i in items[: len(items) - 2])
+    trie = table.trie()
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for split in ("valid", "test"):
+        prompts = build_prompts(seqs, split, "full")
+        if a.users:
+            prompts = prompts[: a.users]
+        accs = {b: Accumulator() for b in betas}
+        with torch.no_grad():
+            for s in range(0, len(prompts), 256):
+                chunk = prompts[s : s + 256]
+                tok, ctx = pack_prompts(chunk)
+                recs = beam_search(
+                    model,
+                    trie,
+                    tok,
+                    ctx,
+                    k=a.beam,
+                    beam=a.beam,
+                    services=[p.service for p in chunk],
+                    exclude=[p.history for p in chunk],
+                )
+                for p, r in zip(chunk, recs, strict=True):
+                    for b in betas:
+                        ranked = sorted(
+                            r, key=lambda x: -(x.score - b * math.log(count[x.item_id] + 1))
+                        )
+                        accs[b].add([x.item_id for x in ranked][:10], p.target)
+        out[split] = {
+            str(b): {m: round(v, 4) for m, v in acc.result()["all"].items()}
+            for b, acc in accs.items()
+        }
+    res = {"beam": a.beam, "results": out, "seconds": round(time.time() - t0)}
+    print(json.dumps(res, indent=2))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The item embedding a Semantic ID table was built from, kept as fixed item features.
+
+``userlayer sids build --save-embedding`` writes the vectors it quantized (after
+normalizing and PCA) beside the table, so that pretraining can give the base
+one fixed feature vector per catalog item (``ModelConfig.item_features``):
+items that share codes, or rare items whose codes the model has seen little,
+still differ by where the co-occurrence (or text) embedding put them. The
+file is safetensors (never a pickle): one float32 tensor ``embedding`` and the
+item ids, in row order, as JSON in its metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+from userlayer.tools.exceptions import DataFormatError
+
+__all__ = ["EMBEDDING_FILE", "FEATURES_FORMAT", "load_item_embedding", "save_item_embedding"]
+
+FEATURES_FORMAT = "userlayer.item_embedding/1"
+EMBEDDING_FILE = "item_embedding.safetensors"
+
+
+def save_item_embedding(path: str | Path, ids: list[str], emb: np.ndarray, source: str) -> None:
+    """Write ``emb`` (one row per id of ``ids``) scaled to unit mean squared row norm.
+
+    Raises:
+        DataFormatError: rows and ids differ in number, or values are not finite.
+    """
+    if emb.ndim != 2 or len(emb) != len(ids) or not np.isfinite(emb).all():
+        raise DataFormatError(
+            f"an item embedding needs one finite row per item: {emb.shape} for {len(ids)} ids"
+        )
+    x = emb.astype(np.float64)
+    x /= max(float(np.sqrt((x**2).sum(1).mean())), 1e-12)
+    meta = {"format": FEATURES_FORMAT, "ids": json.dumps(ids), "source": source}
+    save_file({"embedding": x.astype(np.float32)}, str(path), metadata=meta)
+
+
+def load_item_embedding(path: str | Path, ids: list[str]) -> np.ndarray:
+    """The embedding's rows for ``ids``, in that order: (len(ids), dim) float32.
+
+    Raises:
+        DataFormatError: not such a file, or an id of ``ids`` it has no row for.
+    """
+    try:
+        with safe_open(str(path), "np") as f:
+            meta = f.metadata() or {}
+            emb = f.get_tensor("embedding")
+    except (OSError, SafetensorError) as e:
+        raise DataFormatError(f"{path} is not an item embedding file: {e}") from e
+    if meta.get("format") != FEATURES_FORMAT:
+        raise DataFormatError(
+            f"{path} has format {meta.get('format')!r}, expected {FEATURES_FORMAT!r}"
+        )
+    try:
+        rows = json.loads(meta["ids"])
+    except (KeyError, ValueError) as e:
+        raise DataFormatError(f"{path} has no readable item ids: {e}") from e
+    if (
+        not isinstance(rows, list)
+        or emb.ndim != 2
+        or len(rows) != len(emb)
+        or not np.isfinite(emb).all()
+    ):
+        raise DataFormatError(f"{path}: {len(rows)} ids for an embedding of shape {emb.shape}")
+    where = {str(i): n for n, i in enumerate(rows)}
+    missing = [i for i in ids if i not in where]
+    if missing:
+        raise DataFormatError(
+            f"{path} has no row for {len(missing)} items of the table (e.g. {missing[:3]}): "
+            "build the IDs and the embedding together (`userlayer sids build --save-embedding`)"
+        )
+    out: np.ndarray = emb[[where[i] for i in ids]].astype(np.float32)
+    return out
