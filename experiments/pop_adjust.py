@@ -10,7 +10,7 @@ R@10 / N@10 for each ``beta``, so beta is chosen on validation and read on
 test::
 
     python experiments/pop_adjust.py --data beauty_cf --model cf_nofree10 \
-        --betas 0,0.05,0.1,0.2,0.3 --json pop_adjust.json
+        --betas 0,0.05,0.1,0.2,0.3,0.5 --json pop_adjust.json
 """
 
 from __future__ import annotations

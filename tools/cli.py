@@ -179,8 +179,8 @@ def sids_build(
     save_embedding: Annotated[
         bool,
         typer.Option(
-            help="Also write the vectors quantized to item_embedding.safetensors beside the "
-            "table (pretrain --item-features reads them)."
+            help="Also write the vectors quantized to DATA/item_embedding.safetensors "
+            "(pretrain --item-features reads them with DATA/sids.json)."
         ),
     ] = False,
 ) -> None:
@@ -191,6 +191,11 @@ def sids_build(
 
     if precomputed is not None and save_embedding:
         raise typer.BadParameter("--save-embedding: a precomputed table has no embedding")
+    if save_embedding and out is not None and out.resolve() != (data / "sids.json").resolve():
+        raise typer.BadParameter(
+            "--save-embedding keeps the embedding beside DATA/sids.json, the table pretraining "
+            "reads: leave out --out"
+        )
     ds = Dataset.load(data)
     if precomputed is not None:
         with console.status(f"reading {precomputed}"):
@@ -208,13 +213,19 @@ def sids_build(
         with steps(console, "building Semantic IDs", total) as step:
             table, rep = build_semantic_ids(ds, cfg, step)
     target = out or data / "sids.json"
-    table.save(target)
-    if save_embedding:
-        from userlayer.tools.sids.features import EMBEDDING_FILE, save_item_embedding
+    if save_embedding:  # first: a table without its embedding is the old state, not a mix
+        from userlayer.tools.sids.features import (
+            EMBEDDING_FILE,
+            codes_digest,
+            save_item_embedding,
+        )
 
-        assert rep.embedding is not None  # built here (checked above)
+        if rep.embedding is None:
+            raise typer.BadParameter("--save-embedding: this table was not built here")
         ids = ds.items.column("item_id").to_pylist()
-        save_item_embedding(target.parent / EMBEDDING_FILE, ids, rep.embedding, rep.source)
+        digest = codes_digest(table.codes)
+        save_item_embedding(data / EMBEDDING_FILE, ids, rep.embedding, rep.source, digest)
+    table.save(target)
     if report:
         report.write_text(json.dumps(rep.as_dict(), indent=2), "utf-8")
     _print_sid_report(rep, target)

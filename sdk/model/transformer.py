@@ -874,10 +874,10 @@ class Recommender(nn.Module):
         n, lv, nf = self.cfg.n_items, self.cfg.n_levels, self.cfg.item_features
         if not n or tuple(codes.shape) != (n, lv):
             raise ModelError(f"item codes should be ({n}, {lv}), got {tuple(codes.shape)}")
-        if (features is None) != (nf == 0):
-            raise ModelError(
-                f"this model reads {nf} item features: give them with the codes, and only then"
-            )
+        if features is None and nf:
+            raise ModelError(f"this model reads {nf} item features: give them with the codes")
+        if features is not None and not nf:
+            raise ModelError("this model reads no item features (`item_features` is 0)")
         if features is not None and (
             tuple(features.shape) != (n, nf) or not bool(torch.isfinite(features).all())
         ):
@@ -922,9 +922,11 @@ class Recommender(nn.Module):
         return torch.where(hit, idx, torch.full_like(idx, -1))
 
     def item_vectors(self) -> Tensor:
-        """Each item's output vector (n_items, d): its codes' embeddings plus its free vector.
+        """Each item's output vector (n_items, d): its codes' embeddings plus extras.
 
-        Without free vectors (``item_free`` false) the head adds no parameter to the base.
+        The extras are its free vector (``item_free``) and its mapped fixed
+        features (``item_features``); with neither, the head adds no parameter
+        to the base.
         """
         if not self.cfg.n_items:
             raise ModelError("this model has no dense item head (n_items 0)")
@@ -939,8 +941,9 @@ class Recommender(nn.Module):
     def item_scores(self, h: Tensor) -> Tensor:
         """Every item's score (…, n_items) from final hidden states (…, d).
 
-        An item's score is ``h`` times its free vector plus the sum of its codes'
-        logits read from the same state (the code output embeddings are tied).
+        An item's score is ``h`` times its output vector (:meth:`item_vectors`):
+        the sum of its codes' logits read from the same state (the code output
+        embeddings are tied), plus ``h`` times its free vector and mapped features.
         """
         out: Tensor = h @ self.item_vectors().T
         return out

@@ -12,7 +12,7 @@ import pytest
 
 from userlayer.sdk import SemanticIdTable
 from userlayer.tools.data.format import Dataset
-from userlayer.tools.sids.features import load_item_embedding
+from userlayer.tools.sids.features import codes_digest, load_item_embedding
 
 EXE = shutil.which("userlayer", path=str(Path(sys.executable).parent))
 
@@ -54,15 +54,24 @@ def test_synth_then_sids(tmp_path: Path) -> None:
     assert len(rep["largest_prefix_group"]) == 3
     r = _cli(
         "sids", "build", "--data", "d", "--embedding", "collaborative", "--codebook", "16",
-        "--normalize", "--out", "unit.json", "--report", "unit_rep.json", "--save-embedding",
-        cwd=tmp_path,
+        "--normalize", "--out", "unit.json", "--report", "unit_rep.json", cwd=tmp_path,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "most items on one prefix" in r.stdout
     assert "unit-norm" in json.loads((tmp_path / "unit_rep.json").read_text())["method"]
     assert len(SemanticIdTable.load(tmp_path / "unit.json")) == len(table)
-    emb = load_item_embedding(tmp_path / "item_embedding.safetensors", list(table.codes))
-    assert emb.shape[0] == len(table)  # beside the table written (--out)
+    # the embedding belongs with DATA/sids.json, the table pretraining reads
+    r = _cli("sids", "build", "--data", "d", "--out", "x.json", "--save-embedding", cwd=tmp_path)
+    assert r.returncode != 0 and "leave out --out" in r.stdout + r.stderr
+    assert not (tmp_path / "x.json").exists()
+    r = _cli("sids", "build", "--data", "d", "--embedding", "collaborative", "--codebook", "16",
+             "--normalize", "--save-embedding", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    table = SemanticIdTable.load(tmp_path / "d" / "sids.json")
+    emb = load_item_embedding(
+        tmp_path / "d" / "item_embedding.safetensors", list(table.codes), codes_digest(table.codes)
+    )
+    assert emb.shape[0] == len(table)
     r = _cli("sids", "build", "--data", "d", "--precomputed", "unit.json", "--save-embedding",
              cwd=tmp_path)  # fmt: skip
     assert r.returncode != 0 and "precomputed table has no embedding" in r.stdout + r.stderr

@@ -74,7 +74,7 @@ from userlayer.sdk.privacy.favourites import FavouritesConfig, occasions, top_fa
 from userlayer.sdk.semantic_ids import SemanticIdTable, SidTrie
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.exceptions import ToolsError
-from userlayer.tools.sids.features import EMBEDDING_FILE, load_item_embedding
+from userlayer.tools.sids.features import EMBEDDING_FILE, codes_digest, load_item_embedding
 from userlayer.tools.train.examples import (
     Prompt,
     UserSequences,
@@ -619,7 +619,9 @@ def _pretrain(
     head: dict[str, Any] = {"n_items": len(table)} if cfg.item_head else {}
     feats = None
     if cfg.item_features:
-        emb = load_item_embedding(data_dir / EMBEDDING_FILE, list(table.codes))
+        emb = load_item_embedding(
+            data_dir / EMBEDDING_FILE, list(table.codes), codes_digest(table.codes)
+        )
         feats = torch.from_numpy(emb)
         head["item_features"] = emb.shape[1]
     mcfg = ModelConfig(level_sizes=table.level_sizes, **{"profile_dim": 32, **cfg.model, **head})

@@ -98,7 +98,7 @@ def test_features_come_with_the_codes_exactly_when_the_model_reads_them() -> Non
     with pytest.raises(ModelError, match="finite"):
         m.set_items(CODES, FEATS.clone().fill_(float("nan")))
     plain = Recommender(ModelConfig(level_sizes=SIZES, n_items=20))
-    with pytest.raises(ModelError, match="reads 0 item features"):
+    with pytest.raises(ModelError, match="reads no item features"):
         plain.set_items(CODES, FEATS)
 
 
@@ -107,10 +107,17 @@ def test_the_config_needs_a_catalog_and_keeps_older_fingerprints() -> None:
         ModelConfig(level_sizes=SIZES, item_features=4)
     with pytest.raises(ModelError, match="item_features"):
         ModelConfig(level_sizes=SIZES, n_items=4, item_features=-1)
-    plain = ModelConfig(level_sizes=SIZES, n_items=4)
-    assert "item_features" not in plain.to_dict()
-    assert "item_feats" not in Recommender(plain).state_dict()
-    assert Recommender(plain).feat_in is None
+    with_feats = _model().cfg
+    plain = ModelConfig(**{**with_feats.to_dict(), "item_features": 0})
+    assert "item_features" not in plain.to_dict()  # the dict the fingerprint hashes
+    assert {**plain.to_dict(), "item_features": 6} == with_feats.to_dict()
+    m = Recommender(plain)
+    # a head's state dict as before features existed: no buffer, no map
+    assert sorted(m.state_dict()) == sorted(
+        k for k in _model().state_dict() if not k.startswith(("feat_", "item_feats"))
+    )
+    assert not any(k.startswith(("feat_", "item_feats")) for k in m.state_dict())
+    assert m.feat_in is None and m.feat_out is None
 
 
 def test_features_and_free_input_vectors_add_up() -> None:

@@ -204,7 +204,7 @@ def test_normalize_clusters_rare_items_by_direction(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     direction = np.arange(n) % 4
     unit = np.stack([np.cos(direction * np.pi / 2), np.sin(direction * np.pi / 2)], 1)
-    length = np.where(np.arange(n) % 8 < 4, 10.0, 0.05)
+    length = np.where((np.arange(n) // 4) % 4 == 0, 10.0, 0.05)  # most items rare
     emb = (unit * length[:, None] + rng.normal(0, 0.002, (n, 2))).astype(np.float32)
     cfg = SidConfig(levels=1, codebook_size=4, normalize=True)
     table, report = quantize_embeddings(ds, emb, "test", cfg)
@@ -215,5 +215,8 @@ def test_normalize_clusters_rare_items_by_direction(tmp_path: Path) -> None:
     assert len(set(first.tolist())) == 4
     assert report.largest_prefix_group == [n // 4]
     assert "unit-norm" in report.method
-    plain = quantize_embeddings(ds, emb, "test", SidConfig(levels=1, codebook_size=4))[1]
-    assert "unit-norm" not in plain.method
+    plain, plain_rep = quantize_embeddings(ds, emb, "test", SidConfig(levels=1, codebook_size=4))
+    assert "unit-norm" not in plain_rep.method
+    short = [table_id for table_id, r in zip(ids, length, strict=True) if r < 1]
+    assert len({plain.codes[i][0] for i in short}) == 1  # every direction's rare items: one code
+    assert plain_rep.largest_prefix_group[0] > n // 4

@@ -332,7 +332,7 @@ def test_item_features_come_from_the_ids_embedding_and_stay_with_the_model(
     """--item-features reads the vectors the IDs were built from, in the table's item order."""
     from userlayer.sdk import SemanticIdTable
     from userlayer.tools.sids import SidConfig, build_semantic_ids
-    from userlayer.tools.sids.features import EMBEDDING_FILE, save_item_embedding
+    from userlayer.tools.sids.features import EMBEDDING_FILE, codes_digest, save_item_embedding
 
     data = tmp_path / "d"
     small_synth.save(data)
@@ -343,21 +343,25 @@ def test_item_features_come_from_the_ids_embedding_and_stay_with_the_model(
     cfg = PretrainConfig(
         epochs=1, batch_size=32, model=TINY, min_steps=3, item_head=True, item_features=True
     )
-    with pytest.raises(ToolsError, match="not an item embedding file"):
+    with pytest.raises(ToolsError, match="no item embedding at"):
         pretrain(data, tmp_path / "none", cfg)  # the file is not there
     assert rep.embedding is not None
     ids = small_synth.dataset.items.column("item_id").to_pylist()
-    save_item_embedding(data / EMBEDDING_FILE, ids, rep.embedding, rep.source)
+    other = codes_digest({**table.codes, ids[0]: (0, 0, 0, 99)})
+    save_item_embedding(data / EMBEDDING_FILE, ids, rep.embedding, rep.source, other)
+    with pytest.raises(ToolsError, match="another Semantic ID table"):
+        pretrain(data, tmp_path / "other", cfg)
+    digest = codes_digest(table.codes)
+    save_item_embedding(data / EMBEDDING_FILE, ids, rep.embedding, rep.source, digest)
     pretrain(data, tmp_path / "m", cfg)
     model = load_model(tmp_path / "m")
     assert model.cfg.item_features == rep.embedding.shape[1]
     # each item's row of the head is its own embedding row, whatever the orders
-    item = ids[5]
-    want = torch.from_numpy(rep.embedding[5])
-    row = int(
-        model.item_index(torch.tensor([SemanticIdTable.load(data / "sids.json").codes[item]]))[0]
-    )
+    codes = SemanticIdTable.load(data / "sids.json").codes
+    rows = model.item_index(torch.tensor([codes[i] for i in ids]))
+    assert sorted(rows.tolist()) == list(range(len(ids)))
     scale = float(np.sqrt((rep.embedding.astype(np.float64) ** 2).sum(1).mean()))
-    torch.testing.assert_close(model.item_feats[row], want / scale, atol=1e-5, rtol=1e-5)
+    want = torch.from_numpy(rep.embedding) / scale
+    torch.testing.assert_close(model.item_feats[rows], want, atol=1e-5, rtol=1e-5)
     with pytest.raises(ToolsError, match="item_head"):
         PretrainConfig(item_features=True)
