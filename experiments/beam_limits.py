@@ -32,36 +32,14 @@ from collections import Counter
 
 import torch
 
-from userlayer.sdk.model.decoding import beam_search
 from userlayer.sdk.model.io import load_model
 from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.data.format import Dataset
-from userlayer.tools.eval.evaluate import EvalConfig, sasrec_rankings
+from userlayer.tools.eval.evaluate import EvalConfig, generative_lists, sasrec_rankings
 from userlayer.tools.eval.sasrec import SASRecConfig
-from userlayer.tools.train.examples import UserSequences, build_prompts, pack_prompts
+from userlayer.tools.train.examples import UserSequences, build_prompts
 
 BUCKETS = ((0, 0), (1, 4), (5, 19), (20, 99), (100, 10**9))
-
-
-def _beam_lists(model, table, prompts, beam: int, batch: int = 256) -> list[list[str]]:  # type: ignore[no-untyped-def]
-    trie = table.trie()
-    out: list[list[str]] = []
-    with torch.no_grad():
-        for s in range(0, len(prompts), batch):
-            chunk = prompts[s : s + batch]
-            tok, ctx = pack_prompts(chunk)
-            recs = beam_search(
-                model,
-                trie,
-                tok,
-                ctx,
-                k=beam,
-                beam=beam,
-                services=[p.service for p in chunk],
-                exclude=[p.history for p in chunk],
-            )
-            out.extend([x.item_id for x in r] for r in recs)
-    return out
 
 
 def _shared_level(codes: dict[str, tuple[int, ...]], target: str, ranked: list[str]) -> int:
@@ -105,7 +83,10 @@ def main() -> None:
     prompts = build_prompts(seqs, a.split, "full")
     if a.users:
         prompts = prompts[: a.users]
-    beam = _beam_lists(model, table, prompts, a.beam)
+    wide = EvalConfig(k=a.beam, beam=a.beam, exclude_seen=True)
+    with torch.no_grad():
+        lists = generative_lists(model, table.trie(), prompts, wide)
+    beam = [[x.item_id for x in r] for r in lists]
     logging.info("beam %d: %d users in %.0f s", a.beam, len(prompts), time.time() - t0)
     cfg = EvalConfig(
         split=a.split,

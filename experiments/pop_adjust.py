@@ -23,12 +23,12 @@ from collections import Counter
 
 import torch
 
-from userlayer.sdk.model.decoding import beam_search
 from userlayer.sdk.model.io import load_model
 from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.data.format import Dataset
+from userlayer.tools.eval.evaluate import EvalConfig, generative_lists
 from userlayer.tools.eval.metrics import Accumulator
-from userlayer.tools.train.examples import UserSequences, build_prompts, pack_prompts
+from userlayer.tools.train.examples import UserSequences, build_prompts
 
 
 def main() -> None:
@@ -55,26 +55,13 @@ def main() -> None:
         if a.users:
             prompts = prompts[: a.users]
         accs = {b: Accumulator() for b in betas}
+        wide = EvalConfig(k=a.beam, beam=a.beam, exclude_seen=True)
         with torch.no_grad():
-            for s in range(0, len(prompts), 256):
-                chunk = prompts[s : s + 256]
-                tok, ctx = pack_prompts(chunk)
-                recs = beam_search(
-                    model,
-                    trie,
-                    tok,
-                    ctx,
-                    k=a.beam,
-                    beam=a.beam,
-                    services=[p.service for p in chunk],
-                    exclude=[p.history for p in chunk],
-                )
-                for p, r in zip(chunk, recs, strict=True):
-                    for b in betas:
-                        ranked = sorted(
-                            r, key=lambda x: -(x.score - b * math.log(count[x.item_id] + 1))
-                        )
-                        accs[b].add([x.item_id for x in ranked][:10], p.target)
+            lists = generative_lists(model, trie, prompts, wide)
+        for p, r in zip(prompts, lists, strict=True):
+            for b in betas:
+                ranked = sorted(r, key=lambda x: -(x.score - b * math.log(count[x.item_id] + 1)))
+                accs[b].add([x.item_id for x in ranked][:10], p.target)
         out[split] = {
             str(b): {m: round(v, 4) for m, v in acc.result()["all"].items()}
             for b, acc in accs.items()

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from userlayer.sdk.model.decoding import beam_search
+from userlayer.sdk.model.decoding import Recommendation, beam_search
 from userlayer.sdk.model.io import load_model
 from userlayer.sdk.model.transformer import Recommender, RowAdapters
 from userlayer.sdk.model.trie_search import TensorTrie
@@ -45,6 +45,7 @@ __all__ = [
     "EvalConfig",
     "evaluate",
     "full_history_check",
+    "generative_lists",
     "rank_generative",
     "sasrec_rankings",
     "sasrec_results",
@@ -70,6 +71,41 @@ class EvalConfig:
     exclude_seen: bool = False
 
 
+def generative_lists(
+    model: Recommender,
+    trie: SidTrie,
+    prompts: list[Prompt],
+    cfg: EvalConfig,
+    tick: Callable[[int], None] | None = None,
+    adapters: RowAdapters | None = None,
+) -> list[list[Recommendation]]:
+    """The model's beam-search top-``cfg.k`` for each prompt, best first.
+
+    ``adapters`` (one row per prompt) personalizes each prompt's row.
+    """
+    out: list[list[Recommendation]] = []
+    for s in range(0, len(prompts), cfg.batch_size):
+        chunk = prompts[s : s + cfg.batch_size]
+        tok, ctx = pack_prompts(chunk)
+        rows = None if adapters is None else adapters.select(torch.arange(s, s + len(chunk)))
+        out.extend(
+            beam_search(
+                model,
+                trie,
+                tok,
+                ctx,
+                k=cfg.k,
+                beam=cfg.beam,
+                services=[p.service for p in chunk],
+                exclude=[p.history for p in chunk] if cfg.exclude_seen else None,
+                adapters=rows,
+            )
+        )
+        if tick is not None:
+            tick(len(chunk))
+    return out
+
+
 def rank_generative(
     model: Recommender,
     trie: SidTrie,
@@ -83,25 +119,9 @@ def rank_generative(
     ``adapters`` (one row per prompt) personalizes each prompt's row.
     """
     acc = Accumulator()
-    for s in range(0, len(prompts), cfg.batch_size):
-        chunk = prompts[s : s + cfg.batch_size]
-        tok, ctx = pack_prompts(chunk)
-        rows = None if adapters is None else adapters.select(torch.arange(s, s + len(chunk)))
-        recs = beam_search(
-            model,
-            trie,
-            tok,
-            ctx,
-            k=cfg.k,
-            beam=cfg.beam,
-            services=[p.service for p in chunk],
-            exclude=[p.history for p in chunk] if cfg.exclude_seen else None,
-            adapters=rows,
-        )
-        for p, r in zip(chunk, recs, strict=True):
-            acc.add([x.item_id for x in r], p.target, p.service)
-        if tick is not None:
-            tick(len(chunk))
+    recs = generative_lists(model, trie, prompts, cfg, tick, adapters)
+    for p, r in zip(prompts, recs, strict=True):
+        acc.add([x.item_id for x in r], p.target, p.service)
     return acc.result()
 
 
