@@ -16,7 +16,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -116,7 +116,9 @@ class SidReport:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-dict view for JSON (without the embedding)."""
-        return {k: v for k, v in asdict(self).items() if k != "embedding"}
+        out = asdict(replace(self, embedding=None))  # no deep copy of the array to drop
+        del out["embedding"]
+        return out
 
 
 def add_collision_level(codes: np.ndarray, order_keys: list[str]) -> np.ndarray:
@@ -140,8 +142,11 @@ def _report(
 ) -> SidReport:
     codes = np.array([table.codes[i] for i in table.codes], dtype=np.int64)
     used = [len(np.unique(codes[:, level])) for level in range(table.n_levels)]
-    prefix = Counter(tuple(row[:n_base_levels]) for row in codes.tolist())
-    unique = sum(1 for row in codes.tolist() if prefix[tuple(row[:n_base_levels])] == 1)
+    rows = codes.tolist()
+    # items per prefix of each length 0..n_base_levels; the longest is the collision group
+    prefixes = [Counter(tuple(row[:n]) for row in rows) for n in range(n_base_levels + 1)]
+    prefix = prefixes[-1]
+    unique = sum(1 for row in rows if prefix[tuple(row[:n_base_levels])] == 1)
     return SidReport(
         method=method,
         source=source,
@@ -151,10 +156,7 @@ def _report(
         usage=[u / s for u, s in zip(used, table.level_sizes, strict=True)],
         unique_before_collision=unique / max(len(table), 1),
         max_collision_group=max(prefix.values(), default=0),
-        largest_prefix_group=[
-            max(Counter(tuple(row[: n + 1]) for row in codes.tolist()).values(), default=0)
-            for n in range(n_base_levels)
-        ],
+        largest_prefix_group=[max(c.values(), default=0) for c in prefixes[1:]],
         seconds=round(seconds, 3),
         ignored_items=ignored,
     )
