@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -185,28 +186,42 @@ def test_a_dense_item_heads_scores_are_prefills_last_output_and_equal_torch(
         )
 
 
-def test_free_item_inputs_are_looked_up_inside_the_graphs_and_equal_torch(
-    tmp_path: Path,
-) -> None:
-    """The history items' free input vectors (a binary search of the catalog) export too."""
+def _catalog_model(features: int = 0, **fields: object) -> Recommender:
+    """A base with a head over 37 drawn code tuples (``fields``: its config's extras)."""
     torch.manual_seed(3)
     n = 37  # not a power of two: every step of the search's unrolled loop is traced
-    cfg = ModelConfig(**{**CFG.to_dict(), "n_items": n, "item_input": True})
-    m = Recommender(cfg)
+    m = Recommender(ModelConfig(**{**CFG.to_dict(), "n_items": n, **fields}))
     gen = torch.Generator().manual_seed(4)
     k = torch.randperm(16 * 16 * 8, generator=gen)[:n]  # n distinct code tuples
-    m.set_items(torch.stack([k // 128, k // 8 % 16, k % 8], 1))
-    assert m.item_in is not None
-    with torch.no_grad():
-        m.item_in.weight.normal_(0, 0.5)
+    feats = torch.randn(n, features, generator=gen) if features else None
+    m.set_items(torch.stack([k // 128, k // 8 % 16, k % 8], 1), feats)
+    return m
+
+
+def _exported_prefill(
+    tmp_path: Path, m: Recommender
+) -> tuple[tuple[torch.Tensor, ...], list[np.ndarray], dict[str, Any]]:
+    """Export ``m`` with adapters, check its graphs, run the base prefill on whole items."""
     save_model(m.eval(), tmp_path / "m")
     acfg = AdapterConfig(rank=2)
-    export_onnx(tmp_path / "m", tmp_path / "onnx", acfg)
+    manifest = export_onnx(tmp_path / "m", tmp_path / "onnx", acfg)
     _assert_graphs_equal_module(tmp_path, acfg, [(3, 13, 2, 1), (5, 22, 1, 0)])
     p_args, _ = example_inputs(m, acfg, b=4, t=17)
     assert bool((m.item_inputs(p_args[0]).abs().sum(-1) > 0).any())  # the check reads items
     base = ort.InferenceSession(str(tmp_path / "onnx" / "base_prefill.onnx"))
     got = base.run(None, {"tokens": p_args[0].numpy(), "ctx": p_args[1].numpy()})
+    return p_args, got, manifest
+
+
+def test_free_item_inputs_are_looked_up_inside_the_graphs_and_equal_torch(
+    tmp_path: Path,
+) -> None:
+    """The history items' free input vectors (a binary search of the catalog) export too."""
+    m = _catalog_model(item_input=True)
+    assert m.item_in is not None
+    with torch.no_grad():
+        m.item_in.weight.normal_(0, 0.5)
+    p_args, got, _ = _exported_prefill(tmp_path, m)
     with torch.no_grad():
         want, _ = m(p_args[0], p_args[1])
         m.item_in.weight.zero_()
@@ -217,25 +232,12 @@ def test_free_item_inputs_are_looked_up_inside_the_graphs_and_equal_torch(
 
 def test_fixed_item_features_export_with_the_graphs_and_equal_torch(tmp_path: Path) -> None:
     """Item features (a buffer, looked up by the same search) feed input and head alike."""
-    torch.manual_seed(3)
-    n = 37
-    cfg = ModelConfig(**{**CFG.to_dict(), "n_items": n, "item_features": 5})
-    m = Recommender(cfg)
-    gen = torch.Generator().manual_seed(4)
-    k = torch.randperm(16 * 16 * 8, generator=gen)[:n]
-    m.set_items(torch.stack([k // 128, k // 8 % 16, k % 8], 1), torch.randn(n, 5, generator=gen))
+    m = _catalog_model(features=5, item_features=5)
     assert m.feat_in is not None
     with torch.no_grad():
         m.feat_in.weight.normal_(0, 0.5)
-    save_model(m.eval(), tmp_path / "m")
-    acfg = AdapterConfig(rank=2)
-    manifest = export_onnx(tmp_path / "m", tmp_path / "onnx", acfg)
-    assert manifest["items"] == n
-    _assert_graphs_equal_module(tmp_path, acfg, [(3, 13, 2, 1), (5, 22, 1, 0)])
-    p_args, _ = example_inputs(m, acfg, b=4, t=17)
-    assert bool((m.item_inputs(p_args[0]).abs().sum(-1) > 0).any())  # the check reads items
-    base = ort.InferenceSession(str(tmp_path / "onnx" / "base_prefill.onnx"))
-    got = base.run(None, {"tokens": p_args[0].numpy(), "ctx": p_args[1].numpy()})
+    p_args, got, manifest = _exported_prefill(tmp_path, m)
+    assert manifest["items"] == 37
     with torch.no_grad():
         want, _ = m(p_args[0], p_args[1])
         items = m.item_logits(p_args[0], p_args[1])
