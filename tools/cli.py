@@ -313,6 +313,13 @@ def pretrain_cmd(
     item_input_dim: Annotated[
         int, typer.Option(help="Width of each item's input vector, mapped up (0: --d-model).")
     ] = 0,
+    item_tied: Annotated[
+        bool,
+        typer.Option(
+            help="The input vector is the head's free vector, one per item as SASRec's "
+            "(needs --item-head, --item-free and --item-input)."
+        ),
+    ] = False,
     label_smoothing: Annotated[
         float,
         typer.Option(help="Label smoothing of the training loss (codes within their level)."),
@@ -352,6 +359,7 @@ def pretrain_cmd(
             "item_input": item_input,
             "item_input_drop": item_input_drop,
             "item_input_dim": item_input_dim,
+            "item_tied": item_tied,
         },
         item_head=item_head,
         select=select,

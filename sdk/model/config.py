@@ -58,6 +58,9 @@ class ModelConfig:
     item_input: bool = False
     item_input_drop: float = 0.5
     item_input_dim: int = 0  # width of each item's vector, mapped up to d_model (0: d_model)
+    # the input vector is the head's free vector (one embedding read at input and scored at
+    # output, as SASRec's item embedding): needs item_free and item_input, item_input_dim 0
+    item_tied: bool = False
     # width of a fixed feature vector per item (needs the head's catalog; 0: none), e.g.
     # the embedding its Semantic ID was built from: one learned map adds it where a history
     # item's last code is read, another to the head's output vector of the item
@@ -118,6 +121,12 @@ class ModelConfig:
                 f"`item_features` should be >= 0, and set only with the dense item head's "
                 f"catalog (`n_items` > 0), got {self.item_features}"
             )
+        if self.item_tied and not (self.item_free and self.item_input and not self.item_input_dim):
+            raise ModelError(
+                "`item_tied` reads the head's free vectors as inputs: it needs `item_free` and "
+                f"`item_input`, and `item_input_dim` 0, got {self.item_free}, "
+                f"{self.item_input}, {self.item_input_dim}"
+            )
         if self.item_input_dim < 0 or (self.item_input_dim and not self.item_input):
             raise ModelError(
                 f"`item_input_dim` should be >= 0, and set only with `item_input`, "
@@ -166,6 +175,8 @@ class ModelConfig:
             del d["item_input"], d["item_input_drop"]
         if not self.item_input_dim:
             del d["item_input_dim"]
+        if not self.item_tied:
+            del d["item_tied"]
         if not self.item_features:
             del d["item_features"]
         return d

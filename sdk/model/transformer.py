@@ -628,8 +628,10 @@ class Recommender(nn.Module):
         self.item_emb = nn.Embedding(cfg.n_items, cfg.d_model) if free else None
         # the free input vector of each history item (cfg.item_input), in head order too;
         # narrower than d_model (item_input_dim), it is mapped up by one shared matrix
+        # (item_tied: no table of its own, the head's free vectors are read instead)
         r = cfg.item_input_dim or cfg.d_model
-        self.item_in = nn.Embedding(cfg.n_items, r) if cfg.item_input else None
+        own = cfg.item_input and not cfg.item_tied
+        self.item_in = nn.Embedding(cfg.n_items, r) if own else None
         low = cfg.item_input and cfg.item_input_dim
         self.item_in_up = nn.Linear(r, cfg.d_model, bias=False) if low else None
         # fixed feature vectors per item (cfg.item_features), in head order, and the two
@@ -686,7 +688,7 @@ class Recommender(nn.Module):
     @property
     def reads_items(self) -> bool:
         """Whether a history item's input depends on the whole item (free vectors, features)."""
-        return self.item_in is not None or self.feat_in is not None
+        return self.cfg.item_input or self.feat_in is not None
 
     def _check_whole_items(self, tokens: Tensor) -> None:
         """A chunk run after a cache must not end an item begun in the cache.
@@ -709,7 +711,8 @@ class Recommender(nn.Module):
         order, in ``tokens``) gets one, so no position sees an item before all
         its codes are read: a code being predicted never leaks through it. The
         vector is the item's free input vector (``item_input``) plus its mapped
-        fixed features (``item_features``). In training each free vector is
+        fixed features (``item_features``); with ``item_tied`` the free input
+        vector is the head's free vector of the item. In training each free vector is
         dropped with probability ``item_input_drop`` (and the kept ones scaled
         by ``1 / (1 - p)``), so the codes stay learned; features, fixed, are not.
         """
@@ -728,11 +731,12 @@ class Recommender(nn.Module):
         parts = []
         if self.feat_in is not None:
             parts.append(self.feat_in(self.item_feats[idx]) * found[..., None])
-        if self.item_in is not None:
+        table = self.item_emb if self.cfg.item_tied else self.item_in
+        if table is not None:
             keep, p = found, self.cfg.item_input_drop
             if self.training and p > 0:
                 keep = keep * (torch.rand(keep.shape, device=keep.device) >= p) / (1.0 - p)
-            vec: Tensor = self.item_in(idx)
+            vec: Tensor = table(idx)
             if self.item_in_up is not None:
                 vec = self.item_in_up(vec)
             parts.append(vec * keep[..., None])

@@ -213,18 +213,23 @@ def _exported_prefill(
     return p_args, got, manifest
 
 
+@pytest.mark.parametrize("tied", [False, True], ids=["own", "tied"])
 def test_free_item_inputs_are_looked_up_inside_the_graphs_and_equal_torch(
-    tmp_path: Path,
+    tmp_path: Path, tied: bool
 ) -> None:
-    """The history items' free input vectors (a binary search of the catalog) export too."""
-    m = _catalog_model(item_input=True)
-    assert m.item_in is not None
+    """The history items' free input vectors (a binary search of the catalog) export too.
+
+    ``tied``: the inputs are the head's free vectors (``item_tied``).
+    """
+    m = _catalog_model(item_input=True, item_tied=tied)
+    table = m.item_emb if tied else m.item_in
+    assert table is not None and (m.item_in is None) == tied
     with torch.no_grad():
-        m.item_in.weight.normal_(0, 0.5)
+        table.weight.normal_(0, 0.5)
     p_args, got, _ = _exported_prefill(tmp_path, m)
     with torch.no_grad():
         want, _ = m(p_args[0], p_args[1])
-        m.item_in.weight.zero_()
+        table.weight.zero_()
         without, _ = m(p_args[0], p_args[1])
     np.testing.assert_allclose(got[0], want[:, -1].numpy(), atol=1e-4, rtol=0)
     assert np.abs(got[0] - without[:, -1].numpy()).max() > 1e-3

@@ -155,3 +155,32 @@ def test_a_cached_run_equals_the_whole_run_and_refuses_a_split_item() -> None:
         assert cut is not None
         with pytest.raises(ModelError, match="run whole items"):
             m(tok[:, 6:], ctx[:, 6:], cache=cut)
+
+
+def test_tied_inputs_are_the_heads_free_vectors_and_learn_from_the_input_too() -> None:
+    """``item_tied``: one vector per item, read at the input and scored by the head."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        level_sizes=SIZES, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=64,
+        max_items=6, n_items=20, item_input=True, item_tied=True, item_loss=0.0,
+    )  # fmt: skip
+    m = Recommender(cfg)
+    m.set_items(CODES[torch.randperm(20, generator=torch.Generator().manual_seed(1))])
+    assert m.item_in is None and m.item_emb is not None  # no table of its own
+    with torch.no_grad():
+        m.item_emb.weight.normal_(0, 1.0)
+    got = m.eval().item_inputs(_row([3, 7]))[0]
+    idx = m.item_index(CODES[[3, 7]])
+    torch.testing.assert_close(got[[3, 7]], m.item_emb.weight[idx])
+    assert not got[[0, 1, 2, 4, 5, 6]].any()
+    # without the head's loss (weight 0) the free vectors learn through the input alone
+    tok = torch.cat([_row([(r + j) % 20 for j in range(5)]) for r in range(8)])
+    ctx = torch.zeros(*tok.shape, 7, dtype=torch.long)
+    m.train().loss(tok, ctx).backward()
+    assert m.item_emb.weight.grad is not None
+    assert m.item_emb.weight.grad[m.item_index(CODES[[3, 7]])].abs().sum() > 0
+    assert "item_tied" not in _model().cfg.to_dict() and cfg.to_dict()["item_tied"] is True
+    for bad in ({"item_free": False}, {"item_input": False}, {"item_input_dim": 8}):
+        kw = {"n_items": 4, "item_input": True, "item_tied": True, **bad}
+        with pytest.raises(ModelError, match="item_tied"):
+            ModelConfig(level_sizes=SIZES, **kw)  # type: ignore[arg-type]
