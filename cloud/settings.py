@@ -36,8 +36,9 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = None
     admin_key: SecretStr | None = None  # a bootstrap admin key, ul_<id>_<secret>
     beam: int = Field(default=20, ge=1, le=200)
-    # beam | dense | beam+dense (a base with a dense item head); auto: dense where there is one
-    ranking: Literal["auto", "beam", "dense", "beam+dense"] = "auto"
+    # beam | dense | beam+dense | fused (a base with a dense item head); auto: what the
+    # base's pretraining validated best where it has a head
+    ranking: Literal["auto", "beam", "dense", "beam+dense", "fused"] = "auto"
     slots: int = Field(default=256, ge=1)
     cache_size: int = Field(default=4096, ge=0)
     max_batch: int = Field(default=64, ge=1, le=1024)

@@ -79,8 +79,8 @@ def bench_serving_cmd(
     rankings: Annotated[
         str,
         typer.Option(
-            help="Comma list of rankings timed side by side: auto, beam, dense, beam+dense "
-            "(the last two need a base with a dense item head)."
+            help="Comma list of rankings timed side by side: auto, beam, dense, beam+dense, "
+            "fused (the last three need a base with a dense item head)."
         ),
     ] = "auto",
     json_out: JsonOut = None,

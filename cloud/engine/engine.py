@@ -71,7 +71,8 @@ class EngineConfig:
     # or "reference" (userlayer.sdk.model.decoding.beam_search); both return the same
     search: str = "tensor"
     # how items are ranked: "beam" (constrained beam search), "dense" (every item by the
-    # base's dense item head), "beam+dense" (the beam's candidates reranked by the head);
+    # base's dense item head), "beam+dense" (the beam's candidates reranked by the head),
+    # "fused" (the beam's list and the head's merged by reciprocal-rank fusion);
     # "auto": for a base with a head, the one its pretraining validated best (else dense);
     # else "beam"
     ranking: str = "auto"
@@ -222,7 +223,7 @@ def _ranking(
     beam and the note says why.
 
     Raises:
-        EngineError: ``dense`` or ``beam+dense`` asked for a base without a
+        EngineError: ``dense``, ``beam+dense`` or ``fused`` asked for a base without a
             usable head.
     """
     asked = ranking
@@ -358,7 +359,7 @@ class Engine:
                 )
             )
         if self.head_order is not None:
-            rerank = beam if self.ranking == "beam+dense" else 0
+            rerank = beam if self.ranking in ("beam+dense", "fused") else 0
             out = dense_search(
                 dec,
                 self.tensor_trie,
@@ -372,6 +373,7 @@ class Engine:
                 None,
                 allowed,
                 bonus,
+                fuse=self.ranking == "fused",
             )
         elif self.cfg.search == "tensor":
             out = trie_beam_search(

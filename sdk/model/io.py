@@ -49,8 +49,9 @@ RANKING_KEY = "ranking"  # config.json: the ranking pretraining validated best (
 def preferred_ranking(directory: str | Path) -> str | None:
     """The ranking recorded in a model directory's config by pretraining, or None.
 
-    A base with a dense item head records which of beam, dense and
-    beam+dense ranked its validation users best; older models record none.
+    A base with a dense item head records which of beam, dense, beam+dense
+    (and, since 2026-12-04, fused) ranked its validation users best; older
+    models record none.
     """
     try:
         doc = json.loads((Path(directory) / "config.json").read_text("utf-8"))

@@ -2,7 +2,8 @@
 
 With ``rankings`` a base with a dense item head is also timed ranking by it
 (``dense``: one prefill and the head over every item; ``beam+dense``: the
-beam reranked), each beside the beam search in the same run.
+beam reranked; ``fused``: the beam's and the head's lists merged), each
+beside the beam search in the same run.
 
 For each backend and batch size, in the same run and interleaved: a batch
 whose every row is a different user with their own adapter (drawn from

@@ -202,7 +202,7 @@ def choose_ranking(
 ) -> dict[str, Any]:
     """Which ranking serves a base with a dense item head best, on validation prompts.
 
-    Each of beam, dense and beam+dense ranks the prompts (k 10, beam 20, no
+    Each of beam, dense, beam+dense and fused ranks the prompts (k 10, beam 20, no
     item excluded, as the engine serves); the best validation NDCG@10 is
     ``preferred``, what the engine's ``auto`` ranking serves. Whether the
     head ranks better than the beam depends on the Semantic IDs and the

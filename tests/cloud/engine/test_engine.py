@@ -14,6 +14,7 @@ from userlayer.cloud.engine.backends import EngineError, tensorrt_available
 from userlayer.cloud.engine.engine import Engine, EngineConfig, EngineRequest, Slab
 from userlayer.cloud.engine.export import export_onnx
 from userlayer.sdk.model import new_adapter
+from userlayer.sdk.model.dense_search import fuse_lists
 from userlayer.sdk.model.io import preferred_ranking
 from userlayer.sdk.schemas import Context, Mode
 
@@ -232,6 +233,12 @@ def test_a_base_with_a_dense_head_is_served_by_it_alike_on_both_backends(
         assert r.allowed is None or all(
             r.allowed[eo.tensor_trie.index[x.item_id]] for x in reranked
         )
+    fused = Engine(d, EngineConfig(backend="onnxruntime", slots=8, ranking="fused"))
+    dense = Engine(d, EngineConfig(backend="onnxruntime", slots=8, ranking="dense"))
+    heads = dense.recommend([EngineRequest(**{**r.__dict__, "k": 20}) for r in plain])
+    for r, b, h, out in zip(plain, wide, heads, fused.recommend(plain), strict=True):
+        assert [x.item_id for x in out] == [x.item_id for x in fuse_lists(b, h, 5)]
+        assert r.allowed is None or all(r.allowed[eo.tensor_trie.index[x.item_id]] for x in out)
 
 
 def test_a_ranking_by_the_head_needs_one_in_the_model_and_in_its_export(

@@ -7,7 +7,8 @@ import torch
 
 from userlayer.sdk import SemanticIdTable, Service
 from userlayer.sdk.model import ModelConfig, ModelError, Recommender
-from userlayer.sdk.model.dense_search import dense_search, head_order
+from userlayer.sdk.model.decoding import Recommendation
+from userlayer.sdk.model.dense_search import dense_search, fuse_lists, head_order
 from userlayer.sdk.model.tokens import CTX, item_tokens
 from userlayer.sdk.model.trie_search import TensorTrie, trie_beam_search
 
@@ -106,6 +107,47 @@ def test_beam_plus_dense_reorders_the_beams_candidates_and_nothing_else(
         moved += ids != [x.item_id for x in beams[r]][:5]
         assert everything[r][0].score >= got[r][0].score  # the beam's best is never above all's
     assert moved  # the head's order is not the beam's (else the test shows nothing)
+
+
+def test_fusion_adds_reciprocal_ranks_and_keeps_the_beams_order_on_a_tie() -> None:
+    beam = [Recommendation(i, 0.0) for i in "abcd"]
+    dense = [Recommendation(i, 0.0) for i in "ceab"]
+    got = fuse_lists(beam, dense, 4, c=1.0, weight=0.5)
+    want = {
+        "a": 1 / 2 + 0.5 / 4,
+        "b": 1 / 3 + 0.5 / 5,
+        "c": 1 / 4 + 0.5 / 2,
+        "d": 1 / 5,
+        "e": 0.5 / 3,
+    }
+    assert [x.item_id for x in got] == ["a", "c", "b", "d"]  # e (the head's only) is 5th
+    assert [x.score for x in got] == pytest.approx([want[x.item_id] for x in got])
+    assert [x.item_id for x in fuse_lists(beam, dense, 4, weight=3.0)][:3] == ["c", "a", "e"]
+    tie = fuse_lists([Recommendation("x", 0.0)], [Recommendation("y", 0.0)], 2, weight=1.0)
+    assert [x.item_id for x in tie] == ["x", "y"]
+    assert fuse_lists([], [], 3) == []
+
+
+def test_fused_merges_the_beams_list_with_the_heads_own_top_list(
+    head: tuple[Recommender, TensorTrie],
+) -> None:
+    m, trie = head
+    tok, ctx = _prompts(trie.table, 4)
+    order = head_order(m, trie)
+    services: list[Service | None] = [None, Service.SAMOKAT, None, Service.KUPER]
+    exclude = [[], [], list(trie.items[:20]), []]
+    beams = trie_beam_search(m, trie, tok, ctx, 8, 8, services, exclude)
+    heads = dense_search(m, trie, order, tok, ctx, 8, 0, services, exclude)
+    got = dense_search(m, trie, order, tok, ctx, 5, 8, services, exclude, fuse=True)
+    brought = 0
+    for r in range(4):
+        want = fuse_lists(beams[r], heads[r], 5)
+        assert [x.item_id for x in got[r]] == [x.item_id for x in want]
+        assert [x.score for x in got[r]] == pytest.approx([x.score for x in want])
+        brought += bool({x.item_id for x in got[r]} - {x.item_id for x in beams[r]})
+    assert brought  # the head's list adds items the beam did not return (else nothing shown)
+    with pytest.raises(ModelError, match="needs a beam width"):
+        dense_search(m, trie, order, tok, ctx, 5, 0, fuse=True)
 
 
 def test_a_bonus_lifts_an_item_and_the_score_includes_it(

@@ -40,13 +40,13 @@ def test_bench_serving_times_the_dense_heads_rankings_beside_the_beam(
     args = ["bench", "serving", "--model", str(tiny_head_model_dir), "--batches", "2"]
     args += ["--backends", "onnxruntime", "--users", "10", "--repeats", "1", "--no-naive"]
     args += ["--markdown", str(tmp_path / "b.md"), "--json", str(js)]
-    r = CliRunner().invoke(app, [*args, "--rankings", "beam,dense,beam+dense"])
+    r = CliRunner().invoke(app, [*args, "--rankings", "beam,dense,beam+dense,fused"])
     assert r.exit_code == 0, r.output
     res = json.loads(js.read_text())["results"]
-    for ranking in ("beam", "dense", "beam+dense"):
+    for ranking in ("beam", "dense", "beam+dense", "fused"):
         assert res[f"onnxruntime, {ranking}/2"]["rows_per_s_adapters"] > 0
         assert res[f"onnxruntime, {ranking}/2"]["ranking"] == ranking
-    assert "--rankings beam,dense,beam+dense" in json.loads(js.read_text())["command"]
+    assert "--rankings beam,dense,beam+dense,fused" in json.loads(js.read_text())["command"]
     bad = CliRunner().invoke(app, [*args, "--rankings", "greedy"])
     assert bad.exit_code == 2 and "greedy" in bad.output
     no_head = [*args[:2], "--model", str(tiny_model_dir), *args[4:], "--rankings", "dense"]

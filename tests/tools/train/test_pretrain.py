@@ -299,7 +299,9 @@ def test_a_base_with_a_dense_item_head_pretrains_and_is_evaluated_three_ways(
         out,
         EvalConfig(beam=10, baselines=("popularity",), exclude_seen=True, max_users=40),
     )
-    names = {"generative", "generative (dense)", "generative (beam+dense)", "popularity"}
+    names = {"generative", "popularity"} | {
+        f"generative ({m})" for m in ("dense", "beam+dense", "fused")
+    }
     assert set(res["results"]) == names
     dense = res["results"]["generative (dense)"]["full"]["all"]
     pop = res["results"]["popularity"]["full"]["all"]
@@ -307,7 +309,8 @@ def test_a_base_with_a_dense_item_head_pretrains_and_is_evaluated_three_ways(
     assert dense["R@10"] > 0 and pop["n"] == 40  # 0.1 here: the head ranks real targets
     # pretraining recorded which ranking its validation users rank best by, for `auto`
     rec = json.loads((out / "config.json").read_text())["ranking"]
-    assert set(rec["valid_ndcg10"]) == {"beam", "dense", "beam+dense"} and rec["users"] > 0
+    assert set(rec["valid_ndcg10"]) == {"beam", "dense", "beam+dense", "fused"}
+    assert rec["users"] > 0
     assert rec["valid_ndcg10"][rec["preferred"]] == max(rec["valid_ndcg10"].values())
     assert preferred_ranking(out) == rec["preferred"]
     assert preferred_ranking(tmp_path) is None  # no model here
