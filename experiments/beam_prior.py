@@ -9,10 +9,11 @@ search prunes (logit adjustment, Menon et al., 2021)::
     logit(c | prefix) - beta * log(n(prefix + c) + 1)
 
 where ``n(prefix + c)`` counts the training part's events (every user's
-events but the last two) whose item starts with that prefix. Summed over the
-levels the adjustment is ``-beta * log(n(item) + 1)`` up to each level's
-renormalisation, so the final list is ranked as ``pop_adjust.py`` ranks it,
-but the candidates differ. Prints R@10 / N@10 and R@20 (the final list's
+events but the last two) whose item starts with that prefix. An item's
+final score is thus lowered by ``beta`` times the sum, over its levels, of
+its prefixes' log counts (each level renormalised): a popular prefix is
+penalised at every level below it, unlike ``pop_adjust.py``'s single
+``log(n(item) + 1)``. Prints R@10 / N@10 and R@20 (the final list's
 recall) per beta on both splits; beta is chosen on validation::
 
     python experiments/beam_prior.py --data beauty_cf --model cf_nofree10 \

@@ -86,7 +86,13 @@ class CritiqueResult(_Body):
 
 
 class RecommendedItem(_Body):
-    """One recommended item and its log-probability under the model."""
+    """One recommended item and its score.
+
+    The score is the item's log-probability under the model (plus a
+    critique's steer) for the ``beam``, ``dense`` and ``beam+dense``
+    rankings, and a sum of reciprocal ranks under ``fused``: compare scores
+    within one response only.
+    """
 
     item_id: str
     score: float

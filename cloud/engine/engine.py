@@ -35,7 +35,7 @@ from userlayer.sdk.exceptions import TextEncoderError
 from userlayer.sdk.model import AdapterConfig, adapter_shapes
 from userlayer.sdk.model.config import ModelConfig, ModelError
 from userlayer.sdk.model.decoding import Recommendation, beam_search
-from userlayer.sdk.model.dense_search import RANKINGS, dense_search, head_order
+from userlayer.sdk.model.dense_search import MERGED, RANKINGS, dense_search, head_order
 from userlayer.sdk.model.io import fingerprint, load_model, preferred_ranking
 from userlayer.sdk.model.prompt import encode_request, mode_one_hot, pack_prompts
 from userlayer.sdk.model.steer import SteerEncoder, load_steer
@@ -359,7 +359,7 @@ class Engine:
                 )
             )
         if self.head_order is not None:
-            rerank = beam if self.ranking in ("beam+dense", "fused") else 0
+            rerank = beam if self.ranking in MERGED else 0
             out = dense_search(
                 dec,
                 self.tensor_trie,

@@ -3,7 +3,7 @@
 A base pretrained with a dense item head (``ModelConfig.n_items``) scores
 every catalog item from the hidden state where the next item's first code is
 predicted (:meth:`~userlayer.sdk.model.transformer.Recommender.item_scores`).
-LIGER combines generative retrieval with such dense scoring; two rankings use
+LIGER combines generative retrieval with such dense scoring; three rankings use
 the head here, beside the beam search alone (``beam``):
 
 * ``dense``: every item of the row's service by its dense score. One prefill
@@ -17,19 +17,24 @@ the head here, beside the beam search alone (``beam``):
   each) merged by reciprocal-rank fusion, ``1 / (c + beam rank) + w / (c +
   head rank)`` (ranks from 1; an item missing from a list gets nothing from
   it), as LIGER merges generative and dense retrieval. The head's list brings
-  items the beam pruned; ``c`` 1 and ``w`` 0.5 ranked Beauty's validation
-  users best of c in {1, 10, 60} and w in {0.25, 0.5, 1, 2}
-  (``experiments/list_union.py``, docs/model.md).
+  items the beam pruned. ``c`` 1 and ``w`` 0.5 were the validation choice
+  (by NDCG@10) of c in {1, 10, 60} and w in {0.25, 0.5, 1, 2} on one
+  Beauty base; on each of three seeds' bases they beat the beam on the
+  validation and the test split (``experiments/list_union.py``,
+  docs/model.md). As for ``beam+dense``, both lists are as wide as the
+  batch's beam, so a row's result can depend on its batch-mates' ``k``.
 
 All honour what the beam search honours, row by row: the service, excluded
 items, a critique's hard constraints (``allowed``: no other item is returned)
 and its soft steer (``bonus``, added to the item's log-probability). The
 score returned is the item's log-probability under the head (log-softmax over
-the whole catalog), plus the bonus; for ``fused``, the fused score.
+the whole catalog), plus the bonus; for ``fused``, the fused score (a sum of
+reciprocal ranks, comparable only within one row's list).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -44,6 +49,7 @@ from userlayer.sdk.schemas import Service
 __all__ = [
     "FUSION_C",
     "FUSION_DENSE_WEIGHT",
+    "MERGED",
     "RANKINGS",
     "dense_search",
     "fuse_lists",
@@ -51,6 +57,7 @@ __all__ = [
 ]
 
 RANKINGS = ("beam", "dense", "beam+dense", "fused")
+MERGED = ("beam+dense", "fused")  # the rankings that run the beam and read the head
 FUSION_C = 1.0  # reciprocal-rank fusion's rank offset (``fused``)
 FUSION_DENSE_WEIGHT = 0.5  # the head's list's weight beside the beam's (``fused``)
 
@@ -163,8 +170,16 @@ def fuse_lists(
 
     An item scores ``1 / (c + its beam rank) + weight / (c + its dense
     rank)``, ranks from 1, nothing from a list it is missing from; a tie
-    keeps the beam's order, then the head's.
+    keeps the beam's order, then the head's. Fewer than ``k`` items come
+    back where the two lists hold fewer.
+
+    Raises:
+        ModelError: a negative ``k`` or ``c``, or a weight that is not finite and >= 0.
     """
+    if k < 0 or not c >= 0.0 or not 0.0 <= weight < math.inf:
+        raise ModelError(
+            f"fusion needs k >= 0, c >= 0 and a finite weight >= 0, got {k}, {c}, {weight}"
+        )
     score: dict[str, float] = {}
     for r, x in enumerate(beam):
         score[x.item_id] = score.get(x.item_id, 0.0) + 1.0 / (c + r + 1)

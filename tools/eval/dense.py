@@ -1,8 +1,8 @@
-"""Ranking with the base's dense item head, alone and reranking the beam's candidates.
+"""Ranking with the base's dense item head: alone, reranking the beam's candidates, fused.
 
 A base pretrained with ``--item-head`` scores every catalog item from the
 hidden state where the next item's first code is predicted
-(:meth:`Recommender.item_logits`). Two rankings use it, as LIGER combines
+(:meth:`Recommender.item_logits`). Three rankings use it, as LIGER combines
 generative retrieval with dense scoring:
 
 * ``dense``: every item of the request's service by its dense score;
@@ -13,8 +13,9 @@ generative retrieval with dense scoring:
 * ``fused``: the beam's list and the head's top list merged by
   reciprocal-rank fusion (:func:`~userlayer.sdk.model.dense_search.fuse_lists`).
 
-Both honour the protocol's service restriction and, with ``exclude_seen``, the
-history exclusion; per-row adapters apply as in the beam search.
+All honour the protocol's service restriction and, with ``exclude_seen``, the
+history exclusion; per-row adapters apply as in the beam search. The beam is
+``max(beam, k)`` wide, as the engine serves.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 
 from userlayer.sdk.model.config import ModelError
 from userlayer.sdk.model.decoding import Recommendation
-from userlayer.sdk.model.dense_search import dense_search, head_order
+from userlayer.sdk.model.dense_search import MERGED, dense_search, head_order
 from userlayer.sdk.model.transformer import Recommender, RowAdapters
 from userlayer.sdk.model.trie_search import TensorTrie
 from userlayer.tools.eval.metrics import Accumulator
@@ -54,10 +55,13 @@ def dense_lists(
     The ranking is the serving engine's (:func:`~userlayer.sdk.model.dense_search.dense_search`).
 
     Raises:
-        ToolsError: an unknown mode, or a model without a head (or with another table's).
+        ToolsError: an unknown mode, ``k`` or ``beam`` below 1, or a model
+            without a head (or with another table's).
     """
     if mode not in DENSE_MODES:
         raise ToolsError(f"the dense ranking should be one of {DENSE_MODES}, got {mode!r}")
+    if k < 1 or beam < 1:
+        raise ToolsError(f"`k` and `beam` should be at least 1, got {k}, {beam}")
     try:
         order = head_order(model, trie)
     except ModelError as e:
@@ -76,7 +80,7 @@ def dense_lists(
                 tok,
                 ctx,
                 k,
-                beam if mode in ("beam+dense", "fused") else 0,
+                max(beam, k) if mode in MERGED else 0,
                 [p.service for p in chunk],
                 [p.history for p in chunk] if exclude_seen else None,
                 rows,

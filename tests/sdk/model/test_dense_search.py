@@ -150,6 +150,41 @@ def test_fused_merges_the_beams_list_with_the_heads_own_top_list(
         dense_search(m, trie, order, tok, ctx, 5, 0, fuse=True)
 
 
+def test_fused_honours_a_critiques_constraints_and_steer_in_both_lists(
+    head: tuple[Recommender, TensorTrie],
+) -> None:
+    m, trie = head
+    tok, ctx = _prompts(trie.table, 2)
+    order = head_order(m, trie)
+    n = len(trie.items)
+    plain = dense_search(m, trie, order, tok, ctx, 5, 8, fuse=True)
+    # the beam's last candidate: a large bonus puts it at the top of both lists, so first
+    # (the beam adds a bonus at the last level: an item it prunes earlier never gets it)
+    last = trie.index[trie_beam_search(m, trie, tok, ctx, 8, 8)[0][-1].item_id]
+    assert trie.items[last] not in {x.item_id for x in plain[0]}
+    bonus = torch.zeros(2, n)
+    bonus[0, last] = 100.0
+    got = dense_search(m, trie, order, tok, ctx, 5, 8, bonus=bonus, fuse=True)
+    assert got[0][0].item_id == trie.items[last]
+    assert got[0][0].score == pytest.approx(1 / 2 + 0.5 / 2)  # rank 1 in both lists
+    assert [x.item_id for x in got[1]] == [x.item_id for x in plain[1]]
+    # allowed: the head's list and the beam's hold no other item, so neither does the fusion
+    allowed = torch.zeros(2, n, dtype=torch.bool)
+    keep = [trie.index[x.item_id] for x in plain[0][1:4]] + [last]
+    allowed[0, keep] = True
+    allowed[1] = True
+    got = dense_search(m, trie, order, tok, ctx, 5, 8, allowed=allowed, fuse=True)
+    assert {x.item_id for x in got[0]} == {trie.items[j] for j in keep}
+    assert len(got[1]) == 5
+
+
+def test_fusion_refuses_settings_that_have_no_order() -> None:
+    one = [Recommendation("a", 0.0)]
+    for kw in ({"k": -1}, {"c": -1.0}, {"weight": float("nan")}, {"weight": -0.5}):
+        with pytest.raises(ModelError, match="fusion needs"):
+            fuse_lists(one, one, **{"k": 2, **kw})  # type: ignore[arg-type]
+
+
 def test_a_bonus_lifts_an_item_and_the_score_includes_it(
     head: tuple[Recommender, TensorTrie],
 ) -> None:

@@ -279,10 +279,10 @@ def test_simulated_favourites_are_the_release_and_fit_the_window(synth_data_dir:
                 assert (ctx[row, first, 1:] == torch.from_numpy(seqs.ctx[u][t][1:])).all()
 
 
-def test_a_base_with_a_dense_item_head_pretrains_and_is_evaluated_three_ways(
+def test_a_base_with_a_dense_item_head_pretrains_and_is_evaluated_four_ways(
     tmp_path: Path, synth_data_dir: Path
 ) -> None:
-    """--item-head: the head is trained on the table's items; eval ranks beam, dense, beam+dense."""
+    """--item-head: the head is trained on the table's items; eval ranks by all four rankings."""
     out = tmp_path / "m"
     pretrain(
         synth_data_dir,

@@ -1,0 +1,38 @@
+"""The eval's dense rankings: the lists the engine serves, and named errors for bad settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from userlayer.sdk.model.dense_search import dense_search, head_order
+from userlayer.sdk.model.io import load_model
+from userlayer.sdk.model.trie_search import TensorTrie
+from userlayer.sdk.semantic_ids import SemanticIdTable
+from userlayer.tools.data.format import Dataset
+from userlayer.tools.eval.dense import dense_lists
+from userlayer.tools.exceptions import ToolsError
+from userlayer.tools.train.examples import UserSequences, build_prompts, pack_prompts
+
+
+def test_fused_lists_are_the_engines_at_its_width_and_bad_settings_are_named(
+    tiny_head_model_dir: Path, synth_data_dir: Path
+) -> None:
+    model = load_model(tiny_head_model_dir).eval()
+    table = SemanticIdTable.load(tiny_head_model_dir / "sids.json")
+    seqs = UserSequences.from_dataset(Dataset.load(synth_data_dir), table, model.cfg.geo_buckets)
+    prompts = build_prompts(seqs, "test", "full")[:12]
+    trie = TensorTrie(table)
+    # k above the beam: the beam is widened to k, as the engine serves (max(beam, k))
+    got = dense_lists(model, trie, prompts, "fused", k=6, beam=4, batch_size=5)
+    tok, ctx = pack_prompts(prompts)
+    services = [p.service for p in prompts]
+    want = dense_search(model, trie, head_order(model, trie), tok, ctx, 6, 6, services, fuse=True)
+    assert [[x.item_id for x in r] for r in got] == [[x.item_id for x in r] for r in want]
+    assert all(len(r) == 6 for r in got)
+    for bad in ({"k": 0}, {"beam": 0}):
+        with pytest.raises(ToolsError, match="at least 1"):
+            dense_lists(model, trie, prompts, "fused", **bad)  # type: ignore[arg-type]
+    with pytest.raises(ToolsError, match="should be one of"):
+        dense_lists(model, trie, prompts, "fusion")
