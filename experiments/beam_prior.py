@@ -22,22 +22,20 @@ recall) per beta on both splits; beta is chosen on validation::
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections import Counter
 
 import torch
+from _run import base_parser, load_run, training_counts
 from torch import Tensor
 
 from userlayer.sdk.model.decoding import TorchDecoder
-from userlayer.sdk.model.io import load_model
 from userlayer.sdk.model.tokens import FIRST_CODE, level_offsets
 from userlayer.sdk.model.trie_search import TensorTrie, trie_beam_search
 from userlayer.sdk.semantic_ids import SemanticIdTable
-from userlayer.tools.data.format import Dataset
 from userlayer.tools.eval.metrics import Accumulator
-from userlayer.tools.train.examples import UserSequences, build_prompts, pack_prompts
+from userlayer.tools.train.examples import build_prompts, pack_prompts
 
 
 class PriorDecoder:
@@ -93,21 +91,13 @@ def prefix_counts(table: SemanticIdTable, counts: Counter[str]) -> dict[tuple[in
 
 def main() -> None:
     """Rank both splits per beta, print (and write ``--json``)."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--beam", type=int, default=20)
+    ap = base_parser(__doc__)
     ap.add_argument("--betas", default="0,0.1,0.2,0.3,0.5")
-    ap.add_argument("--users", type=int, default=0, help="first N users (0: all)")
-    ap.add_argument("--json", default="")
     a = ap.parse_args()
-    torch.set_flush_denormal(True)
     t0 = time.time()
     betas = [float(b) for b in a.betas.split(",")]
-    model = load_model(a.model).eval()
-    table = SemanticIdTable.load(f"{a.model}/sids.json")
-    seqs = UserSequences.from_dataset(Dataset.load(a.data), table, model.cfg.geo_buckets)
-    counts = Counter(i for items in seqs.items for i in items[: len(items) - 2])
+    model, table, seqs = load_run(a.data, a.model)
+    counts = training_counts(seqs)
     log_n = prefix_counts(table, counts)
     offsets = level_offsets(table.level_sizes)
     trie = TensorTrie(table)

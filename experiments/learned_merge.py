@@ -24,23 +24,19 @@ the test split against the beam and the ``fused`` ranking in the same run::
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
-from collections import Counter
 
 import torch
+from _run import base_parser, load_run, training_counts
 from torch import Tensor, nn
 
 from userlayer.sdk.model.decoding import Recommendation, TorchDecoder
 from userlayer.sdk.model.dense_search import fuse_lists, head_order
-from userlayer.sdk.model.io import load_model
 from userlayer.sdk.model.trie_search import TensorTrie, item_mask, trie_beam_search
-from userlayer.sdk.semantic_ids import SemanticIdTable
-from userlayer.tools.data.format import Dataset
 from userlayer.tools.eval.metrics import Accumulator
-from userlayer.tools.train.examples import Prompt, UserSequences, build_prompts, pack_prompts
+from userlayer.tools.train.examples import Prompt, build_prompts, pack_prompts
 
 K = 10
 N_FEATURES = 6
@@ -143,21 +139,13 @@ def _metrics(lists: list[list[str]], prompts: list[Prompt]) -> dict[str, float]:
 
 def main() -> None:
     """Build both splits' candidates, fit on valid, read on test, print (and write ``--json``)."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--beam", type=int, default=20)
-    ap.add_argument("--users", type=int, default=0, help="first N users (0: all)")
-    ap.add_argument("--json", default="")
+    ap = base_parser(__doc__)
     a = ap.parse_args()
-    torch.set_flush_denormal(True)
     t0 = time.time()
-    model = load_model(a.model).eval()
-    table = SemanticIdTable.load(f"{a.model}/sids.json")
-    seqs = UserSequences.from_dataset(Dataset.load(a.data), table, model.cfg.geo_buckets)
+    model, table, seqs = load_run(a.data, a.model)
     trie = TensorTrie(table)
     order = head_order(model, trie)
-    count = Counter(i for items in seqs.items for i in items[: len(items) - 2])
+    count = training_counts(seqs)
     log_count = torch.tensor([math.log(count[i] + 1) for i in trie.items])
     data = {}
     for split in ("valid", "test"):

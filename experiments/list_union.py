@@ -23,21 +23,18 @@ lists (the ceiling of any merge's R@20) is printed::
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
 import torch
+from _run import base_parser, load_run
 
 from userlayer.sdk.model.dense_search import fuse_lists
-from userlayer.sdk.model.io import load_model
 from userlayer.sdk.model.trie_search import TensorTrie
-from userlayer.sdk.semantic_ids import SemanticIdTable
-from userlayer.tools.data.format import Dataset
 from userlayer.tools.eval.dense import dense_lists
 from userlayer.tools.eval.evaluate import EvalConfig, generative_lists
 from userlayer.tools.eval.metrics import Accumulator
-from userlayer.tools.train.examples import UserSequences, build_prompts
+from userlayer.tools.train.examples import build_prompts
 
 K = 10
 RRF = [(c, w) for c in (1, 10, 60) for w in (0.25, 0.5, 1.0, 2.0)]
@@ -58,18 +55,10 @@ def splice(beam: list[str], dense: list[str], n: int) -> list[str]:
 
 def main() -> None:
     """Rank both splits by both lists, merge, choose on valid, print (and write ``--json``)."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--beam", type=int, default=20)
-    ap.add_argument("--users", type=int, default=0, help="first N users (0: all)")
-    ap.add_argument("--json", default="")
+    ap = base_parser(__doc__)
     a = ap.parse_args()
-    torch.set_flush_denormal(True)
     t0 = time.time()
-    model = load_model(a.model).eval()
-    table = SemanticIdTable.load(f"{a.model}/sids.json")
-    seqs = UserSequences.from_dataset(Dataset.load(a.data), table, model.cfg.geo_buckets)
+    model, table, seqs = load_run(a.data, a.model)
     trie, tensor_trie = table.trie(), TensorTrie(table)
     rows = {f"splice {n}": ("splice", n) for n in range(K + 1)}
     rows.update({f"rrf {c} {w}": ("rrf", (c, w)) for c, w in RRF})

@@ -15,39 +15,27 @@ test::
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
-from collections import Counter
 
 import torch
+from _run import base_parser, load_run, training_counts
 
-from userlayer.sdk.model.io import load_model
-from userlayer.sdk.semantic_ids import SemanticIdTable
-from userlayer.tools.data.format import Dataset
 from userlayer.tools.eval.evaluate import EvalConfig, generative_lists
 from userlayer.tools.eval.metrics import Accumulator
-from userlayer.tools.train.examples import UserSequences, build_prompts
+from userlayer.tools.train.examples import build_prompts
 
 
 def main() -> None:
     """Rank both splits once, rerank per beta, print (and write ``--json``)."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--beam", type=int, default=20)
+    ap = base_parser(__doc__)
     ap.add_argument("--betas", default="0,0.05,0.1,0.2,0.3")
-    ap.add_argument("--users", type=int, default=0, help="first N users (0: all)")
-    ap.add_argument("--json", default="")
     a = ap.parse_args()
-    torch.set_flush_denormal(True)
     t0 = time.time()
     betas = [float(b) for b in a.betas.split(",")]
-    model = load_model(a.model).eval()
-    table = SemanticIdTable.load(f"{a.model}/sids.json")
-    seqs = UserSequences.from_dataset(Dataset.load(a.data), table, model.cfg.geo_buckets)
-    count = Counter(i for items in seqs.items for i in items[: len(items) - 2])
+    model, table, seqs = load_run(a.data, a.model)
+    count = training_counts(seqs)
     trie = table.trie()
     out: dict[str, dict[str, dict[str, float]]] = {}
     for split in ("valid", "test"):

@@ -55,13 +55,13 @@ def dense_lists(
     The ranking is the serving engine's (:func:`~userlayer.sdk.model.dense_search.dense_search`).
 
     Raises:
-        ToolsError: an unknown mode, ``k`` or ``beam`` below 1, or a model
+        ToolsError: an unknown mode, ``k`` below 1, or a model
             without a head (or with another table's).
     """
     if mode not in DENSE_MODES:
         raise ToolsError(f"the dense ranking should be one of {DENSE_MODES}, got {mode!r}")
-    if k < 1 or beam < 1:
-        raise ToolsError(f"`k` and `beam` should be at least 1, got {k}, {beam}")
+    if k < 1:
+        raise ToolsError(f"`k` should be at least 1, got {k}")
     try:
         order = head_order(model, trie)
     except ModelError as e:

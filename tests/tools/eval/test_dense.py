@@ -31,8 +31,10 @@ def test_fused_lists_are_the_engines_at_its_width_and_bad_settings_are_named(
     want = dense_search(model, trie, head_order(model, trie), tok, ctx, 6, 6, services, fuse=True)
     assert [[x.item_id for x in r] for r in got] == [[x.item_id for x in r] for r in want]
     assert all(len(r) == 6 for r in got)
-    for bad in ({"k": 0}, {"beam": 0}):
-        with pytest.raises(ToolsError, match="at least 1"):
-            dense_lists(model, trie, prompts, "fused", **bad)  # type: ignore[arg-type]
+    with pytest.raises(ToolsError, match="`k` should be at least 1"):
+        dense_lists(model, trie, prompts, "fused", k=0)
+    assert dense_lists(model, trie, prompts, "fused", k=3, beam=0) == dense_lists(
+        model, trie, prompts, "fused", k=3, beam=3
+    )  # a beam below k is widened to k
     with pytest.raises(ToolsError, match="should be one of"):
         dense_lists(model, trie, prompts, "fusion")
