@@ -121,9 +121,8 @@ def fit(
     return net
 
 
-def rank(net: nn.Module | None, ids: list[list[str]], x: Tensor, mask: Tensor) -> list[list[str]]:
+def rank(net: nn.Module, ids: list[list[str]], x: Tensor, mask: Tensor) -> list[list[str]]:
     """Each prompt's top ``K`` by the scorer."""
-    assert net is not None
     with torch.no_grad():
         s = net(x)[..., 0].masked_fill(~mask, float("-inf"))
     top = s.topk(min(K, s.shape[1]), dim=-1).indices.tolist()
@@ -160,7 +159,8 @@ def main() -> None:
     )
     mean = x[mask].mean(0)
     std = x[mask].std(0).clamp(min=1e-6)
-    norm = (x - mean) / std * mask[..., None]
+    norms = {s: (d[2] - mean) / std * d[3][..., None] for s, d in data.items()}  # valid's stats
+    norm = norms["valid"]
     gen = torch.Generator().manual_seed(0)
     perm = torch.randperm(len(prompts), generator=gen)
     cut = int(0.8 * len(prompts))
@@ -177,8 +177,8 @@ def main() -> None:
     best = max(chosen, key=lambda k: (chosen[k]["N@10"], chosen[k]["R@10"]))
     out: dict[str, object] = {"held-out valid (20%)": chosen, "chosen": best}
     for split in ("valid", "test"):
-        prompts, ids, x, mask, beams, heads = data[split]
-        norm = (x - mean) / std * mask[..., None]
+        prompts, ids, _, mask, beams, heads = data[split]
+        norm = norms[split]
         fused = [
             [
                 r.item_id

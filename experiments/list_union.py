@@ -74,10 +74,11 @@ def main() -> None:
             beams = generative_lists(model, trie, prompts, wide)
             denses = dense_lists(model, tensor_trie, prompts, "dense", a.beam, 0, 256, True)
         accs = {name: Accumulator() for name in rows}
-        union = 0
+        union = beam_cap = dense_cap = 0
         for p, rb, rd in zip(prompts, beams, denses, strict=True):
             b, d = [x.item_id for x in rb], [x.item_id for x in rd]
-            union += p.target in set(b) | set(d)
+            in_b, in_d = p.target in b, p.target in d
+            beam_cap, dense_cap, union = beam_cap + in_b, dense_cap + in_d, union + (in_b or in_d)
             hit_beam = p.target in b[:K]
             for name, (kind, arg) in rows.items():
                 if kind == "splice":
@@ -93,12 +94,6 @@ def main() -> None:
             name: {m: round(v, 4) for m, v in acc.result()["all"].items()}
             for name, acc in accs.items()
         }
-        beam_cap = sum(
-            p.target in {x.item_id for x in r} for p, r in zip(prompts, beams, strict=True)
-        )
-        dense_cap = sum(
-            p.target in {x.item_id for x in r} for p, r in zip(prompts, denses, strict=True)
-        )
         n = len(prompts)
         ceiling[split] = {
             f"beam R@{a.beam}": round(beam_cap / n, 4),
