@@ -331,6 +331,13 @@ def pretrain_cmd(
             "(DATA/item_embedding.safetensors, `sids build --save-embedding`; needs --item-head)."
         ),
     ] = False,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="Train on this device: cpu, cuda or cuda:N (default the CPU; under torchrun "
+            "the backend decides: NCCL each rank's GPU, gloo the CPU)."
+        ),
+    ] = None,
 ) -> None:
     """Pretrain the base model (next Semantic ID) on all users' training sequences."""
     from userlayer.tools.train.pretrain import EpochReport, PretrainConfig, pretrain
@@ -365,6 +372,7 @@ def pretrain_cmd(
         select=select,
         label_smoothing=label_smoothing,
         item_features=item_features,
+        device=device,
     )
     with progress_bar(console) as progress:
         progress.columns = (*progress.columns, TextColumn("{task.fields[info]}"))

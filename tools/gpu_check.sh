@@ -10,8 +10,9 @@
 #   .gpu_bundle/wheels/  this project's other runtime wheels, for Python 3.10-3.13
 # It maps the source folders to the `userlayer` package (no install), installs
 # the wheels offline into a temporary directory, and runs
-# `userlayer bench gpu` within 7 minutes; the JSON is rewritten after each part,
-# so a run cut short still reports what it measured.
+# `userlayer bench gpu` within 7 minutes (GPU_CHECK_BUDGET_S, default 420 s, plus
+# 60); the JSON is rewritten after each part, so a run cut short still reports
+# what it measured, and a part that fails leaves its error there and the rest run.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 model="${1:-$repo/.gpu_bundle/model}"
@@ -30,5 +31,6 @@ fi
 export PYTHONPATH="$work/pkg:$work/site${PYTHONPATH:+:$PYTHONPATH}"
 "$py" -c 'import torch, sys; print("python", sys.version.split()[0], "torch", torch.__version__,
   "cuda", torch.cuda.is_available() and torch.cuda.get_device_name(0))' | tee "$out/env.txt"
-timeout 480 "$py" -m userlayer.tools.cli bench gpu --model "$model" \
-  --out "$out/gpu_check.json" --budget-s 420 2>&1 | tee "$out/gpu_check.log"
+budget="${GPU_CHECK_BUDGET_S:-420}"  # the parts' budget; the run is cut 60 s past it
+timeout "$((budget + 60))" "$py" -m userlayer.tools.cli bench gpu --model "$model" \
+  --out "$out/gpu_check.json" --budget-s "$budget" 2>&1 | tee "$out/gpu_check.log"

@@ -26,7 +26,9 @@ Parts:
 from __future__ import annotations
 
 import json
+import logging
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,8 @@ from userlayer.tools.bench.report import BenchReport
 from userlayer.tools.bench.serving import ServingBenchConfig, _adapters, _requests, bench_serving
 
 __all__ = ["GpuCheckConfig", "gpu_check"]
+
+logger = logging.getLogger(__name__)
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -192,6 +196,12 @@ def gpu_check(model_dir: str | Path, cfg: GpuCheckConfig, out_json: Path) -> Ben
                 results[part] = parts[part]()
             except ImportError as e:  # a package the lent machine lacks
                 results[part] = {"skipped": f"missing package: {e}"}
+            except Exception as e:  # one lent run: a broken part leaves the rest to run
+                logger.exception("bench gpu: part %s failed", part)
+                results[part] = {
+                    "error": f"{type(e).__name__}: {e}",
+                    "traceback": traceback.format_exc()[-4000:],
+                }
             results[part + "_s"] = round(time.perf_counter() - t, 1)
         rows.append([part, json.dumps(results[part], default=str)[:120]])
         save()

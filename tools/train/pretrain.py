@@ -55,7 +55,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,9 @@ class PretrainConfig:
     max_steps: int | None = None  # stop early (leaving a checkpoint), e.g. to test resume
     valid_users: int = 2000  # users sampled for the per-epoch validation loss (0: none)
     threads: int | None = None  # runtime only; not stored in the model
+    # runtime only: "cpu", "cuda" or "cuda:N" for a one-process run (None: the CPU);
+    # under torchrun the backend decides (NCCL: each rank's GPU, gloo: the CPU)
+    device: str | None = None
     min_steps: int = 0  # raise the epochs until the run takes at least this many steps
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides
     profile_absent: float = 0.15  # share of private rows without a prefix
@@ -150,6 +153,8 @@ class PretrainConfig:
             raise ToolsError("`item_features` are the dense item head's: set `item_head` too")
         if self.min_steps < 0:
             raise ToolsError(f"`min_steps` should be >= 0, got {self.min_steps}")
+        if self.device is not None:
+            _parse_device(self.device)
         if not 0 <= self.favourites <= 64:
             raise ToolsError(f"`favourites` should be in [0, 64], got {self.favourites}")
         lo, hi = self.profile_noise
@@ -564,6 +569,28 @@ class _Dist:
             dist.destroy_process_group()
 
 
+def _parse_device(name: str) -> torch.device:
+    """``name`` as a torch device: the CPU, or a CUDA GPU that this process can see.
+
+    Raises:
+        ToolsError: if ``name`` is no such device.
+    """
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ToolsError(f"`device` should be 'cpu', 'cuda' or 'cuda:N', got {name!r}") from e
+    if dev.type not in ("cpu", "cuda"):
+        raise ToolsError(f"`device` should be 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ToolsError(f"`device` {name!r}: no CUDA GPU is visible to this process")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ToolsError(
+                f"`device` {name!r}: only {torch.cuda.device_count()} CUDA GPU(s) are visible"
+            )
+    return dev
+
+
 def pretrain(
     data_dir: str | Path,
     out: str | Path,
@@ -589,9 +616,18 @@ def pretrain(
     Raises:
         ToolsError: if the dataset has no Semantic IDs or no training data.
     """
+    settings = cfg or PretrainConfig()
     dist = _Dist.from_env()
+    if settings.device is not None:
+        if dist.world > 1:
+            dist.close()
+            raise ToolsError(
+                "`device` is for a one-process run: under torchrun each rank's device "
+                "follows the backend (NCCL: its GPU, LOCAL_RANK; gloo: the CPU)"
+            )
+        dist = replace(dist, device=_parse_device(settings.device))
     try:
-        return _pretrain(data_dir, out, cfg or PretrainConfig(), dist, on_step, on_epoch)
+        return _pretrain(data_dir, out, settings, dist, on_step, on_epoch)
     finally:
         dist.close()
 
@@ -635,6 +671,8 @@ def _pretrain(
         codes = torch.tensor([table.codes[i] for i in table.codes], dtype=torch.long)
         model.set_items(codes, feats)
     model = model.to(dist.device)
+    if lead:
+        logger.info("training on %s (%d process(es))", dist.device, dist.world)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -777,6 +815,7 @@ def _pretrain(
         "pretrain": {
             **asdict(cfg),
             "threads": None,
+            "device": None,
             "steps": step,
             "epochs_run": epochs,
             "best_epoch": best_epoch,

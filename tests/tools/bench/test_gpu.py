@@ -46,3 +46,20 @@ def test_parts_past_the_budget_are_skipped(tmp_path: Path, tiny_model_dir: Path)
     out = tmp_path / "gpu.json"
     gpu_check(tiny_model_dir, GpuCheckConfig(parts=("parity",), budget_s=10, stand_in=True), out)
     assert "budget" in json.loads(out.read_text())["parity"]["skipped"]
+
+
+def test_a_failing_part_records_its_error_and_the_next_parts_still_run(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "model.safetensors").write_bytes(b"not a safetensors file")
+    out = tmp_path / "gpu.json"
+    cfg = GpuCheckConfig(
+        parts=("parity", "serving"), batches=(1,), repeats=1, users=20, stand_in=True
+    )
+    gpu_check(model, cfg, out)
+    res = json.loads(out.read_text())
+    for part in ("parity", "serving"):  # the first failure did not end the run
+        assert res[part]["error"] and "Traceback" in res[part]["traceback"]
+    assert res["total_s"] >= 0

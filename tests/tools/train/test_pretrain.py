@@ -368,3 +368,36 @@ def test_item_features_come_from_the_ids_embedding_and_stay_with_the_model(
     torch.testing.assert_close(model.item_feats[rows], want, atol=1e-5, rtol=1e-5)
     with pytest.raises(ToolsError, match="item_head"):
         PretrainConfig(item_features=True)
+
+
+def test_device_is_runtime_only_and_the_cpu_run_is_the_default_run(
+    synth_data_dir: Path, tmp_path: Path
+) -> None:
+    cfg = PretrainConfig(epochs=1, batch_size=32, model=TINY, min_steps=3, valid_users=0)
+    plain = pretrain(synth_data_dir, tmp_path / "plain", cfg)
+    cpu = pretrain(synth_data_dir, tmp_path / "cpu", replace(cfg, device="cpu"))
+    assert cpu.losses == plain.losses
+    assert cpu.fingerprint == plain.fingerprint
+    doc = json.loads((tmp_path / "cpu" / "config.json").read_text())
+    assert doc["pretrain"]["device"] is None  # where it ran is not part of the model
+
+
+@pytest.mark.parametrize("name", ["tpu", "banana", "cuda:99", "meta"])
+def test_a_device_this_process_cannot_train_on_is_refused_by_name(name: str) -> None:
+    if name == "cuda:99" and torch.cuda.device_count() > 99:
+        pytest.skip("this machine has 100 GPUs")
+    with pytest.raises(ToolsError, match=f"`device`.*{name}"):
+        PretrainConfig(device=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_run_follows_the_cpu_runs_loss_curve(synth_data_dir: Path, tmp_path: Path) -> None:
+    cfg = PretrainConfig(epochs=1, batch_size=32, model=TINY, min_steps=5, valid_users=50)
+    cpu = pretrain(synth_data_dir, tmp_path / "cpu", cfg)
+    gpu = pretrain(synth_data_dir, tmp_path / "gpu", replace(cfg, device="cuda"))
+    assert gpu.finished
+    # same init and batches; kernels differ in rounding only (dropout draws differ by device)
+    assert gpu.losses[0] == pytest.approx(cpu.losses[0], rel=0.05)
+    assert gpu.losses[-1] < gpu.losses[0]
+    load_model(tmp_path / "gpu")  # saved from the GPU, loads on the CPU
