@@ -15,7 +15,9 @@ Parts:
     the same 64 mixed requests (every row its own user's adapter, some rows
     without) on the torch CPU engine and on each GPU engine (torch CUDA, ONNX
     Runtime's CUDA and TensorRT providers where present): share of rows with
-    the same top-10 items in the same order, and the largest score gap.
+    the same top-10 items in the same order, and the largest score gap; for the
+    served ranking and for the beam (log-probabilities) and the dense head
+    (scores), since a ``fused`` score is a sum of reciprocal ranks.
 ``serving``
     ``bench serving`` on each GPU engine: rows/s with 64 different adapters vs
     the base alone at batch 1-256.
@@ -30,7 +32,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ import torch
 
 from userlayer.cloud.engine.engine import Engine, EngineConfig, EngineRequest
 from userlayer.cloud.engine.export import ensure_onnx
+from userlayer.sdk.model.io import load_model
 from userlayer.tools.bench.report import BenchReport
 from userlayer.tools.bench.serving import ServingBenchConfig, _adapters, _requests, bench_serving
 
@@ -97,32 +100,54 @@ def _gpu_engines(env: dict[str, Any], stand_in: bool) -> dict[str, EngineConfig]
     return out
 
 
-def _parity(model_dir: Path, engines: dict[str, EngineConfig]) -> dict[str, Any]:
-    """Top-10 agreement and score gaps of each GPU engine against the torch CPU engine."""
+def _parity_rankings(model_dir: Path) -> tuple[str, ...]:
+    """The rankings parity compares: the served one, and each whose scores are model outputs.
 
-    def run(cfg: EngineConfig) -> list[list[tuple[str, float]]]:
+    ``fused`` scores are sums of reciprocal ranks, equal wherever the order is, so
+    the beam's log-probabilities and the dense head's scores are compared too.
+    """
+    head = bool(load_model(model_dir).cfg.n_items)
+    return ("auto", "beam", "dense") if head else ("auto", "beam")
+
+
+def _parity(model_dir: Path, engines: dict[str, EngineConfig]) -> dict[str, Any]:
+    """Top-10 agreement and score gaps of each GPU engine against the torch CPU engine.
+
+    One entry per engine and ranking (``auto`` is the one the model serves).
+    """
+
+    def run(cfg: EngineConfig) -> tuple[str, list[list[tuple[str, float]]]]:
         e = Engine(model_dir, cfg)
         ads = _adapters(e, 64, 0)
         reqs = [
             EngineRequest(**{**r.__dict__, "slot": e.slab.load(u, ads[u]) if u % 4 else -1})
             for u, r in enumerate(_requests(e, 64, np.random.default_rng(5)))
         ]
-        return [[(x.item_id, x.score) for x in row] for row in e.recommend(reqs)]
+        return e.ranking, [[(x.item_id, x.score) for x in row] for row in e.recommend(reqs)]
 
-    ref = run(EngineConfig(backend="torch", device="cpu", slots=256))
     out: dict[str, Any] = {}
-    for name, cfg in engines.items():
-        got = run(cfg)
-        same = sum([i for i, _ in g] == [i for i, _ in r] for g, r in zip(got, ref, strict=True))
-        gap = max(
-            (
-                abs(gs - rs)
-                for g, r in zip(got, ref, strict=True)
-                for (_, gs), (_, rs) in zip(g, r, strict=False)  # rows may differ in length
-            ),
-            default=0.0,
-        )
-        out[name] = {"rows": len(ref), "same_top10": same, "max_score_gap": gap}
+    for ranking in _parity_rankings(model_dir):
+        served, ref = run(EngineConfig(backend="torch", device="cpu", slots=256, ranking=ranking))
+        for name, cfg in engines.items():
+            _, got = run(replace(cfg, ranking=ranking))
+            same = sum(
+                [i for i, _ in g] == [i for i, _ in r] for g, r in zip(got, ref, strict=True)
+            )
+            gap = max(
+                (
+                    abs(gs - rs)
+                    for g, r in zip(got, ref, strict=True)
+                    for (_, gs), (_, rs) in zip(g, r, strict=False)  # rows may differ in length
+                ),
+                default=0.0,
+            )
+            key = name if ranking == "auto" else f"{name}, {ranking}"
+            out[key] = {
+                "ranking": served,
+                "rows": len(ref),
+                "same_top10": same,
+                "max_score_gap": gap,
+            }
     return out
 
 

@@ -37,6 +37,8 @@ def test_the_stand_in_runs_parity_and_serving_and_writes_after_each_part(
     engine = "torch-cuda" if torch.cuda.is_available() else "torch-cpu-stand-in"
     parity = res["parity"][engine]
     assert parity["rows"] == 64 and parity["same_top10"] == 64  # CPU against CPU: identical
+    beam = res["parity"][f"{engine}, beam"]  # log-probabilities, not reciprocal ranks
+    assert beam["ranking"] == "beam" and beam["same_top10"] == 64 and beam["max_score_gap"] == 0
     assert res["serving"][engine]["torch/4"]["rows_per_s_adapters"] > 0
     assert res["total_s"] >= res["parity_s"] + res["serving_s"] - 0.2
     assert "not GPU figures" in " ".join(rep.notes) or torch.cuda.is_available()
