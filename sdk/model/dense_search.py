@@ -49,15 +49,18 @@ from userlayer.sdk.schemas import Service
 __all__ = [
     "FUSION_C",
     "FUSION_DENSE_WEIGHT",
+    "HEAD_RANKINGS",
     "MERGED",
     "RANKINGS",
     "dense_search",
     "fuse_lists",
     "head_order",
+    "head_rankings",
 ]
 
 RANKINGS = ("beam", "dense", "beam+dense", "fused")
 MERGED = ("beam+dense", "fused")  # the rankings that run the beam and read the head
+HEAD_RANKINGS = ("dense", *MERGED)  # the rankings that read the head
 FUSION_C = 1.0  # reciprocal-rank fusion's rank offset (``fused``)
 FUSION_DENSE_WEIGHT = 0.5  # the head's list's weight beside the beam's (``fused``)
 
@@ -115,7 +118,8 @@ def dense_search(
     a constrained beam search of that width (``beam+dense``), or with ``fuse``
     merges that beam's list with the head's top ``rerank`` (``fused``); 0
     ranks every item (``dense``). The other arguments are
-    :func:`trie_beam_search`'s.
+    :func:`trie_beam_search`'s. :func:`head_rankings` gives several of these
+    rankings of the same rows from one prefill and one beam search.
 
     Raises:
         ModelError: if the decoder gives no dense scores (a model or an export
@@ -123,19 +127,67 @@ def dense_search(
     """
     if fuse and rerank < 1:
         raise ModelError(f"the fused ranking needs a beam width (`rerank` >= 1), got {rerank}")
+    ranking = "fused" if fuse else "beam+dense" if rerank else "dense"
+    return head_rankings(
+        model,
+        trie,
+        order,
+        tokens,
+        ctx,
+        (ranking,),
+        k,
+        rerank,
+        services,
+        exclude,
+        adapters,
+        allowed,
+        bonus,
+    )[ranking]
+
+
+@torch.no_grad()
+def head_rankings(
+    model: Recommender | Decoder,
+    trie: TensorTrie,
+    order: Tensor,
+    tokens: Tensor,
+    ctx: Tensor,
+    rankings: Sequence[str],
+    k: int = 10,
+    beam: int = 0,
+    services: Sequence[Service | str | None] | None = None,
+    exclude: Sequence[Sequence[str]] | None = None,
+    adapters: RowAdapters | None = None,
+    allowed: Tensor | None = None,
+    bonus: Tensor | None = None,
+) -> dict[str, list[list[Recommendation]]]:
+    """Several of the head's rankings of the same rows, by name, best first.
+
+    ``rankings``: any of ``dense``, ``beam+dense`` and ``fused``. They share
+    one prefill (the head's scores) and, where one of them needs it, one
+    constrained beam search of width ``beam``: each ranking equals what
+    :func:`dense_search` gives for it alone, for the price of one prefill and
+    one search.
+    The other arguments are :func:`dense_search`'s.
+
+    Raises:
+        ModelError: an unknown ranking, ``beam+dense`` or ``fused`` without a
+            beam width, or a decoder without dense scores.
+    """
+    unknown = [r for r in rankings if r not in HEAD_RANKINGS]
+    if unknown or not rankings:
+        raise ModelError(f"the head's rankings are {HEAD_RANKINGS}, got {list(rankings)}")
+    searched = any(r in MERGED for r in rankings)
+    if searched and beam < 1:
+        raise ModelError(f"rankings {list(rankings)} need a beam width (>= 1), got {beam}")
     b = tokens.shape[0]
     dec = TorchDecoder(model, adapters) if isinstance(model, Recommender) else model
     ok = item_mask(trie, b, services, exclude, allowed)
     beams: list[list[Recommendation]] = []
-    if rerank:
+    if searched:  # its prefill is the head's too
         beams = trie_beam_search(
-            dec, trie, tokens, ctx, rerank, rerank, services, exclude, None, allowed, bonus
+            dec, trie, tokens, ctx, beam, beam, services, exclude, None, allowed, bonus
         )
-        if not fuse:
-            cand = torch.zeros_like(ok)
-            for r, recs in enumerate(beams):
-                cand[r, [trie.index[x.item_id] for x in recs]] = True
-            ok &= cand
     else:
         dec.prefill(tokens, ctx)
     scores = dec.items()
@@ -144,19 +196,31 @@ def dense_search(
     lp = scores[:, order.to(scores.device)].float().log_softmax(-1)
     if bonus is not None:
         lp = lp + bonus
-    lp = lp.masked_fill(~ok, float("-inf"))
-    top = lp.topk(min(rerank if fuse else k, lp.shape[1]), dim=-1)
-    heads = [
+    out: dict[str, list[list[Recommendation]]] = {}
+    if "dense" in rankings:
+        out["dense"] = _top(trie, lp.masked_fill(~ok, float("-inf")), k)
+    if "beam+dense" in rankings:
+        cand = torch.zeros_like(ok)
+        for r, recs in enumerate(beams):
+            cand[r, [trie.index[x.item_id] for x in recs]] = True
+        out["beam+dense"] = _top(trie, lp.masked_fill(~(ok & cand), float("-inf")), k)
+    if "fused" in rankings:
+        heads = _top(trie, lp.masked_fill(~ok, float("-inf")), beam)
+        out["fused"] = [fuse_lists(bm, hd, k) for bm, hd in zip(beams, heads, strict=True)]
+    return out
+
+
+def _top(trie: TensorTrie, lp: Tensor, k: int) -> list[list[Recommendation]]:
+    """Each row's top ``k`` of ``lp`` (rows, items in trie order), masked items (-inf) left out."""
+    top = lp.topk(min(k, lp.shape[1]), dim=-1)
+    return [
         [
             Recommendation(trie.items[int(j)], float(s))
             for j, s in zip(top.indices[r].tolist(), top.values[r].tolist(), strict=True)
             if s != float("-inf")
         ]
-        for r in range(b)
+        for r in range(lp.shape[0])
     ]
-    if fuse:
-        return [fuse_lists(bm, hd, k) for bm, hd in zip(beams, heads, strict=True)]
-    return heads
 
 
 def fuse_lists(

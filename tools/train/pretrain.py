@@ -213,13 +213,12 @@ def choose_ranking(
     head ranks better than the beam depends on the Semantic IDs and the
     head's loss weight (docs/model.md), so it is measured, not assumed.
     """
-    from userlayer.tools.eval.dense import DENSE_MODES, rank_dense
+    from userlayer.tools.eval.dense import rank_head
     from userlayer.tools.eval.evaluate import EvalConfig, rank_generative
 
-    trie = TensorTrie(table)
     ndcg = {"beam": rank_generative(model, table.trie(), prompts, EvalConfig())["all"]["N@10"]}
-    for mode in DENSE_MODES:
-        ndcg[mode] = rank_dense(model, trie, prompts, mode)["all"]["N@10"]
+    for mode, m in rank_head(model, TensorTrie(table), prompts).items():
+        ndcg[mode] = m["all"]["N@10"]
     best = max(ndcg, key=lambda m: (ndcg[m], m == "beam"))  # a tie: the beam
     return {"preferred": best, "valid_ndcg10": ndcg, "users": len(prompts)}
 

@@ -7,8 +7,13 @@ import torch
 
 from userlayer.sdk import SemanticIdTable, Service
 from userlayer.sdk.model import ModelConfig, ModelError, Recommender
-from userlayer.sdk.model.decoding import Recommendation
-from userlayer.sdk.model.dense_search import dense_search, fuse_lists, head_order
+from userlayer.sdk.model.decoding import Recommendation, TorchDecoder
+from userlayer.sdk.model.dense_search import (
+    dense_search,
+    fuse_lists,
+    head_order,
+    head_rankings,
+)
 from userlayer.sdk.model.tokens import CTX, item_tokens
 from userlayer.sdk.model.trie_search import TensorTrie, trie_beam_search
 
@@ -148,6 +153,77 @@ def test_fused_merges_the_beams_list_with_the_heads_own_top_list(
     assert brought  # the head's list adds items the beam did not return (else nothing shown)
     with pytest.raises(ModelError, match="needs a beam width"):
         dense_search(m, trie, order, tok, ctx, 5, 0, fuse=True)
+
+
+class _Counting(TorchDecoder):
+    """The torch decoder, counting its prefills and decoding steps."""
+
+    prefills = steps = 0
+
+    def prefill(self, tokens: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        self.prefills += 1
+        return super().prefill(tokens, ctx)
+
+    def step(self, origin: torch.Tensor, codes: torch.Tensor, level: int) -> torch.Tensor:
+        self.steps += 1
+        return super().step(origin, codes, level)
+
+
+def test_the_heads_rankings_together_equal_each_alone_from_one_prefill_and_one_search(
+    head: tuple[Recommender, TensorTrie],
+) -> None:
+    m, trie = head
+    tok, ctx = _prompts(trie.table, 4)
+    order = head_order(m, trie)
+    services: list[Service | None] = [None, Service.SAMOKAT, None, Service.KUPER]
+    exclude = [[], [], list(trie.items[:20]), []]
+    bonus = torch.zeros(4, len(trie.items))
+    bonus[:, 7] = 3.0
+    alone = {
+        "dense": dense_search(m, trie, order, tok, ctx, 5, 0, services, exclude, bonus=bonus),
+        "beam+dense": dense_search(m, trie, order, tok, ctx, 5, 8, services, exclude, bonus=bonus),
+        "fused": dense_search(
+            m, trie, order, tok, ctx, 5, 8, services, exclude, bonus=bonus, fuse=True
+        ),
+    }
+    dec = _Counting(m)
+    got = head_rankings(
+        dec,
+        trie,
+        order,
+        tok,
+        ctx,
+        ("fused", "dense", "beam+dense"),
+        5,
+        8,
+        services,
+        exclude,
+        bonus=bonus,
+    )
+    assert set(got) == set(alone)
+    for name, lists in alone.items():
+        for g, a in zip(got[name], lists, strict=True):
+            assert [x.item_id for x in g] == [x.item_id for x in a], name
+            assert [x.score for x in g] == pytest.approx([x.score for x in a]), name
+    alone_dec = _Counting(m)
+    dense_search(alone_dec, trie, order, tok, ctx, 5, 8, services, exclude, fuse=True)
+    assert (dec.prefills, dec.steps) == (1, alone_dec.steps)  # one search for all three
+    dense_only = _Counting(m)
+    head_rankings(dense_only, trie, order, tok, ctx, ("dense",), 5)
+    assert (dense_only.prefills, dense_only.steps) == (1, 0)  # the head alone: no search
+
+
+def test_the_heads_rankings_refuse_an_unknown_ranking_or_a_search_without_width(
+    head: tuple[Recommender, TensorTrie],
+) -> None:
+    m, trie = head
+    tok, ctx = _prompts(trie.table, 2)
+    order = head_order(m, trie)
+    for bad in [("beam",), (), ("dense", "popularity")]:
+        with pytest.raises(ModelError, match="head's rankings"):
+            head_rankings(m, trie, order, tok, ctx, bad, 5, 8)
+    with pytest.raises(ModelError, match="need a beam width"):
+        head_rankings(m, trie, order, tok, ctx, ("dense", "beam+dense"), 5, 0)
 
 
 def test_fused_honours_a_critiques_constraints_and_steer_in_both_lists(

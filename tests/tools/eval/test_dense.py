@@ -11,7 +11,7 @@ from userlayer.sdk.model.io import load_model
 from userlayer.sdk.model.trie_search import TensorTrie
 from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.data.format import Dataset
-from userlayer.tools.eval.dense import dense_lists
+from userlayer.tools.eval.dense import DENSE_MODES, dense_lists, head_lists, rank_dense, rank_head
 from userlayer.tools.exceptions import ToolsError
 from userlayer.tools.train.examples import UserSequences, build_prompts, pack_prompts
 
@@ -36,5 +36,27 @@ def test_fused_lists_are_the_engines_at_its_width_and_bad_settings_are_named(
     assert dense_lists(model, trie, prompts, "fused", k=3, beam=0) == dense_lists(
         model, trie, prompts, "fused", k=3, beam=3
     )  # a beam below k is widened to k
-    with pytest.raises(ToolsError, match="should be one of"):
+    with pytest.raises(ToolsError, match="should be some of"):
         dense_lists(model, trie, prompts, "fusion")
+
+
+def test_the_modes_ranked_together_are_each_ranked_alone(
+    tiny_head_model_dir: Path, synth_data_dir: Path
+) -> None:
+    model = load_model(tiny_head_model_dir).eval()
+    table = SemanticIdTable.load(tiny_head_model_dir / "sids.json")
+    seqs = UserSequences.from_dataset(Dataset.load(synth_data_dir), table, model.cfg.geo_buckets)
+    prompts = build_prompts(seqs, "test", "full")[:12]
+    trie = TensorTrie(table)
+    ticks: list[int] = []
+    together = head_lists(model, trie, prompts, DENSE_MODES, 5, 4, 5, True, ticks.append)
+    assert sum(ticks) == len(prompts)  # each prompt counted once, not once per mode
+    metrics = rank_head(model, trie, prompts, DENSE_MODES, 5, 4, 5, True)
+    for mode in DENSE_MODES:
+        alone = dense_lists(model, trie, prompts, mode, 5, 4, 5, True)
+        assert [[x.item_id for x in r] for r in together[mode]] == [
+            [x.item_id for x in r] for r in alone
+        ], mode
+        assert metrics[mode] == rank_dense(model, trie, prompts, mode, 5, 4, 5, True)
+    with pytest.raises(ToolsError, match="should be some of"):
+        head_lists(model, trie, prompts, ())
