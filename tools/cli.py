@@ -338,6 +338,17 @@ def pretrain_cmd(
             "the backend decides: NCCL each rank's GPU, gloo the CPU)."
         ),
     ] = None,
+    teacher: Annotated[
+        Path | None,
+        typer.Option(help="A teacher directory (`userlayer teacher`) to distill from."),
+    ] = None,
+    distill: Annotated[
+        float,
+        typer.Option(help="Weight of the KL divergence from the teacher (needs --item-head)."),
+    ] = 0.0,
+    distill_temperature: Annotated[
+        float, typer.Option(help="Temperature of the teacher's softmax.")
+    ] = 1.0,
 ) -> None:
     """Pretrain the base model (next Semantic ID) on all users' training sequences."""
     from userlayer.tools.train.pretrain import EpochReport, PretrainConfig, pretrain
@@ -373,6 +384,9 @@ def pretrain_cmd(
         label_smoothing=label_smoothing,
         item_features=item_features,
         device=device,
+        teacher=None if teacher is None else str(teacher),
+        distill=distill,
+        distill_temperature=distill_temperature,
     )
     with progress_bar(console) as progress:
         progress.columns = (*progress.columns, TextColumn("{task.fields[info]}"))
@@ -407,6 +421,56 @@ def pretrain_cmd(
         )
     else:
         console.print(f"stopped at step {result.steps}; rerun the same command to resume")
+
+
+@app.command("teacher")
+def teacher_cmd(
+    data: Annotated[Path, typer.Option(help="Dataset directory with sids.json.")],
+    out: Annotated[Path, typer.Option(help="Teacher directory to write.")],
+    epochs: Annotated[
+        int, typer.Option(help="At most; early stopping on the validation item ends sooner.")
+    ] = 200,
+    max_len: Annotated[int, typer.Option(help="History window (>= pretraining's).")] = 50,
+    d: Annotated[int, typer.Option(help="Width.")] = 256,
+    blocks: Annotated[int, typer.Option()] = 1,
+    dropout: Annotated[float, typer.Option()] = 0.2,
+    lr: Annotated[float, typer.Option()] = 5e-4,
+    batch_size: Annotated[int, typer.Option()] = 128,
+    loss: Annotated[str, typer.Option(help="sampled | full")] = "sampled",
+    negatives: Annotated[int, typer.Option(help="Negatives of the sampled loss.")] = 256,
+    val_users: Annotated[int, typer.Option(help="Validation users for early stopping.")] = 5000,
+    exclude_seen: Annotated[
+        bool, typer.Option(help="Validation ranks no item of the history (eSASRec's protocol).")
+    ] = False,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Train a SASRec teacher for `pretrain --teacher` (defaults: the strong SASRec's recipe)."""
+    from userlayer.tools.eval.sasrec import SASRecConfig
+    from userlayer.tools.train.teacher import train_teacher
+
+    try:
+        cfg = SASRecConfig(
+            d=d,
+            blocks=blocks,
+            max_len=max_len,
+            dropout=dropout,
+            epochs=epochs,
+            val_users=val_users,
+            batch_size=batch_size,
+            lr=lr,
+            loss=loss,
+            negatives=negatives,
+            exclude_seen=exclude_seen,
+            seed=seed,
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    t0 = time.perf_counter()
+    doc = train_teacher(data, out, cfg)
+    console.print(
+        f"[green]teacher[/green] -> {out} ({len(doc['items'])} items, best epoch "
+        f"{doc['best_epoch']}, {time.perf_counter() - t0:.0f} s)"
+    )
 
 
 @app.command("eval")

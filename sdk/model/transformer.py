@@ -1032,6 +1032,74 @@ class Recommender(nn.Module):
         """
         return self._targets(tokens, last_item_only)[2].sum()
 
+    def item_starts(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Where each whole item of the rows is predicted, and which item it is.
+
+        Returns ``start`` (B, T - 1), true at the positions that predict an
+        item's first code with all its codes counted (where the dense head's
+        loss applies), and ``index`` (B, T - 1), the item's head index there
+        (-1 elsewhere). :meth:`loss`'s ``teacher`` holds one row per true
+        ``start``, in row-major order.
+
+        Raises:
+            ModelError: if the model has no dense item head.
+        """
+        if not self.cfg.n_items:
+            raise ModelError("this model has no dense item head (n_items 0)")
+        level, target, use = self._targets(tokens, False)
+        start, codes = _item_targets(target, level, use, self.cfg.n_levels, self.code_offsets)
+        idx = self.item_index(codes)
+        start = start & (idx >= 0)
+        return start, torch.where(start, idx, torch.full_like(idx, -1))
+
+    def _distill(
+        self, h: Tensor, logp: Tensor, target: Tensor, level: Tensor, use: Tensor, teacher: Tensor
+    ) -> Tensor:
+        """KL(teacher || model) per item start (B, T): the head's, plus each code level's.
+
+        At an item start the teacher's distribution over items is matched by
+        the head's softmax over items, and, level by level along the target's
+        codes, the teacher's probability of each next code given the target's
+        codes so far (its items with that prefix, summed by their next code) is
+        matched by the model's code distribution at that position. A zero
+        teacher row adds nothing; a level where the teacher gives the target's
+        prefix no probability adds nothing there.
+        """
+        start, codes = _item_targets(target, level, use, self.cfg.n_levels, self.code_offsets)
+        idx = self.item_index(codes)
+        start = start & (idx >= 0)
+        n = int(start.sum())
+        if tuple(teacher.shape) != (n, self.cfg.n_items):
+            raise ModelError(
+                f"the teacher should give ({n}, {self.cfg.n_items}) item probabilities "
+                f"(one row per item start), got {tuple(teacher.shape)}"
+            )
+        out = torch.zeros(target.shape, dtype=h.dtype, device=h.device)
+        has = teacher.sum(-1) > 0
+        if not bool(has.any()):
+            return out
+        rows, cols = start.nonzero(as_tuple=True)
+        rows, cols, q = rows[has], cols[has], teacher[has].to(h.dtype)
+        q = q / q.sum(-1, keepdim=True)
+
+        def kl(p: Tensor, logp_model: Tensor) -> Tensor:
+            return (torch.xlogy(p, p) - p * logp_model).sum(-1)
+
+        loss = kl(q, self.item_scores(h[rows, cols]).log_softmax(-1))
+        want = codes[rows, cols]  # (M, L) the targets' codes
+        follows = torch.ones_like(q, dtype=torch.bool)  # items sharing the target's prefix
+        for lvl, size in enumerate(self.cfg.level_sizes):
+            code = self.item_codes[:, lvl]
+            mass = torch.zeros(len(q), size, dtype=q.dtype, device=q.device)
+            mass = mass.index_add(1, code, q * follows)
+            total = mass.sum(-1, keepdim=True)
+            off = int(self.code_offsets[lvl])
+            lp = logp[rows, cols + lvl, off : off + size]
+            loss = loss + kl(mass / total.clamp(min=1e-12), lp) * (total[:, 0] > 1e-9)
+            follows = follows & (code[None] == want[:, lvl : lvl + 1])
+        out[rows, cols] = loss
+        return out
+
     def _item_ce(
         self, h: Tensor, target: Tensor, level: Tensor, use: Tensor, smoothing: float = 0.0
     ) -> Tensor:
@@ -1056,6 +1124,8 @@ class Recommender(nn.Module):
         reduction: str = "mean",
         last_item_only: bool = False,
         label_smoothing: float = 0.0,
+        teacher: Tensor | None = None,
+        distill: float = 0.0,
     ) -> Tensor:
         """Next-code cross-entropy on every code position (each level masked to its codes).
 
@@ -1066,11 +1136,28 @@ class Recommender(nn.Module):
         ``label_smoothing`` spreads that share of each target over the codes
         of its level only (and over every item for the dense head's loss).
 
+        ``teacher`` (N, n_items), another model's probabilities of each item
+        at the N item starts of :meth:`item_starts` (row-major; a zero row for
+        a start it has none for), adds ``distill`` times the KL divergence
+        from it: of the head's item distribution, and of each code level's
+        distribution along the target's codes (knowledge distillation; a
+        one-hot teacher on the target adds exactly the item and code
+        cross-entropies).
+
         Raises:
-            ModelError: if ``label_smoothing`` is not in [0, 1).
+            ModelError: if ``label_smoothing`` is not in [0, 1), ``distill`` is
+                negative, or a teacher is given without a head, with
+                ``last_item_only``, or misshapen.
         """
         if not 0.0 <= label_smoothing < 1.0:
             raise ModelError(f"`label_smoothing` should be in [0, 1), got {label_smoothing}")
+        if not distill >= 0.0:
+            raise ModelError(f"`distill` should be >= 0, got {distill}")
+        if teacher is not None and (not self.cfg.n_items or last_item_only):
+            raise ModelError(
+                "a teacher's item probabilities need the dense item head and every "
+                "position (not `last_item_only`)"
+            )
         h, logits, _ = self.run(tokens, ctx, adapters)
         level, target, use = self._targets(tokens, last_item_only)
         logp = self.level_logits(logits[:, :-1], level).log_softmax(-1)
@@ -1084,6 +1171,8 @@ class Recommender(nn.Module):
         if self.cfg.n_items and self.cfg.item_loss > 0:
             item = self._item_ce(h[:, :-1], target, level, use, label_smoothing)
             ce = ce + self.cfg.item_loss * item
+        if teacher is not None and distill > 0:
+            ce = ce + distill * self._distill(h[:, :-1], logp, target, level, use, teacher)
         if reduction == "none":  # per row: mean over its code positions
             return ce.sum(1) / use.sum(1).clamp(min=1)
         if reduction == "sum":

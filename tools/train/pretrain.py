@@ -85,6 +85,7 @@ from userlayer.tools.train.examples import (
     profile_inputs,
     training_windows,
 )
+from userlayer.tools.train.teacher import Teacher, load_teacher
 
 __all__ = [
     "EpochReport",
@@ -132,6 +133,12 @@ class PretrainConfig:
     # of the training loss (codes within their level; items): the training losses it reports
     # are smoothed, so not comparable with an unsmoothed run's; the validation loss is not
     label_smoothing: float = 0.0
+    # knowledge distillation: a teacher directory (`userlayer teacher`), the weight of the
+    # KL divergence from its item distribution (head and code levels; 0: none) and the
+    # temperature of its softmax
+    teacher: str | None = None
+    distill: float = 0.0
+    distill_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.select not in SELECTIONS:
@@ -153,6 +160,13 @@ class PretrainConfig:
             raise ToolsError("`item_features` are the dense item head's: set `item_head` too")
         if self.min_steps < 0:
             raise ToolsError(f"`min_steps` should be >= 0, got {self.min_steps}")
+        if not self.distill >= 0 or not self.distill_temperature > 0:
+            raise ToolsError(
+                f"`distill` should be >= 0 and `distill_temperature` > 0, got "
+                f"{self.distill}, {self.distill_temperature}"
+            )
+        if self.distill > 0 and (self.teacher is None or not self.item_head):
+            raise ToolsError("`distill` needs a `teacher` directory and the dense `item_head`")
         if self.device is not None:
             _parse_device(self.device)
         if not 0 <= self.favourites <= 64:
@@ -453,11 +467,22 @@ class _StepLoss(nn.Module):
     exactly that of one process's mean over the global batch.
     """
 
-    def __init__(self, model: Recommender, world: int, label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self,
+        model: Recommender,
+        world: int,
+        label_smoothing: float = 0.0,
+        teacher: Teacher | None = None,
+        distill: float = 0.0,
+        temperature: float = 1.0,
+    ) -> None:
         super().__init__()
         self.model = model
         self.world = world
         self.smoothing = label_smoothing
+        self.teacher = teacher  # not a submodule: frozen, and never in the checkpoint
+        self.distill = distill
+        self.temperature = temperature
         self.acfg = AdapterConfig(
             n_prefix=model.cfg.profile_prefix, film=False, n_modes=0, targets=()
         )
@@ -473,7 +498,17 @@ class _StepLoss(nn.Module):
         """The scaled loss of this rank's rows."""
         if tok.shape[0] == 0:  # an empty share of a short batch: zero, with zero gradients
             return torch.stack([p.sum() for p in self.model.parameters()]).sum() * 0.0
-        loss = self.model.loss(tok, ctx, reduction="sum", label_smoothing=self.smoothing)
+        soft = None
+        if self.teacher is not None and self.distill > 0:
+            soft = self.teacher.probs(*self.model.item_starts(tok), self.temperature)
+        loss = self.model.loss(
+            tok,
+            ctx,
+            reduction="sum",
+            label_smoothing=self.smoothing,
+            teacher=soft,
+            distill=self.distill,
+        )
         loss = loss / n_main.clamp(min=1)
         if priv is not None and n_private is not None:
             enc = self.model.profile
@@ -666,9 +701,15 @@ def _pretrain(
         raise ToolsError("no training sequences: users need at least 4 events")
     torch.manual_seed(cfg.seed)
     model = Recommender(mcfg)
+    teacher = None
     if mcfg.n_items:
         codes = torch.tensor([table.codes[i] for i in table.codes], dtype=torch.long)
-        model.set_items(codes, feats)
+        perm = model.set_items(codes, feats)
+        if cfg.distill > 0 and cfg.teacher is not None:
+            teacher = load_teacher(cfg.teacher)
+            ids = list(table.codes)
+            teacher.to_head([ids[int(j)] for j in perm])
+            teacher.to(dist.device)
     model = model.to(dist.device)
     if lead:
         logger.info("training on %s (%d process(es))", dist.device, dist.world)
@@ -711,7 +752,9 @@ def _pretrain(
             f"rank {dist.rank} would resume at step {step} but another rank elsewhere: every "
             f"rank must read the same checkpoint, so {out} must be on a filesystem they share"
         )
-    step_loss: nn.Module = _StepLoss(model, dist.world, cfg.label_smoothing)
+    step_loss: nn.Module = _StepLoss(
+        model, dist.world, cfg.label_smoothing, teacher, cfg.distill, cfg.distill_temperature
+    )
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
