@@ -166,9 +166,9 @@ def head_rankings(
     ``rankings``: any of ``dense``, ``beam+dense`` and ``fused``. They share
     one prefill (the head's scores) and, where one of them needs it, one
     constrained beam search of width ``beam``: each ranking equals what
-    :func:`dense_search` gives for it alone, for the price of one prefill and
-    one search.
-    The other arguments are :func:`dense_search`'s.
+    :func:`dense_search` gives for it alone (with ``rerank`` = ``beam``), for
+    the price of one prefill and one search. The other arguments are
+    :func:`dense_search`'s.
 
     Raises:
         ModelError: an unknown ranking, ``beam+dense`` or ``fused`` without a

@@ -1055,7 +1055,7 @@ class Recommender(nn.Module):
     def _distill(
         self, h: Tensor, logp: Tensor, target: Tensor, level: Tensor, use: Tensor, teacher: Tensor
     ) -> Tensor:
-        """KL(teacher || model) per item start (B, T): the head's, plus each code level's.
+        """KL(teacher || model) per item start (B, T - 1): the head's, plus each code level's.
 
         At an item start the teacher's distribution over items is matched by
         the head's softmax over items, and, level by level along the target's

@@ -85,7 +85,7 @@ from userlayer.tools.train.examples import (
     profile_inputs,
     training_windows,
 )
-from userlayer.tools.train.teacher import Teacher, load_teacher
+from userlayer.tools.train.teacher import Teacher, load_teacher, training_digest
 
 __all__ = [
     "EpochReport",
@@ -135,7 +135,8 @@ class PretrainConfig:
     label_smoothing: float = 0.0
     # knowledge distillation: a teacher directory (`userlayer teacher`), the weight of the
     # KL divergence from its item distribution (head and code levels; 0: none) and the
-    # temperature of its softmax
+    # temperature of its softmax; the training losses reported then include the KL
+    # (not comparable with a run without it); the validation loss does not
     teacher: str | None = None
     distill: float = 0.0
     distill_temperature: float = 1.0
@@ -167,6 +168,8 @@ class PretrainConfig:
             )
         if self.distill > 0 and (self.teacher is None or not self.item_head):
             raise ToolsError("`distill` needs a `teacher` directory and the dense `item_head`")
+        if self.teacher is not None and self.distill == 0:
+            raise ToolsError("a `teacher` is read only with `distill` > 0: set both or neither")
         if self.device is not None:
             _parse_device(self.device)
         if not 0 <= self.favourites <= 64:
@@ -660,6 +663,8 @@ def pretrain(
                 "follows the backend (NCCL: its GPU, LOCAL_RANK; gloo: the CPU)"
             )
         dist = replace(dist, device=_parse_device(settings.device))
+        if dist.device.type == "cuda":
+            torch.cuda.set_device(dist.device)  # anything implicit lands on it too
     try:
         return _pretrain(data_dir, out, settings, dist, on_step, on_epoch)
     finally:
@@ -707,6 +712,18 @@ def _pretrain(
         perm = model.set_items(codes, feats)
         if cfg.distill > 0 and cfg.teacher is not None:
             teacher = load_teacher(cfg.teacher)
+            if teacher.digest != training_digest(seqs):
+                raise ToolsError(
+                    f"the teacher in {cfg.teacher} was trained on other data than {data_dir}'s "
+                    "training part (its digest differs): train it with `userlayer teacher "
+                    f"--data {data_dir}`"
+                )
+            if teacher.model.cfg.max_len < mcfg.max_items - 1:
+                raise ToolsError(
+                    f"the teacher reads histories of {teacher.model.cfg.max_len} items, "
+                    f"windows hold up to {mcfg.max_items - 1} before an item: train it "
+                    "with a longer --max-len"
+                )
             ids = list(table.codes)
             teacher.to_head([ids[int(j)] for j in perm])
             teacher.to(dist.device)

@@ -10,11 +10,21 @@ validation item, as the eval's baseline is.
 
 A teacher directory holds ``teacher.safetensors`` (weights, no pickle) and
 ``teacher.json`` (its :class:`SASRecConfig`, its item ids in index order, the
-data directory it was trained on and its best epoch).
+data directory it was trained on, a digest of that training part, and its
+best epoch).
+
+Each item start gets its own history, read as the teacher ranks one at
+inference (its last item at the last position): about ``span`` times the
+tokens of one causal pass over the window, and faithful to the teacher's
+ranking rather than to its training positions. A teacher trained with the
+sampled softmax (the CLI's default, the strong SASRec's) is calibrated only
+roughly over the full catalog; ``PretrainConfig.distill_temperature``
+softens or sharpens it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import asdict, fields
@@ -31,12 +41,25 @@ from userlayer.tools.eval.sasrec import SASRec, SASRecConfig, train_sasrec
 from userlayer.tools.exceptions import ToolsError
 from userlayer.tools.train.examples import UserSequences
 
-__all__ = ["TEACHER_FORMAT", "Teacher", "load_teacher", "train_teacher"]
+__all__ = ["TEACHER_FORMAT", "Teacher", "load_teacher", "train_teacher", "training_digest"]
 
 logger = logging.getLogger(__name__)
 
 TEACHER_FORMAT = "userlayer-teacher/1"
 _WEIGHTS, _DOC = "teacher.safetensors", "teacher.json"
+
+
+def training_digest(seqs: UserSequences) -> str:
+    """A digest of what pretraining reads: each user's items but the last two, in order.
+
+    A teacher records it, and pretraining refuses a teacher whose digest is not
+    its own data's: one trained on other data, or on the held-out items, would
+    leak them into the base.
+    """
+    h = hashlib.sha256()
+    for user, items in zip(seqs.users, seqs.items, strict=True):
+        h.update(json.dumps([str(user), list(items[:-2])]).encode("utf-8"))
+    return h.hexdigest()
 
 
 def train_teacher(data_dir: str | Path, out: str | Path, cfg: SASRecConfig) -> dict[str, Any]:
@@ -82,6 +105,7 @@ def train_teacher(data_dir: str | Path, out: str | Path, cfg: SASRecConfig) -> d
         "items": item_ids,
         "best_epoch": model.best_epoch,
         "data": str(data_dir),
+        "training_digest": training_digest(seqs),
     }
     (out / _DOC).write_text(json.dumps(doc, indent=2), "utf-8")
     return doc
@@ -90,9 +114,10 @@ def train_teacher(data_dir: str | Path, out: str | Path, cfg: SASRecConfig) -> d
 class Teacher:
     """A loaded teacher, asked for item probabilities at a base's item starts."""
 
-    def __init__(self, model: SASRec, item_ids: list[str]) -> None:
+    def __init__(self, model: SASRec, item_ids: list[str], digest: str = "") -> None:
         self.model = model.eval()
         self.item_ids = item_ids
+        self.digest = digest  # training_digest of the data it was trained on
         self.columns: Tensor | None = None  # the head's items as teacher indices (1..n)
 
     def to_head(self, head_items: list[str]) -> None:
@@ -180,13 +205,18 @@ def load_teacher(directory: str | Path) -> Teacher:
     raw = doc.get("sasrec")
     if not (isinstance(items, list) and all(isinstance(i, str) for i in items) and items):
         raise ToolsError(f"{d / _DOC}: `items` should be a non-empty list of item ids")
+    if len(set(items)) != len(items):
+        raise ToolsError(f"{d / _DOC}: `items` lists an item id more than once")
+    digest = doc.get("training_digest")
+    if not isinstance(digest, str) or not digest:
+        raise ToolsError(f"{d / _DOC}: no `training_digest` (which data it was trained on)")
     if not isinstance(raw, dict) or set(raw) - known:
         raise ToolsError(f"{d / _DOC}: `sasrec` should be a SASRecConfig's fields")
     try:
         cfg = SASRecConfig(**raw)
         model = SASRec(len(items), cfg)
         model.load_state_dict(state)
+        model.best_epoch = int(doc.get("best_epoch", 0))
     except (TypeError, ValueError, RuntimeError) as e:
         raise ToolsError(f"the teacher in {d} does not fit its configuration: {e}") from e
-    model.best_epoch = int(doc.get("best_epoch", 0))
-    return Teacher(model, items)
+    return Teacher(model, items, digest)

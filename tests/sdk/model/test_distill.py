@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
 
 from userlayer.sdk.model.config import ModelConfig, ModelError
-from userlayer.sdk.model.tokens import CTX, item_tokens
+from userlayer.sdk.model.tokens import CTX, FIRST_CODE, item_tokens
 from userlayer.sdk.model.transformer import Recommender
 
 SIZES = (4, 4, 2)
@@ -116,3 +117,46 @@ def test_a_teacher_that_does_not_fit_is_refused_by_name() -> None:
     plain = Recommender(ModelConfig(level_sizes=SIZES, d_model=32, n_heads=2, n_kv_heads=1))
     with pytest.raises(ModelError, match="no dense item head"):
         plain.item_starts(tok)
+
+
+def test_a_soft_teachers_kl_is_the_heads_plus_each_levels_conditional_on_the_targets_prefix() -> (
+    None
+):
+    m = _model()
+    tok, ctx = _rows()
+    start, index = m.item_starts(tok)
+    n = int(start.sum())
+    soft = torch.rand(n, 24, generator=torch.Generator().manual_seed(4)) ** 4
+    soft[0] = 0.0  # a start without a teacher row
+    with torch.no_grad():
+        got = m.loss(tok, ctx, reduction="sum", teacher=soft, distill=1.0) - m.loss(
+            tok, ctx, reduction="sum"
+        )
+        h, logits, _ = m.run(tok, ctx)
+    offs = m.code_offsets.tolist()
+    all_codes = m.item_codes.tolist()  # head order
+    want = 0.0
+    for r, (b, t) in enumerate(start.nonzero().tolist()):
+        q = soft[r] / soft[r].sum() if soft[r].sum() > 0 else None
+        if q is None:
+            continue
+        lp = m.item_scores(h[b, t]).log_softmax(-1)
+        want += sum(float(q[i] * (q[i].log() - lp[i])) for i in range(24))
+        prefix: list[int] = []
+        for lvl, size in enumerate(SIZES):
+            # the target's code, read from the tokens themselves
+            code = int(tok[b, t + lvl + 1]) - FIRST_CODE - offs[lvl]
+            mass = [0.0] * size
+            for i, cs in enumerate(all_codes):
+                if cs[:lvl] == prefix:
+                    mass[cs[lvl]] += float(q[i])
+            total = sum(mass)
+            row = logits[b, t + lvl, offs[lvl] : offs[lvl] + size].log_softmax(-1)
+            want += sum(
+                (p / total) * (math.log(p / total) - float(row[c]))
+                for c, p in enumerate(mass)
+                if p > 0
+            )
+            prefix.append(code)
+        assert index[b, t] >= 0
+    assert float(got) == pytest.approx(want, rel=1e-4)

@@ -88,6 +88,16 @@ def test_a_bad_teacher_directory_is_refused_by_name(teacher_dir: Path, tmp_path:
     (bad / "teacher.json").write_text(json.dumps({**doc, "items": []}))
     with pytest.raises(ToolsError, match="`items`"):
         load_teacher(bad)
+    twice = [doc["items"][0], *doc["items"][:-1]]
+    (bad / "teacher.json").write_text(json.dumps({**doc, "items": twice}))
+    with pytest.raises(ToolsError, match="more than once"):
+        load_teacher(bad)
+    (bad / "teacher.json").write_text(json.dumps({**doc, "best_epoch": "x"}))
+    with pytest.raises(ToolsError, match="does not fit"):
+        load_teacher(bad)
+    (bad / "teacher.json").write_text(json.dumps({**doc, "training_digest": None}))
+    with pytest.raises(ToolsError, match="training_digest"):
+        load_teacher(bad)
     (bad / "teacher.json").write_text(json.dumps(doc))
     (bad / "teacher.safetensors").write_bytes(b"\x80\x04not weights")
     with pytest.raises(ToolsError, match="weights"):
@@ -117,3 +127,30 @@ def test_pretraining_distills_from_the_teacher_and_records_it(
         PretrainConfig(distill=0.5, teacher=str(teacher_dir))  # no item head
     with pytest.raises(ToolsError, match="`distill_temperature`"):
         PretrainConfig(distill_temperature=0.0)
+    with pytest.raises(ToolsError, match="only with `distill`"):
+        PretrainConfig(teacher=str(teacher_dir), item_head=True)
+
+
+def test_a_teacher_of_other_data_or_too_short_a_history_is_refused_before_training(
+    teacher_dir: Path, synth_data_dir: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(teacher_dir, other)
+    doc = json.loads((other / "teacher.json").read_text())
+    (other / "teacher.json").write_text(json.dumps({**doc, "training_digest": "0" * 64}))
+    cfg = PretrainConfig(
+        epochs=1,
+        batch_size=32,
+        model=TINY,
+        valid_users=0,
+        item_head=True,
+        distill=1.0,
+        teacher=str(teacher_dir),
+    )
+    with pytest.raises(ToolsError, match="other data"):
+        pretrain(synth_data_dir, tmp_path / "m", replace(cfg, teacher=str(other)))
+    short = tmp_path / "short"
+    train_teacher(synth_data_dir, short, replace(SMALL, max_len=3, epochs=1))
+    with pytest.raises(ToolsError, match="longer --max-len"):
+        pretrain(synth_data_dir, tmp_path / "m2", replace(cfg, teacher=str(short)))
+    assert not (tmp_path / "m").exists() or not any((tmp_path / "m").rglob("*.safetensors"))
