@@ -8,22 +8,28 @@ import pytest
 
 from userlayer.sdk.model.dense_search import dense_search, head_order
 from userlayer.sdk.model.io import load_model
+from userlayer.sdk.model.transformer import Recommender
 from userlayer.sdk.model.trie_search import TensorTrie
 from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.eval.dense import DENSE_MODES, dense_lists, head_lists, rank_dense, rank_head
 from userlayer.tools.exceptions import ToolsError
-from userlayer.tools.train.examples import UserSequences, build_prompts, pack_prompts
+from userlayer.tools.train.examples import Prompt, UserSequences, build_prompts, pack_prompts
+
+Run = tuple[Recommender, TensorTrie, list[Prompt]]
 
 
-def test_fused_lists_are_the_engines_at_its_width_and_bad_settings_are_named(
-    tiny_head_model_dir: Path, synth_data_dir: Path
-) -> None:
+@pytest.fixture(scope="module")
+def run(tiny_head_model_dir: Path, synth_data_dir: Path) -> Run:
+    """The tiny base with a head, its trie and 12 test prompts of the synthetic data."""
     model = load_model(tiny_head_model_dir).eval()
     table = SemanticIdTable.load(tiny_head_model_dir / "sids.json")
     seqs = UserSequences.from_dataset(Dataset.load(synth_data_dir), table, model.cfg.geo_buckets)
-    prompts = build_prompts(seqs, "test", "full")[:12]
-    trie = TensorTrie(table)
+    return model, TensorTrie(table), build_prompts(seqs, "test", "full")[:12]
+
+
+def test_fused_lists_are_the_engines_at_its_width_and_bad_settings_are_named(run: Run) -> None:
+    model, trie, prompts = run
     # k above the beam: the beam is widened to k, as the engine serves (max(beam, k))
     got = dense_lists(model, trie, prompts, "fused", k=6, beam=4, batch_size=5)
     tok, ctx = pack_prompts(prompts)
@@ -40,14 +46,8 @@ def test_fused_lists_are_the_engines_at_its_width_and_bad_settings_are_named(
         dense_lists(model, trie, prompts, "fusion")
 
 
-def test_the_modes_ranked_together_are_each_ranked_alone(
-    tiny_head_model_dir: Path, synth_data_dir: Path
-) -> None:
-    model = load_model(tiny_head_model_dir).eval()
-    table = SemanticIdTable.load(tiny_head_model_dir / "sids.json")
-    seqs = UserSequences.from_dataset(Dataset.load(synth_data_dir), table, model.cfg.geo_buckets)
-    prompts = build_prompts(seqs, "test", "full")[:12]
-    trie = TensorTrie(table)
+def test_the_modes_ranked_together_are_each_ranked_alone(run: Run) -> None:
+    model, trie, prompts = run
     ticks: list[int] = []
     together = head_lists(model, trie, prompts, DENSE_MODES, 5, 4, 5, True, ticks.append)
     assert sum(ticks) == len(prompts)  # each prompt counted once, not once per mode
