@@ -23,7 +23,14 @@ from pathlib import Path
 from userlayer.tools.exceptions import ToolsError
 from userlayer.tools.reaper import reap_on_exit, release
 
-__all__ = ["ApiProcess", "console_script", "free_port", "group_members", "stop_groups"]
+__all__ = [
+    "ApiProcess",
+    "console_script",
+    "free_port",
+    "group_members",
+    "stop_groups",
+    "userlayer_command",
+]
 
 
 def console_script(name: str) -> str:
@@ -39,6 +46,18 @@ def console_script(name: str) -> str:
     if not found:
         raise ToolsError(f"`{name}` not found next to {sys.executable} or on PATH")
     return found
+
+
+def userlayer_command() -> list[str]:
+    """The ``userlayer`` command: its console script, else this interpreter running the CLI.
+
+    The second serves a source tree mapped onto ``PYTHONPATH`` without an
+    install (a lent GPU machine's image, say), where no console script exists.
+    """
+    try:
+        return [console_script("userlayer")]
+    except ToolsError:
+        return [sys.executable, "-m", "userlayer.tools.cli"]
 
 
 def free_port() -> int:
@@ -98,7 +117,7 @@ class ApiProcess:
         self.port = free_port()
         self.key = f"ul_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
         full_env = dict(os.environ, USERLAYER_ADMIN_KEY=self.key, **(env or {}))
-        cmd = [console_script("userlayer"), "serve", "--model", str(model)]
+        cmd = [*userlayer_command(), "serve", "--model", str(model)]
         cmd += ["--registry", str(registry), "--port", str(self.port)]
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:

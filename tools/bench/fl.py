@@ -43,7 +43,7 @@ from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.bench.report import BenchReport
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.exceptions import ToolsError
-from userlayer.tools.procs import console_script, stop_groups
+from userlayer.tools.procs import stop_groups, userlayer_command
 
 __all__ = ["FlBenchConfig", "bench_fl"]
 
@@ -127,7 +127,7 @@ def _local(data: Path, model_dir: Path, cfg: FlBenchConfig, tmp: Path) -> dict[s
 
 def _round(data: Path, model_dir: Path, n: int, cfg: FlBenchConfig, tmp: Path) -> dict[str, Any]:
     wd = tmp / f"round-{n}"
-    cmd = [console_script("userlayer"), "fl", "simulate", "--data", str(data)]
+    cmd = [*userlayer_command(), "fl", "simulate", "--data", str(data)]
     cmd += ["--model", str(model_dir), "--rounds", "1", "--users-per-round", str(n)]
     cmd += ["--population", str(n), "--workdir", str(wd), "--seed", str(cfg.seed)]
     cmd += ["--epsilon-per-round", str(cfg.epsilon)]
