@@ -196,16 +196,17 @@ def head_rankings(
     lp = scores[:, order.to(scores.device)].float().log_softmax(-1)
     if bonus is not None:
         lp = lp + bonus
+    allowed_lp = lp.masked_fill(~ok, float("-inf"))  # what dense and fused rank
     out: dict[str, list[list[Recommendation]]] = {}
     if "dense" in rankings:
-        out["dense"] = _top(trie, lp.masked_fill(~ok, float("-inf")), k)
+        out["dense"] = _top(trie, allowed_lp, k)
     if "beam+dense" in rankings:
         cand = torch.zeros_like(ok)
         for r, recs in enumerate(beams):
             cand[r, [trie.index[x.item_id] for x in recs]] = True
-        out["beam+dense"] = _top(trie, lp.masked_fill(~(ok & cand), float("-inf")), k)
+        out["beam+dense"] = _top(trie, allowed_lp.masked_fill(~cand, float("-inf")), k)
     if "fused" in rankings:
-        heads = _top(trie, lp.masked_fill(~ok, float("-inf")), beam)
+        heads = _top(trie, allowed_lp, beam)
         out["fused"] = [fuse_lists(bm, hd, k) for bm, hd in zip(beams, heads, strict=True)]
     return out
 

@@ -1046,11 +1046,20 @@ class Recommender(nn.Module):
         """
         if not self.cfg.n_items:
             raise ModelError("this model has no dense item head (n_items 0)")
-        level, target, use = self._targets(tokens, False)
+        start, _, idx = self._whole_items(*self._targets(tokens, False))
+        return start, torch.where(start, idx, torch.full_like(idx, -1))
+
+    def _whole_items(
+        self, level: Tensor, target: Tensor, use: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The item starts the head's losses read, each item's codes (…, L) and head index.
+
+        A start predicts an item's first code with all its codes counted, of
+        an item the head knows (index >= 0).
+        """
         start, codes = _item_targets(target, level, use, self.cfg.n_levels, self.code_offsets)
         idx = self.item_index(codes)
-        start = start & (idx >= 0)
-        return start, torch.where(start, idx, torch.full_like(idx, -1))
+        return start & (idx >= 0), codes, idx
 
     def _distill(
         self, h: Tensor, logp: Tensor, target: Tensor, level: Tensor, use: Tensor, teacher: Tensor
@@ -1065,9 +1074,7 @@ class Recommender(nn.Module):
         teacher row adds nothing; a level where the teacher gives the target's
         prefix no probability adds nothing there.
         """
-        start, codes = _item_targets(target, level, use, self.cfg.n_levels, self.code_offsets)
-        idx = self.item_index(codes)
-        start = start & (idx >= 0)
+        start, codes, _ = self._whole_items(level, target, use)
         n = int(start.sum())
         if tuple(teacher.shape) != (n, self.cfg.n_items):
             raise ModelError(
@@ -1104,10 +1111,8 @@ class Recommender(nn.Module):
         self, h: Tensor, target: Tensor, level: Tensor, use: Tensor, smoothing: float = 0.0
     ) -> Tensor:
         """The items' cross-entropy (B, T), at each position that predicts an item's first code."""
-        start, codes = _item_targets(target, level, use, self.cfg.n_levels, self.code_offsets)
+        start, _, idx = self._whole_items(level, target, use)
         out = torch.zeros(target.shape, dtype=h.dtype, device=h.device)
-        idx = self.item_index(codes)
-        start = start & (idx >= 0)
         if not bool(start.any()):
             return out
         scores = self.item_scores(h[start])
