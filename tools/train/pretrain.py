@@ -55,7 +55,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -554,11 +554,29 @@ class _Dist:
     owned: bool = False  # this run started the process group (and ends it)
 
     @classmethod
-    def from_env(cls) -> _Dist:
-        """One process, or the rank ``torchrun`` started: gloo on CPU, NCCL on GPUs."""
+    def from_env(cls, device: str | None = None) -> _Dist:
+        """One process (on ``device``, default the CPU), or the rank ``torchrun`` started.
+
+        Under torchrun the backend decides the device (gloo: the CPU; NCCL:
+        the rank's GPU), so ``device`` is refused there, before any process
+        group starts.
+
+        Raises:
+            ToolsError: ``device`` under torchrun, or a device this process cannot use.
+        """
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
-            return cls()
+            if device is None:
+                return cls()
+            dev = _parse_device(device)
+            if dev.type == "cuda":
+                torch.cuda.set_device(dev)  # anything implicit lands on it too
+            return cls(device=dev)
+        if device is not None:
+            raise ToolsError(
+                "`device` is for a one-process run: under torchrun each rank's device "
+                "follows the backend (NCCL: its GPU, LOCAL_RANK; gloo: the CPU)"
+            )
         import torch.distributed as dist
 
         cuda = torch.cuda.is_available()
@@ -654,17 +672,7 @@ def pretrain(
         ToolsError: if the dataset has no Semantic IDs or no training data.
     """
     settings = cfg or PretrainConfig()
-    dist = _Dist.from_env()
-    if settings.device is not None:
-        if dist.world > 1:
-            dist.close()
-            raise ToolsError(
-                "`device` is for a one-process run: under torchrun each rank's device "
-                "follows the backend (NCCL: its GPU, LOCAL_RANK; gloo: the CPU)"
-            )
-        dist = replace(dist, device=_parse_device(settings.device))
-        if dist.device.type == "cuda":
-            torch.cuda.set_device(dist.device)  # anything implicit lands on it too
+    dist = _Dist.from_env(settings.device)
     try:
         return _pretrain(data_dir, out, settings, dist, on_step, on_epoch)
     finally:
