@@ -32,7 +32,7 @@ from userlayer.sdk.semantic_ids import SemanticIdTable, SidTrie
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.eval.dense import DENSE_MODES, rank_head
 from userlayer.tools.eval.metrics import Accumulator
-from userlayer.tools.eval.sasrec import SASRecConfig, rank_sasrec, train_sasrec
+from userlayer.tools.eval.sasrec import SASRecConfig, rank_sasrec, split_histories, train_sasrec
 from userlayer.tools.train.examples import (
     Prompt,
     UserSequences,
@@ -159,7 +159,6 @@ def sasrec_rankings(
 
     ``k`` defaults to ``cfg.k``.
     """
-    back = target_offset(cfg.split)
     item_ids = sorted(table.codes)
     index = {i: n + 1 for n, i in enumerate(item_ids)}
     service_of = table.services
@@ -167,19 +166,13 @@ def sasrec_rankings(
     # validation item (the one just before the split's target; for the test split, the
     # validation split's target), keep the best epoch. The test item is never read, and the
     # model has seen every transition before the validation item (no refit needed).
-    train, val_h, val_t = [], [], []
-    for items in seqs.items:
-        ids = [index[i] for i in items[: len(items) - back - 1]]
-        train.append(ids)
-        if ids and len(items) - back - 1 >= 0 and items[len(items) - back - 1] in index:
-            val_h.append(ids)
-            val_t.append(index[items[len(items) - back - 1]])
+    train, valid = split_histories(seqs.items, item_ids, target_offset(cfg.split))
     sasrec = train_sasrec(
         train,
         len(item_ids),
         replace(cfg.sasrec, exclude_seen=cfg.exclude_seen),  # validation as the test ranks
         lambda ep, loss: logger.info("SASRec epoch %d: loss %.4f", ep, loss),
-        (val_h, val_t) if val_t else None,
+        valid,
         lambda ep, n: logger.info("SASRec epoch %d: validation NDCG@10 %.4f", ep, n),
     )
     logger.info("SASRec: best validation at epoch %d", sasrec.best_epoch)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from userlayer.tools.train.examples import epoch_batches
 
-__all__ = ["SASRec", "SASRecConfig", "train_sasrec"]
+__all__ = ["SASRec", "SASRecConfig", "split_histories", "train_sasrec"]
 
 
 @dataclass(frozen=True)
@@ -143,6 +143,30 @@ def _ndcg10(
         if t in rk:
             gain += 1.0 / math.log2(rk.index(t) + 2)
     return gain / max(len(targets), 1)
+
+
+def split_histories(
+    item_seqs: Sequence[Sequence[str]], item_ids: Sequence[str], back: int
+) -> tuple[list[list[int]], tuple[list[list[int]], list[int]] | None]:
+    """SASRec's training part and validation of users' item sequences, as item indices.
+
+    Each user trains on the items before the last ``back + 1`` (index of
+    ``item_ids`` plus one; 0 is padding); the item just before those is its
+    validation target, read by early stopping only, with the training part as
+    its history. ``back`` 1 holds out the validation and test items (the test
+    split's protocol, and pretraining's training part). Returns the training
+    sequences and ``(histories, targets)``, or None without a validation target.
+    """
+    index = {i: n + 1 for n, i in enumerate(item_ids)}
+    train, val_h, val_t = [], [], []
+    for items in item_seqs:
+        cut = len(items) - back - 1
+        ids = [index[i] for i in items[:cut]]
+        train.append(ids)
+        if ids and cut >= 0 and items[cut] in index:
+            val_h.append(ids)
+            val_t.append(index[items[cut]])
+    return train, ((val_h, val_t) if val_t else None)
 
 
 def train_sasrec(

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.data.format import Dataset
-from userlayer.tools.eval.sasrec import SASRec, SASRecConfig, train_sasrec
+from userlayer.tools.eval.sasrec import SASRec, SASRecConfig, split_histories, train_sasrec
 from userlayer.tools.exceptions import ToolsError
 from userlayer.tools.train.examples import UserSequences
 
@@ -78,14 +78,7 @@ def train_teacher(data_dir: str | Path, out: str | Path, cfg: SASRecConfig) -> d
     table = SemanticIdTable.load(data_dir / "sids.json")
     seqs = UserSequences.from_dataset(Dataset.load(data_dir), table)
     item_ids = sorted(table.codes)
-    index = {i: n + 1 for n, i in enumerate(item_ids)}
-    train, val_h, val_t = [], [], []
-    for items in seqs.items:
-        ids = [index[i] for i in items[:-2]]
-        train.append(ids)
-        if ids and len(items) >= 3:
-            val_h.append(ids)
-            val_t.append(index[items[-2]])
+    train, valid = split_histories(seqs.items, item_ids, 1)  # pretraining's training part
     if not any(len(t) >= 2 for t in train):
         raise ToolsError("no training sequences: users need at least 4 events")
     model = train_sasrec(
@@ -93,7 +86,7 @@ def train_teacher(data_dir: str | Path, out: str | Path, cfg: SASRecConfig) -> d
         len(item_ids),
         cfg,
         lambda ep, loss: logger.info("teacher epoch %d: loss %.4f", ep, loss),
-        (val_h, val_t) if val_t else None,
+        valid,
         lambda ep, n: logger.info("teacher epoch %d: validation NDCG@10 %.4f", ep, n),
     )
     out.mkdir(parents=True, exist_ok=True)

@@ -105,3 +105,17 @@ def test_the_seed_makes_a_run_repeatable_and_another_seed_a_different_run() -> N
 def test_config_validation(kwargs: dict[str, float], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         SASRecConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_split_histories_holds_out_the_last_items_and_validates_on_the_one_before() -> None:
+    from userlayer.tools.eval.sasrec import split_histories
+
+    ids = ["a", "b", "c", "d", "e"]
+    seqs = [["a", "b", "c", "d", "e"], ["b", "c"], ["e", "d", "c"], []]
+    train, valid = split_histories(seqs, ids, 1)  # the test split: valid and test held out
+    assert train == [[1, 2, 3], [], [5], []]
+    assert valid == ([[1, 2, 3], [5]], [4, 4])  # never the last item
+    train, valid = split_histories(seqs, ids, 0)  # the validation split
+    assert train == [[1, 2, 3, 4], [2], [5, 4], []]
+    assert valid == ([[1, 2, 3, 4], [2], [5, 4]], [5, 3, 3])
+    assert split_histories([["a", "b"]], ids, 1) == ([[]], None)
