@@ -136,10 +136,12 @@ class PretrainConfig:
     # knowledge distillation: a teacher directory (`userlayer teacher`), the weight of the
     # KL divergence from its item distribution (head and code levels; 0: none) and the
     # temperature of its softmax; the training losses reported then include the KL
-    # (not comparable with a run without it); the validation loss does not
+    # (not comparable with a run without it); the validation loss does not.
+    # distill_codes False: the head's KL only (the code levels learn from the targets)
     teacher: str | None = None
     distill: float = 0.0
     distill_temperature: float = 1.0
+    distill_codes: bool = True
 
     def __post_init__(self) -> None:
         if self.select not in SELECTIONS:
@@ -478,6 +480,7 @@ class _StepLoss(nn.Module):
         teacher: Teacher | None = None,
         distill: float = 0.0,
         temperature: float = 1.0,
+        distill_codes: bool = True,
     ) -> None:
         super().__init__()
         self.model = model
@@ -486,6 +489,7 @@ class _StepLoss(nn.Module):
         self.teacher = teacher  # not a submodule: frozen, and never in the checkpoint
         self.distill = distill
         self.temperature = temperature
+        self.distill_codes = distill_codes
         self.acfg = AdapterConfig(
             n_prefix=model.cfg.profile_prefix, film=False, n_modes=0, targets=()
         )
@@ -511,6 +515,7 @@ class _StepLoss(nn.Module):
             label_smoothing=self.smoothing,
             teacher=soft,
             distill=self.distill,
+            distill_codes=self.distill_codes,
         )
         loss = loss / n_main.clamp(min=1)
         if priv is not None and n_private is not None:
@@ -570,6 +575,8 @@ class _Dist:
                 return cls()
             dev = _parse_device(device)
             if dev.type == "cuda":
+                if dev.index is None:  # a bare "cuda": the current GPU, by its index
+                    dev = torch.device("cuda", torch.cuda.current_device())
                 torch.cuda.set_device(dev)  # anything implicit lands on it too
             return cls(device=dev)
         if device is not None:
@@ -778,7 +785,13 @@ def _pretrain(
             f"rank must read the same checkpoint, so {out} must be on a filesystem they share"
         )
     step_loss: nn.Module = _StepLoss(
-        model, dist.world, cfg.label_smoothing, teacher, cfg.distill, cfg.distill_temperature
+        model,
+        dist.world,
+        cfg.label_smoothing,
+        teacher,
+        cfg.distill,
+        cfg.distill_temperature,
+        cfg.distill_codes,
     )
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel
