@@ -19,6 +19,15 @@ R@10) and read on the test split, and the recall of the union of the two
 lists (the ceiling of any merge's R@20) is printed::
 
     python experiments/list_union.py --data beauty_cf --model cf_nofree10 --json list_union.json
+
+With ``--second TEACHER`` (a ``userlayer teacher`` directory: the strong
+SASRec) the second list is that SASRec's top items instead of the head's
+(the same histories, capped at 20 items, the history excluded): what the
+beam would gain from a dense ranker as good as SASRec beside it, the upper
+side of a hybrid base with a per-item dense tower::
+
+    python experiments/list_union.py --data beauty_cf --model gpu_s0 \
+        --second teacher_sas --json union_sasrec.json
 """
 
 from __future__ import annotations
@@ -29,12 +38,15 @@ import time
 import torch
 from _run import base_parser, load_run
 
+from userlayer.sdk.model.decoding import Recommendation
 from userlayer.sdk.model.dense_search import fuse_lists
 from userlayer.sdk.model.trie_search import TensorTrie
 from userlayer.tools.eval.dense import dense_lists
 from userlayer.tools.eval.evaluate import EvalConfig, generative_lists
 from userlayer.tools.eval.metrics import Accumulator
-from userlayer.tools.train.examples import build_prompts
+from userlayer.tools.eval.sasrec import rank_sasrec
+from userlayer.tools.train.examples import Prompt, build_prompts
+from userlayer.tools.train.teacher import load_teacher
 
 K = 10
 RRF = [(c, w) for c in (1, 10, 60) for w in (0.25, 0.5, 1.0, 2.0)]
@@ -53,9 +65,24 @@ def splice(beam: list[str], dense: list[str], n: int) -> list[str]:
     return out[:K]
 
 
+def teacher_lists(directory: str, prompts: list[Prompt], k: int) -> list[list[Recommendation]]:
+    """A teacher's (SASRec's) top ``k`` per prompt, the history excluded; scores are minus ranks."""
+    if len({p.service for p in prompts}) > 1:
+        raise SystemExit("--second ranks one service's items: the data has several services")
+    teacher = load_teacher(directory)
+    index = {i: n + 1 for n, i in enumerate(teacher.item_ids)}
+    hist = [[index[i] for i in p.history if i in index] for p in prompts]
+    top = rank_sasrec(teacher.model, hist, k, exclude=hist)
+    return [
+        [Recommendation(teacher.item_ids[j - 1], -float(r)) for r, j in enumerate(row)]
+        for row in top
+    ]
+
+
 def main() -> None:
     """Rank both splits by both lists, merge, choose on valid, print (and write ``--json``)."""
     ap = base_parser(__doc__)
+    ap.add_argument("--second", default="", help="a teacher directory: its list, not the head's")
     a = ap.parse_args()
     t0 = time.time()
     model, table, seqs = load_run(a.data, a.model)
@@ -72,7 +99,10 @@ def main() -> None:
         wide = EvalConfig(k=a.beam, beam=a.beam, exclude_seen=True)
         with torch.no_grad():
             beams = generative_lists(model, trie, prompts, wide)
-            denses = dense_lists(model, tensor_trie, prompts, "dense", a.beam, 0, 256, True)
+            if a.second:
+                denses = teacher_lists(a.second, prompts, a.beam)
+            else:
+                denses = dense_lists(model, tensor_trie, prompts, "dense", a.beam, 0, 256, True)
         accs = {name: Accumulator() for name in rows}
         union = beam_cap = dense_cap = 0
         for p, rb, rd in zip(prompts, beams, denses, strict=True):
@@ -115,6 +145,7 @@ def main() -> None:
             "test: McNemar z": round((a_only - b_only) / max(1, a_only + b_only) ** 0.5, 2),
         }
     res = {
+        "second list": a.second or "the dense head",
         "beam": a.beam,
         "users": len(prompts),
         "ceiling": ceiling,

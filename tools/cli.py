@@ -349,6 +349,13 @@ def pretrain_cmd(
     distill_temperature: Annotated[
         float, typer.Option(help="Temperature of the teacher's softmax.")
     ] = 1.0,
+    distill_codes: Annotated[
+        bool,
+        typer.Option(
+            help="Distill each code level's distribution too (--no-distill-codes: the "
+            "dense head's only)."
+        ),
+    ] = True,
 ) -> None:
     """Pretrain the base model (next Semantic ID) on all users' training sequences."""
     from userlayer.tools.train.pretrain import EpochReport, PretrainConfig, pretrain
@@ -387,6 +394,7 @@ def pretrain_cmd(
         teacher=None if teacher is None else str(teacher),
         distill=distill,
         distill_temperature=distill_temperature,
+        distill_codes=distill_codes,
     )
     with progress_bar(console) as progress:
         progress.columns = (*progress.columns, TextColumn("{task.fields[info]}"))

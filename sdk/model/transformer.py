@@ -1062,7 +1062,14 @@ class Recommender(nn.Module):
         return start & (idx >= 0), codes, idx
 
     def _distill(
-        self, h: Tensor, logp: Tensor, target: Tensor, level: Tensor, use: Tensor, teacher: Tensor
+        self,
+        h: Tensor,
+        logp: Tensor,
+        target: Tensor,
+        level: Tensor,
+        use: Tensor,
+        teacher: Tensor,
+        codes_too: bool = True,
     ) -> Tensor:
         """KL(teacher || model) per item start (B, T - 1): the head's, plus each code level's.
 
@@ -1072,7 +1079,8 @@ class Recommender(nn.Module):
         codes so far (its items with that prefix, summed by their next code) is
         matched by the model's code distribution at that position. A zero
         teacher row adds nothing; a level where the teacher gives the target's
-        prefix no probability adds nothing there.
+        prefix no probability adds nothing there. Without ``codes_too`` only the
+        head's KL counts.
         """
         start, codes, _ = self._whole_items(level, target, use)
         n = int(start.sum())
@@ -1093,6 +1101,9 @@ class Recommender(nn.Module):
             return (torch.xlogy(p, p) - p * logp_model).sum(-1)
 
         loss = kl(q, self.item_scores(h[rows, cols]).log_softmax(-1))
+        if not codes_too:
+            out[rows, cols] = loss
+            return out
         want = codes[rows, cols]  # (M, L) the targets' codes
         follows = torch.ones_like(q, dtype=torch.bool)  # items sharing the target's prefix
         for lvl, size in enumerate(self.cfg.level_sizes):
@@ -1131,6 +1142,7 @@ class Recommender(nn.Module):
         label_smoothing: float = 0.0,
         teacher: Tensor | None = None,
         distill: float = 0.0,
+        distill_codes: bool = True,
     ) -> Tensor:
         """Next-code cross-entropy on every code position (each level masked to its codes).
 
@@ -1147,7 +1159,8 @@ class Recommender(nn.Module):
         from it: of the head's item distribution, and of each code level's
         distribution along the target's codes (knowledge distillation; a
         one-hot teacher on the target adds exactly the item and code
-        cross-entropies).
+        cross-entropies). Without ``distill_codes`` only the head's KL is added
+        (the code levels learn from the targets alone).
 
         Raises:
             ModelError: if ``label_smoothing`` is not in [0, 1), ``distill`` is
@@ -1177,7 +1190,8 @@ class Recommender(nn.Module):
             item = self._item_ce(h[:, :-1], target, level, use, label_smoothing)
             ce = ce + self.cfg.item_loss * item
         if teacher is not None and distill > 0:
-            ce = ce + distill * self._distill(h[:, :-1], logp, target, level, use, teacher)
+            kl = self._distill(h[:, :-1], logp, target, level, use, teacher, distill_codes)
+            ce = ce + distill * kl
         if reduction == "none":  # per row: mean over its code positions
             return ce.sum(1) / use.sum(1).clamp(min=1)
         if reduction == "sum":

@@ -44,7 +44,9 @@ def _rows() -> tuple[torch.Tensor, torch.Tensor]:
     return tok, torch.zeros(*tok.shape, 7, dtype=torch.long)
 
 
-def _brute_ce(m: Recommender, tok: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+def _brute_ce(
+    m: Recommender, tok: torch.Tensor, ctx: torch.Tensor, codes_too: bool = True
+) -> torch.Tensor:
     """Each item start's head cross-entropy plus its codes' cross-entropies, the long way."""
     start, index = m.item_starts(tok)
     h, logits, _ = m.run(tok, ctx)
@@ -53,7 +55,7 @@ def _brute_ce(m: Recommender, tok: torch.Tensor, ctx: torch.Tensor) -> torch.Ten
     for b, t in start.nonzero().tolist():
         idx = int(index[b, t])
         total = total - m.item_scores(h[b, t]).log_softmax(-1)[idx]
-        for lvl, size in enumerate(SIZES):
+        for lvl, size in enumerate(SIZES if codes_too else ()):
             code = int(m.item_codes[idx, lvl])
             row = logits[b, t + lvl, offs[lvl] : offs[lvl] + size].log_softmax(-1)
             total = total - row[code]
@@ -71,6 +73,20 @@ def test_a_one_hot_teacher_on_the_target_adds_exactly_the_item_and_code_cross_en
         taught = m.loss(tok, ctx, reduction="sum", teacher=hot, distill=0.5)
         want = _brute_ce(m, tok, ctx)
     assert float(taught - plain) == pytest.approx(0.5 * float(want), rel=1e-5)
+
+
+def test_without_the_codes_a_one_hot_teacher_adds_exactly_the_heads_cross_entropy() -> None:
+    m = _model()
+    tok, ctx = _rows()
+    start, index = m.item_starts(tok)
+    hot = torch.nn.functional.one_hot(index[start], 24).float()
+    with torch.no_grad():
+        plain = m.loss(tok, ctx, reduction="sum")
+        taught = m.loss(tok, ctx, reduction="sum", teacher=hot, distill=2.0, distill_codes=False)
+        head = _brute_ce(m, tok, ctx, codes_too=False)
+        both = _brute_ce(m, tok, ctx)
+    assert float(both) > float(head) > 0.0
+    assert float(taught - plain) == pytest.approx(2.0 * float(head), rel=1e-5)
 
 
 def test_the_distillation_pulls_towards_the_teacher_and_a_zero_row_adds_nothing() -> None:

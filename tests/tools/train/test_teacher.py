@@ -119,6 +119,11 @@ def test_pretraining_distills_from_the_teacher_and_records_it(
     assert taught.losses[0] > plain.losses[0]  # same batch, same init: the KL is added
     doc = json.loads((tmp_path / "taught" / "config.json").read_text())
     assert doc["pretrain"]["distill"] == 0.5 and doc["pretrain"]["teacher"] == str(teacher_dir)
+    assert doc["pretrain"]["distill_codes"] is True
+    head = pretrain(synth_data_dir, tmp_path / "head", replace(taught_cfg, distill_codes=False))
+    assert plain.losses[0] < head.losses[0] < taught.losses[0]  # the head's KL, not the codes'
+    doc = json.loads((tmp_path / "head" / "config.json").read_text())
+    assert doc["pretrain"]["distill_codes"] is False
     load_model(tmp_path / "taught")  # the teacher is not part of the model
     assert not (tmp_path / "taught" / "teacher.safetensors").exists()
     with pytest.raises(ToolsError, match="`distill` needs a `teacher`"):
