@@ -575,7 +575,7 @@ class _Dist:
                 return cls()
             dev = _parse_device(device)
             if dev.type == "cuda":
-                if dev.index is None:  # a bare "cuda": the current GPU, by its index
+                if device == "cuda":  # no index: the current GPU, by its index
                     dev = torch.device("cuda", torch.cuda.current_device())
                 torch.cuda.set_device(dev)  # anything implicit lands on it too
             return cls(device=dev)
