@@ -41,12 +41,13 @@ from _run import base_parser, load_run
 from userlayer.sdk.model.decoding import Recommendation
 from userlayer.sdk.model.dense_search import fuse_lists
 from userlayer.sdk.model.trie_search import TensorTrie
+from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.eval.dense import dense_lists
 from userlayer.tools.eval.evaluate import EvalConfig, generative_lists
 from userlayer.tools.eval.metrics import Accumulator
 from userlayer.tools.eval.sasrec import rank_sasrec
-from userlayer.tools.train.examples import Prompt, build_prompts
-from userlayer.tools.train.teacher import load_teacher
+from userlayer.tools.train.examples import Prompt, UserSequences, build_prompts
+from userlayer.tools.train.teacher import Teacher, load_teacher, training_digest
 
 K = 10
 RRF = [(c, w) for c in (1, 10, 60) for w in (0.25, 0.5, 1.0, 2.0)]
@@ -65,13 +66,24 @@ def splice(beam: list[str], dense: list[str], n: int) -> list[str]:
     return out[:K]
 
 
-def teacher_lists(directory: str, prompts: list[Prompt], k: int) -> list[list[Recommendation]]:
-    """A teacher's (SASRec's) top ``k`` per prompt, the history excluded; scores are minus ranks."""
-    if len({p.service for p in prompts}) > 1:
-        raise SystemExit("--second ranks one service's items: the data has several services")
+def load_second(directory: str, table: SemanticIdTable, seqs: UserSequences) -> Teacher:
+    """The ``--second`` teacher, refused unless it was trained on this data's training part.
+
+    Its list ranks every item it knows, so the catalog must have one service
+    (the beam's and the head's lists keep the protocol's service restriction).
+    """
+    if len(set(table.services.values())) > 1:
+        raise SystemExit("--second ranks one service's items: the catalog has several services")
     teacher = load_teacher(directory)
+    if teacher.digest != training_digest(seqs) or set(teacher.item_ids) != set(table.codes):
+        raise SystemExit(f"{directory} was trained on other data or IDs: train it on these")
+    return teacher
+
+
+def teacher_lists(teacher: Teacher, prompts: list[Prompt], k: int) -> list[list[Recommendation]]:
+    """A teacher's (SASRec's) top ``k`` per prompt, the history excluded; scores are minus ranks."""
     index = {i: n + 1 for n, i in enumerate(teacher.item_ids)}
-    hist = [[index[i] for i in p.history if i in index] for p in prompts]
+    hist = [[index[i] for i in p.history] for p in prompts]
     top = rank_sasrec(teacher.model, hist, k, exclude=hist)
     return [
         [Recommendation(teacher.item_ids[j - 1], -float(r)) for r, j in enumerate(row)]
@@ -87,6 +99,7 @@ def main() -> None:
     t0 = time.time()
     model, table, seqs = load_run(a.data, a.model)
     trie, tensor_trie = table.trie(), TensorTrie(table)
+    second = load_second(a.second, table, seqs) if a.second else None
     rows = {f"splice {n}": ("splice", n) for n in range(K + 1)}
     rows.update({f"rrf {c} {w}": ("rrf", (c, w)) for c, w in RRF})
     out: dict[str, dict[str, dict[str, float]]] = {}
@@ -99,8 +112,8 @@ def main() -> None:
         wide = EvalConfig(k=a.beam, beam=a.beam, exclude_seen=True)
         with torch.no_grad():
             beams = generative_lists(model, trie, prompts, wide)
-            if a.second:
-                denses = teacher_lists(a.second, prompts, a.beam)
+            if second is not None:
+                denses = teacher_lists(second, prompts, a.beam)
             else:
                 denses = dense_lists(model, tensor_trie, prompts, "dense", a.beam, 0, 256, True)
         accs = {name: Accumulator() for name in rows}

@@ -172,6 +172,11 @@ class PretrainConfig:
             raise ToolsError("`distill` needs a `teacher` directory and the dense `item_head`")
         if self.teacher is not None and self.distill == 0:
             raise ToolsError("a `teacher` is read only with `distill` > 0: set both or neither")
+        if not self.distill_codes and self.distill == 0:
+            raise ToolsError(
+                "`distill_codes` False chooses what `distill` adds: set `distill` > 0 and a "
+                "`teacher`, or leave it True"
+            )
         if self.device is not None:
             _parse_device(self.device)
         if not 0 <= self.favourites <= 64:

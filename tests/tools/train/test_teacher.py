@@ -134,6 +134,8 @@ def test_pretraining_distills_from_the_teacher_and_records_it(
         PretrainConfig(distill_temperature=0.0)
     with pytest.raises(ToolsError, match="only with `distill`"):
         PretrainConfig(teacher=str(teacher_dir), item_head=True)
+    with pytest.raises(ToolsError, match="`distill_codes` False chooses"):
+        PretrainConfig(distill_codes=False, item_head=True)  # would record a plain run as distilled
 
 
 def test_a_teacher_of_other_data_or_too_short_a_history_is_refused_before_training(
