@@ -45,9 +45,9 @@ from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.eval.dense import dense_lists
 from userlayer.tools.eval.evaluate import EvalConfig, generative_lists
 from userlayer.tools.eval.metrics import Accumulator
-from userlayer.tools.eval.sasrec import rank_sasrec
+from userlayer.tools.eval.sasrec import item_indices, rank_sasrec
 from userlayer.tools.train.examples import Prompt, UserSequences, build_prompts
-from userlayer.tools.train.teacher import Teacher, load_teacher, training_digest
+from userlayer.tools.train.teacher import Teacher, load_teacher
 
 K = 10
 RRF = [(c, w) for c in (1, 10, 60) for w in (0.25, 0.5, 1.0, 2.0)]
@@ -66,7 +66,7 @@ def splice(beam: list[str], dense: list[str], n: int) -> list[str]:
     return out[:K]
 
 
-def load_second(directory: str, table: SemanticIdTable, seqs: UserSequences) -> Teacher:
+def load_second(directory: str, data: str, table: SemanticIdTable, seqs: UserSequences) -> Teacher:
     """The ``--second`` teacher, refused unless it was trained on this data's training part.
 
     Its list ranks every item it knows, so the catalog must have one service
@@ -75,14 +75,15 @@ def load_second(directory: str, table: SemanticIdTable, seqs: UserSequences) -> 
     if len(set(table.services.values())) > 1:
         raise SystemExit("--second ranks one service's items: the catalog has several services")
     teacher = load_teacher(directory)
-    if teacher.digest != training_digest(seqs) or set(teacher.item_ids) != set(table.codes):
-        raise SystemExit(f"{directory} was trained on other data or IDs: train it on these")
+    teacher.check_data(seqs, data)
+    if set(teacher.item_ids) != set(table.codes):
+        raise SystemExit(f"{directory} knows other items than {data}'s Semantic IDs")
     return teacher
 
 
 def teacher_lists(teacher: Teacher, prompts: list[Prompt], k: int) -> list[list[Recommendation]]:
     """A teacher's (SASRec's) top ``k`` per prompt, the history excluded; scores are minus ranks."""
-    index = {i: n + 1 for n, i in enumerate(teacher.item_ids)}
+    index = item_indices(teacher.item_ids)
     hist = [[index[i] for i in p.history] for p in prompts]
     top = rank_sasrec(teacher.model, hist, k, exclude=hist)
     return [
@@ -99,7 +100,7 @@ def main() -> None:
     t0 = time.time()
     model, table, seqs = load_run(a.data, a.model)
     trie, tensor_trie = table.trie(), TensorTrie(table)
-    second = load_second(a.second, table, seqs) if a.second else None
+    second = load_second(a.second, a.data, table, seqs) if a.second else None
     rows = {f"splice {n}": ("splice", n) for n in range(K + 1)}
     rows.update({f"rrf {c} {w}": ("rrf", (c, w)) for c, w in RRF})
     out: dict[str, dict[str, dict[str, float]]] = {}

@@ -22,7 +22,7 @@ import torch
 
 from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.data.format import Dataset
-from userlayer.tools.eval.sasrec import _pad_left
+from userlayer.tools.eval.sasrec import item_indices, pad_left
 from userlayer.tools.train.examples import UserSequences
 from userlayer.tools.train.teacher import load_teacher
 
@@ -39,7 +39,7 @@ def main() -> None:
     t = load_teacher(args.teacher)
     table = SemanticIdTable.load(f"{args.data}/sids.json")
     seqs = UserSequences.from_dataset(Dataset.load(args.data), table)
-    index = {i: n + 1 for n, i in enumerate(t.item_ids)}
+    index = item_indices(t.item_ids)
     width = t.model.cfg.max_len
     hist, target = [], []
     for items in seqs.items[: args.users or None]:
@@ -56,9 +56,9 @@ def main() -> None:
         for temp in (float(x) for x in args.temperatures.split(",")):
             ce = ent = 0.0
             for s in range(0, len(hist), 500):
-                lp = (
-                    t.model.scores(_pad_left(hist[s : s + 500], width))[:, 1:] / temp
-                ).log_softmax(-1)
+                lp = (t.model.scores(pad_left(hist[s : s + 500], width))[:, 1:] / temp).log_softmax(
+                    -1
+                )
                 y = torch.tensor(target[s : s + 500])
                 ce += float(-lp.gather(1, y[:, None]).sum())
                 ent += float(-(lp.exp() * lp).sum())

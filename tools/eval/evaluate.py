@@ -32,7 +32,13 @@ from userlayer.sdk.semantic_ids import SemanticIdTable, SidTrie
 from userlayer.tools.data.format import Dataset
 from userlayer.tools.eval.dense import DENSE_MODES, rank_head
 from userlayer.tools.eval.metrics import Accumulator
-from userlayer.tools.eval.sasrec import SASRecConfig, rank_sasrec, split_histories, train_sasrec
+from userlayer.tools.eval.sasrec import (
+    SASRecConfig,
+    item_indices,
+    rank_sasrec,
+    split_histories,
+    train_sasrec,
+)
 from userlayer.tools.train.examples import (
     Prompt,
     UserSequences,
@@ -160,7 +166,7 @@ def sasrec_rankings(
     ``k`` defaults to ``cfg.k``.
     """
     item_ids = sorted(table.codes)
-    index = {i: n + 1 for n, i in enumerate(item_ids)}
+    index = item_indices(item_ids)
     service_of = table.services
     # SASRec's own protocol: train on what precedes the held-out items, stop early on the
     # validation item (the one just before the split's target; for the test split, the

@@ -22,7 +22,14 @@ from torch import Tensor, nn
 
 from userlayer.tools.train.examples import epoch_batches
 
-__all__ = ["SASRec", "SASRecConfig", "split_histories", "train_sasrec"]
+__all__ = [
+    "SASRec",
+    "SASRecConfig",
+    "item_indices",
+    "pad_left",
+    "split_histories",
+    "train_sasrec",
+]
 
 
 @dataclass(frozen=True)
@@ -122,7 +129,13 @@ class SASRec(nn.Module):
         return out
 
 
-def _pad_left(rows: Sequence[Sequence[int]], t: int) -> Tensor:
+def item_indices(item_ids: Sequence[str]) -> dict[str, int]:
+    """Each item id's SASRec index: its position in ``item_ids`` plus one (0 is padding)."""
+    return {i: n + 1 for n, i in enumerate(item_ids)}
+
+
+def pad_left(rows: Sequence[Sequence[int]], t: int) -> Tensor:
+    """Item-index rows (B, t): each row's last ``t`` items, left-padded with 0."""
     out = np.zeros((len(rows), t), dtype=np.int64)
     for i, r in enumerate(rows):
         r = list(r)[-t:]
@@ -157,7 +170,7 @@ def split_histories(
     split's protocol, and pretraining's training part). Returns the training
     sequences and ``(histories, targets)``, or None without a validation target.
     """
-    index = {i: n + 1 for n, i in enumerate(item_ids)}
+    index = item_indices(item_ids)
     train, val_h, val_t = [], [], []
     for items in item_seqs:
         cut = len(items) - back - 1
@@ -196,8 +209,8 @@ def train_sasrec(
         while end >= 2:
             usable.append(list(s[max(0, end - cfg.max_len - 1) : end]))
             end -= cfg.max_len
-    inp = _pad_left([s[:-1] for s in usable], cfg.max_len)
-    tgt = _pad_left([s[1:] for s in usable], cfg.max_len)
+    inp = pad_left([s[:-1] for s in usable], cfg.max_len)
+    tgt = pad_left([s[1:] for s in usable], cfg.max_len)
     lengths = (inp > 0).sum(1).numpy()
     if valid is not None and len(valid[1]) > cfg.val_users:
         pick = np.sort(
@@ -273,7 +286,7 @@ def rank_sasrec(
     for s in range(0, len(histories), batch):
         part = histories[s : s + batch]
         width = max(1, min(model.cfg.max_len, max((len(h) for h in part), default=1)))
-        seq = _pad_left(part, width)
+        seq = pad_left(part, width)
         sc = model.scores(seq)
         sc[:, 0] = float("-inf")
         if allowed is not None:

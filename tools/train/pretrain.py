@@ -85,7 +85,7 @@ from userlayer.tools.train.examples import (
     profile_inputs,
     training_windows,
 )
-from userlayer.tools.train.teacher import Teacher, load_teacher, training_digest
+from userlayer.tools.train.teacher import Teacher, load_teacher
 
 __all__ = [
     "EpochReport",
@@ -732,12 +732,7 @@ def _pretrain(
         perm = model.set_items(codes, feats)
         if cfg.distill > 0 and cfg.teacher is not None:
             teacher = load_teacher(cfg.teacher)
-            if teacher.digest != training_digest(seqs):
-                raise ToolsError(
-                    f"the teacher in {cfg.teacher} was trained on other data than {data_dir}'s "
-                    "training part (its digest differs): train it with `userlayer teacher "
-                    f"--data {data_dir}`"
-                )
+            teacher.check_data(seqs, data_dir)
             if teacher.model.cfg.max_len < mcfg.max_items - 1:
                 raise ToolsError(
                     f"the teacher reads histories of {teacher.model.cfg.max_len} items, "

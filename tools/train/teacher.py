@@ -37,7 +37,13 @@ from torch import Tensor
 
 from userlayer.sdk.semantic_ids import SemanticIdTable
 from userlayer.tools.data.format import Dataset
-from userlayer.tools.eval.sasrec import SASRec, SASRecConfig, split_histories, train_sasrec
+from userlayer.tools.eval.sasrec import (
+    SASRec,
+    SASRecConfig,
+    item_indices,
+    split_histories,
+    train_sasrec,
+)
 from userlayer.tools.exceptions import ToolsError
 from userlayer.tools.train.examples import UserSequences
 
@@ -119,7 +125,7 @@ class Teacher:
         Raises:
             ToolsError: if the head has an item the teacher does not know.
         """
-        index = {i: n + 1 for n, i in enumerate(self.item_ids)}
+        index = item_indices(self.item_ids)
         missing = [i for i in head_items if i not in index]
         if missing:
             raise ToolsError(
@@ -127,6 +133,19 @@ class Teacher:
                 f"(first: {missing[0]!r}): train it on the same data and Semantic IDs"
             )
         self.columns = torch.tensor([index[i] for i in head_items], dtype=torch.long)
+
+    def check_data(self, seqs: UserSequences, data_dir: str | Path) -> None:
+        """Refuse data whose training part is not the one this teacher was trained on.
+
+        Raises:
+            ToolsError: if the training part's digest differs (another dataset,
+                other Semantic IDs, or a teacher that could have read held-out items).
+        """
+        if self.digest != training_digest(seqs):
+            raise ToolsError(
+                f"the teacher was trained on other data than {data_dir}'s training part "
+                f"(its digest differs): train it with `userlayer teacher --data {data_dir}`"
+            )
 
     def to(self, dev: torch.device) -> Teacher:
         """Move the teacher (and its column map) to ``dev``."""

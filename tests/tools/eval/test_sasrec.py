@@ -56,13 +56,13 @@ def test_scores_do_not_depend_on_the_width_of_the_padding() -> None:
     """Padding is masked out of attention: a short history scores the same in any batch."""
     import torch
 
-    from userlayer.tools.eval.sasrec import SASRec, _pad_left
+    from userlayer.tools.eval.sasrec import SASRec, pad_left
 
     model = SASRec(N, SASRecConfig(d=16, heads=2)).eval()
     hist = [[3, 4, 5]]
     with torch.no_grad():
-        narrow = model.scores(_pad_left(hist, 3))
-        wide = model.scores(_pad_left(hist, 50))
+        narrow = model.scores(pad_left(hist, 3))
+        wide = model.scores(pad_left(hist, 50))
     torch.testing.assert_close(narrow, wide, atol=1e-5, rtol=1e-5)
 
 
